@@ -1,0 +1,171 @@
+"""Checkpoints: this project's own format, and the original authors' layout (method.md section 6).
+
+Own format (one ``torch.save`` dict, written atomically)::
+
+    {"format": "esvae-checkpoint", "format_version": 1, "model_name", "dataset", "model_config",
+     "train_config", "state_dict", "optimizer", "epoch", "step", "code_version", "torch_version"}
+
+Original layout: a ``state_dict`` (bare or under the key ``"state_dict"``) whose conv and
+transposed-conv weights are time-last 3-D ``(Cout, Cin, 3, 3, 1)`` / ``(Cin, Cout, 3, 3, 1)``,
+whose prior bottleneck is ``sample_layer.0``, and which also holds FSVAE's unused
+``prior.layers.*`` / ``posterior.layers.*`` modules.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+from .models.registry import build_model, resolve_config
+
+log = logging.getLogger(__name__)
+
+FORMAT = "esvae-checkpoint"
+FORMAT_VERSION = 1
+
+# Original module prefix -> ours (named by role).
+_ORIGINAL_RENAMES = {"sample_layer.0.": "prior_bottleneck."}
+# Modules the original ESVAE code builds but never uses: ignored with a note.
+_ORIGINAL_UNUSED_PREFIXES = ("prior.", "posterior.")
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """Package version plus the git commit (and ``-dirty``) when run from a checkout."""
+    from . import __version__
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                                text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    return f"{__version__}+{commit}{'-dirty' if dirty else ''}" if commit else __version__
+
+
+def atomic_torch_save(obj: Any, path: os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: os.PathLike, model: nn.Module, *, optimizer: Optional[torch.optim.Optimizer] = None,
+                    epoch: int = 0, step: int = 0, train_config: Optional[Dict[str, Any]] = None) -> None:
+    """Write the project's checkpoint format atomically (model, optimiser, epoch, config, code version)."""
+    atomic_torch_save({
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_name": model.model_name,
+        "dataset": model.dataset,
+        "model_config": model.config.to_dict(),
+        "train_config": train_config or {},
+        "state_dict": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "epoch": epoch,
+        "step": step,
+        "code_version": code_version(),
+        "torch_version": torch.__version__,
+    }, path)
+
+
+def _read(path: os.PathLike, map_location) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # a truncated zip, a pickle of something else, ...
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+
+
+def load_checkpoint(path: os.PathLike, map_location="cpu") -> Tuple[nn.Module, Dict[str, Any]]:
+    """Load a checkpoint of this project's format; returns ``(model, checkpoint dict)``."""
+    ckpt = _read(path, map_location)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an esvae checkpoint (no 'format': '{FORMAT}' entry); "
+                              "for the original authors' checkpoints use load_original_checkpoint")
+    config = dict(ckpt["model_config"])
+    model = build_model(ckpt["model_name"], ckpt["dataset"], **config)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit model {ckpt['model_name']!r}: {exc}") from None
+    return model, ckpt
+
+
+def convert_original_state_dict(original: Dict[str, torch.Tensor], target: Dict[str, torch.Tensor]
+                                ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Map an original-layout state dict onto ``target``'s keys and shapes.
+
+    Returns ``(converted, ignored_keys)``. Raises ``CheckpointError`` naming missing, unexpected
+    and mis-shaped keys.
+    """
+    converted: Dict[str, torch.Tensor] = {}
+    ignored: List[str] = []
+    unexpected: List[str] = []
+    for key, value in original.items():
+        if key.startswith(_ORIGINAL_UNUSED_PREFIXES):
+            ignored.append(key)
+            continue
+        ours = key
+        for old, new in _ORIGINAL_RENAMES.items():
+            if key.startswith(old):
+                ours = new + key[len(old):]
+        if ours not in target:
+            unexpected.append(key)
+            continue
+        if value.dim() == 5 and value.shape[-1] == 1:  # time-last (k, k, 1) kernel -> 2-D kernel
+            value = value.squeeze(-1)
+        if tuple(value.shape) != tuple(target[ours].shape):
+            raise CheckpointError(f"original key {key!r} has shape {tuple(value.shape)}, expected "
+                                  f"{tuple(target[ours].shape)} (+ trailing 1 for conv kernels) for {ours!r}")
+        converted[ours] = value.to(target[ours].dtype)
+    missing = sorted(set(target) - set(converted))
+    if missing or unexpected:
+        raise CheckpointError("original checkpoint does not match the model: "
+                              f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+                              f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
+    return converted, ignored
+
+
+def load_original_checkpoint(path: os.PathLike, name: str, dataset: str, map_location="cpu", **overrides) -> nn.Module:
+    """Load a checkpoint saved by the paper authors' code into ``build_model(name, dataset, **overrides)``.
+
+    The model computes the same function as the original network. Unused FSVAE modules stored in
+    ESVAE checkpoints are ignored with a logged note (also kept in ``model.checkpoint_notes``).
+    Returns the model in eval mode.
+    """
+    resolve_config(name, dataset, **overrides)  # fail on bad names before reading a large file
+    raw = _read(path, map_location)
+    state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds no state dict (expected a dict of tensors, bare or under 'state_dict')")
+    model = build_model(name, dataset, **overrides)
+    converted, ignored = convert_original_state_dict(state, model.state_dict())
+    model.load_state_dict(converted)
+    notes = []
+    if ignored:
+        prefixes = sorted({k.split(".")[0] for k in ignored})
+        notes.append(f"ignored {len(ignored)} tensors of modules unused by {name}: {', '.join(prefixes)}")
+        log.info("loading %s: %s", path, notes[-1])
+    model.checkpoint_notes = notes
+    return model.eval()

@@ -1,0 +1,165 @@
+"""Command line: ``python -m esvae {train,describe} ...``.
+
+User errors (a wrong name, a bad value, a missing dataset) print one line ``esvae: error: ...`` and
+exit with status 2; no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import List, Optional
+
+from .errors import EsvaeError
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error on one line (no usage dump) and exits 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"esvae: error: {message} (see '{self.prog} --help')\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from .data import SOURCES
+    from .models import MODELS
+
+    parser = _OneLineParser(prog="python -m esvae", description="Spiking VAE benchmark: train and inspect models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    model_names, data_names = sorted(MODELS), list(SOURCES)
+
+    def add_model_args(p):
+        p.add_argument("--model", required=True, choices=model_names, help="registered model")
+        p.add_argument("--dataset", required=True, choices=data_names,
+                       help="data set (mnist5k: the offline MNIST subset, MNIST model configuration)")
+        p.add_argument("--timesteps", type=positive_int, default=None, help="T (default: the paper's 16)")
+        p.add_argument("--latent-dim", type=positive_int, default=None, help="L (default: the paper's for the dataset)")
+
+    t = sub.add_parser("train", help="train a model; writes checkpoint, history, metrics and image grids")
+    add_model_args(t)
+    t.add_argument("--epochs", type=non_negative_int, required=True)
+    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--batch-size", type=positive_int, default=None, help="default: the paper's for the dataset")
+    t.add_argument("--lr", type=positive_float, default=None,
+                   help="effective AdamW LR (default: the paper's effective LR for the dataset; never rescaled)")
+    t.add_argument("--train-subset", type=non_negative_int, default=0,
+                   help="train on N images of the training split chosen with a fixed seed (0 = all)")
+    t.add_argument("--test-subset", type=non_negative_int, default=0,
+                   help="evaluate on the first N images of the test split (0 = all)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--data-root", default=None, help="data folder (default: $ESVAE_DATA or ./data)")
+    t.add_argument("--download", action="store_true", help="allow torchvision to download a missing dataset")
+    t.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    t.add_argument("--no-eval-at-init", action="store_true", help="skip the epoch-0 test evaluation")
+
+    d = sub.add_parser("describe", help="print the resolved configuration and parameter count as JSON")
+    add_model_args(d)
+    return parser
+
+
+def _overrides(args) -> dict:
+    out = {}
+    if args.timesteps is not None:
+        out["timesteps"] = args.timesteps
+    if args.latent_dim is not None:
+        out["latent_dim"] = args.latent_dim
+    return out
+
+
+def _cmd_describe(args) -> int:
+    from .config import paper_train_config
+    from .data import data_source
+    from .models import build_model, count_parameters
+
+    source = data_source(args.dataset)
+    model = build_model(args.model, source.model_dataset, **_overrides(args))
+    per_module = {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()
+                  if sum(p.numel() for p in child.parameters())}
+    report = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "model_config": model.config.to_dict(),
+        "sampler": repr(model.sampler),
+        "parameters": count_parameters(model),
+        "parameters_by_module": per_module,
+        "paper_train_config": paper_train_config(source.model_dataset).to_dict(),
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .config import paper_train_config
+    from .data import data_source
+    from .train import train
+
+    source = data_source(args.dataset)
+    cfg = paper_train_config(source.model_dataset)
+    cfg.epochs = args.epochs
+    cfg.seed = args.seed
+    cfg.train_subset = args.train_subset
+    cfg.test_subset = args.test_subset
+    if args.batch_size is not None:
+        cfg.batch_size = args.batch_size
+    if args.lr is not None:
+        cfg.lr, cfg.lr_derivation = args.lr, "given with --lr"
+    elif args.batch_size is not None and args.batch_size != paper_train_config(source.model_dataset).batch_size:
+        cfg.lr_derivation += f"; kept although --batch-size {args.batch_size} differs from the paper's (no rescaling)"
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    result = train(model_name=args.model, dataset=args.dataset, out_dir=args.out, train_config=cfg,
+                   model_overrides=_overrides(args), data_root=args.data_root, download=args.download,
+                   device=args.device, eval_at_init=not args.no_eval_at_init)
+    mse = result.metrics["reconstruction_mse"]
+    print(f"test reconstruction MSE {mse['value']:.5f} ({result.metrics['data_label']}, N={mse['n']}, "
+          f"split {mse['split']}, T={result.metrics['timesteps']}, {result.metrics['epochs']} epoch(s) on "
+          f"{result.metrics['train_images']} training images); outputs in {result.out_dir}")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return {"train": _cmd_train, "describe": _cmd_describe}[args.command](args)
+    except EsvaeError as exc:
+        print(f"esvae: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("esvae: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

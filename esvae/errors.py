@@ -1,0 +1,26 @@
+"""Errors that the command line turns into one clear line and exit code 2.
+
+Anything raised as a subclass of :class:`EsvaeError` is a problem with the user's input or
+environment (a wrong name, a missing file), not a bug: the CLI prints ``esvae: error: <message>``
+and exits with status 2, without a traceback.
+"""
+
+
+class EsvaeError(Exception):
+    """Base class of user-facing errors."""
+
+
+class ConfigError(EsvaeError, ValueError):
+    """An unknown name or an out-of-range configuration value."""
+
+
+class DatasetNotFoundError(EsvaeError, FileNotFoundError):
+    """A dataset's files are not where they are expected."""
+
+
+class CheckpointError(EsvaeError):
+    """A checkpoint that cannot be read or does not fit the requested model."""
+
+
+class TrainingDivergedError(EsvaeError):
+    """The loss became NaN or infinite; the message names the step, the loss terms and the last checkpoint."""

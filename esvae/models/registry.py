@@ -1,0 +1,74 @@
+"""Model registry: ``name -> builder``, used by :func:`esvae.build_model` and the CLI's choices."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict
+
+from torch import nn
+
+from ..config import SpikingVAEConfig, apply_overrides, dataset_spec, hidden_dims_for
+from ..errors import ConfigError
+from ..samplers import build_sampler
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    paper_config: Callable[[str], Any]     # dataset -> config dataclass with the paper's values
+    construct: Callable[[Any], nn.Module]  # resolved config -> model
+    description: str
+
+
+MODELS: Dict[str, ModelEntry] = {}
+
+
+def register_model(entry: ModelEntry) -> None:
+    MODELS[entry.name] = entry
+
+
+def model_entry(name: str) -> ModelEntry:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; expected one of: {', '.join(sorted(MODELS))}") from None
+
+
+def resolve_config(name: str, dataset: str, **overrides):
+    """The paper configuration of ``name`` for ``dataset`` with ``overrides`` applied and validated."""
+    entry = model_entry(name)
+    return apply_overrides(entry.paper_config(dataset), overrides).validate()
+
+
+def build_model(name: str, dataset: str, **overrides) -> nn.Module:
+    """Build registered model ``name`` with the paper configuration for ``dataset``.
+
+    ``dataset`` is one of "mnist", "fashion", "cifar10", "celeba"; ``overrides`` replace config
+    fields (e.g. ``latent_dim=64, timesteps=8``); an unknown key or value raises ``ConfigError``
+    naming the valid ones.
+    """
+    entry = model_entry(name)
+    config = resolve_config(name, dataset, **overrides)
+    model = entry.construct(config)
+    model.model_name = name
+    model.dataset = dataset
+    return model
+
+
+def _esvae_paper_config(dataset: str) -> SpikingVAEConfig:
+    spec = dataset_spec(dataset)
+    return SpikingVAEConfig(in_channels=spec.in_channels, image_size=spec.image_size, latent_dim=spec.latent_dim,
+                            timesteps=16, hidden_dims=hidden_dims_for(spec.image_size))
+
+
+def _construct_esvae(config: SpikingVAEConfig) -> nn.Module:
+    from .esvae import ESVAE
+    return ESVAE(config, build_sampler(config.sampler))
+
+
+register_model(ModelEntry("esvae", _esvae_paper_config, _construct_esvae,
+                          "ESVAE: spiking VAE with reparameterizable Poisson latent sampling"))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters (weights, biases, tdBN affine); buffers excluded."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,162 @@
+"""Leaky integrate-and-fire neuron of ESVAE/FSVAE (method.md section 1).
+
+Per element, with ``u_0 = 0`` and ``o_0 = 0``, for t = 1..T::
+
+    u_t = tau * u_{t-1} * (1 - o_{t-1}) + I_t        # charge, with hard reset via (1 - o_{t-1})
+    o_t = 1[u_t > V_th]                              # fire
+
+``tau = 0.25`` is a leak *factor* and ``V_th = 0.2``. The reset path is not detached: the gradient
+flows through ``o_{t-1}``. The spike's surrogate derivative is evaluated at ``u_t`` itself (the
+window is centred at 0, not at the threshold; a quirk kept from the original code).
+
+Three forms, all computing the same function and gradient:
+
+* :func:`lif_step` -- the single-step update as a pure function (charge -> fire -> reset factor);
+* :func:`lif_multistep_reference` -- a loop of :func:`lif_step` under autograd, used by the tests
+  as the ground truth;
+* :func:`lif_multistep` -- a fused multi-step op (custom autograd function). Its forward writes
+  into preallocated buffers outside any autograd graph and its backward is a single reverse-time
+  sweep: O(T) memory traffic and no per-step graph nodes.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import nn
+
+from .surrogate import SurrogateFn, get_surrogate
+
+TAU = 0.25
+V_THRESHOLD = 0.2
+
+
+class _HeavisideWithSurrogate(torch.autograd.Function):
+    """``1[u > V_th]`` forward; ``grad * surrogate(u)`` backward (reference path only)."""
+
+    @staticmethod
+    def forward(ctx, membrane, v_threshold, surrogate):
+        ctx.save_for_backward(membrane)
+        ctx.surrogate = surrogate
+        return (membrane > v_threshold).to(membrane.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        (membrane,) = ctx.saved_tensors
+        return grad_spikes * ctx.surrogate(membrane), None, None
+
+
+def lif_step(
+    membrane_prev: torch.Tensor,
+    spikes_prev: torch.Tensor,
+    current: torch.Tensor,
+    tau: float = TAU,
+    v_threshold: float = V_THRESHOLD,
+    surrogate: SurrogateFn = get_surrogate("rectangle"),
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One LIF update. All tensors have the same shape; returns ``(u_t, o_t)``."""
+    membrane = tau * membrane_prev * (1.0 - spikes_prev) + current  # charge with hard reset
+    spikes = _HeavisideWithSurrogate.apply(membrane, v_threshold, surrogate)  # fire
+    return membrane, spikes
+
+
+def lif_multistep_reference(
+    current_seq: torch.Tensor,
+    tau: float = TAU,
+    v_threshold: float = V_THRESHOLD,
+    surrogate: SurrogateFn = get_surrogate("rectangle"),
+) -> torch.Tensor:
+    """Loop of :func:`lif_step` over the leading time axis; ``(T, ...) -> spikes (T, ...)``."""
+    membrane = torch.zeros_like(current_seq[0])
+    spikes = torch.zeros_like(current_seq[0])
+    spikes_seq = []
+    for current in current_seq:
+        membrane, spikes = lif_step(membrane, spikes, current, tau, v_threshold, surrogate)
+        spikes_seq.append(spikes)
+    return torch.stack(spikes_seq)
+
+
+class _FusedMultiStepLIF(torch.autograd.Function):
+    """Multi-step LIF over the leading time axis with a hand-written reverse-time backward.
+
+    Backward recursion (``g_u`` = dL/du_t, ``g_o`` = dL/do_t from the layers above)::
+
+        g_o_t  = dL/do_t - tau * u_t * g_u_{t+1}                 # o_t resets u_{t+1}
+        g_u_t  = g_o_t * surrogate(u_t) + tau * (1 - o_t) * g_u_{t+1}
+        dL/dI_t = g_u_t
+    """
+
+    @staticmethod
+    def forward(ctx, current_seq, tau, v_threshold, surrogate):
+        membrane_seq = torch.empty_like(current_seq)
+        spikes_seq = torch.empty_like(current_seq)
+        membrane_seq[0] = current_seq[0]
+        torch.gt(membrane_seq[0], v_threshold, out=spikes_seq[0])
+        for t in range(1, current_seq.shape[0]):
+            # u_t = tau * u_{t-1} * (1 - o_{t-1}) + I_t; u_{t-1} * (1 - o_{t-1}) zeroes fired units
+            kept = membrane_seq[t - 1].masked_fill(spikes_seq[t - 1].bool(), 0.0)
+            torch.add(current_seq[t], kept, alpha=tau, out=membrane_seq[t])
+            torch.gt(membrane_seq[t], v_threshold, out=spikes_seq[t])
+        ctx.save_for_backward(membrane_seq, spikes_seq)
+        ctx.tau = tau
+        ctx.surrogate = surrogate
+        ctx.mark_non_differentiable(membrane_seq)
+        return spikes_seq, membrane_seq
+
+    @staticmethod
+    def backward(ctx, grad_spikes_seq, _grad_membrane_seq):
+        membrane_seq, spikes_seq = ctx.saved_tensors
+        tau = ctx.tau
+        grad_current_seq = torch.empty_like(membrane_seq)
+        grad_membrane_next = None
+        for t in range(membrane_seq.shape[0] - 1, -1, -1):
+            membrane, spikes = membrane_seq[t], spikes_seq[t]
+            grad_spikes = grad_spikes_seq[t]
+            if grad_membrane_next is None:
+                grad_membrane = grad_spikes * ctx.surrogate(membrane)
+            else:
+                grad_spikes = grad_spikes - tau * membrane * grad_membrane_next
+                grad_membrane = grad_spikes * ctx.surrogate(membrane) + tau * (1.0 - spikes) * grad_membrane_next
+            grad_current_seq[t] = grad_membrane
+            grad_membrane_next = grad_membrane
+        return grad_current_seq, None, None, None
+
+
+def lif_multistep(
+    current_seq: torch.Tensor,
+    tau: float = TAU,
+    v_threshold: float = V_THRESHOLD,
+    surrogate: SurrogateFn = get_surrogate("rectangle"),
+    return_membrane: bool = False,
+):
+    """Fused multi-step LIF: input currents ``(T, ...)`` -> spikes ``(T, ...)`` (0/1 floats).
+
+    With ``return_membrane=True`` also returns the membrane potentials ``u_t`` (no gradient).
+    """
+    if current_seq.dim() < 1 or current_seq.shape[0] < 1:
+        raise ValueError(f"expected currents with a leading time axis of length >= 1, got shape {tuple(current_seq.shape)}")
+    spikes_seq, membrane_seq = _FusedMultiStepLIF.apply(current_seq, tau, v_threshold, surrogate)
+    return (spikes_seq, membrane_seq) if return_membrane else spikes_seq
+
+
+class LIF(nn.Module):
+    """Multi-step LIF neuron module on time-first input ``(T, ...)``; holds no parameters."""
+
+    def __init__(self, tau: float = TAU, v_threshold: float = V_THRESHOLD, surrogate: str = "rectangle",
+                 backend: str = "fused"):
+        super().__init__()
+        if backend not in ("fused", "reference"):
+            raise ValueError(f"unknown LIF backend {backend!r}; expected 'fused' or 'reference'")
+        self.tau = float(tau)
+        self.v_threshold = float(v_threshold)
+        self.surrogate_name = surrogate
+        self.surrogate = get_surrogate(surrogate)
+        self.backend = backend
+
+    def forward(self, current_seq: torch.Tensor) -> torch.Tensor:
+        if self.backend == "reference":
+            return lif_multistep_reference(current_seq, self.tau, self.v_threshold, self.surrogate)
+        return lif_multistep(current_seq, self.tau, self.v_threshold, self.surrogate)
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}, v_threshold={self.v_threshold}, surrogate={self.surrogate_name}, backend={self.backend}"

@@ -1,0 +1,264 @@
+"""Training loop: AdamW at the paper's effective LR, per-epoch test evaluation, files in ``out_dir``.
+
+Files written in ``out_dir`` (each atomically, so a killed job leaves the previous version):
+
+* ``checkpoint.pt`` -- weights, optimiser, epoch, step, resolved configs, code version (every epoch)
+* ``history.tsv``   -- one row per epoch (epoch 0 = the untrained model on the test split)
+* ``metrics.json``  -- the final test reconstruction MSE with N, split and conditions
+* ``reconstructions.png`` (rows alternate: test inputs, their reconstructions) and ``samples.png``
+* ``config.json`` and ``train.log``
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from .checkpoints import code_version, save_checkpoint
+from .config import TrainConfig
+from .data import ImageSplit, data_source, iterate_batches, load_split, seeded_subset, to_model_range
+from .errors import ConfigError, TrainingDivergedError
+from .models.registry import build_model, count_parameters
+
+log = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = ["epoch", "step", "train_loss", "train_mse", "train_mmd", "train_posterior_rate",
+                   "test_loss", "test_mse", "test_mmd", "test_posterior_rate", "test_prior_rate",
+                   "train_images_per_s", "epoch_seconds"]
+EVAL_SEED_OFFSET = 1_000_003   # eval/sample generators are seeded apart from the training stream
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; unavailable CUDA is a ConfigError."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {spec!r}; expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {spec!r} requested but CUDA is not available here; use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    elif device.type != "cpu":
+        raise ConfigError(f"unsupported device {spec!r}; expected auto, cpu, cuda or cuda:N")
+    return device
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+@torch.no_grad()
+def evaluate(model, data: ImageSplit, batch_size: int, device: torch.device, seed: int) -> Dict[str, float]:
+    """Test-split loss terms in eval mode; MSE is averaged per image (the original averaged batch means).
+
+    The latent is still sampled (ESVAE) with a generator seeded by ``seed``, so the number is
+    reproducible. MMD depends on the batch; it is averaged over batches weighted by their size.
+    """
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    totals = {"loss": 0.0, "mse": 0.0, "mmd": 0.0, "posterior_rate": 0.0, "prior_rate": 0.0}
+    n = 0
+    for images in iterate_batches(data.images, batch_size, shuffle=False, device=device):
+        out = model(images, generator=gen)
+        terms = model.loss(images, out)
+        per_image_mse = (out.reconstruction - images).pow(2).flatten(1).mean(1)  # (B,)
+        b = images.shape[0]
+        totals["mse"] += per_image_mse.sum().item()
+        totals["mmd"] += terms["mmd"].item() * b
+        totals["loss"] += (per_image_mse.sum() + model.config.mmd_weight * terms["mmd"] * b).item()
+        totals["posterior_rate"] += out.posterior_rate.mean().item() * b
+        totals["prior_rate"] += out.prior_rate.mean().item() * b
+        n += b
+    model.train(was_training)
+    return {k: v / max(n, 1) for k, v in totals.items()}
+
+
+def save_image_grids(model, test: ImageSplit, out_dir: Path, device: torch.device, seed: int, n: int = 32) -> None:
+    """``reconstructions.png``: rows of 8 test inputs alternating with their reconstructions;
+    ``samples.png``: 64 generated images."""
+    from torchvision.utils import save_image
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        gen = torch.Generator(device=device).manual_seed(seed)
+        inputs = to_model_range(test.images[:n]).to(device)
+        recon = model(inputs, generator=gen).reconstruction
+        rows = []
+        for start in range(0, inputs.shape[0], 8):
+            rows += [inputs[start:start + 8], recon[start:start + 8]]
+        save_image((torch.cat(rows) + 1) / 2, out_dir / "reconstructions.png", nrow=8, padding=2, pad_value=1.0)
+        samples = model.sample(64, generator=gen)
+        save_image((samples + 1) / 2, out_dir / "samples.png", nrow=8, padding=2, pad_value=1.0)
+    model.train(was_training)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    history: List[Dict[str, float]]
+    metrics: Dict
+
+
+def _setup_logging(out_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(out_dir / "train.log", mode="a")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("esvae")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return handler
+
+
+def train(*, model_name: str, dataset: str, out_dir: os.PathLike, train_config: TrainConfig,
+          model_overrides: Optional[Dict] = None, data_root: Optional[os.PathLike] = None, download: bool = False,
+          device: str = "auto", eval_at_init: bool = True, progress: Optional[bool] = None) -> TrainResult:
+    """Train ``model_name`` on ``dataset`` (a data name, e.g. "fashion" or "mnist5k"); see module doc."""
+    source = data_source(dataset)
+    dev = resolve_device(device)
+    cfg = train_config
+    if cfg.epochs < 0 or cfg.batch_size < 1 or cfg.lr <= 0:
+        raise ConfigError(f"need epochs >= 0, batch_size >= 1 and lr > 0; got {cfg.epochs}, {cfg.batch_size}, {cfg.lr}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handler = _setup_logging(out_dir)
+    try:
+        return _train(model_name, source, out_dir, cfg, model_overrides or {}, data_root, download, dev,
+                      eval_at_init, sys.stderr.isatty() if progress is None else progress)
+    finally:
+        logging.getLogger("esvae").removeHandler(handler)
+        handler.close()
+
+
+def _train(model_name, source, out_dir, cfg, overrides, data_root, download, dev, eval_at_init, progress):
+    from tqdm import tqdm
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_name, source.model_dataset, **overrides).to(dev)
+    train_data = seeded_subset(load_split(source.name, "train", data_root, download), cfg.train_subset)
+    test_full = load_split(source.name, "test", data_root, download)
+    test_data = test_full if cfg.test_subset <= 0 else test_full.subset(torch.arange(min(cfg.test_subset, len(test_full))))
+
+    steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
+    groups = model.param_groups(cfg.lr, cfg.prior_lr_multiplier)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    resolved = {
+        "model": model_name, "dataset": source.name, "data_label": source.label,
+        "model_config_dataset": source.model_dataset, "model_config": model.config.to_dict(),
+        "train_config": cfg.to_dict(), "device": str(dev), "torch_threads": torch.get_num_threads(),
+        "parameters": count_parameters(model), "train_images": len(train_data), "test_images": len(test_data),
+        "steps_per_epoch": steps_per_epoch,
+        "learning_rates": {g["name"]: g["lr"] for g in groups},
+        "code_version": code_version(), "torch_version": torch.__version__,
+    }
+    write_json(out_dir / "config.json", resolved)
+    log.info("training %s on %s: %d train / %d test images, T=%d, batch %d, %d steps/epoch, device %s",
+             model_name, source.label, len(train_data), len(test_data), model.config.timesteps, cfg.batch_size,
+             steps_per_epoch, dev)
+    log.info("effective LR %g (%s); prior bottleneck LR %g (x%g); AdamW betas %s, weight decay %g",
+             cfg.lr, cfg.lr_derivation or "given on the command line", cfg.lr * cfg.prior_lr_multiplier,
+             cfg.prior_lr_multiplier, tuple(cfg.betas), cfg.weight_decay)
+
+    history: List[Dict[str, float]] = []
+    eval_seed = cfg.seed + EVAL_SEED_OFFSET
+
+    def record(row: Dict[str, float]) -> None:
+        history.append(row)
+        lines = ["\t".join(HISTORY_COLUMNS)]
+        for r in history:
+            lines.append("\t".join("" if r.get(c) is None else (f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]))
+                                   for c in HISTORY_COLUMNS))
+        write_text_atomic(out_dir / "history.tsv", "\n".join(lines) + "\n")
+
+    if eval_at_init:
+        test_terms = evaluate(model, test_data, cfg.batch_size, dev, eval_seed)
+        record({"epoch": 0, "step": 0, **{f"test_{k}": v for k, v in test_terms.items()}})
+        log.info("epoch 0 (untrained): test MSE %.5f on %d %s test images", test_terms["mse"], len(test_data), source.label)
+
+    data_gen = torch.Generator().manual_seed(cfg.seed)
+    model_gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
+    step = 0
+    model.train()
+    for epoch in range(1, cfg.epochs + 1):
+        start = time.perf_counter()
+        sums = {"loss": 0.0, "mse": 0.0, "mmd": 0.0, "posterior_rate": 0.0}
+        seen = 0
+        batches = iterate_batches(train_data.images, cfg.batch_size, shuffle=True, generator=data_gen, hflip=cfg.hflip,
+                                  device=dev)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress,
+                   unit="batch", dynamic_ncols=True)
+        for images in bar:
+            out = model(images, generator=model_gen)
+            terms = model.loss(images, out)
+            if not torch.isfinite(terms["loss"]):
+                last = "no checkpoint yet" if epoch == 1 else f"last good checkpoint {out_dir / 'checkpoint.pt'} (epoch {epoch - 1})"
+                raise TrainingDivergedError(f"non-finite loss at epoch {epoch}, step {step}: "
+                                            + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items()) + f"; {last}")
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            step += 1
+            b = images.shape[0]
+            seen += b
+            for k in ("loss", "mse", "mmd"):
+                sums[k] += terms[k].item() * b
+            sums["posterior_rate"] += out.posterior_rate.mean().item() * b
+            bar.set_postfix(loss=f"{terms['loss'].item():.4f}", mse=f"{terms['mse'].item():.4f}")
+        seconds = time.perf_counter() - start
+        test_terms = evaluate(model, test_data, cfg.batch_size, dev, eval_seed)
+        row = {"epoch": epoch, "step": step, **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
+               **{f"test_{k}": v for k, v in test_terms.items()},
+               "train_images_per_s": seen / seconds, "epoch_seconds": seconds}
+        record(row)
+        save_checkpoint(out_dir / "checkpoint.pt", model, optimizer=optimizer, epoch=epoch, step=step,
+                        train_config=resolved)
+        log.info("epoch %d: train loss %.5f (MSE %.5f), test MSE %.5f on %d %s test images, %.1f train images/s",
+                 epoch, row["train_loss"], row["train_mse"], test_terms["mse"], len(test_data), source.label,
+                 row["train_images_per_s"])
+
+    if cfg.epochs == 0:
+        save_checkpoint(out_dir / "checkpoint.pt", model, optimizer=optimizer, epoch=0, step=0, train_config=resolved)
+    final = history[-1] if history and "test_mse" in history[-1] else {
+        **{f"test_{k}": v for k, v in evaluate(model, test_data, cfg.batch_size, dev, eval_seed).items()}}
+    metrics = {
+        "model": model_name,
+        "dataset": source.name,
+        "data_label": source.label,
+        "reconstruction_mse": {
+            "value": final["test_mse"],
+            "n": len(test_data),
+            "split": "test" if cfg.test_subset <= 0 or cfg.test_subset >= len(test_full) else f"test[:{len(test_data)}]",
+            "averaging": "mean over images of the per-image pixel MSE, images in [-1, 1]",
+            "latent": f"sampled with {model.config.sampler} (eval-mode batch norm, generator seed {eval_seed})",
+        },
+        "timesteps": model.config.timesteps,
+        "epochs": cfg.epochs,
+        "train_images": len(train_data),
+        "seed": cfg.seed,
+        "parameters": count_parameters(model),
+        "device": str(dev),
+        "code_version": code_version(),
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    save_image_grids(model, test_data, out_dir, dev, eval_seed)
+    log.info("done: test reconstruction MSE %.5f (N=%d, split %s, %s); files in %s", final["test_mse"], len(test_data),
+             metrics["reconstruction_mse"]["split"], source.label, out_dir)
+    return TrainResult(out_dir, history, metrics)
