@@ -83,7 +83,7 @@ def save_checkpoint(path: os.PathLike, model: nn.Module, *, optimizer: Optional[
         "epoch": epoch,
         "step": step,
         "code_version": code_version(),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
     }, path)
 
 

@@ -167,7 +167,7 @@ def _train(model_name, source, out_dir, cfg, overrides, data_root, download, dev
         "parameters": count_parameters(model), "train_images": len(train_data), "test_images": len(test_data),
         "steps_per_epoch": steps_per_epoch,
         "learning_rates": {g["name"]: g["lr"] for g in groups},
-        "code_version": code_version(), "torch_version": torch.__version__,
+        "code_version": code_version(), "torch_version": str(torch.__version__),
     }
     write_json(out_dir / "config.json", resolved)
     log.info("training %s on %s: %d train / %d test images, T=%d, batch %d, %d steps/epoch, device %s",

@@ -1,0 +1,116 @@
+"""Poisson sampler statistics and gradient; MMD against a direct evaluation of the formula."""
+import math
+
+import pytest
+import torch
+
+from esvae.errors import ConfigError
+from esvae.losses import mmd_linear, mmd_rbf
+from esvae.samplers import SAMPLERS, build_sampler
+
+RATES = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0])
+
+
+def test_poisson_spike_mean_matches_rate():
+    sampler = build_sampler("poisson")
+    rate = RATES.repeat(2000, 1)  # (N=2000, L=5)
+    g = torch.Generator().manual_seed(0)
+    spikes = sampler(rate, 16, g)  # (T, N, L)
+    assert spikes.shape == (16, 2000, 5)
+    assert set(spikes.unique().tolist()) <= {0.0, 1.0}
+    mean = spikes.mean((0, 1))
+    n = 16 * 2000
+    for r, m in zip(RATES.tolist(), mean.tolist()):
+        sigma = math.sqrt(r * (1 - r) / n)
+        assert abs(m - r) <= 4 * sigma + 1e-12, (r, m)
+    assert mean[0] == 0.0 and mean[-1] == 1.0  # r=0 never fires, r=1 always does
+
+
+def test_poisson_gradient_is_exactly_the_rectangle():
+    sampler = build_sampler("poisson")
+    rate = torch.tensor([[0.05, 0.3, 0.5, 0.75, 0.98]], requires_grad=True)
+    spikes = sampler(rate, 8, torch.Generator().manual_seed(5))
+    noise = torch.rand((8, 1, 5), generator=torch.Generator().manual_seed(5))  # the same draws
+    assert torch.equal(spikes, (rate.detach() > noise).float())
+    upstream = torch.randn(8, 1, 5, generator=torch.Generator().manual_seed(9))
+    (spikes * upstream).sum().backward()
+    window = ((rate.detach() - noise).abs() < 0.5).float()
+    assert 0 < window.mean() < 1  # the window excludes some draws
+    torch.testing.assert_close(rate.grad, (upstream * window).sum(0), rtol=0, atol=1e-6)
+
+
+def test_sampler_reproducible_with_same_generator():
+    sampler = build_sampler("poisson")
+    rate = torch.rand(4, 7, generator=torch.Generator().manual_seed(1))
+    a = sampler(rate, 5, torch.Generator().manual_seed(11))
+    b = sampler(rate, 5, torch.Generator().manual_seed(11))
+    c = sampler(rate, 5, torch.Generator().manual_seed(12))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("bad", [-0.01, 1.01, float("nan")])
+def test_samplers_reject_rates_outside_unit_interval(name, bad):
+    rate = torch.full((2, 3), 0.5)
+    rate[1, 2] = bad
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        build_sampler(name)(rate, 4)
+
+
+def test_unknown_sampler_lists_valid_ones():
+    with pytest.raises(ConfigError, match="poisson"):
+        build_sampler("gumbel")
+
+
+def _mmd_double_loop(x, y, num_kernels=5, mul=2.0):
+    """MMD^2 (V-statistic) evaluated element by element from method.md's formula."""
+    z = torch.cat([x, y]).tolist()
+    m, b = len(z), x.shape[0]
+    dist = [[sum((p - q) ** 2 for p, q in zip(z[i], z[j])) for j in range(m)] for i in range(m)]
+    bandwidth = sum(map(sum, dist)) / (m * m - m) / 4.0
+    k = [[sum(math.exp(-dist[i][j] / (bandwidth * mul ** s)) for s in range(num_kernels)) for j in range(m)]
+         for i in range(m)]
+    xx = sum(k[i][j] for i in range(b) for j in range(b)) / b ** 2
+    yy = sum(k[i][j] for i in range(b, m) for j in range(b, m)) / b ** 2
+    xy = sum(k[i][j] for i in range(b) for j in range(b, m)) / b ** 2
+    return xx + yy - 2 * xy
+
+
+def test_mmd_rbf_equals_double_loop_formula():
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(5, 3, generator=g, dtype=torch.float64)
+    y = torch.rand(5, 3, generator=g, dtype=torch.float64) * 0.5
+    assert mmd_rbf(x, y).item() == pytest.approx(_mmd_double_loop(x, y), rel=1e-12)
+    assert mmd_rbf(x, x).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_mmd_rbf_bandwidth_is_not_differentiated():
+    g = torch.Generator().manual_seed(6)
+    x = torch.rand(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(4, 3, generator=g, dtype=torch.float64)
+    mmd_rbf(x, y).backward()
+    # Finite difference with the bandwidth frozen at its value at x.
+    with torch.no_grad():
+        z = torch.cat([x, y])
+        b = ((z[:, None] - z[None]) ** 2).sum(-1).sum() / (64 - 8) / 4
+
+    def frozen(xx):
+        z = torch.cat([xx, y])
+        d = ((z[:, None] - z[None]) ** 2).sum(-1)
+        k = sum(torch.exp(-d / (b * 2 ** i)) for i in range(5))
+        return k[:4, :4].mean() + k[4:, 4:].mean() - 2 * k[:4, 4:].mean()
+
+    xd = x.detach().clone().requires_grad_(True)
+    frozen(xd).backward()
+    torch.testing.assert_close(x.grad, xd.grad)
+
+
+def test_mmd_linear_is_squared_distance_of_means():
+    x = torch.tensor([[0.0, 1.0], [1.0, 1.0]])
+    y = torch.tensor([[0.0, 0.0], [0.0, 0.0]])
+    assert mmd_linear(x, y).item() == pytest.approx(0.5 ** 2 + 1.0 ** 2)
+
+
+def test_mmd_of_identical_rows_is_zero_not_nan():
+    x = torch.zeros(3, 4)
+    assert mmd_rbf(x, x.clone()).item() == 0.0
