@@ -149,6 +149,8 @@ def _cmd_train(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .runtime import tune_allocator
+    tune_allocator()
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:

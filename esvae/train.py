@@ -23,6 +23,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from . import runtime
 from .checkpoints import code_version, save_checkpoint
 from .config import TrainConfig
 from .data import ImageSplit, data_source, iterate_batches, load_split, seeded_subset, to_model_range
@@ -164,6 +165,7 @@ def _train(model_name, source, out_dir, cfg, overrides, data_root, download, dev
         "model": model_name, "dataset": source.name, "data_label": source.label,
         "model_config_dataset": source.model_dataset, "model_config": model.config.to_dict(),
         "train_config": cfg.to_dict(), "device": str(dev), "torch_threads": torch.get_num_threads(),
+        "allocator_tuned": runtime.ALLOCATOR_TUNED,
         "parameters": count_parameters(model), "train_images": len(train_data), "test_images": len(test_data),
         "steps_per_epoch": steps_per_epoch,
         "learning_rates": {g["name"]: g["lr"] for g in groups},

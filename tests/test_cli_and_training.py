@@ -1,0 +1,123 @@
+"""Command line errors and outputs; a short real training run that must learn."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import esvae
+from esvae.cli import main
+from esvae.config import TrainConfig, paper_train_config
+from esvae.train import resolve_device, train
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _run_main(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse errors
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["describe", "--model", "vae", "--dataset", "fashion"], "invalid choice: 'vae' (choose from 'esvae')"),
+    (["describe", "--model", "esvae", "--dataset", "svhn"], "invalid choice: 'svhn' (choose from 'mnist', 'mnist5k'"),
+    (["describe", "--model", "esvae", "--dataset", "fashion", "--timesteps", "0"], "expected a positive integer, got 0"),
+    (["describe", "--model", "esvae", "--dataset", "fashion", "--timesteps", "-3"], "expected a positive integer, got -3"),
+    (["train", "--model", "esvae", "--dataset", "fashion", "--epochs", "1", "--out", "x", "--device", "tpu"],
+     "unknown device 'tpu'; expected auto, cpu, cuda or cuda:N"),
+])
+def test_bad_input_is_one_line_exit_2(argv, fragment, capsys):
+    code, out, err = _run_main(argv, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("esvae: error:") and fragment in lines[0], err
+
+
+def test_missing_dataset_is_one_line_exit_2(tmp_path, capsys):
+    code, _, err = _run_main(["train", "--model", "esvae", "--dataset", "cifar10", "--epochs", "1",
+                              "--data-root", str(tmp_path / "empty"), "--out", str(tmp_path / "run")], capsys)
+    assert code == 2
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("esvae: error: CIFAR-10 not found") and "cifar-10-batches-py" in last
+    assert "Traceback" not in err
+
+
+def test_subprocess_error_has_no_traceback():
+    proc = subprocess.run([sys.executable, "-m", "esvae", "describe", "--model", "esvae", "--dataset", "fashion",
+                           "--timesteps", "0"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("esvae: error: argument --timesteps: expected a positive integer, got 0 "
+                                   "(see 'python -m esvae describe --help')")
+
+
+def test_describe_prints_resolved_config_and_parameter_count(capsys):
+    code, out, _ = _run_main(["describe", "--model", "esvae", "--dataset", "cifar10"], capsys)
+    report = json.loads(out)
+    assert code == 0 and report["parameters"] == 1_069_411
+    assert report["model_config"]["latent_dim"] == 128 and report["model_config"]["timesteps"] == 16
+    assert sum(report["parameters_by_module"].values()) == 1_069_411
+    assert report["paper_train_config"]["lr"] == pytest.approx(0.0006144)
+
+
+def test_paper_train_configs_use_effective_learning_rates():
+    assert paper_train_config("fashion").lr == pytest.approx(0.003 * 256 / 250)
+    assert paper_train_config("cifar10").lr == pytest.approx(0.0006 * 256 / 250)
+    assert paper_train_config("celeba").lr == pytest.approx(0.001 * 64 / 250)
+    assert paper_train_config("celeba").batch_size == 64 and paper_train_config("cifar10").hflip
+    assert not paper_train_config("mnist").hflip
+
+
+def test_device_resolution():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(esvae.ConfigError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine; the CUDA step test ran nowhere")
+def test_training_step_on_cuda():
+    model = esvae.build_model("esvae", "fashion", timesteps=4).cuda()
+    x = torch.rand(8, 1, 32, 32, device="cuda") * 2 - 1
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    terms = model.loss(x, model(x, generator=gen))
+    terms["loss"].backward()
+    assert torch.isfinite(terms["loss"]) and model.encoder[0].weight.grad.is_cuda
+    assert model.sample(2, generator=gen).device.type == "cuda"
+
+
+def test_short_real_training_run_learns_and_writes_outputs(tmp_path):
+    """Fashion-MNIST (real, from the Debian package), 512 images, T=4: test MSE must fall clearly."""
+    cfg = TrainConfig(**{**paper_train_config("fashion").__dict__, "epochs": 2, "batch_size": 32,
+                         "train_subset": 512, "test_subset": 256})
+    out = tmp_path / "run"
+    result = train(model_name="esvae", dataset="fashion", out_dir=out, train_config=cfg,
+                   model_overrides={"timesteps": 4}, data_root=os.environ.get("ESVAE_DATA", tmp_path / "data"),
+                   device="cpu")
+    rows = list(csv.DictReader(open(out / "history.tsv"), delimiter="\t"))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+    initial, final = float(rows[0]["test_mse"]), float(rows[-1]["test_mse"])
+    assert final < 0.7 * initial, (initial, final)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["reconstruction_mse"]["n"] == 256 and metrics["reconstruction_mse"]["split"] == "test[:256]"
+    assert metrics["reconstruction_mse"]["value"] == pytest.approx(final, rel=1e-5)
+    assert metrics["data_label"] == "Fashion-MNIST" and metrics["train_images"] == 512
+    config = json.loads((out / "config.json").read_text())
+    assert config["learning_rates"] == {"network": pytest.approx(0.003072), "prior_bottleneck": pytest.approx(0.03072)}
+    model, ckpt = esvae.load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 32 and ckpt["optimizer"] is not None
+    from PIL import Image
+    with Image.open(out / "reconstructions.png") as img:
+        assert img.size == (8 * 34 + 2, 8 * 34 + 2)  # 8 x 8 tiles of 32 px with 2 px padding
+    with Image.open(out / "samples.png") as img:
+        assert img.size == (8 * 34 + 2, 8 * 34 + 2)
+    assert "effective LR 0.003072" in (out / "train.log").read_text()
+    assert result.metrics == metrics
