@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One-step set-up on a fresh Debian machine (run as root, or with the Debian package already
+# installed): the Fashion-MNIST Debian package, a virtual environment in .venv (or $ESVAE_VENV)
+# with torch 2.14.1 / torchvision 0.29.1, and this package with its test extras.
+# Re-running is cheap: the pip step is skipped while pyproject.toml and this script are unchanged.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${ESVAE_VENV:-.venv}
+PYTHON=${ESVAE_PYTHON:-$(command -v python3.11 || command -v python3)}
+
+if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing the Debian package dataset-fashion-mnist (real Fashion-MNIST, offline)" >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    echo "setup: warning: dataset-fashion-mnist is not installed and this is not root;" \
+         "run 'sudo apt-get install dataset-fashion-mnist' or put Fashion-MNIST under data/FashionMNIST/raw/" >&2
+  fi
+fi
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+stamp="$VENV/.esvae-setup-stamp"
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing torch 2.14.1, torchvision 0.29.1 and esvae into $VENV (first time: a few minutes)" >&2
+  # pip's "Location ... is ignored" notes about this machine's local package folders are noise.
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 2>&1 \
+    | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 \
+    | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
+  "$VENV/bin/python" -c "import esvae, torch, torchvision, pytest" \
+    || { echo "setup: error: the installation in $VENV is incomplete (see pip's messages above)" >&2; exit 1; }
+  echo "$want" > "$stamp"
+fi
