@@ -1,0 +1,39 @@
+"""The README's examples are the ones that run: its Python block executes, its test command is CI's."""
+import re
+from pathlib import Path
+
+import torch
+
+import esvae
+from esvae.checkpoints import save_checkpoint
+from original_layout import original_esvae_state_dict
+
+REPO = Path(__file__).resolve().parent.parent
+README = (REPO / "README.md").read_text()
+
+
+def _blocks(lang):
+    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    (python_block,) = _blocks("python")
+    monkeypatch.chdir(tmp_path)
+    # The files the example names: an original-layout checkpoint and one of this project's runs.
+    torch.save({"state_dict": original_esvae_state_dict(1, 32, (32, 64, 128, 256))}, "esvae_fashion.pth")
+    run = Path("runs/fashion-esvae-T16")
+    save_checkpoint(run / "checkpoint.pt", esvae.build_model("esvae", "fashion"), epoch=1, step=1)
+    namespace = {}
+    exec(compile(python_block, "README.md", "exec"), namespace)
+    assert namespace["spikes"].shape == (16, 8, 32)
+    assert namespace["images"].shape == (8, 1, 32, 32) and namespace["samples"].shape == (16, 1, 32, 32)
+    assert set(namespace["terms"]) == {"loss", "mse", "mmd"}
+    assert "855,905" in python_block and esvae.count_parameters(namespace["model"]) == 855_905
+
+
+def test_ci_runs_the_readme_test_command():
+    bash_blocks = [b.strip() for b in _blocks("bash")]
+    test_command = next(b for b in bash_blocks if "pytest" in b)
+    assert test_command in (REPO / ".ci" / "run").read_text().splitlines()
+    main_command = next(b for b in bash_blocks if "esvae train" in b)
+    assert main_command.startswith("bash scripts/setup.sh && ")
