@@ -41,6 +41,7 @@ positive_float = _bounded(float, 0.0, False, "a positive number")
 
 def _build_parser() -> argparse.ArgumentParser:
     from .data import SOURCES
+    from .losses import MMD_KERNELS
     from .models import MODELS
 
     parser = _OneLineParser(prog="python -m esvae", description="Spiking VAE benchmark: train and inspect models.")
@@ -54,6 +55,8 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="data set (mnist5k: the offline MNIST subset, MNIST model configuration)")
         p.add_argument("--timesteps", type=positive_int, default=None, help="T (default: the paper's 16)")
         p.add_argument("--latent-dim", type=positive_int, default=None, help="L (default: the paper's for the dataset)")
+        p.add_argument("--mmd-kernel", choices=sorted(MMD_KERNELS), default=None,
+                       help="posterior/prior matching kernel (default: the paper's 5-kernel rbf)")
 
     t = sub.add_parser("train", help="train a model; writes checkpoint, history, metrics and image grids")
     add_model_args(t)
@@ -83,6 +86,8 @@ def _overrides(args) -> dict:
         out["timesteps"] = args.timesteps
     if args.latent_dim is not None:
         out["latent_dim"] = args.latent_dim
+    if args.mmd_kernel is not None:
+        out["mmd_kernel"] = args.mmd_kernel
     return out
 
 
@@ -146,6 +151,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except EsvaeError as exc:
         print(f"esvae: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an unwritable --out, a full disk: the environment, not a bug
+        print(f"esvae: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("esvae: interrupted", file=sys.stderr)
         return 130

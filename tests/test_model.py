@@ -127,3 +127,14 @@ def test_own_checkpoint_round_trip_and_corrupt_file(tmp_path):
         esvae.load_checkpoint(tmp_path / "truncated.pt")
     with pytest.raises(CheckpointError, match="not found"):
         esvae.load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_linear_mmd_option_changes_the_loss_term():
+    torch.manual_seed(0)
+    model = esvae.build_model("esvae", "fashion", timesteps=2, mmd_kernel="linear")
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    out = model(x, generator=torch.Generator().manual_seed(0))
+    delta = out.posterior_rate.mean(0) - out.prior_rate.mean(0)
+    torch.testing.assert_close(model.loss(x, out)["mmd"], (delta ** 2).sum())
+    with pytest.raises(ConfigError, match="linear, rbf"):
+        esvae.build_model("esvae", "fashion", mmd_kernel="gauss")
