@@ -64,7 +64,11 @@ class ESVAE(SpikingConvBackbone):
 
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Generate ``n`` images ``(n, C, H, W)``: eps -> bottleneck -> prior rate -> spikes -> decoder."""
+        """Generate ``n`` images ``(n, C, H, W)``: eps -> bottleneck -> prior rate -> spikes -> decoder.
+
+        Runs in the model's current mode, as every ``nn.Module`` call does: call ``model.eval()``
+        first so tdBN uses its running statistics (in training mode it would also update them).
+        """
         prior_rate = self.prior_rate(n, generator)
         return self.decode(self.sampler(prior_rate, self.timesteps, generator))
 
