@@ -8,7 +8,8 @@ Own format (one ``torch.save`` dict, written atomically)::
 Original layout: a ``state_dict`` (bare or under the key ``"state_dict"``) whose conv and
 transposed-conv weights are time-last 3-D ``(Cout, Cin, 3, 3, 1)`` / ``(Cin, Cout, 3, 3, 1)``,
 whose prior bottleneck is ``sample_layer.0``, and which also holds FSVAE's unused
-``prior.layers.*`` / ``posterior.layers.*`` modules.
+``prior.layers.*`` / ``posterior.layers.*`` modules and the readout's buffer
+``membrane_output_layer.coef`` (the decay weights, shape ``(1, 1, 1, 1, T)``).
 """
 from __future__ import annotations
 
@@ -35,6 +36,20 @@ FORMAT_VERSION = 1
 _ORIGINAL_RENAMES = {"sample_layer.0.": "prior_bottleneck."}
 # Modules the original ESVAE code builds but never uses: ignored with a note.
 _ORIGINAL_UNUSED_PREFIXES = ("prior.", "posterior.")
+# The original readout stores its decay weights 0.8^(T-1-t) as a buffer of shape (1, 1, 1, 1, T);
+# ours computes them. The buffer is checked against the model (T and decay), then dropped.
+_ORIGINAL_READOUT_BUFFER = "membrane_output_layer.coef"
+
+
+def _check_readout_buffer(coef: torch.Tensor, model: nn.Module) -> None:
+    expected = model.readout.weights(model.timesteps, dtype=torch.float64)
+    flat = coef.detach().double().flatten()
+    if flat.numel() != expected.numel():
+        raise CheckpointError(f"original checkpoint was saved with T={flat.numel()} ({_ORIGINAL_READOUT_BUFFER} has "
+                              f"{flat.numel()} weights) but the model has T={model.timesteps}; pass timesteps={flat.numel()}")
+    if not torch.allclose(flat, expected, rtol=1e-5, atol=1e-7):
+        raise CheckpointError(f"{_ORIGINAL_READOUT_BUFFER} holds {flat.tolist()}, not the decay powers "
+                              f"{model.config.readout_decay}^(T-1-t) this model uses")
 
 
 @functools.lru_cache(maxsize=1)
@@ -160,6 +175,9 @@ def load_original_checkpoint(path: os.PathLike, name: str, dataset: str, map_loc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} holds no state dict (expected a dict of tensors, bare or under 'state_dict')")
     model = build_model(name, dataset, **overrides)
+    state = dict(state)
+    if _ORIGINAL_READOUT_BUFFER in state:
+        _check_readout_buffer(state.pop(_ORIGINAL_READOUT_BUFFER), model)
     converted, ignored = convert_original_state_dict(state, model.state_dict())
     model.load_state_dict(converted)
     notes = []

@@ -137,7 +137,8 @@ def _cmd_train(args) -> int:
     mse = result.metrics["reconstruction_mse"]
     print(f"test reconstruction MSE {mse['value']:.5f} ({result.metrics['data_label']}, N={mse['n']}, "
           f"split {mse['split']}, T={result.metrics['timesteps']}, {result.metrics['epochs']} epoch(s) on "
-          f"{result.metrics['train_images']} training images); outputs in {result.out_dir}")
+          f"{result.metrics['train_images']} training images; mean-image baseline "
+          f"{result.metrics['baseline_mean_image_mse']['value']:.5f}); outputs in {result.out_dir}")
     return 0
 
 

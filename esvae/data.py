@@ -108,33 +108,34 @@ def _resize_mnist_like(raw: np.ndarray) -> np.ndarray:
 
 def _mnist_family_missing(name: str, raw_dir: Path, extra: str) -> DatasetNotFoundError:
     files = ", ".join(MNIST_FILES)
-    return DatasetNotFoundError(f"{name} not found: expected {files} (or the same with .gz) in {raw_dir}; {extra}")
+    return DatasetNotFoundError(f"{name} not found: expected {files} (or the same with .gz, unpacked on first use) in {raw_dir}; {extra}")
 
 
-def _prepare_fashion_from_debian(raw_dir: Path) -> bool:
-    """Unpack the Debian package's ``*.gz`` files into torchvision's raw layout; False if absent."""
-    sources = [DEBIAN_FASHION_DIR / f"{f}.gz" for f in MNIST_FILES]
-    if not all(p.is_file() for p in sources):
-        return False
+def _gunzip_into(sources, raw_dir: Path) -> None:
+    """Decompress ``*.gz`` files into ``raw_dir`` under their names without ``.gz`` (atomically)."""
     raw_dir.mkdir(parents=True, exist_ok=True)
     for src in sources:
-        dst = raw_dir / src.name[:-3]
+        dst = raw_dir / Path(src).name[:-3]
         tmp = dst.with_suffix(".tmp")
         with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
             shutil.copyfileobj(fin, fout)
         os.replace(tmp, dst)
-    log.info("unpacked Fashion-MNIST from the Debian package dataset-fashion-mnist (%s) into %s", DEBIAN_FASHION_DIR, raw_dir)
-    return True
 
 
 def _read_mnist_family(name: str, root: Path, split: str, download: bool):
     from torchvision import datasets
     cls, folder = {"mnist": (datasets.MNIST, "MNIST"), "fashion": (datasets.FashionMNIST, "FashionMNIST")}[name]
     raw_dir = root / folder / "raw"
-    have = all((raw_dir / f).is_file() or (raw_dir / f"{f}.gz").is_file() for f in MNIST_FILES)
-    if not have and not download:
-        if name == "fashion" and _prepare_fashion_from_debian(raw_dir):
-            have = True
+    missing = [f for f in MNIST_FILES if not (raw_dir / f).is_file()]
+    if missing and all((raw_dir / f"{f}.gz").is_file() for f in missing):
+        _gunzip_into([raw_dir / f"{f}.gz" for f in missing], raw_dir)  # torchvision reads only unpacked files
+        missing = []
+    debian = [DEBIAN_FASHION_DIR / f"{f}.gz" for f in MNIST_FILES]
+    if missing and not download:
+        if name == "fashion" and all(p.is_file() for p in debian):
+            _gunzip_into(debian, raw_dir)
+            log.info("unpacked Fashion-MNIST from the Debian package dataset-fashion-mnist (%s) into %s",
+                     DEBIAN_FASHION_DIR, raw_dir)
         else:
             hint = ("install the Debian package (apt-get install dataset-fashion-mnist) or pass --download"
                     if name == "fashion" else
@@ -142,8 +143,8 @@ def _read_mnist_family(name: str, root: Path, split: str, download: bool):
             raise _mnist_family_missing("Fashion-MNIST" if name == "fashion" else "MNIST", raw_dir, hint)
     try:
         ds = cls(str(root), train=(split == "train"), download=download)
-    except RuntimeError as exc:  # torchvision: "Dataset not found. You can use download=True ..."
-        raise DatasetNotFoundError(f"{name}: torchvision could not read {raw_dir}: {exc}") from None
+    except (RuntimeError, OSError) as exc:  # torchvision's "Dataset not found", a failed download
+        raise DatasetNotFoundError(f"{name}: torchvision could not read or fetch {raw_dir}: {exc}") from None
     return _resize_mnist_like(ds.data.numpy()), ds.targets.long()
 
 
@@ -186,8 +187,8 @@ def _read_cifar10(root: Path, split: str, download: bool):
                                    "test_batch, batches.meta); pass --download to fetch it")
     try:
         ds = datasets.CIFAR10(str(root), train=(split == "train"), download=download)
-    except RuntimeError as exc:
-        raise DatasetNotFoundError(f"cifar10: torchvision could not read {folder}: {exc}") from None
+    except (RuntimeError, OSError) as exc:  # a corrupt folder, a failed download
+        raise DatasetNotFoundError(f"cifar10: torchvision could not read or fetch {folder}: {exc}") from None
     return np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)), torch.tensor(ds.targets).long()
 
 
@@ -201,7 +202,10 @@ def _read_celeba(root: Path, split: str, download: bool):
     partition, images_dir = base / "list_eval_partition.txt", base / "img_align_celeba"
     if download and not partition.is_file():
         from torchvision import datasets
-        datasets.CelebA(str(root), split="all", download=True)
+        try:
+            datasets.CelebA(str(root), split="all", download=True)
+        except (RuntimeError, OSError) as exc:  # Google Drive quota, no network, a corrupt archive
+            raise DatasetNotFoundError(f"celeba: torchvision could not fetch CelebA into {base}: {exc}") from None
     if not partition.is_file() or not images_dir.is_dir():
         raise DatasetNotFoundError(f"CelebA not found: expected {images_dir}/ (the aligned JPEGs) and {partition} "
                                    "(torchvision's layout); pass --download to fetch it with torchvision, or place "
@@ -252,7 +256,10 @@ def load_split(dataset: str, split: str, root: Optional[os.PathLike] = None, dow
         images, labels = _read_celeba(root, split, download)
     images = torch.from_numpy(np.ascontiguousarray(images))
     if use_cache:
-        atomic_torch_save({"images": images, "labels": labels}, cache)
+        try:
+            atomic_torch_save({"images": images, "labels": labels}, cache)
+        except OSError as exc:  # a read-only shared data folder still serves the data
+            log.warning("could not write the dataset cache %s (%s); continuing without it", cache, exc)
     return ImageSplit(images, labels, dataset, split, source.label)
 
 

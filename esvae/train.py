@@ -29,6 +29,7 @@ from .config import TrainConfig
 from .data import ImageSplit, data_source, iterate_batches, load_split, seeded_subset, to_model_range
 from .errors import ConfigError, TrainingDivergedError
 from .models.registry import build_model, count_parameters
+from .samplers import RateOutOfRangeError
 
 log = logging.getLogger(__name__)
 
@@ -138,25 +139,29 @@ def train(*, model_name: str, dataset: str, out_dir: os.PathLike, train_config: 
     cfg = train_config
     if cfg.epochs < 0 or cfg.batch_size < 1 or cfg.lr <= 0:
         raise ConfigError(f"need epochs >= 0, batch_size >= 1 and lr > 0; got {cfg.epochs}, {cfg.batch_size}, {cfg.lr}")
+    # Names and data first: a wrong model key or a missing dataset leaves no output folder behind.
+    from .models.registry import resolve_config
+    resolve_config(model_name, source.model_dataset, **(model_overrides or {}))
+    train_data = seeded_subset(load_split(source.name, "train", data_root, download), cfg.train_subset)
+    test_full = load_split(source.name, "test", data_root, download)
+    test_data = test_full if cfg.test_subset <= 0 else test_full.subset(torch.arange(min(cfg.test_subset, len(test_full))))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     handler = _setup_logging(out_dir)
     try:
-        return _train(model_name, source, out_dir, cfg, model_overrides or {}, data_root, download, dev,
-                      eval_at_init, sys.stderr.isatty() if progress is None else progress)
+        return _train(model_name, source, out_dir, cfg, model_overrides or {}, train_data, test_data, len(test_full),
+                      dev, eval_at_init, sys.stderr.isatty() if progress is None else progress)
     finally:
         logging.getLogger("esvae").removeHandler(handler)
         handler.close()
 
 
-def _train(model_name, source, out_dir, cfg, overrides, data_root, download, dev, eval_at_init, progress):
+def _train(model_name, source, out_dir, cfg, overrides, train_data, test_data, test_split_size, dev, eval_at_init,
+           progress):
     from tqdm import tqdm
 
     torch.manual_seed(cfg.seed)
     model = build_model(model_name, source.model_dataset, **overrides).to(dev)
-    train_data = seeded_subset(load_split(source.name, "train", data_root, download), cfg.train_subset)
-    test_full = load_split(source.name, "test", data_root, download)
-    test_data = test_full if cfg.test_subset <= 0 else test_full.subset(torch.arange(min(cfg.test_subset, len(test_full))))
 
     steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
     groups = model.param_groups(cfg.lr, cfg.prior_lr_multiplier)
@@ -208,10 +213,13 @@ def _train(model_name, source, out_dir, cfg, overrides, data_root, download, dev
         bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress,
                    unit="batch", dynamic_ncols=True)
         for images in bar:
-            out = model(images, generator=model_gen)
+            last = "no checkpoint yet" if epoch == 1 else f"last good checkpoint {out_dir / 'checkpoint.pt'} (epoch {epoch - 1})"
+            try:
+                out = model(images, generator=model_gen)
+            except RateOutOfRangeError as exc:  # NaN weights reach the sampler before the loss
+                raise TrainingDivergedError(f"diverged at epoch {epoch}, step {step}: {exc}; {last}") from None
             terms = model.loss(images, out)
             if not torch.isfinite(terms["loss"]):
-                last = "no checkpoint yet" if epoch == 1 else f"last good checkpoint {out_dir / 'checkpoint.pt'} (epoch {epoch - 1})"
                 raise TrainingDivergedError(f"non-finite loss at epoch {epoch}, step {step}: "
                                             + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items()) + f"; {last}")
             optimizer.zero_grad(set_to_none=True)
@@ -240,6 +248,9 @@ def _train(model_name, source, out_dir, cfg, overrides, data_root, download, dev
         save_checkpoint(out_dir / "checkpoint.pt", model, optimizer=optimizer, epoch=0, step=0, train_config=resolved)
     final = history[-1] if history and "test_mse" in history[-1] else {
         **{f"test_{k}": v for k, v in evaluate(model, test_data, cfg.batch_size, dev, eval_seed).items()}}
+    # Reference point: predicting the mean training image for every test image.
+    mean_image = to_model_range(train_data.images).mean(0, keepdim=True)
+    baseline_mse = to_model_range(test_data.images).sub_(mean_image).pow_(2).flatten(1).mean(1).mean().item()
     metrics = {
         "model": model_name,
         "dataset": source.name,
@@ -247,9 +258,14 @@ def _train(model_name, source, out_dir, cfg, overrides, data_root, download, dev
         "reconstruction_mse": {
             "value": final["test_mse"],
             "n": len(test_data),
-            "split": "test" if cfg.test_subset <= 0 or cfg.test_subset >= len(test_full) else f"test[:{len(test_data)}]",
+            "split": "test" if len(test_data) == test_split_size else f"test[:{len(test_data)}]",
             "averaging": "mean over images of the per-image pixel MSE, images in [-1, 1]",
             "latent": f"sampled with {model.config.sampler} (eval-mode batch norm, generator seed {eval_seed})",
+        },
+        "baseline_mean_image_mse": {
+            "value": baseline_mse,
+            "n": len(test_data),
+            "what": f"MSE of the mean of the {len(train_data)} training images, used as every reconstruction",
         },
         "timesteps": model.config.timesteps,
         "epochs": cfg.epochs,
@@ -261,6 +277,6 @@ def _train(model_name, source, out_dir, cfg, overrides, data_root, download, dev
     }
     write_json(out_dir / "metrics.json", metrics)
     save_image_grids(model, test_data, out_dir, dev, eval_seed)
-    log.info("done: test reconstruction MSE %.5f (N=%d, split %s, %s); files in %s", final["test_mse"], len(test_data),
-             metrics["reconstruction_mse"]["split"], source.label, out_dir)
+    log.info("done: test reconstruction MSE %.5f (N=%d, split %s, %s; the mean training image scores %.5f); files in %s",
+             final["test_mse"], len(test_data), metrics["reconstruction_mse"]["split"], source.label, baseline_mse, out_dir)
     return TrainResult(out_dir, history, metrics)

@@ -17,8 +17,9 @@ def _bn(prefix, c, g):
     }
 
 
-def original_esvae_state_dict(in_channels, latent_dim, hidden_dims, seed=0, with_fsvae_modules=True):
-    """Random tensors under the original key names and time-last shapes."""
+def original_esvae_state_dict(in_channels, latent_dim, hidden_dims, seed=0, with_fsvae_modules=True, timesteps=16):
+    """Random tensors under the original key names and time-last shapes, plus the readout's
+    decay-weight buffer ``membrane_output_layer.coef`` of shape (1, 1, 1, 1, T)."""
     g = torch.Generator().manual_seed(seed)
     sd = {}
     cin = in_channels
@@ -45,6 +46,7 @@ def original_esvae_state_dict(in_channels, latent_dim, hidden_dims, seed=0, with
     sd["final_layer.1.bias"] = torch.randn(in_channels, generator=g) * 0.05
     sd["sample_layer.0.weight"] = torch.randn(latent_dim, latent_dim, generator=g) / latent_dim ** 0.5
     sd["sample_layer.0.bias"] = torch.randn(latent_dim, generator=g) * 0.1
+    sd["membrane_output_layer.coef"] = torch.tensor([0.8 ** (timesteps - 1 - t) for t in range(timesteps)]).view(1, 1, 1, 1, -1)
     if with_fsvae_modules:  # built but unused by the original ESVAE
         sd["prior.layers.0.weight"] = torch.randn(2 * latent_dim, latent_dim, generator=g)
         sd["posterior.layers.0.weight"] = torch.randn(4 * latent_dim, 2 * latent_dim, generator=g)

@@ -45,9 +45,39 @@ def test_missing_dataset_is_one_line_exit_2(tmp_path, capsys):
     code, _, err = _run_main(["train", "--model", "esvae", "--dataset", "cifar10", "--epochs", "1",
                               "--data-root", str(tmp_path / "empty"), "--out", str(tmp_path / "run")], capsys)
     assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("esvae: error: CIFAR-10 not found") and "cifar-10-batches-py" in lines[0]
+    assert not (tmp_path / "run").exists()  # nothing half-made is left behind
+
+
+def test_missing_dataset_in_a_subprocess(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "esvae", "train", "--model", "esvae", "--dataset", "mnist",
+                           "--epochs", "1", "--data-root", str(tmp_path), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("esvae: error: MNIST not found"), proc.stderr
+    assert "train-images-idx3-ubyte" in lines[0] and "--download" in lines[0] and "mnist5k" in lines[0]
+
+
+def test_non_finite_loss_stops_with_step_and_terms(tmp_path, capsys, monkeypatch):
+    import esvae.train as train_module
+
+    def build_diverged(*args, **kwargs):
+        model = esvae.build_model(*args, **kwargs)
+        with torch.no_grad():
+            model.prior_bottleneck.weight.fill_(float("nan"))
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", build_diverged)
+    code, _, err = _run_main(["train", "--model", "esvae", "--dataset", "mnist5k", "--epochs", "1", "--timesteps", "2",
+                              "--train-subset", "8", "--test-subset", "8", "--batch-size", "4", "--no-eval-at-init",
+                              "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "run")], capsys)
+    assert code == 2
     last = err.strip().splitlines()[-1]
-    assert last.startswith("esvae: error: CIFAR-10 not found") and "cifar-10-batches-py" in last
-    assert "Traceback" not in err
+    assert last.startswith("esvae: error: non-finite loss at epoch 1, step 0: loss=nan") and "mmd=nan" in last
+    assert "no checkpoint yet" in last
 
 
 def test_subprocess_error_has_no_traceback():
@@ -106,10 +136,21 @@ def test_short_real_training_run_learns_and_writes_outputs(tmp_path):
     assert [r["epoch"] for r in rows] == ["0", "1", "2"]
     initial, final = float(rows[0]["test_mse"]), float(rows[-1]["test_mse"])
     assert final < 0.7 * initial, (initial, final)
+    # The reconstructions depend on their inputs: paired with the wrong input they are far worse
+    # (a decoder that ignored the latent would score about the same either way).
+    from esvae.data import load_split, to_model_range
+    x = to_model_range(load_split("fashion", "test", os.environ.get("ESVAE_DATA", tmp_path / "data")).images[:256])
+    trained, _ = esvae.load_checkpoint(out / "checkpoint.pt")
+    with torch.no_grad():
+        recon = trained.eval()(x, generator=torch.Generator().manual_seed(0)).reconstruction
+    matched = (recon - x).pow(2).mean().item()
+    mismatched = (recon.roll(1, dims=0) - x).pow(2).mean().item()
+    assert matched < 0.6 * mismatched, (matched, mismatched)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["reconstruction_mse"]["n"] == 256 and metrics["reconstruction_mse"]["split"] == "test[:256]"
     assert metrics["reconstruction_mse"]["value"] == pytest.approx(final, rel=1e-5)
     assert metrics["data_label"] == "Fashion-MNIST" and metrics["train_images"] == 512
+    assert metrics["baseline_mean_image_mse"]["n"] == 256 and 0.2 < metrics["baseline_mean_image_mse"]["value"] < 0.5
     config = json.loads((out / "config.json").read_text())
     assert config["learning_rates"] == {"network": pytest.approx(0.003072), "prior_bottleneck": pytest.approx(0.03072)}
     model, ckpt = esvae.load_checkpoint(out / "checkpoint.pt")

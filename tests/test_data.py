@@ -111,3 +111,22 @@ def test_seeded_subset_is_fixed_and_sized():
     a, b = seeded_subset(data, 10), seeded_subset(data, 10)
     assert torch.equal(a.labels, b.labels) and len(a) == 10 and len(set(a.labels.tolist())) == 10
     assert seeded_subset(data, 0) is data
+
+
+def test_gzipped_raw_files_are_unpacked_for_torchvision(tmp_path):
+    import shutil
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in DEBIAN_FASHION_DIR.glob("t10k-*.gz"):
+        shutil.copy(f, raw / f.name)
+    for f in DEBIAN_FASHION_DIR.glob("train-*.gz"):
+        shutil.copy(f, raw / f.name)
+    test = load_split("fashion", "test", tmp_path, use_cache=False)
+    assert len(test) == 10_000 and (raw / "t10k-labels-idx1-ubyte").is_file()
+
+
+def test_unwritable_cache_does_not_stop_loading(tmp_path, caplog):
+    (tmp_path / "esvae_cache").write_text("a file where the cache folder would go")
+    with caplog.at_level("WARNING", logger="esvae"):
+        data = load_split("mnist5k", "test", tmp_path)
+    assert len(data) == 1000 and "continuing without it" in caplog.text

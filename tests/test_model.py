@@ -58,6 +58,15 @@ def test_loss_is_mse_plus_weighted_mmd_and_reaches_all_parameters():
     assert model.encoder[0].weight.grad.abs().sum() > 0         # encoder learns through the sampler
 
 
+def test_reconstruction_gradient_reaches_the_encoder_through_the_sampler():
+    torch.manual_seed(0)
+    model = esvae.build_model("esvae", "fashion", timesteps=4, mmd_weight=0.0)
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    model.loss(x, model(x, generator=torch.Generator().manual_seed(0)))["loss"].backward()
+    assert model.encoder[0].weight.grad.abs().sum() > 0      # MSE alone trains the encoder
+    assert model.prior_bottleneck.weight.grad is None or model.prior_bottleneck.weight.grad.abs().sum() == 0
+
+
 def test_prior_bottleneck_trains_at_ten_times_the_lr():
     model = esvae.build_model("esvae", "fashion")
     groups = {g["name"]: g for g in model.param_groups(0.003072)}
@@ -72,7 +81,7 @@ def test_prior_bottleneck_trains_at_ten_times_the_lr():
 ])
 def test_original_checkpoint_computes_the_original_function(tmp_path, dataset, channels, latent, dims, caplog):
     T = 3
-    sd = original_esvae_state_dict(channels, latent, dims)
+    sd = original_esvae_state_dict(channels, latent, dims, timesteps=T)
     path = tmp_path / "original.pth"
     torch.save({"state_dict": sd, "epoch": 299}, path)
     with caplog.at_level("INFO", logger="esvae"):
@@ -107,6 +116,13 @@ def test_original_checkpoint_with_wrong_shapes_or_keys_is_refused(tmp_path):
     torch.save(bad, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match=r"missing \['decoder.0.bias'\].*unexpected \['extra_head.weight'\]"):
         esvae.load_original_checkpoint(tmp_path / "bad.pth", "esvae", "fashion")
+    with pytest.raises(CheckpointError, match="saved with T=16.*pass timesteps=16"):
+        esvae.load_original_checkpoint(tmp_path / "bare.pth", "esvae", "fashion", timesteps=8)
+    wrong_decay = dict(sd)
+    wrong_decay["membrane_output_layer.coef"] = torch.ones(1, 1, 1, 1, 16)
+    torch.save(wrong_decay, tmp_path / "decay.pth")
+    with pytest.raises(CheckpointError, match="not the decay powers"):
+        esvae.load_original_checkpoint(tmp_path / "decay.pth", "esvae", "fashion")
 
 
 def test_own_checkpoint_round_trip_and_corrupt_file(tmp_path):

@@ -1,5 +1,5 @@
 """Pluggable latent samplers: a small interface and a name -> constructor registry."""
-from .base import SAMPLERS, LatentSampler, build_sampler, check_rates, register_sampler
+from .base import SAMPLERS, LatentSampler, RateOutOfRangeError, build_sampler, check_rates, register_sampler
 from .poisson import PoissonSampler
 
-__all__ = ["SAMPLERS", "LatentSampler", "build_sampler", "check_rates", "register_sampler", "PoissonSampler"]
+__all__ = ["SAMPLERS", "LatentSampler", "RateOutOfRangeError", "build_sampler", "check_rates", "register_sampler", "PoissonSampler"]

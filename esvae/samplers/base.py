@@ -13,11 +13,15 @@ import torch
 from ..errors import ConfigError
 
 
+class RateOutOfRangeError(ValueError):
+    """A firing rate outside [0, 1] or NaN reached a sampler (during training: divergence)."""
+
+
 def check_rates(rate: torch.Tensor) -> None:
-    """Raise ``ValueError`` unless every rate lies in [0, 1] (NaN included)."""
+    """Raise :class:`RateOutOfRangeError` unless every rate lies in [0, 1] (NaN included)."""
     if not bool(((rate >= 0) & (rate <= 1)).all()):
         bad = rate[~((rate >= 0) & (rate <= 1))]
-        raise ValueError(f"firing rates must lie in [0, 1]; got {bad.numel()} value(s) outside, e.g. {bad.flatten()[0].item()}")
+        raise RateOutOfRangeError(f"firing rates must lie in [0, 1]; got {bad.numel()} value(s) outside, e.g. {bad.flatten()[0].item()}")
 
 
 def uniform_noise(shape, like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
