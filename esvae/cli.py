@@ -43,6 +43,7 @@ def _build_parser() -> argparse.ArgumentParser:
     from .data import SOURCES
     from .losses import MMD_KERNELS
     from .models import MODELS
+    from .samplers import SAMPLERS
 
     parser = _OneLineParser(prog="python -m esvae", description="Spiking VAE benchmark: train and inspect models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -55,6 +56,8 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="data set (mnist5k: the offline MNIST subset, MNIST model configuration)")
         p.add_argument("--timesteps", type=positive_int, default=None, help="T (default: the paper's 16)")
         p.add_argument("--latent-dim", type=positive_int, default=None, help="L (default: the paper's for the dataset)")
+        p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None,
+                       help="latent sampler (default: the model's own; each model accepts some)")
         p.add_argument("--mmd-kernel", choices=sorted(MMD_KERNELS), default=None,
                        help="posterior/prior matching kernel (default: the paper's 5-kernel rbf)")
 
@@ -88,6 +91,8 @@ def _overrides(args) -> dict:
         out["latent_dim"] = args.latent_dim
     if args.mmd_kernel is not None:
         out["mmd_kernel"] = args.mmd_kernel
+    if args.sampler is not None:
+        out["sampler"] = args.sampler
     return out
 
 

@@ -154,3 +154,23 @@ def test_linear_mmd_option_changes_the_loss_term():
     torch.testing.assert_close(model.loss(x, out)["mmd"], (delta ** 2).sum())
     with pytest.raises(ConfigError, match="linear, rbf"):
         esvae.build_model("esvae", "fashion", mmd_kernel="gauss")
+
+
+@pytest.mark.parametrize("sampler", ["poisson", "bernoulli_st", "rate_repeat"])
+def test_esvae_takes_each_declared_sampler(sampler):
+    model = esvae.build_model("esvae", "fashion", timesteps=4, sampler=sampler)
+    assert model.sampler.name == sampler
+    x = torch.rand(3, 1, 32, 32) * 2 - 1
+    out = model(x, generator=torch.Generator().manual_seed(0))
+    if sampler == "rate_repeat":  # ESVAE's rates are multiples of 1/T: the count is kept exactly
+        assert torch.equal(out.sampled_spikes.sum(0), out.latent_spikes.sum(0))
+    model.loss(x, out)["loss"].backward()
+    assert model.encoder[0].weight.grad.abs().sum() > 0
+
+
+def test_model_refuses_a_sampler_it_does_not_take(monkeypatch):
+    from esvae.samplers import SAMPLERS, LatentSampler
+    monkeypatch.setitem(SAMPLERS, "toy_votes", LatentSampler)
+    with pytest.raises(ConfigError, match="does not take the latent sampler 'toy_votes'; it accepts: poisson, "
+                                          "bernoulli_st, rate_repeat"):
+        esvae.build_model("esvae", "fashion", sampler="toy_votes")

@@ -9,56 +9,86 @@ from esvae.losses import mmd_linear, mmd_rbf
 from esvae.samplers import SAMPLERS, build_sampler
 
 RATES = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0])
+ALL_SAMPLERS = sorted(SAMPLERS)
 
 
-def test_poisson_spike_mean_matches_rate():
-    sampler = build_sampler("poisson")
+def test_registry_holds_the_ablation_samplers():
+    assert {"poisson", "bernoulli_st", "rate_repeat"} <= set(SAMPLERS)
+
+
+# ---- the contract every registered sampler passes -------------------------------------------
+
+@pytest.mark.parametrize("name", ALL_SAMPLERS)
+def test_contract_shape_binary_values_and_spike_mean(name):
+    sampler = build_sampler(name)
     rate = RATES.repeat(2000, 1)  # (N=2000, L=5)
-    g = torch.Generator().manual_seed(0)
-    spikes = sampler(rate, 16, g)  # (T, N, L)
+    spikes = sampler(rate, 16, torch.Generator().manual_seed(0))  # (T, N, L)
     assert spikes.shape == (16, 2000, 5)
     assert set(spikes.unique().tolist()) <= {0.0, 1.0}
     mean = spikes.mean((0, 1))
     n = 16 * 2000
     for r, m in zip(RATES.tolist(), mean.tolist()):
-        sigma = math.sqrt(r * (1 - r) / n)
-        assert abs(m - r) <= 4 * sigma + 1e-12, (r, m)
+        if sampler.stochastic:   # Bernoulli(r) per step: within 4 standard errors
+            assert abs(m - r) <= 4 * math.sqrt(r * (1 - r) / n) + 1e-12, (r, m)
+        else:                    # deterministic: floor(r T) spikes, so within 1/T below r
+            assert r - 1 / 16 < m <= r + 1e-7, (r, m)
     assert mean[0] == 0.0 and mean[-1] == 1.0  # r=0 never fires, r=1 always does
 
 
-def test_poisson_gradient_is_exactly_the_rectangle():
-    sampler = build_sampler("poisson")
-    rate = torch.tensor([[0.05, 0.3, 0.5, 0.75, 0.98]], requires_grad=True)
-    spikes = sampler(rate, 8, torch.Generator().manual_seed(5))
-    noise = torch.rand((8, 1, 5), generator=torch.Generator().manual_seed(5))  # the same draws
-    assert torch.equal(spikes, (rate.detach() > noise).float())
-    upstream = torch.randn(8, 1, 5, generator=torch.Generator().manual_seed(9))
-    (spikes * upstream).sum().backward()
-    window = ((rate.detach() - noise).abs() < 0.5).float()
-    assert 0 < window.mean() < 1  # the window excludes some draws
-    torch.testing.assert_close(rate.grad, (upstream * window).sum(0), rtol=0, atol=1e-6)
-
-
-def test_sampler_reproducible_with_same_generator():
-    sampler = build_sampler("poisson")
+@pytest.mark.parametrize("name", ALL_SAMPLERS)
+def test_contract_reproducible_with_same_generator(name):
+    sampler = build_sampler(name)
     rate = torch.rand(4, 7, generator=torch.Generator().manual_seed(1))
     a = sampler(rate, 5, torch.Generator().manual_seed(11))
     b = sampler(rate, 5, torch.Generator().manual_seed(11))
     c = sampler(rate, 5, torch.Generator().manual_seed(12))
-    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(a, b)
+    assert torch.equal(a, c) != sampler.stochastic  # only stochastic samplers depend on the draws
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("name", ALL_SAMPLERS)
+def test_contract_documented_gradient(name):
+    sampler = build_sampler(name)
+    rate = torch.tensor([[0.05, 0.3, 0.5, 0.75, 0.98]], requires_grad=True)
+    spikes = sampler(rate, 8, torch.Generator().manual_seed(5))
+    noise = torch.rand((8, 1, 5), generator=torch.Generator().manual_seed(5))  # the draws a sampler makes
+    if sampler.stochastic:
+        assert torch.equal(spikes, (rate.detach() > noise).float())
+    upstream = torch.randn(8, 1, 5, generator=torch.Generator().manual_seed(9))
+    (spikes * upstream).sum().backward()
+    window = {
+        "rectangle": ((rate.detach() - noise).abs() < 0.5).float(),
+        "straight_through": torch.ones(8, 1, 5),
+        "none": torch.zeros(8, 1, 5),
+    }[sampler.gradient]
+    torch.testing.assert_close(rate.grad, (upstream * window).sum(0), rtol=0, atol=1e-6)
+
+
+def test_rectangle_window_really_excludes_draws():
+    """Guard for the contract above: with these draws the rectangle and straight-through differ."""
+    rate = torch.tensor([[0.05, 0.3, 0.5, 0.75, 0.98]])
+    noise = torch.rand((8, 1, 5), generator=torch.Generator().manual_seed(5))
+    assert 0 < ((rate - noise).abs() < 0.5).float().mean() < 1
+
+
+@pytest.mark.parametrize("name", ALL_SAMPLERS)
 @pytest.mark.parametrize("bad", [-0.01, 1.01, float("nan")])
-def test_samplers_reject_rates_outside_unit_interval(name, bad):
+def test_contract_rejects_rates_outside_unit_interval(name, bad):
     rate = torch.full((2, 3), 0.5)
     rate[1, 2] = bad
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         build_sampler(name)(rate, 4)
 
 
+def test_rate_repeat_spreads_the_count_evenly():
+    spikes = build_sampler("rate_repeat")(torch.tensor([[0.25, 0.5, 3 / 16]]), 16)
+    assert spikes[:, 0, 0].tolist() == [0, 0, 0, 1] * 4
+    assert spikes[:, 0, 1].tolist() == [0, 1] * 8
+    assert spikes[:, 0, 2].sum() == 3
+
+
 def test_unknown_sampler_lists_valid_ones():
-    with pytest.raises(ConfigError, match="poisson"):
+    with pytest.raises(ConfigError, match="bernoulli_st, poisson, rate_repeat"):
         build_sampler("gumbel")
 
 

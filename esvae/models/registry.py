@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Tuple
 
 from torch import nn
 
@@ -17,6 +17,7 @@ class ModelEntry:
     paper_config: Callable[[str], Any]     # dataset -> config dataclass with the paper's values
     construct: Callable[[Any], nn.Module]  # resolved config -> model
     description: str
+    samplers: Tuple[str, ...] = ()         # latent samplers the model accepts (first = paper's)
 
 
 MODELS: Dict[str, ModelEntry] = {}
@@ -36,7 +37,12 @@ def model_entry(name: str) -> ModelEntry:
 def resolve_config(name: str, dataset: str, **overrides):
     """The paper configuration of ``name`` for ``dataset`` with ``overrides`` applied and validated."""
     entry = model_entry(name)
-    return apply_overrides(entry.paper_config(dataset), overrides).validate()
+    config = apply_overrides(entry.paper_config(dataset), overrides).validate()
+    sampler = getattr(config, "sampler", None)
+    if sampler is not None and sampler not in entry.samplers:
+        raise ConfigError(f"model {name!r} does not take the latent sampler {sampler!r}; "
+                          f"it accepts: {', '.join(entry.samplers)}")
+    return config
 
 
 def build_model(name: str, dataset: str, **overrides) -> nn.Module:
@@ -66,7 +72,8 @@ def _construct_esvae(config: SpikingVAEConfig) -> nn.Module:
 
 
 register_model(ModelEntry("esvae", _esvae_paper_config, _construct_esvae,
-                          "ESVAE: spiking VAE with reparameterizable Poisson latent sampling"))
+                          "ESVAE: spiking VAE with reparameterizable Poisson latent sampling",
+                          samplers=("poisson", "bernoulli_st", "rate_repeat")))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -30,9 +30,17 @@ def uniform_noise(shape, like: torch.Tensor, generator: Optional[torch.Generator
 
 
 class LatentSampler:
-    """Interface: ``sampler(rate (N, L), timesteps, generator=None) -> spikes (T, N, L)``."""
+    """Interface: ``sampler(rate (N, L), timesteps, generator=None) -> spikes (T, N, L)``.
+
+    Class attributes state the contract that the shared sampler test checks:
+    ``stochastic`` (draws from the generator) and ``gradient`` -- the estimator of dz_t/dr:
+    ``"rectangle"`` (1[|r - u_t| < 0.5] around the step's uniform draw u_t), ``"straight_through"``
+    (1 for every step) or ``"none"``.
+    """
 
     name: str = ""
+    stochastic: bool = True
+    gradient: str = "none"
 
     def __call__(self, rate: torch.Tensor, timesteps: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         raise NotImplementedError

@@ -28,7 +28,7 @@ class _ThresholdAtNoise(torch.autograd.Function):
 
 @register_sampler("poisson")
 class PoissonSampler(LatentSampler):
-    """Reparameterizable Poisson spiking sampling.
+    """Reparameterizable Poisson spiking sampling (``poisson``).
 
     Forward: for every unit and step draw ``u ~ U(0, 1)`` and emit ``z_t = 1[r > u]``, i.e. i.i.d.
     Bernoulli(r) per step (the spike count over T is Binomial(T, r)).
@@ -36,6 +36,9 @@ class PoissonSampler(LatentSampler):
     threshold. The rate is the parameter and the uniform draw the noise, which is what makes the
     sampling reparameterizable.
     """
+
+    stochastic = True
+    gradient = "rectangle"
 
     def __call__(self, rate: torch.Tensor, timesteps: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         check_rates(rate)
