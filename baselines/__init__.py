@@ -1,1 +1,12 @@
-"""Baseline models (FSVAE, ANN VAE, TAID), registered into ``esvae.build_model``. Empty until the baselines land."""
+"""Baseline models, registered into ``esvae.build_model`` when this package is imported
+(``import esvae`` does it): ``ann_vae`` now; FSVAE and TAID to follow."""
+from esvae.models.registry import ModelEntry, register_model
+
+from .ann_vae import ANNVAE, ANNVAEConfig, ann_vae_paper_config, ann_vae_paper_train
+
+register_model(ModelEntry(
+    "ann_vae", ann_vae_paper_config, ANNVAE,
+    "ANN VAE (Table I's ANN row): BatchNorm + LeakyReLU, Gaussian latent, KLD weight 1/batches per epoch",
+    samplers=(), paper_train=ann_vae_paper_train))
+
+__all__ = ["ANNVAE", "ANNVAEConfig"]

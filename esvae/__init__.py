@@ -12,6 +12,8 @@ from .checkpoints import load_checkpoint, load_original_checkpoint, save_checkpo
 from .errors import CheckpointError, ConfigError, DatasetNotFoundError, EsvaeError
 from .models import MODELS, build_model, count_parameters
 
+import baselines as _baselines  # noqa: E402,F401  (registers the baseline models)
+
 __all__ = ["__version__", "build_model", "count_parameters", "MODELS", "load_original_checkpoint",
            "load_checkpoint", "save_checkpoint", "EsvaeError", "ConfigError", "DatasetNotFoundError",
            "CheckpointError"]

@@ -97,9 +97,8 @@ def _overrides(args) -> dict:
 
 
 def _cmd_describe(args) -> int:
-    from .config import paper_train_config
     from .data import data_source
-    from .models import build_model, count_parameters
+    from .models import build_model, count_parameters, model_entry
 
     source = data_source(args.dataset)
     model = build_model(args.model, source.model_dataset, **_overrides(args))
@@ -109,21 +108,22 @@ def _cmd_describe(args) -> int:
         "model": args.model,
         "dataset": args.dataset,
         "model_config": model.config.to_dict(),
-        "sampler": repr(model.sampler),
+        "latent": model.latent_description,
         "parameters": count_parameters(model),
         "parameters_by_module": per_module,
-        "paper_train_config": paper_train_config(source.model_dataset).to_dict(),
+        "paper_train_config": model_entry(args.model).paper_train(source.model_dataset).to_dict(),
     }
     print(json.dumps(report, indent=2))
     return 0
 
 
 def _cmd_train(args) -> int:
-    from .config import paper_train_config
     from .data import data_source
+    from .models import model_entry
     from .train import train
 
     source = data_source(args.dataset)
+    paper_train_config = model_entry(args.model).paper_train
     cfg = paper_train_config(source.model_dataset)
     cfg.epochs = args.epochs
     cfg.seed = args.seed

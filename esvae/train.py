@@ -33,9 +33,14 @@ from .samplers import RateOutOfRangeError
 
 log = logging.getLogger(__name__)
 
-HISTORY_COLUMNS = ["epoch", "step", "train_loss", "train_mse", "train_mmd", "train_posterior_rate",
-                   "test_loss", "test_mse", "test_mmd", "test_posterior_rate", "test_prior_rate",
-                   "train_images_per_s", "epoch_seconds"]
+
+
+def history_columns(model) -> List[str]:
+    """``history.tsv`` columns: the model's loss terms and statistics, for train and test."""
+    names = list(model.loss_terms) + list(model.stat_names)
+    return (["epoch", "step"] + [f"train_{k}" for k in names] + [f"test_{k}" for k in names]
+            + ["train_images_per_s", "epoch_seconds"])
+
 EVAL_SEED_OFFSET = 1_000_003   # eval/sample generators are seeded apart from the training stream
 
 
@@ -70,26 +75,23 @@ def write_json(path: Path, obj) -> None:
 
 @torch.no_grad()
 def evaluate(model, data: ImageSplit, batch_size: int, device: torch.device, seed: int) -> Dict[str, float]:
-    """Test-split loss terms in eval mode; MSE is averaged per image (the original averaged batch means).
+    """Test-split loss terms and statistics in eval mode, averaged per image.
 
-    The latent is still sampled (ESVAE) with a generator seeded by ``seed``, so the number is
-    reproducible. MMD depends on the batch; it is averaged over batches weighted by their size.
+    Each batch's means are weighted by its size, so the MSE is exactly the mean over images of the
+    per-image pixel MSE (the original code averaged batch means). A sampled latent is drawn from a
+    generator seeded by ``seed``, so the number is reproducible; a batch-level term such as MMD
+    is averaged over batches weighted by their size.
     """
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
-    totals = {"loss": 0.0, "mse": 0.0, "mmd": 0.0, "posterior_rate": 0.0, "prior_rate": 0.0}
+    totals: Dict[str, float] = {}
     n = 0
     for images in iterate_batches(data.images, batch_size, shuffle=False, device=device):
         out = model(images, generator=gen)
-        terms = model.loss(images, out)
-        per_image_mse = (out.reconstruction - images).pow(2).flatten(1).mean(1)  # (B,)
         b = images.shape[0]
-        totals["mse"] += per_image_mse.sum().item()
-        totals["mmd"] += terms["mmd"].item() * b
-        totals["loss"] += (per_image_mse.sum() + model.config.mmd_weight * terms["mmd"] * b).item()
-        totals["posterior_rate"] += out.posterior_rate.mean().item() * b
-        totals["prior_rate"] += out.prior_rate.mean().item() * b
+        for key, value in {**model.loss(images, out), **model.batch_stats(out)}.items():
+            totals[key] = totals.get(key, 0.0) + value.item() * b
         n += b
     model.train(was_training)
     return {k: v / max(n, 1) for k, v in totals.items()}
@@ -164,6 +166,7 @@ def _train(model_name, source, out_dir, cfg, overrides, train_data, test_data, t
     model = build_model(model_name, source.model_dataset, **overrides).to(dev)
 
     steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
+    derived = model.configure_training(steps_per_epoch=steps_per_epoch)  # e.g. the ANN VAE's KLD weight
     groups = model.param_groups(cfg.lr, cfg.prior_lr_multiplier)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     resolved = {
@@ -172,7 +175,7 @@ def _train(model_name, source, out_dir, cfg, overrides, train_data, test_data, t
         "train_config": cfg.to_dict(), "device": str(dev), "torch_threads": torch.get_num_threads(),
         "allocator_tuned": runtime.ALLOCATOR_TUNED,
         "parameters": count_parameters(model), "train_images": len(train_data), "test_images": len(test_data),
-        "steps_per_epoch": steps_per_epoch,
+        "steps_per_epoch": steps_per_epoch, "derived": derived,
         "learning_rates": {g["name"]: g["lr"] for g in groups},
         "code_version": code_version(), "torch_version": str(torch.__version__),
     }
@@ -180,19 +183,23 @@ def _train(model_name, source, out_dir, cfg, overrides, train_data, test_data, t
     log.info("training %s on %s: %d train / %d test images, T=%d, batch %d, %d steps/epoch, device %s",
              model_name, source.label, len(train_data), len(test_data), model.config.timesteps, cfg.batch_size,
              steps_per_epoch, dev)
-    log.info("effective LR %g (%s); prior bottleneck LR %g (x%g); AdamW betas %s, weight decay %g",
-             cfg.lr, cfg.lr_derivation or "given on the command line", cfg.lr * cfg.prior_lr_multiplier,
-             cfg.prior_lr_multiplier, tuple(cfg.betas), cfg.weight_decay)
+    log.info("effective LR %g (%s); parameter-group LRs %s; AdamW betas %s, weight decay %g",
+             cfg.lr, cfg.lr_derivation or "given on the command line", {g["name"]: g["lr"] for g in groups},
+             tuple(cfg.betas), cfg.weight_decay)
+    if derived:
+        log.info("derived from the data: %s", derived)
 
     history: List[Dict[str, float]] = []
     eval_seed = cfg.seed + EVAL_SEED_OFFSET
 
+    columns = history_columns(model)
+
     def record(row: Dict[str, float]) -> None:
         history.append(row)
-        lines = ["\t".join(HISTORY_COLUMNS)]
+        lines = ["\t".join(columns)]
         for r in history:
             lines.append("\t".join("" if r.get(c) is None else (f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]))
-                                   for c in HISTORY_COLUMNS))
+                                   for c in columns))
         write_text_atomic(out_dir / "history.tsv", "\n".join(lines) + "\n")
 
     if eval_at_init:
@@ -206,7 +213,7 @@ def _train(model_name, source, out_dir, cfg, overrides, train_data, test_data, t
     model.train()
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
-        sums = {"loss": 0.0, "mse": 0.0, "mmd": 0.0, "posterior_rate": 0.0}
+        sums: Dict[str, float] = {}
         seen = 0
         batches = iterate_batches(train_data.images, cfg.batch_size, shuffle=True, generator=data_gen, hflip=cfg.hflip,
                                   device=dev)
@@ -228,9 +235,8 @@ def _train(model_name, source, out_dir, cfg, overrides, train_data, test_data, t
             step += 1
             b = images.shape[0]
             seen += b
-            for k in ("loss", "mse", "mmd"):
-                sums[k] += terms[k].item() * b
-            sums["posterior_rate"] += out.posterior_rate.mean().item() * b
+            for key, value in {**terms, **model.batch_stats(out)}.items():
+                sums[key] = sums.get(key, 0.0) + value.item() * b
             bar.set_postfix(loss=f"{terms['loss'].item():.4f}", mse=f"{terms['mse'].item():.4f}")
         seconds = time.perf_counter() - start
         test_terms = evaluate(model, test_data, cfg.batch_size, dev, eval_seed)
@@ -260,7 +266,7 @@ def _train(model_name, source, out_dir, cfg, overrides, train_data, test_data, t
             "n": len(test_data),
             "split": "test" if len(test_data) == test_split_size else f"test[:{len(test_data)}]",
             "averaging": "mean over images of the per-image pixel MSE, images in [-1, 1]",
-            "latent": f"sampled with {model.config.sampler} (eval-mode batch norm, generator seed {eval_seed})",
+            "latent": f"{model.latent_description} (eval-mode batch norm, generator seed {eval_seed})",
         },
         "baseline_mean_image_mse": {
             "value": baseline_mse,

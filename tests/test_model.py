@@ -22,7 +22,7 @@ def test_paper_configuration_and_overrides():
         esvae.build_model("esvae", "fashion", timesteps=0)
     with pytest.raises(ConfigError, match="valid keys"):
         esvae.build_model("esvae", "fashion", latentdim=3)
-    with pytest.raises(ConfigError, match="expected one of: esvae"):
+    with pytest.raises(ConfigError, match="expected one of: ann_vae, esvae"):
         esvae.build_model("vae", "fashion")
     with pytest.raises(ConfigError, match="mnist, fashion, cifar10, celeba"):
         esvae.build_model("esvae", "svhn")

@@ -17,6 +17,7 @@ from ..config import SpikingVAEConfig
 from ..losses import get_mmd
 from ..samplers import LatentSampler
 from .backbone import SpikingConvBackbone
+from .base import VAEProtocolMixin
 
 
 @dataclass
@@ -28,8 +29,11 @@ class ESVAEOutput:
     prior_rate: torch.Tensor       # (N, L) sigmoid(bottleneck(eps))
 
 
-class ESVAE(SpikingConvBackbone):
+class ESVAE(VAEProtocolMixin, SpikingConvBackbone):
     """ESVAE. ``forward(x)`` reconstructs, ``loss(x, out)`` is MSE + lambda * MMD^2, ``sample(n)`` generates."""
+
+    loss_terms = ("loss", "mse", "mmd")
+    stat_names = ("posterior_rate", "prior_rate")
 
     def __init__(self, config: SpikingVAEConfig, sampler: LatentSampler):
         super().__init__(config)
@@ -61,6 +65,14 @@ class ESVAE(SpikingConvBackbone):
         mse = F.mse_loss(out.reconstruction, images)
         mmd = self.mmd(out.posterior_rate, out.prior_rate)
         return {"loss": mse + self.config.mmd_weight * mmd, "mse": mse, "mmd": mmd}
+
+    def batch_stats(self, out: ESVAEOutput) -> Dict[str, torch.Tensor]:
+        """Mean posterior and prior firing rates of the batch."""
+        return {"posterior_rate": out.posterior_rate.detach().mean(), "prior_rate": out.prior_rate.detach().mean()}
+
+    @property
+    def latent_description(self) -> str:
+        return f"sampled with {self.config.sampler}"
 
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:

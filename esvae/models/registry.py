@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from torch import nn
 
-from ..config import SpikingVAEConfig, apply_overrides, dataset_spec, hidden_dims_for
+from ..config import SpikingVAEConfig, TrainConfig, apply_overrides, dataset_spec, hidden_dims_for, paper_train_config
 from ..errors import ConfigError
 from ..samplers import build_sampler
 
@@ -18,6 +18,7 @@ class ModelEntry:
     construct: Callable[[Any], nn.Module]  # resolved config -> model
     description: str
     samplers: Tuple[str, ...] = ()         # latent samplers the model accepts (first = paper's)
+    paper_train: Optional[Callable[[str], TrainConfig]] = None  # dataset -> the paper's training settings
 
 
 MODELS: Dict[str, ModelEntry] = {}
@@ -37,6 +38,9 @@ def model_entry(name: str) -> ModelEntry:
 def resolve_config(name: str, dataset: str, **overrides):
     """The paper configuration of ``name`` for ``dataset`` with ``overrides`` applied and validated."""
     entry = model_entry(name)
+    if "sampler" in overrides and not entry.samplers:
+        raise ConfigError(f"model {name!r} has no pluggable latent sampler; models that take one: "
+                          f"{', '.join(sorted(n for n, e in MODELS.items() if e.samplers))}")
     config = apply_overrides(entry.paper_config(dataset), overrides).validate()
     sampler = getattr(config, "sampler", None)
     if sampler is not None and sampler not in entry.samplers:
@@ -73,7 +77,7 @@ def _construct_esvae(config: SpikingVAEConfig) -> nn.Module:
 
 register_model(ModelEntry("esvae", _esvae_paper_config, _construct_esvae,
                           "ESVAE: spiking VAE with reparameterizable Poisson latent sampling",
-                          samplers=("poisson", "bernoulli_st", "rate_repeat")))
+                          samplers=("poisson", "bernoulli_st", "rate_repeat"), paper_train=paper_train_config))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,0 +1,35 @@
+"""What the training loop, evaluation and checkpoints need from every registered model.
+
+A model is an ``nn.Module`` with ``config`` (a dataclass with ``to_dict``), and:
+
+* ``forward(images, generator=None) -> out`` where ``out.reconstruction`` is ``(N, C, H, W)``;
+* ``loss(images, out) -> {"loss", "mse", ...}`` (batch means; names listed in ``loss_terms``);
+* ``batch_stats(out) -> {...}`` (batch means of diagnostics; names listed in ``stat_names``);
+* ``sample(n, generator=None) -> (n, C, H, W)``;
+* ``param_groups(lr, prior_lr_multiplier)`` and ``configure_training(steps_per_epoch)`` (returns
+  the quantities it derived from the data, for the log and ``config.json``);
+* ``latent_description``: how the latent is drawn, for labels on reported numbers.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import torch
+
+
+class VAEProtocolMixin:
+    loss_terms: Tuple[str, ...] = ("loss", "mse")
+    stat_names: Tuple[str, ...] = ()
+
+    def batch_stats(self, out) -> Dict[str, torch.Tensor]:
+        return {}
+
+    def configure_training(self, steps_per_epoch: int) -> Dict[str, float]:
+        return {}
+
+    def param_groups(self, lr: float, prior_lr_multiplier: float = 1.0) -> List[dict]:
+        return [{"name": "network", "params": list(self.parameters()), "lr": lr}]
+
+    @property
+    def latent_description(self) -> str:
+        return "latent"
