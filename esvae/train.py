@@ -212,6 +212,9 @@ def _train(model_name, source, out_dir, cfg, overrides, train_data, test_data, t
     step = 0
     model.train()
     for epoch in range(1, cfg.epochs + 1):
+        schedule = model.start_epoch(epoch - 1, cfg.epochs)
+        if schedule:
+            log.info("epoch %d schedule: %s", epoch, schedule)
         start = time.perf_counter()
         sums: Dict[str, float] = {}
         seen = 0

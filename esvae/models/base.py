@@ -6,8 +6,9 @@ A model is an ``nn.Module`` with ``config`` (a dataclass with ``to_dict``), and:
 * ``loss(images, out) -> {"loss", "mse", ...}`` (batch means; names listed in ``loss_terms``);
 * ``batch_stats(out) -> {...}`` (batch means of diagnostics; names listed in ``stat_names``);
 * ``sample(n, generator=None) -> (n, C, H, W)``;
-* ``param_groups(lr, prior_lr_multiplier)`` and ``configure_training(steps_per_epoch)`` (returns
-  the quantities it derived from the data, for the log and ``config.json``);
+* ``param_groups(lr, prior_lr_multiplier)``, ``configure_training(steps_per_epoch)`` (returns
+  the quantities it derived from the data, for the log and ``config.json``) and
+  ``start_epoch(epoch_index, total_epochs)`` (per-epoch schedules, logged);
 * ``latent_description``: how the latent is drawn, for labels on reported numbers.
 """
 from __future__ import annotations
@@ -25,6 +26,10 @@ class VAEProtocolMixin:
         return {}
 
     def configure_training(self, steps_per_epoch: int) -> Dict[str, float]:
+        return {}
+
+    def start_epoch(self, epoch_index: int, total_epochs: int) -> Dict[str, float]:
+        """Per-epoch schedules (e.g. FSVAE's scheduled-sampling p); returns what it set, for the log."""
         return {}
 
     def param_groups(self, lr: float, prior_lr_multiplier: float = 1.0) -> List[dict]:
