@@ -63,7 +63,7 @@ def test_reparameterisation_uses_the_generator_and_reaches_the_encoder():
 def test_ann_vae_refuses_time_and_samplers():
     with pytest.raises(ConfigError, match="timesteps must be 1"):
         esvae.build_model("ann_vae", "fashion", timesteps=4)
-    with pytest.raises(ConfigError, match="no pluggable latent sampler; models that take one: esvae"):
+    with pytest.raises(ConfigError, match="no pluggable latent sampler; models that take one: esvae, fsvae, taid"):
         esvae.build_model("ann_vae", "fashion", sampler="poisson")
 
 

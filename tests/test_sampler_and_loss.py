@@ -13,7 +13,7 @@ ALL_SAMPLERS = sorted(SAMPLERS)
 
 
 def test_registry_holds_the_ablation_samplers():
-    assert {"poisson", "bernoulli_st", "rate_repeat"} <= set(SAMPLERS)
+    assert {"poisson", "bernoulli_st", "rate_repeat", "fsvae_autoregressive"} <= set(SAMPLERS)
 
 
 # ---- the contract every registered sampler passes -------------------------------------------
@@ -55,7 +55,11 @@ def test_contract_documented_gradient(name):
     if sampler.stochastic:
         assert torch.equal(spikes, (rate.detach() > noise).float())
     upstream = torch.randn(8, 1, 5, generator=torch.Generator().manual_seed(9))
-    (spikes * upstream).sum().backward()
+    if spikes.requires_grad:
+        (spikes * upstream).sum().backward()
+    else:  # no path from the spikes back to the rate at all: its gradient is zero
+        assert sampler.gradient == "none"
+        rate.grad = torch.zeros_like(rate)
     window = {
         "rectangle": ((rate.detach() - noise).abs() < 0.5).float(),
         "straight_through": torch.ones(8, 1, 5),
@@ -87,8 +91,29 @@ def test_rate_repeat_spreads_the_count_evenly():
     assert spikes[:, 0, 2].sum() == 3
 
 
+def test_vote_selection_is_the_rate_interface_on_sorted_votes_and_routes_gradient_to_the_chosen_vote():
+    sampler = build_sampler("fsvae_autoregressive")
+    k = 5
+    fired = torch.tensor([[0, 1, 2, 4, 5]])                       # votes fired per unit (N=1, L=5)
+    votes = (torch.arange(k).view(1, 1, k) < fired.unsqueeze(-1)).float().expand(8, 1, 5, k)  # first j fire
+    votes = votes.clone().requires_grad_(True)
+    choice = sampler.choices((8, 1, 5), k, votes, torch.Generator().manual_seed(3))
+    z = sampler.select(votes, choice)
+    assert torch.equal(z, sampler(fired / k, 8, torch.Generator().manual_seed(3)))
+    upstream = torch.randn(8, 1, 5, generator=torch.Generator().manual_seed(4))
+    (z * upstream).sum().backward()
+    expected = torch.nn.functional.one_hot(choice, k).float() * upstream.unsqueeze(-1)
+    assert torch.equal(votes.grad, expected)                     # only the chosen vote gets gradient
+    assert set(choice.unique().tolist()) <= set(range(k))
+    many = sampler.choices((200_000,), k, votes, torch.Generator().manual_seed(5))
+    counts = torch.bincount(many, minlength=k).float() / 200_000  # uniform over the k votes
+    assert (counts - 1 / k).abs().max() < 4 * math.sqrt(0.2 * 0.8 / 200_000)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        sampler.select(votes.detach() * 2, choice)
+
+
 def test_unknown_sampler_lists_valid_ones():
-    with pytest.raises(ConfigError, match="bernoulli_st, poisson, rate_repeat"):
+    with pytest.raises(ConfigError, match="bernoulli_st, fsvae_autoregressive, poisson, rate_repeat"):
         build_sampler("gumbel")
 
 

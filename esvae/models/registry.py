@@ -44,8 +44,10 @@ def resolve_config(name: str, dataset: str, **overrides):
     config = apply_overrides(entry.paper_config(dataset), overrides).validate()
     sampler = getattr(config, "sampler", None)
     if sampler is not None and sampler not in entry.samplers:
+        takers = sorted(n for n, e in MODELS.items() if sampler in e.samplers)
+        hint = f" ({sampler} is the latent of: {', '.join(takers)})" if takers else ""
         raise ConfigError(f"model {name!r} does not take the latent sampler {sampler!r}; "
-                          f"it accepts: {', '.join(entry.samplers)}")
+                          f"it accepts: {', '.join(entry.samplers)}{hint}")
     return config
 
 

@@ -1,0 +1,211 @@
+"""FSVAE: tests that a wrong port would fail (causality, vote selection, PSP and losses by hand,
+scheduled sampling)."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import esvae
+from baselines.fsvae import FSVAEOutput, psp
+from esvae.samplers import VoteSelectionSampler
+
+
+@pytest.mark.parametrize("dataset,expected", [("fashion", 4_053_601), ("cifar10", 4_054_755)])
+def test_parameter_counts_match_method_table(dataset, expected):
+    model = esvae.build_model("fsvae", dataset)
+    assert esvae.count_parameters(model) == expected
+    assert esvae.count_parameters(model.prior) + esvae.count_parameters(model.posterior) == 3_001_856
+
+
+def _small(**kw):
+    torch.manual_seed(0)
+    return esvae.build_model("fsvae", "fashion", timesteps=6, latent_dim=8, votes=5, **kw)
+
+
+def _trained_bn(model):
+    """Give tdBN non-trivial running statistics so eval mode exercises real weights."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.rand(8, 1, 32, 32) * 2 - 1, torch.Generator().manual_seed(1))
+    return model.eval()
+
+
+def test_posterior_is_causal_in_x_and_z():
+    model = _trained_bn(_small())
+    g = torch.Generator().manual_seed(2)
+    x_e = (torch.rand(6, 4, 8, generator=g) < 0.4).float()
+    z, votes = model.posterior(x_e, torch.Generator().manual_seed(3))
+    assert 0 < z.mean() < 1
+    for t0 in (1, 3):
+        changed = x_e.clone()
+        changed[t0 + 1:] = 1 - changed[t0 + 1:]              # perturb only the future of x
+        z2, votes2 = model.posterior(changed, torch.Generator().manual_seed(3))
+        assert torch.equal(z2[:t0 + 1], z[:t0 + 1]) and torch.equal(votes2[:t0 + 1], votes[:t0 + 1])
+        assert not torch.equal(votes2, votes)
+    # z_t is fed back one step later: the votes equal the MLP on concat(x_e[t], z[t-1]), z[-1] = 0.
+    shifted = torch.cat([torch.zeros(1, 4, 8), z[:-1]])
+    assert torch.equal(votes, model.posterior.layers(torch.cat([x_e, shifted], dim=-1)))
+
+
+def test_sampled_z_is_one_of_the_votes_with_mean_equal_to_the_fired_fraction():
+    model = _trained_bn(_small())
+    x_e = (torch.rand(1, 1, 8, generator=torch.Generator().manual_seed(4)) < 0.5).float().expand(6, 3000, 8)
+    z, votes = model.posterior(x_e, torch.Generator().manual_seed(5))
+    fired = votes.mean(-1)                                     # (T, N, L) fraction of votes that fired
+    assert ((z == 0) | (z == 1)).all()
+    assert ((z == 1) <= (fired > 0)).all() and ((z == 0) <= (fired < 1)).all()  # z is one of the votes
+    # Over the batch, E[z_t | votes] = fraction fired: compare per step and unit.
+    diff = (z.mean(1) - fired.mean(1)).abs()
+    assert diff.max() < 4 * math.sqrt(0.25 / 3000) + 1e-6, diff.max()
+    assert 0.05 < fired.mean() < 0.95
+
+
+def test_vote_selection_picks_the_indexed_vote_and_the_model_receives_its_sampler():
+    votes = torch.tensor([[[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]]])   # (N=1, L=2, k=3)
+    assert VoteSelectionSampler().select(votes, torch.tensor([[1, 2]])).tolist() == [[0.0, 1.0]]
+    model = _small()
+    assert isinstance(model.sampler, VoteSelectionSampler)
+    assert model.posterior.sampler is model.sampler and model.prior.sampler is model.sampler
+    with pytest.raises(esvae.ConfigError, match="it accepts: fsvae_autoregressive"):
+        esvae.build_model("fsvae", "fashion", sampler="poisson")
+
+
+def test_psp_filter_by_hand():
+    x = torch.tensor([1.0, 0.0, 1.0, 1.0]).view(4, 1)
+    assert psp(x).flatten().tolist() == [0.5, 0.25, 0.625, 0.8125]
+
+
+def _tiny_output():
+    q = torch.tensor([[1.0, 1.0], [0.0, 1.0]]).view(2, 1, 1, 2)   # q_bar = [1, 0.5]
+    p = torch.tensor([[0.0, 0.0], [1.0, 1.0]]).view(2, 1, 1, 2)   # p_bar = [0, 1]
+    recon = torch.full((1, 1, 32, 32), 0.5)
+    return FSVAEOutput(recon, None, None, q, p)
+
+
+def test_mmd_loss_by_hand():
+    model = esvae.build_model("fsvae", "fashion", timesteps=2, latent_dim=1, votes=2)
+    terms = model.loss(torch.zeros(1, 1, 32, 32), _tiny_output())
+    # PSP(q_bar) = [0.5, 0.5], PSP(p_bar) = [0, 0.5] -> mean squared difference (0.25 + 0) / 2
+    assert terms["mmd"].item() == pytest.approx(0.125)
+    assert terms["loss"].item() == pytest.approx(0.25 + 0.125)
+
+
+def test_kld_loss_by_hand():
+    model = esvae.build_model("fsvae", "fashion", timesteps=2, latent_dim=1, votes=2, loss="kld")
+    terms = model.loss(torch.zeros(1, 1, 32, 32), _tiny_output())
+    kl = math.log(1.01 / 0.01) + 0.5 * math.log(0.51 / 1.01) + 0.5 * math.log(0.51 / 0.01)
+    assert terms["kld"].item() == pytest.approx(kl, rel=1e-5)
+    assert terms["loss"].item() == pytest.approx(0.25 + 1e-4 * kl, rel=1e-6)
+
+
+class _RecordingVotes(nn.Module):
+    """Stands in for the prior MLP: records its input, answers with no votes fired."""
+
+    def __init__(self, latent_dim, votes):
+        super().__init__()
+        self.latent_dim, self.votes, self.inputs = latent_dim, votes, []
+
+    def forward(self, z_seq):
+        self.inputs.append(z_seq.clone())
+        return torch.zeros(*z_seq.shape[:2], self.latent_dim, self.votes)
+
+
+def test_scheduled_sampling_replaces_only_steps_from_5_at_rate_p():
+    prior = _small().prior  # the prior alone, on a 16-step z (T only matters through z's length)
+    prior.layers = _RecordingVotes(8, 5)
+    prior.train()
+    z = torch.ones(16, 2, 8)                                   # the posterior's z: all ones
+    g = torch.Generator().manual_seed(0)
+    replaced = torch.zeros(16)
+    trials = 400
+    for _ in range(trials):
+        prior.layers.inputs.clear()
+        prior(z, scheduled_p=0.3, generator=g)
+        final = prior.layers.inputs[-1]                        # (16, 2, 8): the prior's input sequence
+        assert torch.equal(final[0], torch.zeros(2, 8))       # z_{-1} = 0
+        replaced += (final[:, 0, 0] == 0).float()             # a guess (no votes fired) is 0
+    rate = replaced / trials
+    assert rate[1:6].sum() == 0                               # inputs z_0..z_4 are never replaced
+    assert rate[6:].min() > 0.3 - 4 * math.sqrt(0.21 / trials) and rate[6:].max() < 0.3 + 4 * math.sqrt(0.21 / trials)
+    prior.layers.inputs.clear()
+    prior(z, scheduled_p=0.0, generator=g)
+    assert torch.equal(prior.layers.inputs[-1][1:], z[:-1])   # p = 0: the posterior's z, shifted
+    prior.eval()
+    prior.layers.inputs.clear()
+    prior(z, scheduled_p=1.0, generator=g)                    # eval: never scheduled
+    assert len(prior.layers.inputs) == 1 and torch.equal(prior.layers.inputs[0][1:], z[:-1])
+
+
+def test_scheduled_p_grows_linearly_over_epochs():
+    model = _small()
+    assert model.start_epoch(0, 150) == {"scheduled_p": pytest.approx(0.1)}
+    assert model.start_epoch(75, 150) == {"scheduled_p": pytest.approx(0.2)}
+    assert model.start_epoch(149, 150)["scheduled_p"] == pytest.approx(0.1 + 0.2 * 149 / 150)
+
+
+def test_generation_runs_the_prior_autoregressively():
+    model = _trained_bn(_small())
+    g = torch.Generator().manual_seed(6)
+    z = model.prior.sample(4, 6, generator=g)
+    assert z.shape == (6, 4, 8) and ((z == 0) | (z == 1)).all()
+    # Each z_t is a vote of the prior run on the z generated so far.
+    votes = model.prior.layers(torch.cat([torch.zeros(1, 4, 8), z[:-1]]))
+    assert (((z == 1) <= (votes.amax(-1) == 1)) & ((z == 0) <= (votes.amin(-1) == 0))).all()
+    images = model.sample(3, torch.Generator().manual_seed(7))
+    assert images.shape == (3, 1, 32, 32)
+    assert torch.equal(images, model.sample(3, torch.Generator().manual_seed(7)))
+
+
+def test_gradient_flows_through_the_chosen_posterior_votes_to_the_encoder():
+    model = _small()
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    out = model(x, torch.Generator().manual_seed(0))
+    model.loss(x, out)["loss"].backward()
+    assert model.posterior.layers[2].weight.grad.abs().sum() > 0
+    assert model.prior.layers[0].weight.grad.abs().sum() > 0
+    assert model.encoder[0].weight.grad.abs().sum() > 0
+
+
+def test_original_fsvae_checkpoint_computes_the_original_function(tmp_path):
+    from original_layout import naive_decode, naive_encode, naive_voting_mlp, original_fsvae_state_dict
+    T, L, k, dims = 3, 16, 4, (32, 64, 128, 256)
+    sd = original_fsvae_state_dict(1, L, dims, k, timesteps=T)
+    torch.save({"state_dict": sd}, tmp_path / "fsvae.pth")
+    model = esvae.load_original_checkpoint(tmp_path / "fsvae.pth", "fsvae", "fashion", timesteps=T, latent_dim=L, votes=k)
+    assert not model.training and model.checkpoint_notes == []
+    x = torch.rand(5, 1, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    with torch.no_grad():
+        x_e = model.encode(x)
+        assert torch.equal(x_e, naive_encode(sd, x, T, 4).permute(2, 0, 1))
+        out = model(x, torch.Generator().manual_seed(4))
+        z = out.sampled_spikes.permute(1, 2, 0)                                     # (N, L, T)
+        z_prev = torch.cat([torch.zeros(5, L, 1), z[..., :-1]], dim=-1)            # z_{-1} = 0
+        q = naive_voting_mlp(sd, "posterior", torch.cat([x_e.permute(1, 2, 0), z_prev], dim=1), k)
+        p = naive_voting_mlp(sd, "prior", z_prev, k)
+        assert 0 < q.mean() < 1 and 0 < p.mean() < 1
+        assert torch.equal(out.posterior_votes, q.permute(3, 0, 1, 2))              # (T, N, L, k)
+        assert torch.equal(out.prior_votes, p.permute(3, 0, 1, 2))
+        assert (((z == 1) <= (q.amax(2) == 1)) & ((z == 0) <= (q.amin(2) == 0))).all()  # z is one of its votes
+        torch.testing.assert_close(out.reconstruction, naive_decode(sd, z, 4, dims[-1]), rtol=1e-4, atol=1e-5)
+
+
+def test_original_fsvae_checkpoint_refusals(tmp_path):
+    from original_layout import original_esvae_state_dict, original_fsvae_state_dict
+    sd = original_fsvae_state_dict(1, 16, (32, 64, 128, 256), 4, timesteps=3)
+    bad = dict(sd, **{"prior.initial_input": torch.ones(1, 16, 1)})
+    torch.save(bad, tmp_path / "bad.pth")
+    with pytest.raises(esvae.CheckpointError, match="'prior.initial_input' should be all zeros"):
+        esvae.load_original_checkpoint(tmp_path / "bad.pth", "fsvae", "fashion", timesteps=3, latent_dim=16, votes=4)
+    with pytest.raises(esvae.CheckpointError, match=r"prior.layers.2.weight.*shape \(64, 64\), expected \(80, 64\)"):
+        torch.save(sd, tmp_path / "k4.pth")
+        esvae.load_original_checkpoint(tmp_path / "k4.pth", "fsvae", "fashion", timesteps=3, latent_dim=16, votes=5)
+    esvae_sd = original_esvae_state_dict(1, 16, (32, 64, 128, 256), timesteps=3, with_fsvae_modules=False)
+    torch.save(esvae_sd, tmp_path / "esvae.pth")
+    with pytest.raises(esvae.CheckpointError, match=r"missing \['posterior.layers.0.bias', .*unexpected "
+                                                    r"\['sample_layer.0.weight', 'sample_layer.0.bias'\]"):
+        esvae.load_original_checkpoint(tmp_path / "esvae.pth", "fsvae", "fashion", timesteps=3, latent_dim=16, votes=4)
+    with pytest.raises(esvae.CheckpointError, match="no original checkpoint layout is known for model 'taid'; "
+                                                    "load_original_checkpoint supports: esvae, fsvae"):
+        esvae.load_original_checkpoint(tmp_path / "k4.pth", "taid", "fashion")
