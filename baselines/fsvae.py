@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import ClassVar, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,8 @@ from torch import nn
 from esvae.config import SpikingVAEConfig, TrainConfig, dataset_spec, hidden_dims_for
 from esvae.errors import ConfigError
 from esvae.models.backbone import SpikingConvBackbone
-from esvae.models.base import VAEProtocolMixin
+from esvae.models.base import OriginalLayout, VAEProtocolMixin
+from esvae.samplers import LatentSampler, build_sampler
 from esvae.spiking import LIF, SpikingLinear
 
 
@@ -55,12 +56,23 @@ class FSVAEConfig(SpikingVAEConfig):
     scheduled_from_step: int = 5         # 0-based step from which the prior's guess may be used
     guess_noise: float = 1e-3
 
+    # Inherited fields this model ignores: they must keep these values (and the CLI refuses their flags).
+    UNUSED_FIELDS: ClassVar[Dict[str, object]] = {"mmd_kernel": "rbf", "mmd_weight": 1e-3}
+    _UNUSED_WHY: ClassVar[Dict[str, str]] = {
+        "mmd_kernel": "it is ESVAE's rate-MMD setting; choose the latent loss with loss='mmd' (PSP distance) or 'kld'",
+        "mmd_weight": "it is ESVAE's rate-MMD setting; choose the latent loss with loss='mmd' (PSP distance) or 'kld'",
+        "readout_decay": "it sets the fixed 0.8^(T-1-t) readout, which TAID replaces by temporal attention",
+    }
+
     def validate(self) -> "FSVAEConfig":
         super().validate()
         if isinstance(self.votes, bool) or not isinstance(self.votes, int) or self.votes < 1:
             raise ConfigError(f"votes (k) must be a positive integer, got {self.votes!r}")
         if self.loss not in ("mmd", "kld"):
             raise ConfigError(f"FSVAE loss must be 'mmd' or 'kld', got {self.loss!r}")
+        for key, default in self.UNUSED_FIELDS.items():
+            if getattr(self, key) != default:
+                raise ConfigError(f"{key} is not used by {type(self).__name__[:-6]}: " + self._UNUSED_WHY[key])
         for key in ("scheduled_p_start", "scheduled_p_end"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"{key} must lie in [0, 1], got {getattr(self, key)}")
@@ -75,11 +87,6 @@ def psp(spikes_seq: torch.Tensor, tau: float = 2.0) -> torch.Tensor:
         state = state + (x_t - state) / tau
         out.append(state)
     return torch.stack(out)
-
-
-def choose_votes(votes: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
-    """``votes (..., L, k)``, ``choice (..., L)`` integer indices -> the chosen vote ``(..., L)``."""
-    return votes.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
 
 
 class VotingMLP(nn.Sequential):
@@ -99,33 +106,35 @@ class VotingMLP(nn.Sequential):
 class FSVAEPosterior(nn.Module):
     """q(z_t | x_<=t, z_<t) with k votes; ``forward`` returns ``(z (T, N, L), votes (T, N, L, k))``."""
 
-    def __init__(self, config: FSVAEConfig):
+    def __init__(self, config: FSVAEConfig, sampler: LatentSampler):
         super().__init__()
         L, k = config.latent_dim, config.votes
         self.layers = VotingMLP((2 * L, 2 * L, 4 * L, k * L), L, k, config, config.mlp_bn_alpha)
+        self.sampler = sampler
 
     def forward(self, latent_spikes: torch.Tensor, generator: Optional[torch.Generator] = None
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
         T, N, L = latent_spikes.shape
-        choice = torch.randint(0, self.layers.votes, (T, N, L), generator=generator, device=latent_spikes.device)
+        select = self.sampler.select
+        choice = self.sampler.choices((T, N, L), self.layers.votes, latent_spikes, generator)
         x_seq = latent_spikes.detach()
         z_shifted = latent_spikes.new_zeros(1, N, L)                           # [z_{-1} = 0]
         with torch.no_grad():
             for t in range(T - 1):
                 votes_t = self.layers(torch.cat([x_seq[:t + 1], z_shifted], dim=-1))[-1]  # (N, L, k), prefix pass
-                z_shifted = torch.cat([z_shifted, choose_votes(votes_t, choice[t]).unsqueeze(0)])
+                z_shifted = torch.cat([z_shifted, select(votes_t, choice[t]).unsqueeze(0)])
         votes = self.layers(torch.cat([latent_spikes, z_shifted], dim=-1))   # (T, N, L, k), with gradient
-        return choose_votes(votes, choice), votes
+        return select(votes, choice), votes
 
 
 class FSVAEPrior(nn.Module):
     """p(z_t | z_<t) with k votes."""
 
-    def __init__(self, config: FSVAEConfig):
+    def __init__(self, config: FSVAEConfig, sampler: LatentSampler):
         super().__init__()
         L, k = config.latent_dim, config.votes
         self.layers = VotingMLP((L, 2 * L, 4 * L, k * L), L, k, config, config.mlp_bn_alpha)
-        self.config = config
+        self.config, self.sampler = config, sampler
 
     def forward(self, z: torch.Tensor, scheduled_p: Optional[float] = None,
                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -151,12 +160,10 @@ class FSVAEPrior(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, timesteps: int, device=None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Run the prior autoregressively: ``z (T, n, L)``, one random vote per unit and step."""
-        L, k = self.layers.latent_dim, self.layers.votes
-        z_shifted = torch.zeros(1, n, L, device=device)
+        z_shifted = torch.zeros(1, n, self.layers.latent_dim, device=device)
         for _ in range(timesteps):
             votes_t = self.layers(z_shifted)[-1]                                      # (n, L, k)
-            choice = torch.randint(0, k, (n, L), generator=generator, device=device)
-            z_shifted = torch.cat([z_shifted, choose_votes(votes_t, choice).unsqueeze(0)])
+            z_shifted = torch.cat([z_shifted, self.sampler.draw(votes_t, generator).unsqueeze(0)])
         return z_shifted[1:]
 
 
@@ -171,11 +178,15 @@ class FSVAEOutput:
 
 class FSVAE(VAEProtocolMixin, SpikingConvBackbone):
     stat_names = ("posterior_rate", "prior_rate")
+    # The original's prior/posterior keys (prior.layers.{0,1,2}.*, posterior.layers.*) match ours;
+    # their initial_input buffers are the constant z_{-1} = 0, shape (1, L, 1).
+    original_layout = OriginalLayout(zero_buffers=("prior.initial_input", "posterior.initial_input"))
 
-    def __init__(self, config: FSVAEConfig):
+    def __init__(self, config: FSVAEConfig, sampler: Optional[LatentSampler] = None):
         super().__init__(config)
-        self.posterior = FSVAEPosterior(config)
-        self.prior = FSVAEPrior(config)
+        self.sampler = sampler if sampler is not None else build_sampler(config.sampler)
+        self.posterior = FSVAEPosterior(config, self.sampler)
+        self.prior = FSVAEPrior(config, self.sampler)
         self.loss_terms = ("loss", "mse", config.loss)
         self.scheduled_p = config.scheduled_p_start
 

@@ -6,10 +6,11 @@ Own format (one ``torch.save`` dict, written atomically)::
      "train_config", "state_dict", "optimizer", "epoch", "step", "code_version", "torch_version"}
 
 Original layout: a ``state_dict`` (bare or under the key ``"state_dict"``) whose conv and
-transposed-conv weights are time-last 3-D ``(Cout, Cin, 3, 3, 1)`` / ``(Cin, Cout, 3, 3, 1)``,
-whose prior bottleneck is ``sample_layer.0``, and which also holds FSVAE's unused
-``prior.layers.*`` / ``posterior.layers.*`` modules and the readout's buffer
-``membrane_output_layer.coef`` (the decay weights, shape ``(1, 1, 1, 1, T)``).
+transposed-conv weights are time-last 3-D ``(Cout, Cin, 3, 3, 1)`` / ``(Cin, Cout, 3, 3, 1)``, with
+the readout's buffer ``membrane_output_layer.coef`` (the decay weights, shape ``(1, 1, 1, 1, T)``).
+The rest is per model (``model.original_layout``): ESVAE's prior bottleneck is ``sample_layer.0``
+and its checkpoints also hold FSVAE's unused ``prior.layers.*`` / ``posterior.layers.*``; FSVAE
+uses those and stores zero ``initial_input`` buffers.
 """
 from __future__ import annotations
 
@@ -25,17 +26,14 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
-from .models.registry import build_model, resolve_config
+from .models.base import OriginalLayout
+from .models.registry import MODELS, build_model
 
 log = logging.getLogger(__name__)
 
 FORMAT = "esvae-checkpoint"
 FORMAT_VERSION = 1
 
-# Original module prefix -> ours (named by role).
-_ORIGINAL_RENAMES = {"sample_layer.0.": "prior_bottleneck."}
-# Modules the original ESVAE code builds but never uses: ignored with a note.
-_ORIGINAL_UNUSED_PREFIXES = ("prior.", "posterior.")
 # The original readout stores its decay weights 0.8^(T-1-t) as a buffer of shape (1, 1, 1, 1, T);
 # ours computes them. The buffer is checked against the model (T and decay), then dropped.
 _ORIGINAL_READOUT_BUFFER = "membrane_output_layer.coef"
@@ -127,22 +125,27 @@ def load_checkpoint(path: os.PathLike, map_location="cpu") -> Tuple[nn.Module, D
     return model, ckpt
 
 
-def convert_original_state_dict(original: Dict[str, torch.Tensor], target: Dict[str, torch.Tensor]
-                                ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """Map an original-layout state dict onto ``target``'s keys and shapes.
+def convert_original_state_dict(original: Dict[str, torch.Tensor], target: Dict[str, torch.Tensor],
+                                layout: OriginalLayout) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Map an original-layout state dict onto ``target``'s keys and shapes under ``layout``.
 
     Returns ``(converted, ignored_keys)``. Raises ``CheckpointError`` naming missing, unexpected
-    and mis-shaped keys.
+    and mis-shaped keys, and non-zero constant buffers.
     """
     converted: Dict[str, torch.Tensor] = {}
     ignored: List[str] = []
     unexpected: List[str] = []
     for key, value in original.items():
-        if key.startswith(_ORIGINAL_UNUSED_PREFIXES):
+        if key in layout.zero_buffers:
+            if bool(value.detach().ne(0).any()):
+                raise CheckpointError(f"original buffer {key!r} should be all zeros (the constant initial input) "
+                                      f"but holds non-zero values; this is not the expected model")
+            continue
+        if key.startswith(layout.unused_prefixes):
             ignored.append(key)
             continue
         ours = key
-        for old, new in _ORIGINAL_RENAMES.items():
+        for old, new in layout.renames.items():
             if key.startswith(old):
                 ours = new + key[len(old):]
         if ours not in target:
@@ -165,20 +168,24 @@ def convert_original_state_dict(original: Dict[str, torch.Tensor], target: Dict[
 def load_original_checkpoint(path: os.PathLike, name: str, dataset: str, map_location="cpu", **overrides) -> nn.Module:
     """Load a checkpoint saved by the paper authors' code into ``build_model(name, dataset, **overrides)``.
 
-    The model computes the same function as the original network. Unused FSVAE modules stored in
-    ESVAE checkpoints are ignored with a logged note (also kept in ``model.checkpoint_notes``).
+    The model computes the same function as the original network. Models with a known layout:
+    ``esvae`` and ``fsvae`` (``model.original_layout``). Unused FSVAE modules stored in ESVAE
+    checkpoints are ignored with a logged note (also kept in ``model.checkpoint_notes``).
     Returns the model in eval mode.
     """
-    resolve_config(name, dataset, **overrides)  # fail on bad names before reading a large file
+    model = build_model(name, dataset, **overrides)  # fails on bad names before reading a large file
+    if model.original_layout is None:
+        known = sorted(n for n in MODELS if getattr(build_model(n, "mnist"), "original_layout", None))
+        raise CheckpointError(f"no original checkpoint layout is known for model {name!r}; "
+                              f"load_original_checkpoint supports: {', '.join(known)}")
     raw = _read(path, map_location)
     state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} holds no state dict (expected a dict of tensors, bare or under 'state_dict')")
-    model = build_model(name, dataset, **overrides)
     state = dict(state)
     if _ORIGINAL_READOUT_BUFFER in state:
         _check_readout_buffer(state.pop(_ORIGINAL_READOUT_BUFFER), model)
-    converted, ignored = convert_original_state_dict(state, model.state_dict())
+    converted, ignored = convert_original_state_dict(state, model.state_dict(), model.original_layout)
     model.load_state_dict(converted)
     notes = []
     if ignored:

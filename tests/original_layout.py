@@ -53,11 +53,38 @@ def original_esvae_state_dict(in_channels, latent_dim, hidden_dims, seed=0, with
     return sd
 
 
-def _bn_eval(x, sd, prefix):
-    """Eval-mode tdBN on (N, C, ..., T) with alpha = 1."""
+def original_fsvae_state_dict(in_channels, latent_dim, hidden_dims, votes, seed=0, timesteps=16):
+    """The ESVAE layout without ``sample_layer`` plus FSVAE's voting MLPs ``prior.layers.{0,1,2}``
+    (L -> 2L -> 4L -> kL) and ``posterior.layers.{0,1,2}`` (2L -> 2L -> 4L -> kL), each linear with
+    a ``.bn``, and their zero ``initial_input`` buffers of shape (1, L, 1)."""
+    sd = original_esvae_state_dict(in_channels, latent_dim, hidden_dims, seed, with_fsvae_modules=False,
+                                   timesteps=timesteps)
+    del sd["sample_layer.0.weight"], sd["sample_layer.0.bias"]
+    g = torch.Generator().manual_seed(seed + 1000)
+    L = latent_dim
+    for name, widths in {"prior": (L, 2 * L, 4 * L, votes * L), "posterior": (2 * L, 2 * L, 4 * L, votes * L)}.items():
+        for i, (fin, fout) in enumerate(zip(widths[:-1], widths[1:])):
+            sd[f"{name}.layers.{i}.weight"] = torch.randn(fout, fin, generator=g) / fin ** 0.5
+            sd[f"{name}.layers.{i}.bias"] = torch.randn(fout, generator=g) * 0.05
+            sd.update(_bn(f"{name}.layers.{i}", fout, g))
+        sd[f"{name}.initial_input"] = torch.zeros(1, L, 1)
+    return sd
+
+
+def naive_voting_mlp(sd, name, x, votes):
+    """FSVAE's prior/posterior MLP, time last: x (N, in, T) -> votes (N, L, k, T); output unit
+    l * k + j is vote j of latent l; tdBN alpha = 2."""
+    for i in range(3):
+        x = torch.einsum("oi,nit->not", sd[f"{name}.layers.{i}.weight"], x) + sd[f"{name}.layers.{i}.bias"].view(1, -1, 1)
+        x = _lif_time_last(_bn_eval(x, sd, f"{name}.layers.{i}", alpha=2.0))
+    return x.view(x.shape[0], -1, votes, x.shape[-1])
+
+
+def _bn_eval(x, sd, prefix, alpha=1.0):
+    """Eval-mode tdBN on (N, C, ..., T): alpha * Vth * (x - mean) / sqrt(var + eps) * weight + bias."""
     shape = [1, -1] + [1] * (x.dim() - 2)
     mean, var = sd[f"{prefix}.bn.running_mean"].view(shape), sd[f"{prefix}.bn.running_var"].view(shape)
-    return VTH * (x - mean) / torch.sqrt(var + 1e-5) * sd[f"{prefix}.bn.weight"].view(shape) + sd[f"{prefix}.bn.bias"].view(shape)
+    return alpha * VTH * (x - mean) / torch.sqrt(var + 1e-5) * sd[f"{prefix}.bn.weight"].view(shape) + sd[f"{prefix}.bn.bias"].view(shape)
 
 
 def _lif_time_last(x):

@@ -9,18 +9,37 @@ A model is an ``nn.Module`` with ``config`` (a dataclass with ``to_dict``), and:
 * ``param_groups(lr, prior_lr_multiplier)``, ``configure_training(steps_per_epoch)`` (returns
   the quantities it derived from the data, for the log and ``config.json``) and
   ``start_epoch(epoch_index, total_epochs)`` (per-epoch schedules, logged);
-* ``latent_description``: how the latent is drawn, for labels on reported numbers.
+* ``latent_description``: how the latent is drawn, for labels on reported numbers;
+* ``original_layout``: how the original authors' checkpoints map onto it (None: no known layout).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
 
 import torch
+
+
+@dataclass(frozen=True)
+class OriginalLayout:
+    """How a checkpoint of the original authors' code maps onto a model (method.md section 6).
+
+    Beyond the shared rules (time-last kernels squeezed, ``.bn`` kept, the readout's
+    ``membrane_output_layer.coef`` buffer checked then dropped):
+    ``renames`` original key prefix -> ours; ``unused_prefixes`` modules the original builds but
+    this model does not use (ignored with a note); ``zero_buffers`` constant all-zero buffers of
+    the original (e.g. FSVAE's ``initial_input``), checked to be zero when present, then dropped.
+    """
+
+    renames: Dict[str, str] = field(default_factory=dict)
+    unused_prefixes: Tuple[str, ...] = ()
+    zero_buffers: Tuple[str, ...] = ()
 
 
 class VAEProtocolMixin:
     loss_terms: Tuple[str, ...] = ("loss", "mse")
     stat_names: Tuple[str, ...] = ()
+    original_layout: Optional[OriginalLayout] = None
 
     def batch_stats(self, out) -> Dict[str, torch.Tensor]:
         return {}

@@ -17,7 +17,7 @@ from ..config import SpikingVAEConfig
 from ..losses import get_mmd
 from ..samplers import LatentSampler
 from .backbone import SpikingConvBackbone
-from .base import VAEProtocolMixin
+from .base import OriginalLayout, VAEProtocolMixin
 
 
 @dataclass
@@ -34,6 +34,10 @@ class ESVAE(VAEProtocolMixin, SpikingConvBackbone):
 
     loss_terms = ("loss", "mse", "mmd")
     stat_names = ("posterior_rate", "prior_rate")
+    # The original ESVAE names its prior bottleneck sample_layer.0 and also builds FSVAE's
+    # prior/posterior MLPs, which it never uses.
+    original_layout = OriginalLayout(renames={"sample_layer.0.": "prior_bottleneck."},
+                                     unused_prefixes=("prior.", "posterior."))
 
     def __init__(self, config: SpikingVAEConfig, sampler: LatentSampler):
         super().__init__(config)
