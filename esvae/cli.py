@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import List, Optional
 
-from .errors import EsvaeError
+from .errors import ConfigError, EsvaeError
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -59,7 +59,10 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None,
                        help="latent sampler (default: the model's own; each model accepts some)")
         p.add_argument("--mmd-kernel", choices=sorted(MMD_KERNELS), default=None,
-                       help="posterior/prior matching kernel (default: the paper's 5-kernel rbf)")
+                       help="ESVAE's posterior/prior matching kernel (default: the paper's 5-kernel rbf)")
+        p.add_argument("--fsvae-loss", choices=("mmd", "kld"), default=None,
+                       help="FSVAE/TAID latent loss: PSP distance 'mmd' (default) or Bernoulli 'kld'")
+        p.add_argument("--votes", type=positive_int, default=None, help="FSVAE/TAID votes per latent k (default 20)")
 
     t = sub.add_parser("train", help="train a model; writes checkpoint, history, metrics and image grids")
     add_model_args(t)
@@ -83,7 +86,29 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_FLAG_FOR_KEY = {"timesteps": "--timesteps", "latent_dim": "--latent-dim", "mmd_kernel": "--mmd-kernel",
+                 "sampler": "--sampler", "loss": "--fsvae-loss", "votes": "--votes"}
+
+
 def _overrides(args) -> dict:
+    """Config overrides from the flags; a flag the model has no setting for is refused by name."""
+    import dataclasses
+
+    from .models import MODELS, model_entry
+
+    def settings(name):
+        config = model_entry(name).paper_config("mnist")
+        return {f.name for f in dataclasses.fields(config)} - set(getattr(config, "UNUSED_FIELDS", {}))
+
+    out = _flag_values(args)
+    for key in out:
+        if key not in settings(args.model) and key != "sampler":   # the registry explains samplers itself
+            takers = sorted(n for n in MODELS if key in settings(n))
+            raise ConfigError(f"{_FLAG_FOR_KEY[key]} does not apply to model {args.model!r}; it applies to: {', '.join(takers)}")
+    return out
+
+
+def _flag_values(args) -> dict:
     out = {}
     if args.timesteps is not None:
         out["timesteps"] = args.timesteps
@@ -93,6 +118,10 @@ def _overrides(args) -> dict:
         out["mmd_kernel"] = args.mmd_kernel
     if args.sampler is not None:
         out["sampler"] = args.sampler
+    if args.fsvae_loss is not None:
+        out["loss"] = args.fsvae_loss
+    if args.votes is not None:
+        out["votes"] = args.votes
     return out
 
 

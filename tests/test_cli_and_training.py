@@ -27,12 +27,20 @@ def _run_main(argv, capsys):
 
 
 @pytest.mark.parametrize("argv,fragment", [
-    (["describe", "--model", "vae", "--dataset", "fashion"], "invalid choice: 'vae' (choose from 'ann_vae', 'esvae')"),
+    (["describe", "--model", "vae", "--dataset", "fashion"], "invalid choice: 'vae' (choose from 'ann_vae', 'esvae', 'fsvae', 'taid')"),
     (["describe", "--model", "esvae", "--dataset", "svhn"], "invalid choice: 'svhn' (choose from 'mnist', 'mnist5k'"),
     (["describe", "--model", "esvae", "--dataset", "fashion", "--timesteps", "0"], "expected a positive integer, got 0"),
     (["describe", "--model", "esvae", "--dataset", "fashion", "--timesteps", "-3"], "expected a positive integer, got -3"),
     (["train", "--model", "esvae", "--dataset", "fashion", "--epochs", "1", "--out", "x", "--device", "tpu"],
      "unknown device 'tpu'; expected auto, cpu, cuda or cuda:N"),
+    (["train", "--model", "esvae", "--dataset", "fashion", "--epochs", "1", "--out", "x", "--sampler", "fsvae_autoregressive"],
+     "model 'esvae' does not take the latent sampler 'fsvae_autoregressive'; it accepts: poisson, bernoulli_st, rate_repeat"),
+    (["describe", "--model", "esvae", "--dataset", "fashion", "--votes", "3"],
+     "--votes does not apply to model 'esvae'; it applies to: fsvae, taid"),
+    (["describe", "--model", "fsvae", "--dataset", "fashion", "--mmd-kernel", "linear"],
+     "--mmd-kernel does not apply to model 'fsvae'; it applies to: esvae"),
+    (["describe", "--model", "fsvae", "--dataset", "fashion", "--fsvae-loss", "elbo"],
+     "argument --fsvae-loss: invalid choice: 'elbo' (choose from 'mmd', 'kld')"),
 ])
 def test_bad_input_is_one_line_exit_2(argv, fragment, capsys):
     code, out, err = _run_main(argv, capsys)
@@ -95,6 +103,19 @@ def test_describe_prints_resolved_config_and_parameter_count(capsys):
     assert report["model_config"]["latent_dim"] == 128 and report["model_config"]["timesteps"] == 16
     assert sum(report["parameters_by_module"].values()) == 1_069_411
     assert report["paper_train_config"]["lr"] == pytest.approx(0.0006144)
+
+
+@pytest.mark.parametrize("model_name", ["fsvae", "taid"])
+def test_describe_fsvae_family_with_its_flags(model_name, capsys):
+    code, out, _ = _run_main(["describe", "--model", model_name, "--dataset", "fashion", "--votes", "4",
+                              "--fsvae-loss", "kld"], capsys)
+    report = json.loads(out)
+    assert code == 0 and report["model_config"]["votes"] == 4 and report["model_config"]["loss"] == "kld"
+    # k only sizes the MLPs' last layers (4L -> kL, L = 128): 16 fewer votes remove 2 x 16 x 128 x (512 + 1 + 2)
+    full = 4_053_601 + (256 if model_name == "taid" else 0)
+    assert report["parameters"] == full - 2 * 16 * 128 * (512 + 1 + 2)
+    train_cfg = report["paper_train_config"]
+    assert (train_cfg["lr"], train_cfg["batch_size"], train_cfg["epochs"], train_cfg["weight_decay"]) == (0.001, 250, 150, 0.001)
 
 
 def test_paper_train_configs_use_effective_learning_rates():
@@ -167,6 +188,9 @@ def test_short_real_training_run_learns_and_writes_outputs(tmp_path):
 @pytest.mark.parametrize("model_name,overrides,run", [
     ("esvae", {"timesteps": 4, "sampler": "bernoulli_st"}, (2, 32, 512)),
     ("esvae", {"timesteps": 4, "sampler": "rate_repeat"}, (2, 32, 512)),
+    # FSVAE and TAID start saturated (test MSE about 1.6) and need about 100 steps at lr 0.001.
+    ("fsvae", {"timesteps": 4}, (3, 32, 1024)),
+    ("taid", {"timesteps": 4}, (3, 32, 1024)),
     # The ANN VAE's KLD weight is 1/(batches per epoch): on 16 batches it first collapses to the
     # mean image, so it gets 96 steps of a larger subset (about 15 s).
     ("ann_vae", {}, (3, 64, 2048)),
@@ -184,7 +208,9 @@ def test_each_model_and_sampler_learns_on_real_data(tmp_path, model_name, overri
     from esvae.data import load_split, to_model_range
     x = to_model_range(load_split("fashion", "test", data_root).images[:256])
     trained, ckpt = esvae.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
-    assert ckpt["model_name"] == model_name and ckpt["model_config"].get("sampler") == overrides.get("sampler")
+    assert ckpt["model_name"] == model_name
+    accepted = esvae.MODELS[model_name].samplers
+    assert ckpt["model_config"].get("sampler") == overrides.get("sampler", accepted[0] if accepted else None)
     with torch.no_grad():
         recon = trained.eval()(x, generator=torch.Generator().manual_seed(0)).reconstruction
     matched = (recon - x).pow(2).mean().item()
