@@ -86,8 +86,10 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_FLAG_FOR_KEY = {"timesteps": "--timesteps", "latent_dim": "--latent-dim", "mmd_kernel": "--mmd-kernel",
-                 "sampler": "--sampler", "loss": "--fsvae-loss", "votes": "--votes"}
+# config key -> (flag, argparse attribute) for the model settings the CLI exposes
+_MODEL_FLAGS = {"timesteps": ("--timesteps", "timesteps"), "latent_dim": ("--latent-dim", "latent_dim"),
+                "mmd_kernel": ("--mmd-kernel", "mmd_kernel"), "sampler": ("--sampler", "sampler"),
+                "loss": ("--fsvae-loss", "fsvae_loss"), "votes": ("--votes", "votes")}
 
 
 def _overrides(args) -> dict:
@@ -104,25 +106,13 @@ def _overrides(args) -> dict:
     for key in out:
         if key not in settings(args.model) and key != "sampler":   # the registry explains samplers itself
             takers = sorted(n for n in MODELS if key in settings(n))
-            raise ConfigError(f"{_FLAG_FOR_KEY[key]} does not apply to model {args.model!r}; it applies to: {', '.join(takers)}")
+            raise ConfigError(f"{_MODEL_FLAGS[key][0]} does not apply to model {args.model!r}; it applies to: {', '.join(takers)}")
     return out
 
 
 def _flag_values(args) -> dict:
-    out = {}
-    if args.timesteps is not None:
-        out["timesteps"] = args.timesteps
-    if args.latent_dim is not None:
-        out["latent_dim"] = args.latent_dim
-    if args.mmd_kernel is not None:
-        out["mmd_kernel"] = args.mmd_kernel
-    if args.sampler is not None:
-        out["sampler"] = args.sampler
-    if args.fsvae_loss is not None:
-        out["loss"] = args.fsvae_loss
-    if args.votes is not None:
-        out["votes"] = args.votes
-    return out
+    values = {key: getattr(args, attr) for key, (_, attr) in _MODEL_FLAGS.items()}
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def _cmd_describe(args) -> int:
