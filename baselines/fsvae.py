@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar, Dict, Optional, Tuple
+from typing import ClassVar, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ from esvae.errors import ConfigError
 from esvae.models.backbone import SpikingConvBackbone
 from esvae.models.base import OriginalLayout, VAEProtocolMixin
 from esvae.samplers import LatentSampler, build_sampler
-from esvae.spiking import LIF, SpikingLinear
+from esvae.spiking import LIF, SpikingLinear, lif_step_inference
 
 
 @dataclass
@@ -102,9 +102,39 @@ class VotingMLP(nn.Sequential):
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         return super().forward(x_seq).unflatten(-1, (self.latent_dim, self.votes))
 
+    @torch.no_grad()
+    def step(self, x_t: torch.Tensor, state: Optional[List] = None) -> Tuple[torch.Tensor, List]:
+        """One time step in eval mode: ``x_t (N, in)`` -> ``(votes_t (N, L, k), state)``; pass the
+        returned state to the next call (None at t = 0).
+
+        In eval mode tdBN uses running statistics, so a step does not depend on the others and this
+        equals ``forward`` on the whole prefix taken at its last step, at one step's cost instead
+        of t + 1. In training, tdBN normalises with the statistics of the whole input, so stepping
+        is refused there.
+        """
+        if self.training:
+            raise RuntimeError("VotingMLP.step needs eval mode: in training tdBN uses the statistics of the whole sequence")
+        state = state or [None] * len(self)
+        new_state, h = [], x_t
+        for layer, layer_state in zip(self, state):
+            current = layer.bn(F.linear(h, layer.weight, layer.bias))
+            layer_state = lif_step_inference(current, layer_state, layer.lif.tau, layer.lif.v_threshold)
+            new_state.append(layer_state)
+            h = layer_state[1]
+        return h.unflatten(-1, (self.latent_dim, self.votes)), new_state
+
 
 class FSVAEPosterior(nn.Module):
-    """q(z_t | x_<=t, z_<t) with k votes; ``forward`` returns ``(z (T, N, L), votes (T, N, L, k))``."""
+    """q(z_t | x_<=t, z_<t) with k votes; ``forward`` returns ``(z (T, N, L), votes (T, N, L, k))``.
+
+    Building z needs the votes of step t before z_t exists. The original runs the MLP on the whole
+    prefix at every step (T(T+1)/2 step evaluations); that is kept in training, where tdBN's batch
+    statistics make the prefix passes part of the function. In eval mode, with ``stepwise`` on
+    (the default), the MLP is stepped once per time step with its LIF state carried over: the same
+    values at 2/(T+1) of the cost.
+    """
+
+    stepwise = True
 
     def __init__(self, config: FSVAEConfig, sampler: LatentSampler):
         super().__init__()
@@ -119,16 +149,30 @@ class FSVAEPosterior(nn.Module):
         choice = self.sampler.choices((T, N, L), self.layers.votes, latent_spikes, generator)
         x_seq = latent_spikes.detach()
         z_shifted = latent_spikes.new_zeros(1, N, L)                           # [z_{-1} = 0]
-        with torch.no_grad():
-            for t in range(T - 1):
-                votes_t = self.layers(torch.cat([x_seq[:t + 1], z_shifted], dim=-1))[-1]  # (N, L, k), prefix pass
+        if self.stepwise and not self.layers.training:
+            state, step_votes = None, []
+            for t in range(T):
+                votes_t, state = self.layers.step(torch.cat([x_seq[t], z_shifted[t]], dim=-1), state)
+                step_votes.append(votes_t)
                 z_shifted = torch.cat([z_shifted, select(votes_t, choice[t]).unsqueeze(0)])
+            if not (torch.is_grad_enabled() and latent_spikes.requires_grad):
+                votes = torch.stack(step_votes)                                 # nothing to differentiate
+                return select(votes, choice), votes
+            z_shifted = z_shifted[:-1]
+        else:
+            with torch.no_grad():
+                for t in range(T - 1):
+                    votes_t = self.layers(torch.cat([x_seq[:t + 1], z_shifted], dim=-1))[-1]  # (N, L, k), prefix pass
+                    z_shifted = torch.cat([z_shifted, select(votes_t, choice[t]).unsqueeze(0)])
         votes = self.layers(torch.cat([latent_spikes, z_shifted], dim=-1))   # (T, N, L, k), with gradient
         return select(votes, choice), votes
 
 
 class FSVAEPrior(nn.Module):
-    """p(z_t | z_<t) with k votes."""
+    """p(z_t | z_<t) with k votes. ``sample`` steps the MLP in eval mode when ``stepwise`` is on
+    (see :class:`FSVAEPosterior`); otherwise it runs the original's prefix passes."""
+
+    stepwise = True
 
     def __init__(self, config: FSVAEConfig, sampler: LatentSampler):
         super().__init__()
@@ -161,8 +205,12 @@ class FSVAEPrior(nn.Module):
     def sample(self, n: int, timesteps: int, device=None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Run the prior autoregressively: ``z (T, n, L)``, one random vote per unit and step."""
         z_shifted = torch.zeros(1, n, self.layers.latent_dim, device=device)
-        for _ in range(timesteps):
-            votes_t = self.layers(z_shifted)[-1]                                      # (n, L, k)
+        state = None
+        for t in range(timesteps):
+            if self.stepwise and not self.layers.training:
+                votes_t, state = self.layers.step(z_shifted[t], state)                # (n, L, k), one step
+            else:
+                votes_t = self.layers(z_shifted)[-1]                                  # prefix pass
             z_shifted = torch.cat([z_shifted, self.sampler.draw(votes_t, generator).unsqueeze(0)])
         return z_shifted[1:]
 

@@ -209,3 +209,27 @@ def test_original_fsvae_checkpoint_refusals(tmp_path):
     with pytest.raises(esvae.CheckpointError, match="no original checkpoint layout is known for model 'taid'; "
                                                     "load_original_checkpoint supports: esvae, fsvae"):
         esvae.load_original_checkpoint(tmp_path / "k4.pth", "taid", "fashion")
+
+
+@pytest.mark.parametrize("timesteps", [1, 6])
+def test_stepwise_eval_equals_the_original_prefix_passes(timesteps):
+    model = _trained_bn(esvae.build_model("fsvae", "fashion", timesteps=6, latent_dim=8, votes=5))
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():   # busy MLPs: biases that make about half the votes fire, even from z = 0
+        for layer in [*model.posterior.layers, *model.prior.layers]:
+            layer.bn.bias.copy_(torch.rand(layer.bn.bias.shape, generator=g) * 0.4)
+    x_e = (torch.rand(timesteps, 64, 8, generator=torch.Generator().manual_seed(8)) < 0.4).float()
+    results = {}
+    for stepwise in (True, False):
+        model.posterior.stepwise = model.prior.stepwise = stepwise
+        with torch.no_grad():
+            z, votes = model.posterior(x_e, torch.Generator().manual_seed(9))
+        grad_z, grad_votes = model.posterior(x_e.clone().requires_grad_(True), torch.Generator().manual_seed(9))
+        sampled = model.prior.sample(64, timesteps, generator=torch.Generator().manual_seed(10))
+        results[stepwise] = (z, votes, grad_z.detach(), grad_votes.detach(), sampled)
+    for a, b in zip(results[True], results[False]):
+        assert torch.equal(a, b)
+    assert 0.05 < results[True][1].mean() < 0.95 and 0.05 < results[True][4].mean() < 0.95
+    model.train()
+    with pytest.raises(RuntimeError, match="needs eval mode"):
+        model.prior.layers.step(torch.zeros(2, 8))

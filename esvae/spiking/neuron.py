@@ -16,11 +16,13 @@ Three forms, all computing the same function and gradient:
   as the ground truth;
 * :func:`lif_multistep` -- a fused multi-step op (custom autograd function). Its forward writes
   into preallocated buffers outside any autograd graph and its backward is a single reverse-time
-  sweep: O(T) memory traffic and no per-step graph nodes.
+  sweep: O(T) memory traffic and no per-step graph nodes;
+* :func:`lif_step_inference` -- the fused op's update for one step without autograd, for
+  networks stepped one time step at a time (FSVAE's autoregressive sampling in eval mode).
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -74,6 +76,18 @@ def lif_multistep_reference(
         membrane, spikes = lif_step(membrane, spikes, current, tau, v_threshold, surrogate)
         spikes_seq.append(spikes)
     return torch.stack(spikes_seq)
+
+
+def lif_step_inference(current: torch.Tensor, state: Optional[Tuple[torch.Tensor, torch.Tensor]],
+                       tau: float = TAU, v_threshold: float = V_THRESHOLD) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One LIF update without autograd, with the fused op's exact arithmetic, for stepping a
+    network one time step at a time. ``state`` is ``(u_{t-1}, o_{t-1})`` or None at t = 0;
+    returns ``(u_t, o_t)``, the next state."""
+    if state is None:
+        membrane = current.clone()
+    else:
+        membrane = torch.add(current, state[0].masked_fill(state[1].bool(), 0.0), alpha=tau)
+    return membrane, torch.gt(membrane, v_threshold).to(current.dtype)
 
 
 class _FusedMultiStepLIF(torch.autograd.Function):
