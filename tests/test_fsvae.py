@@ -18,6 +18,16 @@ def test_parameter_counts_match_method_table(dataset, expected):
     assert esvae.count_parameters(model.prior) + esvae.count_parameters(model.posterior) == 3_001_856
 
 
+def test_large_size_for_celeba_shares_esvaes_backbone():
+    """64x64: ESVAE's large backbone (3,696,227 less its 128x128 prior bottleneck) + the MLPs."""
+    model = esvae.build_model("fsvae", "celeba")
+    assert model.config.hidden_dims == (32, 64, 128, 256, 512) and model.config.latent_dim == 128
+    assert esvae.count_parameters(model) == 3_696_227 - (128 * 128 + 128) + 3_001_856
+    assert esvae.count_parameters(esvae.build_model("taid", "celeba")) == 3_696_227 - (128 * 128 + 128) + 3_001_856 + 256
+    with torch.no_grad():
+        assert model.eval().sample(2, torch.Generator().manual_seed(0)).shape == (2, 3, 64, 64)
+
+
 def _small(**kw):
     torch.manual_seed(0)
     return esvae.build_model("fsvae", "fashion", timesteps=6, latent_dim=8, votes=5, **kw)
