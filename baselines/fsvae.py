@@ -37,7 +37,7 @@ from esvae.config import SpikingVAEConfig, TrainConfig, dataset_spec, hidden_dim
 from esvae.errors import ConfigError
 from esvae.models.backbone import SpikingConvBackbone
 from esvae.models.base import OriginalLayout, VAEProtocolMixin
-from esvae.samplers import LatentSampler, build_sampler
+from esvae.samplers import LatentSampler, VoteSelectionSampler, build_sampler
 from esvae.spiking import LIF, SpikingLinear, lif_step_inference
 
 
@@ -76,6 +76,14 @@ class FSVAEConfig(SpikingVAEConfig):
         for key in ("scheduled_p_start", "scheduled_p_end"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"{key} must lie in [0, 1], got {getattr(self, key)}")
+        step = self.scheduled_from_step
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ConfigError(f"scheduled_from_step must be a non-negative integer, got {step!r}")
+        for key in ("psp_tau", "kld_weight", "guess_noise"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0 or (key == "psp_tau" and value < 1):
+                bound = ">= 1 (the filter's step is 1/tau)" if key == "psp_tau" else ">= 0"
+                raise ConfigError(f"{key} must be a number {bound}, got {value!r}")
         return self
 
 
@@ -155,7 +163,7 @@ class FSVAEPosterior(nn.Module):
                 votes_t, state = self.layers.step(torch.cat([x_seq[t], z_shifted[t]], dim=-1), state)
                 step_votes.append(votes_t)
                 z_shifted = torch.cat([z_shifted, select(votes_t, choice[t]).unsqueeze(0)])
-            if not (torch.is_grad_enabled() and latent_spikes.requires_grad):
+            if not torch.is_grad_enabled():
                 votes = torch.stack(step_votes)                                 # nothing to differentiate
                 return select(votes, choice), votes
             z_shifted = z_shifted[:-1]
@@ -204,7 +212,7 @@ class FSVAEPrior(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, timesteps: int, device=None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Run the prior autoregressively: ``z (T, n, L)``, one random vote per unit and step."""
-        z_shifted = torch.zeros(1, n, self.layers.latent_dim, device=device)
+        z_shifted = torch.zeros(1, n, self.layers.latent_dim, device=device, dtype=self.layers[0].weight.dtype)
         state = None
         for t in range(timesteps):
             if self.stepwise and not self.layers.training:
@@ -233,6 +241,8 @@ class FSVAE(VAEProtocolMixin, SpikingConvBackbone):
     def __init__(self, config: FSVAEConfig, sampler: Optional[LatentSampler] = None):
         super().__init__(config)
         self.sampler = sampler if sampler is not None else build_sampler(config.sampler)
+        if not isinstance(self.sampler, VoteSelectionSampler):
+            raise ConfigError(f"FSVAE needs a vote-selection sampler (fsvae_autoregressive), got {self.sampler!r}")
         self.posterior = FSVAEPosterior(config, self.sampler)
         self.prior = FSVAEPrior(config, self.sampler)
         self.loss_terms = ("loss", "mse", config.loss)
@@ -270,7 +280,10 @@ class FSVAE(VAEProtocolMixin, SpikingConvBackbone):
 
     @torch.no_grad()
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Generate ``n`` images by running the prior autoregressively (call ``eval()`` first)."""
+        """Generate ``n`` images by running the prior autoregressively; needs eval mode."""
+        if self.training:
+            raise RuntimeError("FSVAE.sample needs eval mode (in training tdBN would normalise the prior's prefixes "
+                               "with batch statistics and update its running statistics); call model.eval() first")
         device = self.prior.layers[0].weight.device
         return self.decode(self.prior.sample(n, self.timesteps, device, generator))
 

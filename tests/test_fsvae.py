@@ -87,44 +87,82 @@ def test_psp_filter_by_hand():
     assert psp(x).flatten().tolist() == [0.5, 0.25, 0.625, 0.8125]
 
 
+# Vote means (T=2, N=2, L=2) with k=4: unequal across samples, units and steps, so a wrong
+# reduction (sum vs mean, over the wrong axis) changes the value.
+Q_BAR = [[[1.0, 0.25], [0.5, 0.0]], [[0.75, 0.5], [0.0, 1.0]]]   # [t][n][l]
+P_BAR = [[[0.25, 0.25], [1.0, 0.5]], [[0.5, 0.0], [0.25, 0.75]]]
+
+
+def _votes(bar):
+    """(T, N, L, k=4) votes whose means over k are ``bar``."""
+    v = torch.zeros(2, 2, 2, 4)
+    for t in range(2):
+        for n in range(2):
+            for l in range(2):
+                v[t, n, l, :int(round(bar[t][n][l] * 4))] = 1.0
+    return v
+
+
 def _tiny_output():
-    q = torch.tensor([[1.0, 1.0], [0.0, 1.0]]).view(2, 1, 1, 2)   # q_bar = [1, 0.5]
-    p = torch.tensor([[0.0, 0.0], [1.0, 1.0]]).view(2, 1, 1, 2)   # p_bar = [0, 1]
-    recon = torch.full((1, 1, 32, 32), 0.5)
-    return FSVAEOutput(recon, None, None, q, p)
+    recon = torch.full((2, 1, 32, 32), 0.5)
+    return FSVAEOutput(recon, None, None, _votes(Q_BAR), _votes(P_BAR))
+
+
+def _psp_by_hand(bar, n, l):
+    s, out = 0.0, []
+    for t in range(2):
+        s = s + (bar[t][n][l] - s) / 2.0
+        out.append(s)
+    return out
 
 
 def test_mmd_loss_by_hand():
-    model = esvae.build_model("fsvae", "fashion", timesteps=2, latent_dim=1, votes=2)
-    terms = model.loss(torch.zeros(1, 1, 32, 32), _tiny_output())
-    # PSP(q_bar) = [0.5, 0.5], PSP(p_bar) = [0, 0.5] -> mean squared difference (0.25 + 0) / 2
-    assert terms["mmd"].item() == pytest.approx(0.125)
-    assert terms["loss"].item() == pytest.approx(0.25 + 0.125)
+    model = esvae.build_model("fsvae", "fashion", timesteps=2, latent_dim=2, votes=4)
+    terms = model.loss(torch.zeros(2, 1, 32, 32), _tiny_output())
+    diffs = [(a - b) ** 2 for n in range(2) for l in range(2)
+             for a, b in zip(_psp_by_hand(Q_BAR, n, l), _psp_by_hand(P_BAR, n, l))]
+    expected = sum(diffs) / len(diffs)                        # mean over t, n, l; weight 1
+    assert terms["mmd"].item() == pytest.approx(expected)
+    assert terms["loss"].item() == pytest.approx(0.25 + expected)
 
 
 def test_kld_loss_by_hand():
-    model = esvae.build_model("fsvae", "fashion", timesteps=2, latent_dim=1, votes=2, loss="kld")
-    terms = model.loss(torch.zeros(1, 1, 32, 32), _tiny_output())
-    kl = math.log(1.01 / 0.01) + 0.5 * math.log(0.51 / 1.01) + 0.5 * math.log(0.51 / 0.01)
-    assert terms["kld"].item() == pytest.approx(kl, rel=1e-5)
-    assert terms["loss"].item() == pytest.approx(0.25 + 1e-4 * kl, rel=1e-6)
+    model = esvae.build_model("fsvae", "fashion", timesteps=2, latent_dim=2, votes=4, loss="kld")
+    terms = model.loss(torch.zeros(2, 1, 32, 32), _tiny_output())
+
+    def kl(q, p):
+        return q * math.log((q + 0.01) / (p + 0.01)) + (1 - q) * math.log((1 - q + 0.01) / (1 - p + 0.01))
+
+    per_sample = [sum(kl(Q_BAR[t][n][l], P_BAR[t][n][l]) for t in range(2) for l in range(2)) for n in range(2)]
+    expected = sum(per_sample) / 2                            # sum over (T, L), mean over N
+    assert terms["kld"].item() == pytest.approx(expected, rel=1e-5)
+    assert terms["loss"].item() == pytest.approx(0.25 + 1e-4 * expected, rel=1e-6)
 
 
 class _RecordingVotes(nn.Module):
-    """Stands in for the prior MLP: records its input, answers with no votes fired."""
+    """Stands in for the prior MLP: records its input; at position j, unit l has 3 of 4 votes
+    fired when j + l is even and 1 of 4 otherwise, so the guess 1[mean_k > 0.5] made from the
+    prefix z_{-1..t-1} (last position j = t) is the pattern 1[(t + l) even]."""
 
-    def __init__(self, latent_dim, votes):
+    def __init__(self, latent_dim):
         super().__init__()
-        self.latent_dim, self.votes, self.inputs = latent_dim, votes, []
+        self.latent_dim, self.votes, self.inputs = latent_dim, 4, []
 
     def forward(self, z_seq):
         self.inputs.append(z_seq.clone())
-        return torch.zeros(*z_seq.shape[:2], self.latent_dim, self.votes)
+        j = torch.arange(z_seq.shape[0]).view(-1, 1, 1)
+        l = torch.arange(self.latent_dim).view(1, 1, -1)
+        fired = torch.where((j + l) % 2 == 0, 3, 1).expand(z_seq.shape[0], z_seq.shape[1], self.latent_dim)
+        return (torch.arange(4).view(1, 1, 1, 4) < fired.unsqueeze(-1)).float()
 
 
-def test_scheduled_sampling_replaces_only_steps_from_5_at_rate_p():
+def _guess(t, n=2, latent_dim=8):
+    return ((t + torch.arange(latent_dim)) % 2 == 0).float().expand(n, latent_dim)
+
+
+def test_scheduled_sampling_replaces_only_steps_from_5_with_the_priors_guess_at_rate_p():
     prior = _small().prior  # the prior alone, on a 16-step z (T only matters through z's length)
-    prior.layers = _RecordingVotes(8, 5)
+    prior.layers = _RecordingVotes(8)
     prior.train()
     z = torch.ones(16, 2, 8)                                   # the posterior's z: all ones
     g = torch.Generator().manual_seed(0)
@@ -135,7 +173,10 @@ def test_scheduled_sampling_replaces_only_steps_from_5_at_rate_p():
         prior(z, scheduled_p=0.3, generator=g)
         final = prior.layers.inputs[-1]                        # (16, 2, 8): the prior's input sequence
         assert torch.equal(final[0], torch.zeros(2, 8))       # z_{-1} = 0
-        replaced += (final[:, 0, 0] == 0).float()             # a guess (no votes fired) is 0
+        for t in range(15):                                    # input position t + 1 holds z_t or the guess
+            kept, guessed = torch.equal(final[t + 1], z[t]), torch.equal(final[t + 1], _guess(t))
+            assert kept or guessed, (t, final[t + 1])
+            replaced[t + 1] += float(guessed)
     rate = replaced / trials
     assert rate[1:6].sum() == 0                               # inputs z_0..z_4 are never replaced
     assert rate[6:].min() > 0.3 - 4 * math.sqrt(0.21 / trials) and rate[6:].max() < 0.3 + 4 * math.sqrt(0.21 / trials)
@@ -166,16 +207,46 @@ def test_generation_runs_the_prior_autoregressively():
     images = model.sample(3, torch.Generator().manual_seed(7))
     assert images.shape == (3, 1, 32, 32)
     assert torch.equal(images, model.sample(3, torch.Generator().manual_seed(7)))
+    assert model.double().sample(2, torch.Generator().manual_seed(7)).dtype == torch.float64
+    with pytest.raises(RuntimeError, match="needs eval mode"):
+        model.train().sample(2)
 
 
 def test_gradient_flows_through_the_chosen_posterior_votes_to_the_encoder():
-    model = _small()
-    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    model = _small().train()
+    x = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
     out = model(x, torch.Generator().manual_seed(0))
-    model.loss(x, out)["loss"].backward()
+    out.posterior_votes.retain_grad()
+    torch.nn.functional.mse_loss(out.reconstruction, x).backward()   # the reconstruction alone
+    # The posterior draws its vote indices first from the generator.
+    choice = model.sampler.choices((6, 4, 8), 5, x, torch.Generator().manual_seed(0))
+    chosen = torch.nn.functional.one_hot(choice, 5).bool()
+    grad = out.posterior_votes.grad
+    assert (grad[~chosen] == 0).all() and (grad[chosen] != 0).any()   # only the chosen votes
     assert model.posterior.layers[2].weight.grad.abs().sum() > 0
-    assert model.prior.layers[0].weight.grad.abs().sum() > 0
     assert model.encoder[0].weight.grad.abs().sum() > 0
+    assert model.prior.layers[0].weight.grad is None                  # the prior sees detached z
+    model.zero_grad()
+    model.loss(x, model(x, torch.Generator().manual_seed(0)))["loss"].backward()
+    assert model.prior.layers[0].weight.grad.abs().sum() > 0           # through the latent loss
+
+
+def test_training_mode_posterior_feeds_back_prefix_pass_votes():
+    """In training the fed-back z_t comes from the MLP on the prefix (batch statistics of the
+    prefix); the returned votes are one pass over concat(x_e, that z shifted)."""
+    model = _small().train()
+    x_e = (torch.rand(6, 4, 8, generator=torch.Generator().manual_seed(2)) < 0.4).float()
+    z, votes = model.posterior(x_e, torch.Generator().manual_seed(3))
+    choice = model.sampler.choices((6, 4, 8), 5, x_e, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        fed = torch.zeros(1, 4, 8)
+        for t in range(5):
+            prefix_votes = model.posterior.layers(torch.cat([x_e[:t + 1], fed], dim=-1))[-1]
+            fed = torch.cat([fed, prefix_votes.gather(-1, choice[t].unsqueeze(-1)).squeeze(-1).unsqueeze(0)])
+        expected = model.posterior.layers(torch.cat([x_e, fed], dim=-1))
+    assert 0.05 < fed[1:].mean() < 0.95
+    assert torch.equal(votes, expected)
+    assert torch.equal(z, expected.gather(-1, choice.unsqueeze(-1)).squeeze(-1))
 
 
 def test_original_fsvae_checkpoint_computes_the_original_function(tmp_path):
@@ -234,7 +305,8 @@ def test_stepwise_eval_equals_the_original_prefix_passes(timesteps):
         model.posterior.stepwise = model.prior.stepwise = stepwise
         with torch.no_grad():
             z, votes = model.posterior(x_e, torch.Generator().manual_seed(9))
-        grad_z, grad_votes = model.posterior(x_e.clone().requires_grad_(True), torch.Generator().manual_seed(9))
+        grad_z, grad_votes = model.posterior(x_e, torch.Generator().manual_seed(9))
+        assert grad_votes.requires_grad                       # grad enabled: the parameters get gradients
         sampled = model.prior.sample(64, timesteps, generator=torch.Generator().manual_seed(10))
         results[stepwise] = (z, votes, grad_z.detach(), grad_votes.detach(), sampled)
     for a, b in zip(results[True], results[False]):
@@ -243,3 +315,23 @@ def test_stepwise_eval_equals_the_original_prefix_passes(timesteps):
     model.train()
     with pytest.raises(RuntimeError, match="needs eval mode"):
         model.prior.layers.step(torch.zeros(2, 8))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"votes": 0}, "votes \\(k\\) must be a positive integer"),
+    ({"loss": "elbo"}, "FSVAE loss must be 'mmd' or 'kld'"),
+    ({"scheduled_p_end": 1.5}, r"scheduled_p_end must lie in \[0, 1\]"),
+    ({"scheduled_from_step": -1}, "scheduled_from_step must be a non-negative integer"),
+    ({"psp_tau": 0.5}, "psp_tau must be a number >= 1"),
+    ({"kld_weight": -1e-4}, "kld_weight must be a number >= 0"),
+])
+def test_bad_fsvae_settings_are_refused(overrides, message):
+    with pytest.raises(esvae.ConfigError, match=message):
+        esvae.build_model("fsvae", "fashion", **overrides)
+
+
+def test_fsvae_refuses_a_sampler_without_vote_selection():
+    from baselines.fsvae import FSVAE, fsvae_paper_config
+    from esvae.samplers import PoissonSampler
+    with pytest.raises(esvae.ConfigError, match="needs a vote-selection sampler"):
+        FSVAE(fsvae_paper_config("fashion"), PoissonSampler())

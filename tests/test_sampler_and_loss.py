@@ -9,6 +9,8 @@ from esvae.losses import mmd_linear, mmd_rbf
 from esvae.samplers import SAMPLERS, build_sampler
 
 RATES = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0])
+# Every registered sampler, through the shared rate interface. fsvae_autoregressive's model path is
+# vote selection (select/choices), tested against this interface in its own test below.
 ALL_SAMPLERS = sorted(SAMPLERS)
 
 

@@ -19,7 +19,7 @@ class _FakeModel(nn.Module):
         return self.now
 
     def sample(self, n, generator=None):
-        self.calls.append((n, generator.initial_seed()))
+        self.calls.append((n, generator.initial_seed(), self.training))
         self.now += self.per_image * n + (self.extra.pop(0) if self.extra and len(self.calls) > 1 else 0.0)
         return torch.zeros(n, 1, 2, 2)
 
@@ -28,9 +28,9 @@ def test_batches_warmup_and_median_on_a_fake_clock():
     fake = _FakeModel(0.01, extra=[0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     fake.train()
     cost = time_sampling(fake, n=10, batch_size=4, repeats=3, warmup=1, seed=7, clock=fake.clock)
-    assert not fake.training
+    assert fake.training                                              # the caller's mode is restored
     assert [c[0] for c in fake.calls] == [4] + [4, 4, 2] * 3          # one warm-up batch, then n in 3 calls
-    assert {c[1] for c in fake.calls} == {7}
+    assert {c[1:] for c in fake.calls} == {(7, False)}                # seeded generator, eval mode
     # Repeats take 0.1 + 0.5 (the slow call), 0.1, 0.1 s: the median ignores the outlier.
     assert cost.seconds_all == pytest.approx([0.6, 0.1, 0.1])
     assert cost.seconds == pytest.approx(0.1)

@@ -1,9 +1,9 @@
 """How long a model's ``sample(n)`` takes: wall-clock time per generated image, labelled with the
 conditions that produced it (model, dataset, T, batch, device, threads, repeats).
 
-FSVAE and TAID generate autoregressively (T prior passes on growing prefixes), ESVAE draws a
-prior rate and samples once, the ANN VAE decodes a Gaussian draw; this helper makes the
-comparison one call per model. Timing uses ``time.perf_counter`` after a warm-up call, with CUDA
+FSVAE and TAID generate autoregressively (their prior MLP stepped T times), ESVAE draws a prior
+rate and samples once, the ANN VAE decodes a Gaussian draw; this helper makes the comparison one
+call per model. Timing uses ``time.perf_counter`` after a warm-up call, with CUDA
 synchronised before each clock read, and reports the median over repeats.
 """
 from __future__ import annotations
@@ -60,9 +60,9 @@ def time_sampling(model: nn.Module, n: int, batch_size: Optional[int] = None, re
                   seed: int = 0, clock: Callable[[], float] = time.perf_counter) -> SamplingCost:
     """Time ``model.sample`` generating ``n`` images in calls of at most ``batch_size`` (default n).
 
-    The model is put in eval mode; each repeat draws from a generator seeded with ``seed`` on the
-    model's device, so every repeat generates the same images. ``warmup`` untimed calls of one
-    batch come first (allocator, kernel selection).
+    The model runs in eval mode (its previous mode is restored afterwards); each repeat draws from
+    a generator seeded with ``seed`` on the model's device, so every repeat generates the same
+    images. ``warmup`` untimed calls of one batch come first (allocator, kernel selection).
     """
     for name, value in (("n", n), ("repeats", repeats)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -74,7 +74,20 @@ def time_sampling(model: nn.Module, n: int, batch_size: Optional[int] = None, re
         raise ValueError(f"warmup must be >= 0, got {warmup!r}")
     param = next(model.parameters())
     device = param.device
+    was_training = model.training
     model.eval()
+    try:
+        times = _timed_repeats(model, n, batch_size, repeats, warmup, seed, clock, device)
+    finally:
+        model.train(was_training)
+    config = getattr(model, "config", None)
+    return SamplingCost(model=getattr(model, "model_name", type(model).__name__),
+                        dataset=getattr(model, "dataset", "?"), timesteps=getattr(config, "timesteps", None),
+                        n=n, batch_size=batch_size, device=str(device), threads=torch.get_num_threads(),
+                        repeats=repeats, warmup_calls=warmup, seconds=statistics.median(times), seconds_all=times)
+
+
+def _timed_repeats(model, n, batch_size, repeats, warmup, seed, clock, device) -> List[float]:
     sizes = [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
     for _ in range(warmup):
         model.sample(sizes[0], generator=torch.Generator(device=device).manual_seed(seed))
@@ -88,8 +101,4 @@ def time_sampling(model: nn.Module, n: int, batch_size: Optional[int] = None, re
             model.sample(size, generator=generator)
         _synchronize(device)
         times.append(clock() - start)
-    config = getattr(model, "config", None)
-    return SamplingCost(model=getattr(model, "model_name", type(model).__name__),
-                        dataset=getattr(model, "dataset", "?"), timesteps=getattr(config, "timesteps", None),
-                        n=n, batch_size=batch_size, device=str(device), threads=torch.get_num_threads(),
-                        repeats=repeats, warmup_calls=warmup, seconds=statistics.median(times), seconds_all=times)
+    return times
