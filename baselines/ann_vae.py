@@ -24,6 +24,7 @@ from torch import nn
 
 from esvae.config import TrainConfig, dataset_spec, hidden_dims_for
 from esvae.errors import ConfigError
+from esvae.models.ann_blocks import ann_decoder, ann_encoder, ann_final_layer
 from esvae.models.base import VAEProtocolMixin
 
 
@@ -64,10 +65,6 @@ class ANNVAEOutput:
     latent: torch.Tensor          # (N, L) the sampled z
 
 
-def _block(layer: nn.Module, channels: int, slope: float) -> nn.Sequential:
-    return nn.Sequential(layer, nn.BatchNorm2d(channels), nn.LeakyReLU(slope))
-
-
 class ANNVAE(VAEProtocolMixin, nn.Module):
     loss_terms = ("loss", "mse", "kld")
     stat_names = ("mu_abs", "sigma")
@@ -79,24 +76,12 @@ class ANNVAE(VAEProtocolMixin, nn.Module):
         slope = config.leaky_slope
         self.bottom_channels = dims[-1]
         flat = dims[-1] * 4
-        layers, channels = [], config.in_channels
-        for width in dims:
-            layers.append(_block(nn.Conv2d(channels, width, 3, stride=2, padding=1), width, slope))
-            channels = width
-        self.encoder = nn.Sequential(*layers)
+        self.encoder = ann_encoder(config.in_channels, dims, slope)
         self.fc_mu = nn.Linear(flat, config.latent_dim)
         self.fc_logvar = nn.Linear(flat, config.latent_dim)
         self.decoder_input = nn.Linear(config.latent_dim, flat)
-        rev = dims[::-1]
-        self.decoder = nn.Sequential(*[
-            _block(nn.ConvTranspose2d(rev[i], rev[i + 1], 3, stride=2, padding=1, output_padding=1), rev[i + 1], slope)
-            for i in range(len(rev) - 1)
-        ])
-        self.final_layer = nn.Sequential(
-            nn.ConvTranspose2d(dims[0], dims[0], 3, stride=2, padding=1, output_padding=1),
-            nn.BatchNorm2d(dims[0]), nn.LeakyReLU(slope),
-            nn.Conv2d(dims[0], config.in_channels, 3, padding=1), nn.Tanh(),
-        )
+        self.decoder = ann_decoder(dims, slope)
+        self.final_layer = ann_final_layer(dims, config.in_channels, slope)
         self._kld_weight = config.kld_weight
 
     @property

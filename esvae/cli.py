@@ -103,6 +103,24 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-root", default=None, help="data folder (default: $ESVAE_DATA or ./data)")
     e.add_argument("--download", action="store_true", help="allow downloading a missing dataset or Inception weights")
     e.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    e.add_argument("--fad-autoencoder", default=None,
+                   help="the dataset's FAD autoencoder (a file or folder from 'train-fad-autoencoder'); FAD is "
+                        "refused without one")
+
+    f = sub.add_parser("train-fad-autoencoder",
+                       help="train a dataset's FAD autoencoder and store its test-split code statistics")
+    f.add_argument("--dataset", required=True, choices=data_names)
+    f.add_argument("--out", required=True, help="output folder (fad_autoencoder.pt, metrics.json, train.log)")
+    f.add_argument("--epochs", type=positive_int, default=20)
+    f.add_argument("--batch-size", type=positive_int, default=128)
+    f.add_argument("--lr", type=positive_float, default=1e-3)
+    f.add_argument("--train-subset", type=non_negative_int, default=0, help="N training images, fixed seed (0 = all)")
+    f.add_argument("--test-subset", type=non_negative_int, default=0,
+                   help="code statistics over the first N test images (0 = all, what FAD should use)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--data-root", default=None, help="data folder (default: $ESVAE_DATA or ./data)")
+    f.add_argument("--download", action="store_true", help="allow torchvision to download a missing dataset")
+    f.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     return parser
 
 
@@ -201,8 +219,24 @@ def _cmd_evaluate(args) -> int:
     result = evaluate_checkpoint(args.checkpoint, args.out, metrics=args.metrics, num_samples=args.num_samples,
                                  test_subset=args.test_subset, reference_subset=args.reference_subset,
                                  batch_size=args.batch_size, inception_weights=args.inception_weights,
-                                 data_root=args.data_root, download=args.download, device=args.device, seed=args.seed)
+                                 data_root=args.data_root, download=args.download, device=args.device, seed=args.seed,
+                                 fad_autoencoder=args.fad_autoencoder)
     print(summary_line(result) + f"; metrics in {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+def _cmd_train_fad_autoencoder(args) -> int:
+    from .metrics.fad import FILE, train_fad_autoencoder
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    summary = train_fad_autoencoder(args.dataset, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                     train_subset=args.train_subset, test_subset=args.test_subset, seed=args.seed,
+                                     data_root=args.data_root,
+                                     download=args.download, device=args.device)
+    last = summary["training"]["history"][-1]
+    print(f"FAD autoencoder for {summary['data_label']}: {summary['code_dim']}-d code, test MSE {last['test_mse']:.5f} "
+          f"after {summary['training']['epochs']} epoch(s) on {summary['training']['train_images']} images; "
+          f"code statistics over {summary['test_stats']['split']} (N={summary['test_stats']['n']}); {Path(args.out) / FILE}")
     return 0
 
 
@@ -216,6 +250,9 @@ def summary_line(result: dict) -> str:
         if key in result:
             m = result[key]
             parts.append(f"{m['name']} {m['value']:.4f} (vs {m['reference_split']}, N={m['n_reference']})")
+    if "fad" in result:
+        m = result["fad"]
+        parts.append(f"{m['name']} {m['value']:.4f}" if m["value"] is not None else "FAD refused (no autoencoder given)")
     if "inception_score" in result:
         m = result["inception_score"]
         parts.append(f"{m['name']} {m['value']:.3f}" if m["value"] is not None else "IS refused (needs the official weights)")
@@ -232,7 +269,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
-        return {"train": _cmd_train, "describe": _cmd_describe, "evaluate": _cmd_evaluate}[args.command](args)
+        return {"train": _cmd_train, "describe": _cmd_describe, "evaluate": _cmd_evaluate,
+                "train-fad-autoencoder": _cmd_train_fad_autoencoder}[args.command](args)
     except EsvaeError as exc:
         print(f"esvae: error: {exc}", file=sys.stderr)
         return 2

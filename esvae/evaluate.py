@@ -7,6 +7,8 @@ Writes ``metrics.json`` and ``evaluate.log`` in ``out_dir``. Metrics (``--metric
   split; CelebA: the validation split, as the paper did), labelled ``FID@N`` / ``KID@N``
 * ``is``       torch-fidelity's Inception Score of the generated images; refused (recorded with the
   reason, never a number from a substitute network) when the weights lack the classifier head
+* ``fad``      Frechet Autoencoder Distance with the dataset's FAD autoencoder (``fad_autoencoder``,
+  from ``train-fad-autoencoder``); refused, with the reason, when none is given
 * ``params``   trainable parameters of the modules in use
 * ``sampling`` wall time per generated image (:func:`esvae.metrics.time_sampling`)
 
@@ -32,7 +34,7 @@ from .train import EVAL_SEED_OFFSET, _setup_logging, evaluate as evaluate_terms,
 
 log = logging.getLogger(__name__)
 
-METRICS = ("mse", "fid", "kid", "is", "params", "sampling")
+METRICS = ("mse", "fid", "kid", "is", "fad", "params", "sampling")
 
 
 def parse_metrics(text: str) -> List[str]:
@@ -63,7 +65,7 @@ def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metric
                         batch_size: int = 100, inception_weights: Optional[os.PathLike] = None,
                         data_root: Optional[os.PathLike] = None, download: bool = False, device: str = "auto",
                         seed: Optional[int] = None, cache_dir: Optional[os.PathLike] = None,
-                        progress: Optional[bool] = None) -> Dict:
+                        fad_autoencoder: Optional[os.PathLike] = None, progress: Optional[bool] = None) -> Dict:
     """Evaluate a checkpoint of this project; returns (and writes) the metrics dict."""
     import sys
 
@@ -82,6 +84,13 @@ def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metric
     wanted = list(dict.fromkeys(metrics))
     # Everything that can fail on input comes before the output folder exists.
     test_full = load_split(source.name, "test", data_root, download) if {"mse", "fid", "kid"} & set(wanted) else None
+    fad_model = fad_record = None
+    if "fad" in wanted and fad_autoencoder is not None:
+        from .metrics.fad import load_fad_autoencoder
+        fad_model, fad_record = load_fad_autoencoder(fad_autoencoder)
+        if fad_record["dataset"] != source.name:
+            raise ConfigError(f"the FAD autoencoder {fad_record['path']} was trained on {fad_record['dataset']!r}, "
+                              f"the checkpoint on {source.name!r}")
     weights = None
     if {"fid", "kid", "is"} & set(wanted):
         from .metrics.inception import resolve_inception_weights
@@ -116,10 +125,17 @@ def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metric
                 "latent": f"{model.latent_description} (eval-mode batch norm, generator seed {seed})",
             }
             log.info("reconstruction MSE %.5f (N=%d, %s)", terms["mse"], len(test), result["reconstruction_mse"]["split"])
+        generated = None
+        if {"fid", "kid", "is"} & set(wanted) or fad_model is not None:
+            start = time.perf_counter()
+            generated = generate(model, num_samples, batch_size, dev, seed, progress)   # in [-1, 1], CPU
+            log.info("generated %d images in %.1f s", num_samples, time.perf_counter() - start)
         inception_wanted = [m for m in ("fid", "kid", "is") if m in wanted]
         if inception_wanted:
-            _inception_metrics(result, model, source, inception_wanted, weights, num_samples, reference_subset,
-                               test_full, data_root, download, batch_size, dev, seed, cache_dir, progress)
+            _inception_metrics(result, generated, source, inception_wanted, weights, num_samples, reference_subset,
+                               test_full, data_root, download, batch_size, dev, cache_dir)
+        if "fad" in wanted:
+            result["fad"] = _fad_entry(fad_model, fad_record, generated, num_samples, dev)
         if "sampling" in wanted:
             n = min(num_samples, 256)
             cost = time_sampling(model, n=n, batch_size=min(batch_size, n), repeats=3, warmup=1, seed=seed)
@@ -133,14 +149,30 @@ def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metric
         handler.close()
 
 
-def _inception_metrics(result, model, source, wanted, weights, num_samples, reference_subset, test_full, data_root,
-                       download, batch_size, dev, seed, cache_dir, progress) -> None:
+def _fad_entry(fad_model, record, generated, num_samples, dev) -> Dict:
+    if fad_model is None:
+        reason = ("FAD needs the dataset's FAD autoencoder: train it with 'python -m esvae train-fad-autoencoder "
+                  "--dataset D --out DIR' and pass --fad-autoencoder DIR")
+        log.warning("FAD not computed: %s", reason)
+        return {"value": None, "refused": reason}
+    from .metrics.fad import fad
+    value = fad(fad_model, record, generated, dev)
+    training = record["training"]
+    log.info("FAD@%d %.4f (vs %d test-split codes)", num_samples, value, record["test_stats"]["n"])
+    return {"value": value, "name": f"FAD@{num_samples}", "n_generated": num_samples,
+            "n_reference": int(record["test_stats"]["n"]), "reference_split": record["test_stats"]["split"],
+            "autoencoder": record["path"], "code_dim": record["code_dim"],
+            "autoencoder_training": f"{training['epochs']} epochs on {training['train_images']} {record['data_label']} "
+                                    f"training images, final test MSE {training['history'][-1]['test_mse']:.5f}",
+            "inputs": "generated images in [-1, 1] at native resolution"}
+
+
+def _inception_metrics(result, generated, source, wanted, weights, num_samples, reference_subset, test_full, data_root,
+                       download, batch_size, dev, cache_dir) -> None:
     from .metrics.fidelity import (fidelity_metrics, inception_score_splits, reference_cache_name, to_uint8,
                                    torch_fidelity_version)
 
-    start = time.perf_counter()
-    generated = to_uint8(generate(model, num_samples, batch_size, dev, seed, progress))
-    log.info("generated %d images in %.1f s", num_samples, time.perf_counter() - start)
+    generated = to_uint8(generated)
     common = {"weights": weights.label(), "weights_file": str(weights.path),
               "torch_fidelity_version": torch_fidelity_version(), "n_generated": num_samples,
               "preprocessing": "generated images in [-1, 1] -> uint8 [0, 255]; greyscale repeated to 3 channels; "

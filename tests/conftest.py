@@ -30,3 +30,13 @@ def offline_inception(inception_cache, monkeypatch):
     monkeypatch.setenv("ESVAE_CACHE", str(inception_cache))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(inception_cache / "no-hub"))
     return inception_cache
+
+
+@pytest.fixture(scope="session")
+def fad_autoencoder(tmp_path_factory, data_root):
+    """A quickly trained Fashion-MNIST FAD autoencoder (CLI), statistics over test[:2000]."""
+    from esvae.cli import main
+    out = tmp_path_factory.mktemp("fad")
+    assert main(["train-fad-autoencoder", "--dataset", "fashion", "--out", str(out), "--epochs", "2",
+                 "--train-subset", "512", "--test-subset", "2000", "--batch-size", "64", "--data-root", data_root]) == 0
+    return out

