@@ -68,6 +68,7 @@ class ANNVAEOutput:
 class ANNVAE(VAEProtocolMixin, nn.Module):
     loss_terms = ("loss", "mse", "kld")
     stat_names = ("mu_abs", "sigma")
+    spiking_latent = False
 
     def __init__(self, config: ANNVAEConfig):
         super().__init__()
@@ -99,6 +100,13 @@ class ANNVAE(VAEProtocolMixin, nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """The posterior mean ``mu`` ``(N, L)`` (the deterministic code)."""
         return self.encode_distribution(images)[0]
+
+    def latent_code(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """The posterior mean ``mu`` ``(N, L)``."""
+        return self.encode(images)
+
+    def decode_code(self, code: torch.Tensor) -> torch.Tensor:
+        return self.decode(code)
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """``(N, L) -> (N, C, H, W)`` in [-1, 1]."""

@@ -260,6 +260,10 @@ class FSVAE(VAEProtocolMixin, SpikingConvBackbone):
         p_votes = self.prior(z, self.scheduled_p if self.config.scheduled_sampling else None, generator)
         return FSVAEOutput(self.decode(z), latent_spikes, z, q_votes, p_votes)
 
+    def latent_code(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Posterior rates ``(N, L)``: the posterior's vote probabilities averaged over k and T."""
+        return self.posterior(self.encode(images), generator)[1].mean(-1).mean(0)
+
     def loss(self, images: torch.Tensor, out: FSVAEOutput) -> Dict[str, torch.Tensor]:
         mse = F.mse_loss(out.reconstruction, images)
         q_bar, p_bar = out.posterior_votes.mean(-1), out.prior_votes.mean(-1)   # (T, N, L)

@@ -107,6 +107,18 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="the dataset's FAD autoencoder (a file or folder from 'train-fad-autoencoder'); FAD is "
                         "refused without one")
 
+    pr = sub.add_parser("probe", help="information-retention and decoder-robustness probes of a checkpoint")
+    pr.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by 'train'")
+    pr.add_argument("--out", required=True, help="output folder (probes.json, robustness.tsv/png, perturbations.png)")
+    pr.add_argument("--train-subset", type=non_negative_int, default=0,
+                    help="fit the linear probe on N training images, fixed seed (0 = all)")
+    pr.add_argument("--test-subset", type=non_negative_int, default=0, help="the first N test images (0 = all)")
+    pr.add_argument("--batch-size", type=positive_int, default=200)
+    pr.add_argument("--seed", type=int, default=None, help="generator seed (default: the training run's evaluation seed)")
+    pr.add_argument("--data-root", default=None, help="data folder (default: $ESVAE_DATA or ./data)")
+    pr.add_argument("--download", action="store_true", help="allow torchvision to download a missing dataset")
+    pr.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+
     f = sub.add_parser("train-fad-autoencoder",
                        help="train a dataset's FAD autoencoder and store its test-split code statistics")
     f.add_argument("--dataset", required=True, choices=data_names)
@@ -225,6 +237,26 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_probe(args) -> int:
+    from .probes import run_probes
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    r = run_probes(args.checkpoint, args.out, train_subset=args.train_subset, test_subset=args.test_subset,
+                   batch_size=args.batch_size, seed=args.seed, data_root=args.data_root, download=args.download,
+                   device=args.device)
+    ret = r["information_retention"]
+    parts = [f"{r['model']} on {r['data_label']} (T={r['timesteps']})"]
+    if ret["linear_probe"]["value"] is not None:
+        lp = ret["linear_probe"]
+        parts.append(f"linear probe accuracy {lp['value']:.4f} ({lp['n_train']} train / {lp['n_test']} {lp['test_split']})")
+    parts.append(f"MSE sampled {ret['mse_sampled']['value']:.5f}, deterministic {ret['mse_deterministic']['value']:.5f}")
+    rows = r["decoder_robustness"].get("rows")
+    if rows:
+        parts.append("robustness MSE " + ", ".join(f"{x['condition']} {x['mse']:.4f}" for x in rows))
+    print("; ".join(parts) + f"; files in {args.out}")
+    return 0
+
+
 def _cmd_train_fad_autoencoder(args) -> int:
     from .metrics.fad import FILE, train_fad_autoencoder
 
@@ -270,7 +302,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return {"train": _cmd_train, "describe": _cmd_describe, "evaluate": _cmd_evaluate,
-                "train-fad-autoencoder": _cmd_train_fad_autoencoder}[args.command](args)
+                "train-fad-autoencoder": _cmd_train_fad_autoencoder, "probe": _cmd_probe}[args.command](args)
     except EsvaeError as exc:
         print(f"esvae: error: {exc}", file=sys.stderr)
         return 2

@@ -77,6 +77,12 @@ class SpikingConvBackbone(nn.Module):
         y_seq = self.final_layer(self.decoder(h_seq))                      # (T, N, C, H, W)
         return torch.tanh(self.readout(y_seq))                             # (N, C, H, W)
 
+    def decode_code(self, rates: torch.Tensor) -> torch.Tensor:
+        """Decode posterior rates ``(N, L)`` in [0, 1] without sampling noise: ``floor(r T)`` evenly
+        spaced spikes per unit (:func:`esvae.samplers.evenly_spaced_spikes`)."""
+        from ..samplers import evenly_spaced_spikes
+        return self.decode(evenly_spaced_spikes(rates.clamp(0, 1), self.timesteps))
+
     def _check_images(self, images: torch.Tensor) -> None:
         c, s = self.config.in_channels, self.config.image_size
         if images.dim() != 4 or tuple(images.shape[1:]) != (c, s, s):

@@ -10,7 +10,10 @@ A model is an ``nn.Module`` with ``config`` (a dataclass with ``to_dict``), and:
   the quantities it derived from the data, for the log and ``config.json``) and
   ``start_epoch(epoch_index, total_epochs)`` (per-epoch schedules, logged);
 * ``latent_description``: how the latent is drawn, for labels on reported numbers;
-* ``original_layout``: how the original authors' checkpoints map onto it (None: no known layout).
+* ``original_layout``: how the original authors' checkpoints map onto it (None: no known layout);
+* for the probes: ``latent_code(images, generator) -> (N, L)`` (the encoder's deterministic
+  summary: posterior firing rates, or the ANN's mu), ``decode_code(code)`` (decode it without
+  sampling noise) and ``spiking_latent`` (the decoder reads a spike train ``out.sampled_spikes``).
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ class VAEProtocolMixin:
     loss_terms: Tuple[str, ...] = ("loss", "mse")
     stat_names: Tuple[str, ...] = ()
     original_layout: Optional[OriginalLayout] = None
+    spiking_latent: bool = True   # the decoder reads a (T, N, L) spike train (robustness probe applies)
 
     def batch_stats(self, out) -> Dict[str, torch.Tensor]:
         return {}

@@ -1,0 +1,195 @@
+"""``python -m esvae probe``: the paper's two qualitative claims, measured (experiments.md section 3).
+
+(a) Encoder information retention: a multinomial logistic regression on the posterior code
+    (spiking models: firing rates; FSVAE: vote probabilities averaged over k and T; ANN VAE: mu),
+    fitted on the training split, scored on the test split; and the test MSE when the decoder
+    reads the deterministic code (rates re-encoded as evenly spaced spikes, no sampling noise)
+    next to the MSE with the model's own sampling.
+(b) Decoder robustness: the latent spike train fed to the decoder is time-shuffled (one random
+    permutation of the T steps per image: every unit keeps its spike count) or bit-flipped with
+    probability a in {0.05, ..., 0.30}; reconstruction MSE against the clean input per condition
+    and its increase over the unperturbed MSE. Spiking latents only.
+
+Writes ``probes.json``, ``robustness.tsv``, ``robustness.png`` (MSE vs a, shuffled as a marker),
+``perturbations.png`` (rows: input, reconstruction, shuffled, each noise level) and ``probe.log``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoints import code_version, load_checkpoint
+from .data import ImageSplit, data_source, iterate_batches, load_split, seeded_subset
+from .train import EVAL_SEED_OFFSET, _setup_logging, resolve_device, write_json, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+NOISE_LEVELS = (0.05, 0.10, 0.15, 0.20, 0.25, 0.30)
+
+
+def flip_bits(spikes: torch.Tensor, a: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Flip every 0/1 entry independently with probability ``a``."""
+    flips = torch.rand(spikes.shape, generator=generator, device=spikes.device) < a
+    return torch.where(flips, 1 - spikes, spikes)
+
+
+def shuffle_time(spikes: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Permute ``(T, N, L)`` along T with one random permutation per image (index n)."""
+    T, N = spikes.shape[:2]
+    order = torch.rand(N, T, generator=generator, device=spikes.device).argsort(dim=1).T   # (T, N)
+    return spikes.gather(0, order.unsqueeze(-1).expand_as(spikes))
+
+
+def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                          l2: float = 1e-4, max_iter: int = 300) -> float:
+    """Multinomial logistic regression (standardised features, L2 ``l2``, full-batch L-BFGS) -> test accuracy."""
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    xs, xt = ((train_x - mean) / std).double(), ((test_x - mean) / std).double()
+    classes = int(max(train_y.max(), test_y.max())) + 1
+    weight = torch.zeros(xs.shape[1], classes, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(xs @ weight + bias, train_y) + l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        return (xt @ weight + bias).argmax(1).eq(test_y).double().mean().item()
+
+
+@torch.no_grad()
+def latent_codes(model, data: ImageSplit, batch_size: int, device: torch.device, seed: int) -> torch.Tensor:
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return torch.cat([model.latent_code(x, gen).cpu() for x in iterate_batches(data.images, batch_size, shuffle=False,
+                                                                                  device=device)])
+
+
+@torch.no_grad()
+def robustness(model, test: ImageSplit, batch_size: int, device: torch.device, seed: int) -> List[Dict]:
+    """MSE per perturbation condition, averaged per image over ``test``."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    noise = torch.Generator(device=device).manual_seed(seed + 1)
+    conditions = ["clean", "shuffled"] + [f"noise_{a:.2f}" for a in NOISE_LEVELS]
+    totals = dict.fromkeys(conditions, 0.0)
+    for x in iterate_batches(test.images, batch_size, shuffle=False, device=device):
+        z = model(x, generator=gen).sampled_spikes                                  # (T, N, L) fed to the decoder
+        trains = {"clean": z, "shuffled": shuffle_time(z, noise)}
+        trains.update({f"noise_{a:.2f}": flip_bits(z, a, noise) for a in NOISE_LEVELS})
+        for name, train in trains.items():
+            totals[name] += (model.decode(train) - x).pow(2).flatten(1).mean(1).sum().item()
+    clean = totals["clean"] / len(test)
+    rows = []
+    for name in conditions:
+        mse = totals[name] / len(test)
+        a = float(name.split("_")[1]) if name.startswith("noise_") else (0.0 if name == "clean" else None)
+        rows.append({"condition": name, "a": a, "mse": mse, "increase": mse - clean})
+    return rows
+
+
+def _robustness_figures(model, test: ImageSplit, rows: List[Dict], out_dir: Path, device, seed: int, label: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torchvision.utils import save_image
+
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    noisy = [r for r in rows if r["condition"] == "clean" or r["condition"].startswith("noise_")]
+    ax.plot([r["a"] for r in noisy], [r["mse"] for r in noisy], marker="o", label=f"{label}: bit flips")
+    shuffled = next(r for r in rows if r["condition"] == "shuffled")
+    ax.scatter([0.0], [shuffled["mse"]], marker="x", s=60, color="black", label="time shuffled", zorder=3)
+    ax.set_xlabel("flip probability a")
+    ax.set_ylabel("reconstruction MSE")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "robustness.png", dpi=120)
+    plt.close(fig)
+    with torch.no_grad():
+        x = next(iter(iterate_batches(test.images[:8], 8, shuffle=False, device=device)))
+        gen = torch.Generator(device=device).manual_seed(seed)
+        noise = torch.Generator(device=device).manual_seed(seed + 1)
+        z = model(x, generator=gen).sampled_spikes
+        rows_img = [x, model.decode(z), model.decode(shuffle_time(z, noise))]
+        rows_img += [model.decode(flip_bits(z, a, noise)) for a in NOISE_LEVELS]
+    save_image((torch.cat(rows_img) + 1) / 2, out_dir / "perturbations.png", nrow=x.shape[0], padding=2, pad_value=1.0)
+
+
+def run_probes(checkpoint: os.PathLike, out_dir: os.PathLike, *, train_subset: int = 0, test_subset: int = 0,
+               batch_size: int = 200, seed: Optional[int] = None, data_root=None, download: bool = False,
+               device: str = "auto") -> Dict:
+    """Both probes for one checkpoint; returns (and writes) ``probes.json``."""
+    from .evaluate import evaluate_terms
+
+    dev = resolve_device(device)
+    model, ckpt = load_checkpoint(checkpoint, map_location=dev)
+    model = model.to(dev).eval()
+    resolved = ckpt.get("train_config", {})
+    source = data_source(resolved.get("dataset", ckpt["dataset"]))
+    if seed is None:
+        seed = resolved.get("train_config", {}).get("seed", 0) + EVAL_SEED_OFFSET
+    train_full = load_split(source.name, "train", data_root, download)
+    test_full = load_split(source.name, "test", data_root, download)
+    train = seeded_subset(train_full, train_subset)
+    test = test_full if test_subset <= 0 else test_full.subset(torch.arange(min(test_subset, len(test_full))))
+    test_split = "test" if len(test) == len(test_full) else f"test[:{len(test)}]"
+    train_split = "train" if len(train) == len(train_full) else f"train (seeded subset of {len(train)})"
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handler = _setup_logging(out_dir, "probe.log")
+    try:
+        result: Dict = {"model": ckpt["model_name"], "dataset": source.name, "data_label": source.label,
+                        "checkpoint": str(checkpoint), "checkpoint_epoch": ckpt.get("epoch"),
+                        "timesteps": getattr(model.config, "timesteps", None), "seed": seed,
+                        "code_version": code_version()}
+        # (a) information retention
+        retention: Dict = {"code": "posterior firing rates" if model.spiking_latent else "posterior mean mu"}
+        if source.name == "celeba":
+            retention["linear_probe"] = {"value": None, "refused": "CelebA has no class labels in this project"}
+        else:
+            train_codes = latent_codes(model, train, batch_size, dev, seed)
+            test_codes = latent_codes(model, test, batch_size, dev, seed)
+            accuracy = linear_probe_accuracy(train_codes, train.labels, test_codes, test.labels)
+            retention["linear_probe"] = {
+                "value": accuracy, "metric": "test accuracy of the class label",
+                "fit": f"multinomial logistic regression, standardised {train_codes.shape[1]}-d codes, L2 1e-4, L-BFGS",
+                "n_train": len(train), "train_split": train_split, "n_test": len(test), "test_split": test_split}
+            log.info("linear probe: test accuracy %.4f (%d train / %d test, %s)", accuracy, len(train), len(test),
+                     source.label)
+        with torch.no_grad():
+            sampled = evaluate_terms(model, test, batch_size, dev, seed)["mse"]
+            gen = torch.Generator(device=dev).manual_seed(seed)
+            total = 0.0
+            for x in iterate_batches(test.images, batch_size, shuffle=False, device=dev):
+                total += (model.decode_code(model.latent_code(x, gen)) - x).pow(2).flatten(1).mean(1).sum().item()
+        retention["mse_sampled"] = {"value": sampled, "n": len(test), "split": test_split,
+                                    "latent": model.latent_description}
+        retention["mse_deterministic"] = {"value": total / len(test), "n": len(test), "split": test_split,
+                                          "latent": "the posterior code decoded without sampling noise"
+                                          + (" (rates as floor(rT) evenly spaced spikes)" if model.spiking_latent else "")}
+        log.info("reconstruction MSE: sampled %.5f, deterministic code %.5f (N=%d)", sampled, total / len(test), len(test))
+        result["information_retention"] = retention
+        # (b) decoder robustness
+        if model.spiking_latent:
+            rows = robustness(model, test, batch_size, dev, seed)
+            result["decoder_robustness"] = {"rows": rows, "n": len(test), "split": test_split,
+                                            "perturbation": "of the latent spike train fed to the decoder"}
+            lines = ["condition\ta\tmse\tincrease"] + [
+                f"{r['condition']}\t{'' if r['a'] is None else r['a']}\t{r['mse']:.6g}\t{r['increase']:.6g}" for r in rows]
+            write_text_atomic(out_dir / "robustness.tsv", "\n".join(lines) + "\n")
+            _robustness_figures(model, test, rows, out_dir, dev, seed, ckpt["model_name"])
+            log.info("robustness: %s", ", ".join(f"{r['condition']} {r['mse']:.4f}" for r in rows))
+        else:
+            result["decoder_robustness"] = {"rows": None, "refused": "the model's latent is not a spike train"}
+        write_json(out_dir / "probes.json", result)
+        return result
+    finally:
+        logging.getLogger("esvae").removeHandler(handler)
+        handler.close()
