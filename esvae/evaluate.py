@@ -10,6 +10,8 @@ Writes ``metrics.json`` and ``evaluate.log`` in ``out_dir``. Metrics (``--metric
 * ``fad``      Frechet Autoencoder Distance with the dataset's FAD autoencoder (``fad_autoencoder``,
   from ``train-fad-autoencoder``); refused, with the reason, when none is given
 * ``params``   trainable parameters of the modules in use
+* ``spikes``   firing rate per spiking layer, synaptic operations and MACs per image
+  (:func:`esvae.metrics.spikes.spike_costs`) on up to 100 test images
 * ``sampling`` wall time per generated image (:func:`esvae.metrics.time_sampling`)
 
 Every entry records N, split, and for Inception metrics the weights source and torch-fidelity
@@ -34,7 +36,7 @@ from .train import EVAL_SEED_OFFSET, _setup_logging, evaluate as evaluate_terms,
 
 log = logging.getLogger(__name__)
 
-METRICS = ("mse", "fid", "kid", "is", "fad", "params", "sampling")
+METRICS = ("mse", "fid", "kid", "is", "fad", "params", "spikes", "sampling")
 
 
 def parse_metrics(text: str) -> List[str]:
@@ -83,7 +85,7 @@ def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metric
         seed = resolved.get("train_config", {}).get("seed", 0) + EVAL_SEED_OFFSET
     wanted = list(dict.fromkeys(metrics))
     # Everything that can fail on input comes before the output folder exists.
-    test_full = load_split(source.name, "test", data_root, download) if {"mse", "fid", "kid"} & set(wanted) else None
+    test_full = load_split(source.name, "test", data_root, download) if {"mse", "fid", "kid", "spikes"} & set(wanted) else None
     fad_model = fad_record = None
     if "fad" in wanted and fad_autoencoder is not None:
         from .metrics.fad import load_fad_autoencoder
@@ -125,6 +127,8 @@ def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metric
                 "latent": f"{model.latent_description} (eval-mode batch norm, generator seed {seed})",
             }
             log.info("reconstruction MSE %.5f (N=%d, %s)", terms["mse"], len(test), result["reconstruction_mse"]["split"])
+        if "spikes" in wanted:
+            result["spike_costs"] = _spike_entry(model, test_full, dev, seed)
         generated = None
         if {"fid", "kid", "is"} & set(wanted) or fad_model is not None:
             start = time.perf_counter()
@@ -147,6 +151,18 @@ def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metric
     finally:
         logging.getLogger("esvae").removeHandler(handler)
         handler.close()
+
+
+def _spike_entry(model, test_full, dev, seed) -> Dict:
+    if not model.spiking_latent:
+        return {"value": None, "refused": "not a spiking model: no spikes or synaptic operations to count"}
+    from .metrics.spikes import spike_costs
+    n = min(100, len(test_full))
+    costs = spike_costs(model, to_model_range(test_full.images[:n]).to(dev), torch.Generator(device=dev).manual_seed(seed))
+    costs["split"] = _split_label("test", n, len(test_full))
+    log.info("spikes: mean firing rate %.4f; reconstruction path %.4g synops + %.4g MACs per image (N=%d)",
+             costs["mean_firing_rate"], costs["reconstruction_path"]["synops"], costs["reconstruction_path"]["macs"], n)
+    return costs
 
 
 def _fad_entry(fad_model, record, generated, num_samples, dev) -> Dict:

@@ -49,6 +49,9 @@ def test_evaluate_writes_every_metric_with_its_labels(short_run, fad_autoencoder
     assert fad["value"] > 0
     assert m["parameters"]["total"] == 855_905 == sum(m["parameters"]["by_module"].values())
     assert m["sampling_time"]["n"] == 12 and m["sampling_time"]["milliseconds_per_image"] > 0
+    spikes = m["spike_costs"]
+    assert spikes["split"] == "test[:100]" and spikes["n_images"] == 100 and 0 < spikes["mean_firing_rate"] < 1
+    assert {e["layer"] for e in spikes["layers"]} >= {"encoder.0", "before_latent_layer", "final_layer.1", "readout"}
     assert "FID@12" in stdout and "FAD@12" in stdout and "IS refused (needs the official weights)" in stdout
     assert "N=64, test[:64]" in stdout
     assert "FID@12" in (out / "evaluate.log").read_text()
@@ -60,7 +63,8 @@ def test_evaluate_subset_of_metrics_needs_no_inception(short_run, data_root, tmp
     assert main(["evaluate", "--checkpoint", str(short_run), "--out", str(tmp_path / "e"), "--metrics", "mse,params",
                  "--test-subset", "32", "--data-root", data_root]) == 0
     m = json.loads((tmp_path / "e" / "metrics.json").read_text())
-    assert set(m) >= {"reconstruction_mse", "parameters"} and not {"fid", "kid", "inception_score", "sampling_time"} & set(m)
+    assert set(m) >= {"reconstruction_mse", "parameters"}
+    assert not {"fid", "kid", "inception_score", "sampling_time", "spike_costs"} & set(m)
     assert main(["evaluate", "--checkpoint", str(short_run), "--out", str(tmp_path / "f"), "--metrics", "fad",
                  "--num-samples", "4"]) == 0
     refused = json.loads((tmp_path / "f" / "metrics.json").read_text())["fad"]
@@ -68,7 +72,7 @@ def test_evaluate_subset_of_metrics_needs_no_inception(short_run, data_root, tmp
 
 
 @pytest.mark.parametrize("argv,fragment", [
-    (["--metrics", "fid,lpips"], "unknown metric(s) lpips; choose from mse, fid, kid, is, fad, params, sampling"),
+    (["--metrics", "fid,lpips"], "unknown metric(s) lpips; choose from mse, fid, kid, is, fad, params, spikes, sampling"),
     (["--num-samples", "0"], "expected a positive integer, got 0"),
 ])
 def test_bad_evaluate_flags_are_one_line(short_run, tmp_path, capsys, argv, fragment):

@@ -1,0 +1,126 @@
+"""Spike statistics and operation counts per image (experiments.md section 2).
+
+For every spiking layer (conv, transposed conv or linear, each followed by tdBN and LIF) one
+forward pass records its input and output over the T steps:
+
+* firing rate  -- the mean of the layer's output spikes;
+* synaptic operations (adds) -- for a layer whose input is spikes: every input spike costs its
+  fan-out (the number of outputs it connects to, border effects included), plus one bias add per
+  output neuron and step;
+* MACs -- for a layer whose input is not binary (the first encoder layer reads the analog image at
+  every step; FSVAE's MLPs read spikes): the dense count, i.e. the sum of all fan-outs per step.
+
+The fan-out of each input element is computed exactly as the gradient of ``sum(layer(x))`` with
+all-ones weights. The readout (a non-spiking weighted sum over T) is counted as MACs. Costs are
+per image, averaged over the batch; modules are grouped by the model's top-level children, and the
+reconstruction path (everything but the prior) is totalled separately from the prior.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..spiking import SpikingConv2d, SpikingConvTranspose2d, SpikingLinear
+
+SPIKING_LAYERS = (SpikingConv2d, SpikingConvTranspose2d, SpikingLinear)
+PRIOR_MODULES = ("prior", "prior_bottleneck")
+
+
+def _dense_op(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    if isinstance(layer, SpikingConv2d):
+        return F.conv2d(x, weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+    if isinstance(layer, SpikingConvTranspose2d):
+        return F.conv_transpose2d(x, weight, None, layer.stride, layer.padding, layer.output_padding, layer.groups,
+                                  layer.dilation)
+    return F.linear(x, weight)
+
+
+def fan_out(layer: nn.Module, input_shape) -> torch.Tensor:
+    """Outputs each input element of one step connects to; ``input_shape`` is one image's ``(C, ...)``."""
+    x = torch.ones(1, *input_shape, dtype=torch.float64, requires_grad=True)
+    _dense_op(layer, x, torch.ones_like(layer.weight, dtype=torch.float64)).sum().backward()
+    return x.grad[0]
+
+
+def _is_binary(x: torch.Tensor) -> bool:
+    return bool(((x == 0) | (x == 1)).all())
+
+
+@torch.no_grad()
+def _readout_macs(model, y_shape) -> float:
+    """MACs per image of the readout on the last layer's ``(T, C, H, W)`` outputs."""
+    T, rest = y_shape[0], int(torch.tensor(y_shape[1:]).prod())
+    macs = T * rest                                  # sum_t w_t y_t
+    attention = getattr(model.readout, "attention", None)
+    if attention is not None:                        # TAID: spatial means, the T x T 1x1 conv per channel
+        channels = y_shape[1]
+        macs += T * rest + T * T * channels
+    return float(macs)
+
+
+def spike_costs(model: nn.Module, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> Dict:
+    """Firing rates, synaptic operations and MACs per image for one forward pass over ``images``."""
+    records = []
+    names = {m: n for n, m in model.named_modules()}
+
+    def hook(module, inputs, output):
+        records.append((names[module], module, inputs[0].detach(), output.detach()))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, SPIKING_LAYERS)]
+    readout_shape = {}
+    if hasattr(model, "readout") and hasattr(model, "final_layer"):
+        handles.append(model.final_layer.register_forward_hook(
+            lambda m, i, o: readout_shape.__setitem__("shape", (o.shape[0], *o.shape[2:]))))
+    was_training = model.training
+    model.eval()
+    try:
+        # Grad mode makes FSVAE's eval posterior take its single full pass (its stepwise shortcut
+        # bypasses the layers' forward); nothing is backpropagated.
+        with torch.enable_grad():
+            model(images, generator=generator)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if not records:
+        raise ValueError(f"{type(model).__name__} has no spiking layers to count")
+    n = images.shape[0]
+    layers = []
+    for name, module, x, y in records:
+        T = x.shape[0]
+        fan = fan_out(module, tuple(x.shape[2:]))
+        spiking_input = _is_binary(x)
+        connections = float(fan.sum()) * T                        # dense MACs for one image over T steps
+        outputs_per_step = y[0, 0].numel()
+        bias_adds = float(outputs_per_step * T) if module.bias is not None else 0.0
+        entry = {"layer": name, "group": name.split(".")[0], "input": "spikes" if spiking_input else "analog",
+                 "neurons": outputs_per_step, "firing_rate": float(y.float().mean()) if module.lif is not None else None}
+        if spiking_input:
+            adds = float((x.double() * fan).sum()) / n
+            entry.update(synops=adds + bias_adds, macs=0.0, input_rate=float(x.float().mean()))
+        else:
+            entry.update(synops=0.0, macs=connections + bias_adds)
+        layers.append(entry)
+    if "shape" in readout_shape:
+        layers.append({"layer": "readout", "group": "readout", "input": "analog", "neurons": 0, "firing_rate": None,
+                       "synops": 0.0, "macs": _readout_macs(model, readout_shape["shape"])})
+    groups: Dict[str, Dict[str, float]] = defaultdict(lambda: {"synops": 0.0, "macs": 0.0})
+    for entry in layers:
+        groups[entry["group"]]["synops"] += entry["synops"]
+        groups[entry["group"]]["macs"] += entry["macs"]
+    recon = [g for g in groups if g not in PRIOR_MODULES]
+    spiking = [e for e in layers if e["firing_rate"] is not None]
+    return {
+        "layers": layers,
+        "groups": dict(groups),
+        "reconstruction_path": {"modules": recon, "synops": sum(groups[g]["synops"] for g in recon),
+                                "macs": sum(groups[g]["macs"] for g in recon)},
+        "mean_firing_rate": sum(e["firing_rate"] * e["neurons"] for e in spiking) / max(sum(e["neurons"] for e in spiking), 1),
+        "n_images": n, "timesteps": getattr(model.config, "timesteps", None),
+        "what": "per image; synops = input spikes x fan-out + bias adds (spiking inputs); MACs = dense count "
+                "(analog inputs, the readout); one forward pass in eval mode",
+    }

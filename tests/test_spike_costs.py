@@ -1,0 +1,62 @@
+"""Spike statistics and operation counts against hand counts."""
+import pytest
+import torch
+from torch import nn
+
+import esvae
+from esvae.metrics.spikes import fan_out, spike_costs
+from esvae.spiking import LIF, SpikingConv2d, SpikingLinear
+
+
+class _Toy(nn.Module):
+    """T=2: 3x3 greyscale image -> conv 3x3 pad 1 (no BN; always fires) -> linear 9 -> 2 (never fires)."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = type("C", (), {"timesteps": 2})()
+        self.conv = SpikingConv2d(1, 1, 3, stride=1, padding=1, bn_alpha=None, lif=LIF())
+        self.lin = SpikingLinear(9, 2, bn_alpha=None, lif=LIF())
+        with torch.no_grad():
+            self.conv.weight.zero_(), self.conv.bias.fill_(0.5)     # current 0.5 > V_th 0.2 at both steps
+            self.lin.weight.zero_(), self.lin.bias.zero_()
+
+    def forward(self, x, generator=None):
+        return self.lin(self.conv(x.unsqueeze(0).expand(2, *x.shape)).flatten(2))
+
+
+def test_hand_count_on_a_tiny_network():
+    costs = spike_costs(_Toy(), torch.rand(5, 1, 3, 3) * 2 - 1)
+    conv, lin = costs["layers"]
+    # conv: analog input; fan-outs [[4, 6, 4], [6, 9, 6], [4, 6, 4]] sum to 49 -> 49 MACs per step, + 9 bias adds
+    assert conv["input"] == "analog" and conv["macs"] == (49 + 9) * 2 and conv["synops"] == 0
+    assert conv["firing_rate"] == 1.0
+    # linear: 9 spikes per step, each reaching 2 outputs, + 2 bias adds per step
+    assert lin["input"] == "spikes" and lin["synops"] == (9 * 2 + 2) * 2 and lin["macs"] == 0
+    assert lin["firing_rate"] == 0.0
+    assert costs["mean_firing_rate"] == pytest.approx(9 / 11)
+    assert fan_out(_Toy().conv, (1, 3, 3))[0].tolist() == [[4, 6, 4], [6, 9, 6], [4, 6, 4]]
+
+
+def test_esvae_first_layer_and_readout_by_hand_and_synops_track_spikes():
+    torch.manual_seed(0)
+    model = esvae.build_model("esvae", "fashion", timesteps=3)
+    costs = spike_costs(model, torch.rand(4, 1, 32, 32) * 2 - 1, torch.Generator().manual_seed(0))
+    first = next(e for e in costs["layers"] if e["layer"] == "encoder.0")
+    # 3x3 stride-2 pad-1 conv, 32x32 -> 16x16: per axis 2 + 15 * 3 = 47 in-bounds taps; 1 -> 32 channels
+    assert first["macs"] == (47 * 47 * 32 + 32 * 16 * 16) * 3
+    readout = next(e for e in costs["layers"] if e["layer"] == "readout")
+    assert readout["macs"] == 3 * 1 * 32 * 32                      # sum_t w_t y_t over T=3 steps
+    spiking = [e for e in costs["layers"] if e["input"] == "spikes"]
+    assert spiking and all(e["synops"] > 0 for e in spiking)
+    assert "prior_bottleneck" not in costs["reconstruction_path"]["modules"]
+    assert costs["reconstruction_path"]["synops"] == pytest.approx(sum(e["synops"] for e in costs["layers"]))
+
+
+def test_fsvae_posterior_counted_once_per_step():
+    torch.manual_seed(0)
+    model = esvae.build_model("fsvae", "fashion", timesteps=3, latent_dim=8, votes=2)
+    costs = spike_costs(model, torch.rand(2, 1, 32, 32) * 2 - 1, torch.Generator().manual_seed(0))
+    posterior = [e for e in costs["layers"] if e["group"] == "posterior"]
+    assert [e["layer"] for e in posterior] == ["posterior.layers.0", "posterior.layers.1", "posterior.layers.2"]
+    assert posterior[0]["input"] == "spikes" and "prior" not in costs["reconstruction_path"]["modules"]
+    assert "prior" in costs["groups"]
