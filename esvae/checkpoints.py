@@ -122,6 +122,9 @@ def load_checkpoint(path: os.PathLike, map_location="cpu") -> Tuple[nn.Module, D
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {path} does not fit model {ckpt['model_name']!r}: {exc}") from None
+    steps = (ckpt.get("train_config") or {}).get("steps_per_epoch")
+    if steps:   # quantities derived from the training data (the ANN VAE's KLD weight), as in training
+        model.configure_training(steps_per_epoch=steps)
     return model, ckpt
 
 

@@ -78,3 +78,25 @@ def test_probe_command_writes_tables_and_figures(fsvae_run, data_root, tmp_path,
         assert img.size == (8 * 34 + 2, 9 * 34 + 2)          # 8 images x (input, recon, shuffled, 6 noise levels)
     assert (out / "robustness.png").stat().st_size > 1000
     assert "linear probe accuracy" in capsys.readouterr().out
+
+
+def test_ann_vae_probe_uses_mu_and_refuses_the_spike_perturbations(data_root, tmp_path):
+    import esvae
+    from esvae.data import load_split, to_model_range
+    from esvae.probes import run_probes
+    from esvae.train import train
+    cfg = esvae.MODELS["ann_vae"].paper_train("fashion")
+    cfg.epochs, cfg.train_subset, cfg.test_subset = 0, 64, 32        # an untrained checkpoint is enough here
+    train(model_name="ann_vae", dataset="fashion", out_dir=tmp_path / "run", train_config=cfg, data_root=data_root,
+          device="cpu", eval_at_init=False)
+    r = run_probes(tmp_path / "run" / "checkpoint.pt", tmp_path / "probe", train_subset=200, test_subset=40,
+                   data_root=data_root, device="cpu")
+    assert r["decoder_robustness"]["rows"] is None and "not a spike train" in r["decoder_robustness"]["refused"]
+    assert r["information_retention"]["code"] == "posterior mean mu"
+    model, _ = esvae.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert model.kld_weight == 1.0          # 64 images at batch 250: one batch per epoch, restored on load
+    x = to_model_range(load_split("fashion", "test", data_root).images[:40])
+    with torch.no_grad():
+        expected = (model.eval().decode(model.encode(x)) - x).pow(2).mean().item()
+    assert r["information_retention"]["mse_deterministic"]["value"] == pytest.approx(expected, rel=1e-5)
+    assert not (tmp_path / "probe" / "robustness.tsv").exists()
