@@ -101,6 +101,8 @@ class ANNVAE(VAEProtocolMixin, nn.Module):
         """The posterior mean ``mu`` ``(N, L)`` (the deterministic code)."""
         return self.encode_distribution(images)[0]
 
+    latent_code_label = "posterior mean mu"
+
     def latent_code(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """The posterior mean ``mu`` ``(N, L)``."""
         return self.encode(images)

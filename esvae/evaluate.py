@@ -16,7 +16,9 @@ Writes ``metrics.json`` and ``evaluate.log`` in ``out_dir``. Metrics (``--metric
 
 Every entry records N, split, and for Inception metrics the weights source and torch-fidelity
 version. The latent noise and generated images come from a generator seeded with ``seed`` (default:
-the one the training run evaluated with, so the MSE repeats the run's own number).
+the one the training run evaluated with; with the default batch size, the run's own, the MSE
+repeats the run's number). Without Inception weights, FID/KID/IS are recorded as refused with the
+reason and the other metrics are still computed; ``metrics.json`` is rewritten after each metric.
 """
 from __future__ import annotations
 
@@ -64,7 +66,7 @@ def _split_label(split: str, n: int, full: int) -> str:
 
 def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metrics: Sequence[str] = METRICS,
                         num_samples: int = 5000, test_subset: int = 0, reference_subset: int = 0,
-                        batch_size: int = 100, inception_weights: Optional[os.PathLike] = None,
+                        batch_size: Optional[int] = None, inception_weights: Optional[os.PathLike] = None,
                         data_root: Optional[os.PathLike] = None, download: bool = False, device: str = "auto",
                         seed: Optional[int] = None, cache_dir: Optional[os.PathLike] = None,
                         fad_autoencoder: Optional[os.PathLike] = None, progress: Optional[bool] = None) -> Dict:
@@ -73,16 +75,20 @@ def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metric
 
     from .metrics import time_sampling
 
-    for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
-        if value < 1:
-            raise ConfigError(f"{name} must be positive, got {value}")
     dev = resolve_device(device)
     model, ckpt = load_checkpoint(checkpoint, map_location=dev)
     model = model.to(dev).eval()
     resolved = ckpt.get("train_config", {})
     source = data_source(resolved.get("dataset", ckpt["dataset"]))
-    if seed is None:   # the same generator seed as the training run's own evaluation
+    # Defaults repeat the training run's own evaluation: its seed and batch size (the latent noise is
+    # drawn per batch, so both fix the MSE).
+    if seed is None:
         seed = resolved.get("train_config", {}).get("seed", 0) + EVAL_SEED_OFFSET
+    if batch_size is None:
+        batch_size = resolved.get("train_config", {}).get("batch_size", 100)
+    for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
+        if value < 1:
+            raise ConfigError(f"{name} must be positive, got {value}")
     wanted = list(dict.fromkeys(metrics))
     # Everything that can fail on input comes before the output folder exists.
     test_full = load_split(source.name, "test", data_root, download) if {"mse", "fid", "kid", "spikes"} & set(wanted) else None
@@ -93,10 +99,15 @@ def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metric
         if fad_record["dataset"] != source.name:
             raise ConfigError(f"the FAD autoencoder {fad_record['path']} was trained on {fad_record['dataset']!r}, "
                               f"the checkpoint on {source.name!r}")
-    weights = None
+    weights, weights_refusal = None, None
     if {"fid", "kid", "is"} & set(wanted):
         from .metrics.inception import resolve_inception_weights
-        weights = resolve_inception_weights(inception_weights, allow_download=download)
+        try:
+            weights = resolve_inception_weights(inception_weights, cache_dir=cache_dir, allow_download=download)
+        except MetricUnavailableError as exc:
+            if inception_weights is not None:   # a file the user named must work
+                raise
+            weights_refusal = str(exc)          # recorded for FID/KID/IS; the other metrics still run
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     handler = _setup_logging(out_dir, "evaluate.log")
@@ -110,6 +121,9 @@ def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metric
         }
         log.info("evaluating %s (%s, epoch %s) on %s: %s", ckpt["model_name"], checkpoint, ckpt.get("epoch"),
                  source.label, ", ".join(wanted))
+        def save() -> None:   # after every metric: a late failure keeps what was computed
+            write_json(out_dir / "metrics.json", result)
+
         if "params" in wanted:
             result["parameters"] = {
                 "total": count_parameters(model),
@@ -127,17 +141,25 @@ def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metric
                 "latent": f"{model.latent_description} (eval-mode batch norm, generator seed {seed})",
             }
             log.info("reconstruction MSE %.5f (N=%d, %s)", terms["mse"], len(test), result["reconstruction_mse"]["split"])
+            save()
         if "spikes" in wanted:
             result["spike_costs"] = _spike_entry(model, test_full, dev, seed)
+            save()
         generated = None
-        if {"fid", "kid", "is"} & set(wanted) or fad_model is not None:
+        if ({"fid", "kid", "is"} & set(wanted) and weights is not None) or fad_model is not None:
             start = time.perf_counter()
             generated = generate(model, num_samples, batch_size, dev, seed, progress)   # in [-1, 1], CPU
             log.info("generated %d images in %.1f s", num_samples, time.perf_counter() - start)
         inception_wanted = [m for m in ("fid", "kid", "is") if m in wanted]
-        if inception_wanted:
+        if inception_wanted and weights is None:
+            log.warning("FID/KID/IS not computed: %s", weights_refusal)
+            for key in inception_wanted:
+                result[{"fid": "fid", "kid": "kid", "is": "inception_score"}[key]] = {"value": None,
+                                                                                     "refused": weights_refusal}
+        elif inception_wanted:
             _inception_metrics(result, generated, source, inception_wanted, weights, num_samples, reference_subset,
-                               test_full, data_root, download, batch_size, dev, cache_dir)
+                               test_full, data_root, download, batch_size, dev, cache_dir, progress)
+        save()
         if "fad" in wanted:
             result["fad"] = _fad_entry(fad_model, fad_record, generated, num_samples, dev)
         if "sampling" in wanted:
@@ -184,7 +206,7 @@ def _fad_entry(fad_model, record, generated, num_samples, dev) -> Dict:
 
 
 def _inception_metrics(result, generated, source, wanted, weights, num_samples, reference_subset, test_full, data_root,
-                       download, batch_size, dev, cache_dir) -> None:
+                       download, batch_size, dev, cache_dir, progress) -> None:
     from .metrics.fidelity import (fidelity_metrics, inception_score_splits, reference_cache_name, to_uint8,
                                    torch_fidelity_version)
 
@@ -196,7 +218,7 @@ def _inception_metrics(result, generated, source, wanted, weights, num_samples, 
     if "is" in wanted:
         try:
             raw = fidelity_metrics(generated, None, weights, fid=False, kid=False, isc=True, device=dev,
-                                   batch_size=batch_size, cache_dir=cache_dir)
+                                   batch_size=batch_size, cache_dir=cache_dir, verbose=progress)
             result["inception_score"] = {"value": raw["inception_score_mean"], "std": raw["inception_score_std"],
                                          "name": f"IS@{num_samples}", "splits": inception_score_splits(num_samples), **common}
             log.info("IS@%d %.4f", num_samples, raw["inception_score_mean"])
@@ -216,7 +238,7 @@ def _inception_metrics(result, generated, source, wanted, weights, num_samples, 
     name = reference_cache_name(source.name, split, reference, weights)
     start = time.perf_counter()
     raw = fidelity_metrics(generated, reference, weights, fid=fid, kid=kid, reference_name=name, device=dev,
-                           batch_size=batch_size, cache_dir=cache_dir)
+                           batch_size=batch_size, cache_dir=cache_dir, verbose=progress)
     log.info("Inception features and metrics in %.1f s", time.perf_counter() - start)
     ref = {"n_reference": reference.shape[0], "reference_split": split, "reference_cache_name": name}
     if fid:

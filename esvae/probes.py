@@ -15,6 +15,7 @@ Writes ``probes.json``, ``robustness.tsv``, ``robustness.png`` (MSE vs a, shuffl
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -95,6 +96,17 @@ def robustness(model, test: ImageSplit, batch_size: int, device: torch.device, s
     return rows
 
 
+@contextlib.contextmanager
+def _atomic_png(path: Path):
+    """A temporary ``.png`` next to ``path``, renamed over it when the block succeeds."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _robustness_figures(model, test: ImageSplit, rows: List[Dict], out_dir: Path, device, seed: int, label: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -110,7 +122,8 @@ def _robustness_figures(model, test: ImageSplit, rows: List[Dict], out_dir: Path
     ax.set_ylabel("reconstruction MSE")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_dir / "robustness.png", dpi=120)
+    with _atomic_png(out_dir / "robustness.png") as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     with torch.no_grad():
         x = next(iter(iterate_batches(test.images[:8], 8, shuffle=False, device=device)))
@@ -119,7 +132,8 @@ def _robustness_figures(model, test: ImageSplit, rows: List[Dict], out_dir: Path
         z = model(x, generator=gen).sampled_spikes
         rows_img = [x, model.decode(z), model.decode(shuffle_time(z, noise))]
         rows_img += [model.decode(flip_bits(z, a, noise)) for a in NOISE_LEVELS]
-    save_image((torch.cat(rows_img) + 1) / 2, out_dir / "perturbations.png", nrow=x.shape[0], padding=2, pad_value=1.0)
+    with _atomic_png(out_dir / "perturbations.png") as tmp:
+        save_image((torch.cat(rows_img) + 1) / 2, tmp, nrow=x.shape[0], padding=2, pad_value=1.0)
 
 
 def run_probes(checkpoint: os.PathLike, out_dir: os.PathLike, *, train_subset: int = 0, test_subset: int = 0,
@@ -150,7 +164,7 @@ def run_probes(checkpoint: os.PathLike, out_dir: os.PathLike, *, train_subset: i
                         "timesteps": getattr(model.config, "timesteps", None), "seed": seed,
                         "code_version": code_version()}
         # (a) information retention
-        retention: Dict = {"code": "posterior firing rates" if model.spiking_latent else "posterior mean mu"}
+        retention: Dict = {"code": model.latent_code_label}
         if source.name == "celeba":
             retention["linear_probe"] = {"value": None, "refused": "CelebA has no class labels in this project"}
         else:
@@ -173,7 +187,7 @@ def run_probes(checkpoint: os.PathLike, out_dir: os.PathLike, *, train_subset: i
                                     "latent": model.latent_description}
         retention["mse_deterministic"] = {"value": total / len(test), "n": len(test), "split": test_split,
                                           "latent": "the posterior code decoded without sampling noise"
-                                          + (" (rates as floor(rT) evenly spaced spikes)" if model.spiking_latent else "")}
+                                          + (" (rates as round(rT) evenly spaced spikes)" if model.spiking_latent else "")}
         log.info("reconstruction MSE: sampled %.5f, deterministic code %.5f (N=%d)", sampled, total / len(test), len(test))
         result["information_retention"] = retention
         # (b) decoder robustness

@@ -26,7 +26,7 @@ def test_evaluate_writes_every_metric_with_its_labels(short_run, fad_autoencoder
     capsys.readouterr()
     out = tmp_path / "eval"
     code = main(["evaluate", "--checkpoint", str(short_run), "--out", str(out), "--num-samples", "12",
-                 "--test-subset", "64", "--reference-subset", "12", "--batch-size", "32", "--data-root", data_root,
+                 "--test-subset", "64", "--reference-subset", "12", "--data-root", data_root,
                  "--fad-autoencoder", str(fad_autoencoder)])
     stdout = capsys.readouterr().out
     assert code == 0
@@ -55,6 +55,21 @@ def test_evaluate_writes_every_metric_with_its_labels(short_run, fad_autoencoder
     assert "FID@12" in stdout and "FAD@12" in stdout and "IS refused (needs the official weights)" in stdout
     assert "N=64, test[:64]" in stdout
     assert "FID@12" in (out / "evaluate.log").read_text()
+
+
+def test_evaluate_without_inception_weights_records_the_refusal_and_the_rest(short_run, data_root, tmp_path,
+                                                                              monkeypatch, capsys):
+    from esvae.metrics import inception
+    monkeypatch.delenv("ESVAE_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "no-hub"))
+    monkeypatch.setattr(inception, "fid_helper_file", lambda: None)
+    assert main(["evaluate", "--checkpoint", str(short_run), "--out", str(tmp_path / "e"), "--metrics", "mse,fid,kid,is",
+                 "--test-subset", "32", "--data-root", data_root]) == 0
+    m = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert m["reconstruction_mse"]["n"] == 32
+    for key in ("fid", "kid", "inception_score"):
+        assert m[key]["value"] is None and "no Inception-v3 weights" in m[key]["refused"]
+    assert "FID refused (no Inception weights)" in capsys.readouterr().out
 
 
 def test_evaluate_subset_of_metrics_needs_no_inception(short_run, data_root, tmp_path, monkeypatch):

@@ -55,8 +55,9 @@ def test_resolution_order_user_file_env_hub_then_offline(offline_inception, tmp_
     (hub / "checkpoints").mkdir(parents=True)
     torch.save(state, hub / "checkpoints" / inception.OFFICIAL_FILE)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
-    found = resolve_inception_weights()
-    assert found.source.startswith("torch-fidelity's official weights") and found.has_classifier
+    # A file under the official name whose hash is not the official one is refused, not relabelled.
+    with pytest.raises(MetricUnavailableError, match="not the official file's 6726825d"):
+        resolve_inception_weights()
     with pytest.raises(MetricUnavailableError, match="not in torch-fidelity's Inception-v3 layout"):
         torch.save({"x": torch.zeros(1)}, tmp_path / "bad.pth")
         resolve_inception_weights(tmp_path / "bad.pth")
@@ -96,7 +97,13 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(offline_inception
     weights = resolve_inception_weights()
     real = fashion[:10]
     name = reference_cache_name("fashion", "test[:10]", real, weights)
-    assert name.startswith("esvae-fashion-test[:10]-n10-32x32-c1-uint8-inception-") and weights.sha256[:16] in name
+    assert name.startswith("esvae-fashion-test[:10]-n10-32x32-c1-uint8-") and name.endswith(weights.sha256[:16])
+    other_weights = type(weights)(weights.path, weights.source, "0" * 64, False)
+    changed = real.clone()
+    changed[0, 0, 0, 0] ^= 1
+    assert len({name, reference_cache_name("fashion", "test[:10]", changed, weights),      # content
+                reference_cache_name("fashion", "test[:10]", real, other_weights),         # weights
+                reference_cache_name("fashion", "test[:9]", real[:9], weights)}) == 4       # N
     same = fidelity_metrics(real, real, weights, reference_name=name, cache_dir=offline_inception / "tf")
     assert abs(same["frechet_inception_distance"]) < 1e-2
     cached = sorted(p.name for p in (offline_inception / "tf").iterdir())

@@ -43,9 +43,12 @@ class UInt8Images(torch.utils.data.Dataset):
 
 
 def reference_cache_name(dataset: str, split: str, images: torch.Tensor, weights: InceptionWeights) -> str:
-    """torch-fidelity cache key for a reference set: everything its features depend on."""
+    """torch-fidelity cache key for a reference set: everything its features depend on, including a
+    hash of the image bytes (so a re-preprocessed or different dataset cannot reuse stale features)."""
+    import hashlib
     n, c, h, w = images.shape
-    return f"esvae-{dataset}-{split}-n{n}-{h}x{w}-c{c}-uint8-inception-{weights.sha256[:16]}"
+    content = hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()[:12]
+    return f"esvae-{dataset}-{split}-n{n}-{h}x{w}-c{c}-uint8-{content}-inception-{weights.sha256[:16]}"
 
 
 def inception_score_splits(n: int) -> int:
@@ -62,7 +65,7 @@ def torch_fidelity_version() -> str:
 def fidelity_metrics(generated: torch.Tensor, reference: Optional[torch.Tensor], weights: InceptionWeights, *,
                      fid: bool = True, kid: bool = True, isc: bool = False, reference_name: Optional[str] = None,
                      device: torch.device = torch.device("cpu"), batch_size: int = 64, kid_subset_size: int = 1000,
-                     cache_dir: Optional[os.PathLike] = None) -> Dict[str, float]:
+                     cache_dir: Optional[os.PathLike] = None, verbose: bool = False) -> Dict[str, float]:
     """torch-fidelity's FID / KID (generated vs reference) and IS (generated); raw values.
 
     ``reference_name`` (from :func:`reference_cache_name`) turns on the feature cache for the
@@ -79,7 +82,7 @@ def fidelity_metrics(generated: torch.Tensor, reference: Optional[torch.Tensor],
     kwargs = dict(
         input1=UInt8Images(generated), fid=fid, kid=kid, isc=isc,
         feature_extractor="inception-v3-compat", feature_extractor_weights_path=str(weights.path),
-        cuda=device.type == "cuda", batch_size=batch_size, save_cpu_ram=True, verbose=False,
+        cuda=device.type == "cuda", batch_size=batch_size, save_cpu_ram=True, verbose=verbose,
         kid_subset_size=subset, isc_splits=inception_score_splits(n_gen),
         cache_root=str(Path(cache_dir) if cache_dir else default_cache_dir() / "torch-fidelity"),
     )
@@ -87,6 +90,8 @@ def fidelity_metrics(generated: torch.Tensor, reference: Optional[torch.Tensor],
         kwargs["input2"] = UInt8Images(reference)
         if reference_name:
             kwargs.update(cache=True, input2_cache_name=reference_name)
-    with contextlib.redirect_stdout(io.StringIO()):   # torch-fidelity prints to stdout even when not verbose
+    device_scope = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    # torch-fidelity prints its summary to stdout (progress bars go to stderr when verbose).
+    with device_scope, contextlib.redirect_stdout(io.StringIO()):
         result = torch_fidelity.calculate_metrics(**kwargs)
     return {k: float(v) for k, v in result.items()}

@@ -34,6 +34,7 @@ from ..errors import MetricUnavailableError
 log = logging.getLogger(__name__)
 
 OFFICIAL_FILE = "weights-inception-2015-12-05-6726825d.pth"
+OFFICIAL_SHA256_PREFIX = "6726825d"   # torch hub's convention: the file name carries its hash's prefix
 OFFICIAL_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + OFFICIAL_FILE
 ENV_WEIGHTS = "ESVAE_INCEPTION_WEIGHTS"
 FID_HELPER_VERSION = "0.1.3"
@@ -145,10 +146,8 @@ def convert_fid_helper_weights(source: Path, target: Path) -> None:
     missing = set(skeleton) - set(state)
     if missing:
         raise MetricUnavailableError(f"conversion left torch-fidelity keys unset: {sorted(missing)[:5]}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, target)
+    from ..checkpoints import atomic_torch_save
+    atomic_torch_save(state, target)   # a unique temporary file, then a rename: safe with parallel jobs
 
 
 def _offline_weights(cache_dir: Path) -> Optional[InceptionWeights]:
@@ -178,11 +177,16 @@ def resolve_inception_weights(path: Optional[os.PathLike] = None, cache_dir: Opt
     hub_file = Path(torch.hub.get_dir()) / "checkpoints" / OFFICIAL_FILE
     if not hub_file.is_file() and allow_download:
         try:
-            torch.hub.load_state_dict_from_url(OFFICIAL_URL, progress=True)
+            torch.hub.load_state_dict_from_url(OFFICIAL_URL, progress=True, check_hash=True)
         except Exception as exc:   # no internet: fall through to the offline weights
             log.warning("could not download the official Inception weights (%s: %s)", type(exc).__name__, exc)
     if hub_file.is_file():
-        return _checked_user_file(hub_file, "torch-fidelity's official weights (torch hub cache)")
+        found = _checked_user_file(hub_file, "torch-fidelity's official weights (torch hub cache)")
+        if not found.sha256.startswith(OFFICIAL_SHA256_PREFIX):
+            raise MetricUnavailableError(
+                f"{hub_file} has SHA-256 {found.sha256[:12]}..., not the official file's {OFFICIAL_SHA256_PREFIX}...; "
+                "remove it, or pass a file of your own explicitly with --inception-weights (it is then labelled as yours)")
+        return found
     offline = _offline_weights(Path(cache_dir) if cache_dir else default_cache_dir())
     if offline is not None:
         return offline

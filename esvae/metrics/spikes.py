@@ -40,9 +40,12 @@ def _dense_op(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.
 
 
 def fan_out(layer: nn.Module, input_shape) -> torch.Tensor:
-    """Outputs each input element of one step connects to; ``input_shape`` is one image's ``(C, ...)``."""
-    x = torch.ones(1, *input_shape, dtype=torch.float64, requires_grad=True)
-    _dense_op(layer, x, torch.ones_like(layer.weight, dtype=torch.float64)).sum().backward()
+    """Outputs each input element of one step connects to; ``input_shape`` is one image's ``(C, ...)``.
+    Computed on the layer's device, in float64."""
+    device = layer.weight.device
+    with torch.enable_grad():
+        x = torch.ones(1, *input_shape, dtype=torch.float64, device=device, requires_grad=True)
+        _dense_op(layer, x, torch.ones_like(layer.weight, dtype=torch.float64)).sum().backward()
     return x.grad[0]
 
 
@@ -71,20 +74,27 @@ def spike_costs(model: nn.Module, images: torch.Tensor, generator: Optional[torc
         records.append((names[module], module, inputs[0].detach(), output.detach()))
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, SPIKING_LAYERS)]
+    dense_records = []   # plain linear layers (ESVAE's prior bottleneck): MACs per input row
+    handles += [m.register_forward_hook(lambda m, i, o: dense_records.append((names[m], m, i[0].shape)))
+                for m in model.modules() if type(m) is nn.Linear]
     readout_shape = {}
     if hasattr(model, "readout") and hasattr(model, "final_layer"):
         handles.append(model.final_layer.register_forward_hook(
             lambda m, i, o: readout_shape.__setitem__("shape", (o.shape[0], *o.shape[2:]))))
     was_training = model.training
+    requires = [p.requires_grad for p in model.parameters()]
     model.eval()
+    model.requires_grad_(False)      # no autograd graph is kept
     try:
         # Grad mode makes FSVAE's eval posterior take its single full pass (its stepwise shortcut
-        # bypasses the layers' forward); nothing is backpropagated.
+        # bypasses the layers' forward); with no parameter requiring grad, nothing is recorded.
         with torch.enable_grad():
             model(images, generator=generator)
     finally:
         for h in handles:
             h.remove()
+        for p, r in zip(model.parameters(), requires):
+            p.requires_grad_(r)
         model.train(was_training)
     if not records:
         raise ValueError(f"{type(model).__name__} has no spiking layers to count")
@@ -100,11 +110,16 @@ def spike_costs(model: nn.Module, images: torch.Tensor, generator: Optional[torc
         entry = {"layer": name, "group": name.split(".")[0], "input": "spikes" if spiking_input else "analog",
                  "neurons": outputs_per_step, "firing_rate": float(y.float().mean()) if module.lif is not None else None}
         if spiking_input:
-            adds = float((x.double() * fan).sum()) / n
+            adds = float((x.double() * fan.to(x.device)).sum()) / n
             entry.update(synops=adds + bias_adds, macs=0.0, input_rate=float(x.float().mean()))
         else:
             entry.update(synops=0.0, macs=connections + bias_adds)
         layers.append(entry)
+    for name, module, shape in dense_records:
+        rows = int(torch.tensor(shape[:-1]).prod()) / n           # input rows per image (e.g. 1, or T)
+        layers.append({"layer": name, "group": name.split(".")[0], "input": "analog", "neurons": module.out_features,
+                       "firing_rate": None, "synops": 0.0,
+                       "macs": rows * (module.in_features * module.out_features + module.out_features)})
     if "shape" in readout_shape:
         layers.append({"layer": "readout", "group": "readout", "input": "analog", "neurons": 0, "firing_rate": None,
                        "synops": 0.0, "macs": _readout_macs(model, readout_shape["shape"])})

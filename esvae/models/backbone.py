@@ -78,10 +78,12 @@ class SpikingConvBackbone(nn.Module):
         return torch.tanh(self.readout(y_seq))                             # (N, C, H, W)
 
     def decode_code(self, rates: torch.Tensor) -> torch.Tensor:
-        """Decode posterior rates ``(N, L)`` in [0, 1] without sampling noise: ``floor(r T)`` evenly
-        spaced spikes per unit (:func:`esvae.samplers.evenly_spaced_spikes`)."""
+        """Decode posterior rates ``(N, L)`` in [0, 1] without sampling noise: ``round(r T)`` evenly
+        spaced spikes per unit (:func:`esvae.samplers.evenly_spaced_spikes`). Rounding, not flooring:
+        ESVAE's rates are multiples of 1/T (exact either way), FSVAE's of 1/(kT)."""
         from ..samplers import evenly_spaced_spikes
-        return self.decode(evenly_spaced_spikes(rates.clamp(0, 1), self.timesteps))
+        T = self.timesteps
+        return self.decode(evenly_spaced_spikes(torch.round(rates.clamp(0, 1) * T) / T, T))
 
     def _check_images(self, images: torch.Tensor) -> None:
         c, s = self.config.in_channels, self.config.image_size

@@ -56,6 +56,8 @@ class ESVAE(VAEProtocolMixin, SpikingConvBackbone):
         eps = torch.randn(n, self.config.latent_dim, generator=generator, device=weight.device, dtype=weight.dtype)
         return torch.sigmoid(self.prior_bottleneck(eps))
 
+    latent_code_label = "posterior firing rates (latent-layer spike counts / T)"
+
     def latent_code(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Posterior firing rates ``(N, L)``: the latent layer's spike count over T, divided by T."""
         return self.encode(images).mean(0)
