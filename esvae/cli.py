@@ -291,7 +291,10 @@ def summary_line(result: dict) -> str:
         parts.append(f"{result['parameters']['total']:,} parameters")
     if result.get("spike_costs", {}).get("reconstruction_path"):
         c = result["spike_costs"]
-        parts.append(f"firing rate {c['mean_firing_rate']:.3f}, {c['reconstruction_path']['synops']:.3g} synops/image")
+        if c["mean_firing_rate"] is None:
+            parts.append(f"{c['reconstruction_path']['macs']:.3g} MACs/image (no spikes)")
+        else:
+            parts.append(f"firing rate {c['mean_firing_rate']:.3f}, {c['reconstruction_path']['synops']:.3g} synops/image")
     if "sampling_time" in result:
         parts.append(f"sampling {result['sampling_time']['milliseconds_per_image']:.2f} ms/image")
     return "; ".join(parts)

@@ -176,14 +176,13 @@ def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metric
 
 
 def _spike_entry(model, test_full, dev, seed) -> Dict:
-    if not model.spiking_latent:
-        return {"value": None, "refused": "not a spiking model: no spikes or synaptic operations to count"}
     from .metrics.spikes import spike_costs
     n = min(100, len(test_full))
     costs = spike_costs(model, to_model_range(test_full.images[:n]).to(dev), torch.Generator(device=dev).manual_seed(seed))
     costs["split"] = _split_label("test", n, len(test_full))
-    log.info("spikes: mean firing rate %.4f; reconstruction path %.4g synops + %.4g MACs per image (N=%d)",
-             costs["mean_firing_rate"], costs["reconstruction_path"]["synops"], costs["reconstruction_path"]["macs"], n)
+    log.info("spikes: mean firing rate %s; reconstruction path %.4g synops + %.4g MACs per image (N=%d)",
+             "n/a" if costs["mean_firing_rate"] is None else f"{costs['mean_firing_rate']:.4f}",
+             costs["reconstruction_path"]["synops"], costs["reconstruction_path"]["macs"], n)
     return costs
 
 

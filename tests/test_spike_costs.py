@@ -75,3 +75,16 @@ def test_fsvae_posterior_counted_once_per_step():
     assert [e["layer"] for e in posterior] == ["posterior.layers.0", "posterior.layers.1", "posterior.layers.2"]
     assert posterior[0]["input"] == "spikes" and "prior" not in costs["reconstruction_path"]["modules"]
     assert "prior" in costs["groups"]
+
+
+def test_ann_vae_gets_a_mac_count():
+    torch.manual_seed(0)
+    model = esvae.build_model("ann_vae", "fashion")
+    costs = spike_costs(model, torch.rand(3, 1, 32, 32) * 2 - 1, torch.Generator().manual_seed(0))
+    assert costs["mean_firing_rate"] is None and all(e["synops"] == 0 for e in costs["layers"])
+    first = next(e for e in costs["layers"] if e["layer"] == "encoder.0.0")
+    assert first["macs"] == 47 * 47 * 32 + 32 * 16 * 16                 # as ESVAE's first layer, one pass
+    fc_mu = next(e for e in costs["layers"] if e["layer"] == "fc_mu")
+    assert fc_mu["macs"] == 1024 * 128 + 128
+    last = next(e for e in costs["layers"] if e["layer"] == "final_layer.3")     # 3x3 conv 32 -> 1, pad 1, 32x32
+    assert last["macs"] == 32 * (2 + 30 * 3 + 2) ** 2 + 32 * 32                  # per axis: 2, then 30 x 3, then 2 taps

@@ -8,7 +8,9 @@ forward pass records its input and output over the T steps:
   fan-out (the number of outputs it connects to, border effects included), plus one bias add per
   output neuron and step;
 * MACs -- for a layer whose input is not binary (the first encoder layer reads the analog image at
-  every step; FSVAE's MLPs read spikes): the dense count, i.e. the sum of all fan-outs per step.
+  every step; FSVAE's MLPs read spikes): the dense count, i.e. the sum of all fan-outs per step;
+  likewise for plain conv / linear layers (ESVAE's prior bottleneck, the whole ANN VAE), so the ANN
+  baseline gets a MAC count to compare with.
 
 The fan-out of each input element is computed exactly as the gradient of ``sum(layer(x))`` with
 all-ones weights. The readout (a non-spiking weighted sum over T) is counted as MACs. Costs are
@@ -31,9 +33,9 @@ PRIOR_MODULES = ("prior", "prior_bottleneck")
 
 
 def _dense_op(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    if isinstance(layer, SpikingConv2d):
+    if isinstance(layer, nn.Conv2d):
         return F.conv2d(x, weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)
-    if isinstance(layer, SpikingConvTranspose2d):
+    if isinstance(layer, nn.ConvTranspose2d):
         return F.conv_transpose2d(x, weight, None, layer.stride, layer.padding, layer.output_padding, layer.groups,
                                   layer.dilation)
     return F.linear(x, weight)
@@ -74,9 +76,10 @@ def spike_costs(model: nn.Module, images: torch.Tensor, generator: Optional[torc
         records.append((names[module], module, inputs[0].detach(), output.detach()))
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, SPIKING_LAYERS)]
-    dense_records = []   # plain linear layers (ESVAE's prior bottleneck): MACs per input row
-    handles += [m.register_forward_hook(lambda m, i, o: dense_records.append((names[m], m, i[0].shape)))
-                for m in model.modules() if type(m) is nn.Linear]
+    # Plain (non-spiking) layers: ESVAE's prior bottleneck, every layer of the ANN VAE. MACs.
+    dense_records = []
+    handles += [m.register_forward_hook(lambda m, i, o: dense_records.append((names[m], m, i[0].shape, o.shape)))
+                for m in model.modules() if type(m) in (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)]
     readout_shape = {}
     if hasattr(model, "readout") and hasattr(model, "final_layer"):
         handles.append(model.final_layer.register_forward_hook(
@@ -96,8 +99,6 @@ def spike_costs(model: nn.Module, images: torch.Tensor, generator: Optional[torc
         for p, r in zip(model.parameters(), requires):
             p.requires_grad_(r)
         model.train(was_training)
-    if not records:
-        raise ValueError(f"{type(model).__name__} has no spiking layers to count")
     n = images.shape[0]
     layers = []
     for name, module, x, y in records:
@@ -115,11 +116,16 @@ def spike_costs(model: nn.Module, images: torch.Tensor, generator: Optional[torc
         else:
             entry.update(synops=0.0, macs=connections + bias_adds)
         layers.append(entry)
-    for name, module, shape in dense_records:
-        rows = int(torch.tensor(shape[:-1]).prod()) / n           # input rows per image (e.g. 1, or T)
-        layers.append({"layer": name, "group": name.split(".")[0], "input": "analog", "neurons": module.out_features,
-                       "firing_rate": None, "synops": 0.0,
-                       "macs": rows * (module.in_features * module.out_features + module.out_features)})
+    for name, module, in_shape, out_shape in dense_records:
+        if isinstance(module, nn.Linear):
+            rows = int(torch.tensor(in_shape[:-1]).prod()) / n    # input rows per image (e.g. 1, or T)
+            macs = rows * (module.in_features * module.out_features + module.out_features)
+            neurons = module.out_features
+        else:                                                     # (N, C, H, W): connections + bias adds
+            neurons = int(torch.tensor(out_shape[1:]).prod())
+            macs = float(fan_out(module, tuple(in_shape[1:])).sum()) + (neurons if module.bias is not None else 0)
+        layers.append({"layer": name, "group": name.split(".")[0], "input": "analog", "neurons": neurons,
+                       "firing_rate": None, "synops": 0.0, "macs": macs})
     if "shape" in readout_shape:
         layers.append({"layer": "readout", "group": "readout", "input": "analog", "neurons": 0, "firing_rate": None,
                        "synops": 0.0, "macs": _readout_macs(model, readout_shape["shape"])})
@@ -134,7 +140,8 @@ def spike_costs(model: nn.Module, images: torch.Tensor, generator: Optional[torc
         "groups": dict(groups),
         "reconstruction_path": {"modules": recon, "synops": sum(groups[g]["synops"] for g in recon),
                                 "macs": sum(groups[g]["macs"] for g in recon)},
-        "mean_firing_rate": sum(e["firing_rate"] * e["neurons"] for e in spiking) / max(sum(e["neurons"] for e in spiking), 1),
+        "mean_firing_rate": (sum(e["firing_rate"] * e["neurons"] for e in spiking) / sum(e["neurons"] for e in spiking)
+                             if spiking else None),
         "n_images": n, "timesteps": getattr(model.config, "timesteps", None),
         "what": "per image; synops = input spikes x fan-out + bias adds (spiking inputs); MACs = dense count "
                 "(analog inputs, the readout); one forward pass in eval mode",
