@@ -25,7 +25,6 @@ Faithful to the original code, including two quirks:
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar, Dict, List, Optional, Tuple
 

@@ -25,13 +25,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
 from .checkpoints import code_version, load_checkpoint
-from .data import data_source, load_split, to_model_range
+from .data import DataSource, data_source, load_split, to_model_range
 from .errors import ConfigError, MetricUnavailableError
 from .models.registry import count_parameters
 from .train import EVAL_SEED_OFFSET, _setup_logging, evaluate as evaluate_terms, resolve_device, write_json
@@ -64,6 +65,28 @@ def _split_label(split: str, n: int, full: int) -> str:
     return split if n == full else f"{split}[:{n}]"
 
 
+@dataclass
+class OpenedRun:
+    device: torch.device
+    model: torch.nn.Module   # in eval mode, on ``device``
+    ckpt: Dict
+    source: DataSource
+    seed: int                # the training run's evaluation seed unless given
+    train_config: Dict
+
+
+def open_run(checkpoint: os.PathLike, device: str = "auto", seed: Optional[int] = None) -> OpenedRun:
+    """Load a training run's checkpoint for evaluation: model, data source and generator seed."""
+    dev = resolve_device(device)
+    model, ckpt = load_checkpoint(checkpoint, map_location=dev)
+    resolved = ckpt.get("train_config", {})
+    train_config = resolved.get("train_config", {})
+    if seed is None:   # the same generator seed as the training run's own evaluation
+        seed = train_config.get("seed", 0) + EVAL_SEED_OFFSET
+    return OpenedRun(dev, model.to(dev).eval(), ckpt, data_source(resolved.get("dataset", ckpt["dataset"])), seed,
+                     train_config)
+
+
 def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metrics: Sequence[str] = METRICS,
                         num_samples: int = 5000, test_subset: int = 0, reference_subset: int = 0,
                         batch_size: Optional[int] = None, inception_weights: Optional[os.PathLike] = None,
@@ -75,17 +98,10 @@ def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metric
 
     from .metrics import time_sampling
 
-    dev = resolve_device(device)
-    model, ckpt = load_checkpoint(checkpoint, map_location=dev)
-    model = model.to(dev).eval()
-    resolved = ckpt.get("train_config", {})
-    source = data_source(resolved.get("dataset", ckpt["dataset"]))
-    # Defaults repeat the training run's own evaluation: its seed and batch size (the latent noise is
-    # drawn per batch, so both fix the MSE).
-    if seed is None:
-        seed = resolved.get("train_config", {}).get("seed", 0) + EVAL_SEED_OFFSET
-    if batch_size is None:
-        batch_size = resolved.get("train_config", {}).get("batch_size", 100)
+    run = open_run(checkpoint, device, seed)
+    dev, model, ckpt, source, seed = run.device, run.model, run.ckpt, run.source, run.seed
+    if batch_size is None:   # the latent noise is drawn per batch: the run's batch size repeats its MSE
+        batch_size = run.train_config.get("batch_size", 100)
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
         if value < 1:
             raise ConfigError(f"{name} must be positive, got {value}")

@@ -24,9 +24,9 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import code_version, load_checkpoint
-from .data import ImageSplit, data_source, iterate_batches, load_split, seeded_subset
-from .train import EVAL_SEED_OFFSET, _setup_logging, resolve_device, write_json, write_text_atomic
+from .checkpoints import code_version
+from .data import ImageSplit, iterate_batches, load_split, seeded_subset
+from .train import _setup_logging, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -140,15 +140,10 @@ def run_probes(checkpoint: os.PathLike, out_dir: os.PathLike, *, train_subset: i
                batch_size: int = 200, seed: Optional[int] = None, data_root=None, download: bool = False,
                device: str = "auto") -> Dict:
     """Both probes for one checkpoint; returns (and writes) ``probes.json``."""
-    from .evaluate import evaluate_terms
+    from .evaluate import evaluate_terms, open_run
 
-    dev = resolve_device(device)
-    model, ckpt = load_checkpoint(checkpoint, map_location=dev)
-    model = model.to(dev).eval()
-    resolved = ckpt.get("train_config", {})
-    source = data_source(resolved.get("dataset", ckpt["dataset"]))
-    if seed is None:
-        seed = resolved.get("train_config", {}).get("seed", 0) + EVAL_SEED_OFFSET
+    run = open_run(checkpoint, device, seed)
+    dev, model, ckpt, source, seed = run.device, run.model, run.ckpt, run.source, run.seed
     train_full = load_split(source.name, "train", data_root, download)
     test_full = load_split(source.name, "test", data_root, download)
     train = seeded_subset(train_full, train_subset)

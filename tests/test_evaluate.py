@@ -4,7 +4,6 @@ import json
 import pytest
 import torch
 
-import esvae
 from esvae.cli import main
 from esvae.config import paper_train_config
 from esvae.metrics.fidelity import inception_score_splits

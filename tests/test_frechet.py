@@ -1,5 +1,4 @@
 """The Frechet distance against closed forms."""
-import math
 
 import pytest
 import torch

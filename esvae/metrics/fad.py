@@ -90,7 +90,7 @@ def train_fad_autoencoder(dataset: str, out_dir: os.PathLike, *, epochs: int = 2
 
     from tqdm import tqdm
 
-    from ..data import data_source, iterate_batches, load_split, seeded_subset, to_model_range
+    from ..data import data_source, iterate_batches, load_split, seeded_subset
     from ..train import _setup_logging, resolve_device, write_json
 
     source = data_source(dataset)
