@@ -89,6 +89,17 @@ class ImageSplit:
         return ImageSplit(self.images[indices], self.labels[indices], self.dataset, self.split, self.label)
 
 
+def split_label(split: str, n: int, full: int) -> str:
+    """How results name the first ``n`` of a split's ``full`` images: ``test`` or ``test[:256]``."""
+    return split if n == full else f"{split}[:{n}]"
+
+
+def first_n(data: ImageSplit, n: int) -> Tuple[ImageSplit, str]:
+    """The first ``n`` images of ``data`` (``n <= 0``: all of them) and their :func:`split_label`."""
+    part = data if n <= 0 else data.subset(torch.arange(min(n, len(data))))
+    return part, split_label(data.split, len(part), len(data))
+
+
 def to_model_range(images_u8: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float [-1, 1], i.e. ``ToTensor`` then ``2x - 1``."""
     return images_u8.float().div_(255.0).mul_(2.0).sub_(1.0)

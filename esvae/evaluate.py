@@ -32,10 +32,10 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from .checkpoints import code_version, load_checkpoint
-from .data import DataSource, data_source, load_split, to_model_range
+from .data import DataSource, data_source, first_n, load_split, to_model_range
 from .errors import ConfigError, MetricUnavailableError
 from .models.registry import count_parameters
-from .train import EVAL_SEED_OFFSET, _setup_logging, evaluate as evaluate_terms, resolve_device, write_json
+from .train import EVAL_SEED_OFFSET, evaluate as evaluate_terms, log_to_file, resolve_device, write_json
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,6 @@ def generate(model, n: int, batch_size: int, device: torch.device, seed: int, pr
         for start in tqdm(range(0, n, batch_size), desc="generating", unit="batch", disable=not progress):
             out.append(model.sample(min(batch_size, n - start), generator=gen).cpu())
     return torch.cat(out)
-
-
-def _split_label(split: str, n: int, full: int) -> str:
-    return split if n == full else f"{split}[:{n}]"
 
 
 @dataclass
@@ -126,9 +122,8 @@ def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metric
             weights_refusal = str(exc)          # recorded for FID/KID/IS; the other metrics still run
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    handler = _setup_logging(out_dir, "evaluate.log")
     progress = sys.stderr.isatty() if progress is None else progress
-    try:
+    with log_to_file(out_dir, "evaluate.log"):
         result: Dict = {
             "model": ckpt["model_name"], "dataset": source.name, "data_label": source.label,
             "checkpoint": str(checkpoint), "checkpoint_epoch": ckpt.get("epoch"), "checkpoint_step": ckpt.get("step"),
@@ -148,10 +143,10 @@ def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metric
                 "what": "trainable parameters of the modules the model uses (buffers excluded)",
             }
         if "mse" in wanted:
-            test = test_full if test_subset <= 0 else test_full.subset(torch.arange(min(test_subset, len(test_full))))
+            test, test_label = first_n(test_full, test_subset)
             terms = evaluate_terms(model, test, batch_size, dev, seed)
             result["reconstruction_mse"] = {
-                "value": terms["mse"], "n": len(test), "split": _split_label("test", len(test), len(test_full)),
+                "value": terms["mse"], "n": len(test), "split": test_label,
                 "averaging": "mean over images of the per-image pixel MSE, images in [-1, 1] (the original code "
                              "averaged batch means)",
                 "latent": f"{model.latent_description} (eval-mode batch norm, generator seed {seed})",
@@ -186,19 +181,16 @@ def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metric
         write_json(out_dir / "metrics.json", result)
         log.info("wrote %s", out_dir / "metrics.json")
         return result
-    finally:
-        logging.getLogger("esvae").removeHandler(handler)
-        handler.close()
 
 
 def _spike_entry(model, test_full, dev, seed) -> Dict:
     from .metrics.spikes import spike_costs
-    n = min(100, len(test_full))
-    costs = spike_costs(model, to_model_range(test_full.images[:n]).to(dev), torch.Generator(device=dev).manual_seed(seed))
-    costs["split"] = _split_label("test", n, len(test_full))
+    first, costs_label = first_n(test_full, 100)
+    costs = spike_costs(model, to_model_range(first.images).to(dev), torch.Generator(device=dev).manual_seed(seed))
+    costs["split"] = costs_label
     log.info("spikes: mean firing rate %s; reconstruction path %.4g synops + %.4g MACs per image (N=%d)",
              "n/a" if costs["mean_firing_rate"] is None else f"{costs['mean_firing_rate']:.4f}",
-             costs["reconstruction_path"]["synops"], costs["reconstruction_path"]["macs"], n)
+             costs["reconstruction_path"]["synops"], costs["reconstruction_path"]["macs"], len(first))
     return costs
 
 
@@ -246,10 +238,8 @@ def _inception_metrics(result, generated, source, wanted, weights, num_samples, 
     # CelebA: the paper computed FID against the validation split.
     ref_split = "valid" if source.name == "celeba" else "test"
     reference_full = test_full if ref_split == "test" else load_split(source.name, ref_split, data_root, download)
-    reference = reference_full.images
-    if reference_subset > 0:
-        reference = reference[:reference_subset]
-    split = _split_label(ref_split, reference.shape[0], reference_full.images.shape[0])
+    reference_part, split = first_n(reference_full, reference_subset)
+    reference = reference_part.images
     name = reference_cache_name(source.name, split, reference, weights)
     start = time.perf_counter()
     raw = fidelity_metrics(generated, reference, weights, fid=fid, kid=kid, reference_name=name, device=dev,

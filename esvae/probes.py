@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoints import code_version
-from .data import ImageSplit, iterate_batches, load_split, seeded_subset
-from .train import _setup_logging, write_json, write_text_atomic
+from .data import ImageSplit, first_n, iterate_batches, load_split, seeded_subset
+from .train import log_to_file, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +147,11 @@ def run_probes(checkpoint: os.PathLike, out_dir: os.PathLike, *, train_subset: i
     train_full = load_split(source.name, "train", data_root, download)
     test_full = load_split(source.name, "test", data_root, download)
     train = seeded_subset(train_full, train_subset)
-    test = test_full if test_subset <= 0 else test_full.subset(torch.arange(min(test_subset, len(test_full))))
-    test_split = "test" if len(test) == len(test_full) else f"test[:{len(test)}]"
+    test, test_split = first_n(test_full, test_subset)
     train_split = "train" if len(train) == len(train_full) else f"train (seeded subset of {len(train)})"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    handler = _setup_logging(out_dir, "probe.log")
-    try:
+    with log_to_file(out_dir, "probe.log"):
         result: Dict = {"model": ckpt["model_name"], "dataset": source.name, "data_label": source.label,
                         "checkpoint": str(checkpoint), "checkpoint_epoch": ckpt.get("epoch"),
                         "timesteps": getattr(model.config, "timesteps", None), "seed": seed,
@@ -199,6 +197,3 @@ def run_probes(checkpoint: os.PathLike, out_dir: os.PathLike, *, train_subset: i
             result["decoder_robustness"] = {"rows": None, "refused": "the model's latent is not a spike train"}
         write_json(out_dir / "probes.json", result)
         return result
-    finally:
-        logging.getLogger("esvae").removeHandler(handler)
-        handler.close()

@@ -10,6 +10,7 @@ Files written in ``out_dir`` (each atomically, so a killed job leaves the previo
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ import torch
 from . import runtime
 from .checkpoints import code_version, save_checkpoint
 from .config import TrainConfig
-from .data import ImageSplit, data_source, iterate_batches, load_split, seeded_subset, to_model_range
+from .data import ImageSplit, data_source, first_n, iterate_batches, load_split, seeded_subset, to_model_range
 from .errors import ConfigError, TrainingDivergedError
 from .models.registry import build_model, count_parameters
 from .samplers import RateOutOfRangeError
@@ -123,13 +124,19 @@ class TrainResult:
     metrics: Dict
 
 
-def _setup_logging(out_dir: Path, filename: str = "train.log") -> logging.Handler:
+@contextlib.contextmanager
+def log_to_file(out_dir: Path, filename: str = "train.log"):
+    """Copy the package's log records into ``out_dir / filename`` (appending) for the block."""
     handler = logging.FileHandler(out_dir / filename, mode="a")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("esvae")
     root.addHandler(handler)
     root.setLevel(logging.INFO)
-    return handler
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def train(*, model_name: str, dataset: str, out_dir: os.PathLike, train_config: TrainConfig,
@@ -146,19 +153,15 @@ def train(*, model_name: str, dataset: str, out_dir: os.PathLike, train_config: 
     resolve_config(model_name, source.model_dataset, **(model_overrides or {}))
     train_data = seeded_subset(load_split(source.name, "train", data_root, download), cfg.train_subset)
     test_full = load_split(source.name, "test", data_root, download)
-    test_data = test_full if cfg.test_subset <= 0 else test_full.subset(torch.arange(min(cfg.test_subset, len(test_full))))
+    test_data, test_label = first_n(test_full, cfg.test_subset)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    handler = _setup_logging(out_dir)
-    try:
-        return _train(model_name, source, out_dir, cfg, model_overrides or {}, train_data, test_data, len(test_full),
+    with log_to_file(out_dir):
+        return _train(model_name, source, out_dir, cfg, model_overrides or {}, train_data, test_data, test_label,
                       dev, eval_at_init, sys.stderr.isatty() if progress is None else progress)
-    finally:
-        logging.getLogger("esvae").removeHandler(handler)
-        handler.close()
 
 
-def _train(model_name, source, out_dir, cfg, overrides, train_data, test_data, test_split_size, dev, eval_at_init,
+def _train(model_name, source, out_dir, cfg, overrides, train_data, test_data, test_label, dev, eval_at_init,
            progress):
     from tqdm import tqdm
 
@@ -267,7 +270,7 @@ def _train(model_name, source, out_dir, cfg, overrides, train_data, test_data, t
         "reconstruction_mse": {
             "value": final["test_mse"],
             "n": len(test_data),
-            "split": "test" if len(test_data) == test_split_size else f"test[:{len(test_data)}]",
+            "split": test_label,
             "averaging": "mean over images of the per-image pixel MSE, images in [-1, 1]",
             "latent": f"{model.latent_description} (eval-mode batch norm, generator seed {eval_seed})",
         },

@@ -90,23 +90,20 @@ def train_fad_autoencoder(dataset: str, out_dir: os.PathLike, *, epochs: int = 2
 
     from tqdm import tqdm
 
-    from ..data import data_source, iterate_batches, load_split, seeded_subset
-    from ..train import _setup_logging, resolve_device, write_json
+    from ..data import data_source, first_n, iterate_batches, load_split, seeded_subset
+    from ..train import log_to_file, resolve_device, write_json
 
     source = data_source(dataset)
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ConfigError(f"need epochs >= 1, batch_size >= 1 and lr > 0; got {epochs}, {batch_size}, {lr}")
     dev = resolve_device(device)
     train = seeded_subset(load_split(source.name, "train", data_root, download), train_subset)
-    test = load_split(source.name, "test", data_root, download)
-    test_split = "test"
-    if 0 < test_subset < len(test):   # for quick checks; FAD's reference is then test[:N], and says so
-        test, test_split = test.subset(torch.arange(test_subset)), f"test[:{test_subset}]"
+    # test_subset is for quick checks; FAD's reference is then test[:N], and says so
+    test, test_split = first_n(load_split(source.name, "test", data_root, download), test_subset)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    handler = _setup_logging(out_dir, "train.log")
     progress = sys.stderr.isatty() if progress is None else progress
-    try:
+    with log_to_file(out_dir, "train.log"):
         spec = dataset_spec(source.model_dataset)
         torch.manual_seed(seed)
         model = FADAutoencoder(spec.in_channels, spec.image_size, fad_code_dim(source.model_dataset)).to(dev)
@@ -157,9 +154,6 @@ def train_fad_autoencoder(dataset: str, out_dir: os.PathLike, *, epochs: int = 2
         write_json(out_dir / "metrics.json", summary)
         log.info("saved %s (test-split code statistics over %d images)", out_dir / FILE, stats.n)
         return summary
-    finally:
-        logging.getLogger("esvae").removeHandler(handler)
-        handler.close()
 
 
 def load_fad_autoencoder(path: os.PathLike, map_location="cpu"):
