@@ -70,6 +70,8 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data-root", default=None, help="data folder (default: $ESVAE_DATA or ./data)")
         p.add_argument("--download", action="store_true", help=download_help)
         p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+        p.add_argument("--threads", type=positive_int, default=None,
+                       help="CPU threads for torch (default: torch's choice, all cores)")
 
     t = sub.add_parser("train", help="train a model; writes checkpoint, history, metrics and image grids")
     add_model_args(t)
@@ -131,6 +133,23 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="code statistics over the first N test images (0 = all, what FAD should use)")
     f.add_argument("--seed", type=int, default=0)
     add_environment_args(f)
+    pd_ = sub.add_parser("prepare-data", help="decode a dataset's splits into the tensor cache and describe them")
+    pd_.add_argument("--dataset", required=True, choices=data_names)
+    pd_.add_argument("--out", required=True, help="JSON file describing the splits (sizes, label, image hash)")
+    add_environment_args(pd_)
+
+    tr = sub.add_parser("track", help="mirror a run folder's result files into MLflow (never fails the job)")
+    tr.add_argument("--stage", required=True, choices=("train", "evaluate", "probe"))
+    tr.add_argument("--dir", required=True, help="the stage's output folder")
+    tr.add_argument("--key", required=True, help="run key dataset/model/sampler/T<n>/seed<n>")
+    tr.add_argument("--uri", required=True, help="MLflow tracking URI (e.g. sqlite:///results/mlflow.db)")
+    tr.add_argument("--experiment", required=True, help="MLflow experiment name")
+    tr.add_argument("--tag", action="append", default=[], metavar="NAME=VALUE", help="extra run tag (repeatable)")
+
+    rp = sub.add_parser("report", help="compile the tables and figures from the files under a results folder")
+    rp.add_argument("--results", default="results", help="the workflow's results folder (holds config.json, runs/)")
+    rp.add_argument("--tables", default=None, help="default: RESULTS/tables")
+    rp.add_argument("--figures", default=None, help="default: RESULTS/figures")
     return parser
 
 
@@ -300,14 +319,64 @@ def summary_line(result: dict) -> str:
     return "; ".join(parts)
 
 
+def _cmd_prepare_data(args) -> int:
+    import hashlib
+
+    from .data import data_source, load_split
+    from .train import write_json
+
+    source = data_source(args.dataset)
+    info = {"dataset": source.name, "label": source.label, "splits": {}}
+    for split in source.splits:
+        data = load_split(source.name, split, args.data_root, args.download)
+        info["splits"][split] = {"images": len(data), "shape": list(data.images.shape[1:]),
+                                 "sha256": hashlib.sha256(data.images.numpy().tobytes()).hexdigest()}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, info)
+    print(f"{source.label}: " + ", ".join(f"{k} {v['images']} images" for k, v in info["splits"].items())
+          + f"; described in {out}")
+    return 0
+
+
+def _cmd_track(args) -> int:
+    from .grid import RunPoint
+    from .tracking import mirror
+
+    tags = dict(RunPoint.from_key(args.key).wildcards())
+    for item in args.tag:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--tag expects NAME=VALUE, got {item!r}")
+        tags[name] = value
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_id = mirror(args.stage, Path(args.dir), args.key, args.uri, args.experiment, tags)
+    print(f"MLflow run {run_id} ({args.stage} of {args.key})" if run_id else
+          f"tracking skipped for {args.key} ({args.stage}); result files are complete")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .report import compile_report
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    written = compile_report(Path(args.results), args.tables, args.figures)
+    print(f"{len(written['tables'])} table files and {len(written['figures'])} figures written")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     from .runtime import tune_allocator
     tune_allocator()
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "threads", None):
+            import torch
+            torch.set_num_threads(args.threads)
         return {"train": _cmd_train, "describe": _cmd_describe, "evaluate": _cmd_evaluate,
-                "train-fad-autoencoder": _cmd_train_fad_autoencoder, "probe": _cmd_probe}[args.command](args)
+                "train-fad-autoencoder": _cmd_train_fad_autoencoder, "probe": _cmd_probe,
+                "prepare-data": _cmd_prepare_data, "track": _cmd_track, "report": _cmd_report}[args.command](args)
     except EsvaeError as exc:
         print(f"esvae: error: {exc}", file=sys.stderr)
         return 2

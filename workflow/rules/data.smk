@@ -1,0 +1,31 @@
+# Datasets: decode once into the tensor cache (so parallel jobs only read it) and describe the splits.
+
+
+rule prepare_data:
+    output:
+        "results/data/{dataset}.json",
+    params:
+        py=PY,
+        env=ENV_ARGS,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/data/{dataset}.log",
+    threads: RESOURCES["light"]["threads"]
+    resources:
+        **resources_of("light"),
+    shell:
+        "{params.py} -m esvae prepare-data --dataset {wildcards.dataset} --out {output} {params.env} > {log} 2>&1"
+
+
+rule write_config:
+    output:
+        "results/config.json",
+    params:
+        config=lambda wildcards: json.dumps(CONFIG, sort_keys=True),
+    conda:
+        CONDA_ENV
+    log:
+        "logs/config.log",
+    script:
+        "../scripts/write_config.py"

@@ -1,0 +1,32 @@
+# Evaluation: MSE, FID, KID, IS (or its refusal), FAD, parameters, spikes and sampling time.
+
+
+rule evaluate:
+    input:
+        checkpoint=f"{RUN}/train/checkpoint.pt",
+        fad="results/fad/{dataset}/fad_autoencoder.pt",
+    output:
+        metrics=f"{RUN}/evaluate/metrics.json",
+    params:
+        py=PY,
+        env=ENV_ARGS,
+        out=lambda wildcards, output: Path(output.metrics).parent,
+        track=tracked("evaluate", "metrics"),
+        ev=CONFIG["evaluate"],
+        metrics=",".join(CONFIG["evaluate"]["metrics"]),
+        batch=f"--batch-size {CONFIG['evaluate']['batch_size']}" if CONFIG["evaluate"].get("batch_size") else "",
+    conda:
+        CONDA_ENV
+    log:
+        f"logs/runs/{KEY}/evaluate.log",
+    benchmark:
+        f"benchmarks/runs/{KEY}/evaluate.tsv"
+    threads: RESOURCES["evaluate"]["threads"]
+    resources:
+        **resources_of("evaluate"),
+    shell:
+        "{params.py} -m esvae evaluate --checkpoint {input.checkpoint} --out {params.out} --metrics {params.metrics}"
+        " --num-samples {params.ev[num_samples]} --test-subset {params.ev[test_subset]}"
+        " --reference-subset {params.ev[reference_subset]} {params.batch} --fad-autoencoder {input.fad}"
+        " --threads {threads} {params.env} > {log} 2>&1"
+        " && {params.track} >> {log} 2>&1"

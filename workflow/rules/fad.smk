@@ -1,0 +1,27 @@
+# The FAD autoencoder: trained once per dataset, reused by every model's evaluation.
+
+
+rule fad_autoencoder:
+    input:
+        "results/data/{dataset}.json",
+    output:
+        model="results/fad/{dataset}/fad_autoencoder.pt",
+        metrics="results/fad/{dataset}/metrics.json",
+    params:
+        py=PY,
+        env=ENV_ARGS,
+        out=lambda wildcards, output: Path(output.model).parent,
+        fad=CONFIG["fad"],
+    conda:
+        CONDA_ENV
+    log:
+        "logs/fad/{dataset}.log",
+    benchmark:
+        "benchmarks/fad/{dataset}.tsv"
+    threads: RESOURCES["fad"]["threads"]
+    resources:
+        **resources_of("fad"),
+    shell:
+        "{params.py} -m esvae train-fad-autoencoder --dataset {wildcards.dataset} --out {params.out}"
+        " --epochs {params.fad[epochs]} --train-subset {params.fad[train_subset]}"
+        " --test-subset {params.fad[test_subset]} --threads {threads} {params.env} > {log} 2>&1"

@@ -1,0 +1,31 @@
+# Training: one job per run point (dataset, model, sampler, T, seed), then its MLflow mirror.
+
+
+rule train:
+    input:
+        "results/data/{dataset}.json",
+    output:
+        checkpoint=f"{RUN}/train/checkpoint.pt",
+        metrics=f"{RUN}/train/metrics.json",
+        history=f"{RUN}/train/history.tsv",
+        config=f"{RUN}/train/config.json",
+        reconstructions=f"{RUN}/train/reconstructions.png",
+        samples=f"{RUN}/train/samples.png",
+    params:
+        py=PY,
+        env=ENV_ARGS,
+        args=lambda wildcards: " ".join(grid.train_args(CONFIG, point_of(wildcards))),
+        out=lambda wildcards, output: Path(output.checkpoint).parent,
+        track=tracked("train", "checkpoint"),
+    conda:
+        CONDA_ENV
+    log:
+        f"logs/runs/{KEY}/train.log",
+    benchmark:
+        f"benchmarks/runs/{KEY}/train.tsv"
+    threads: RESOURCES["train"]["threads"]
+    resources:
+        **resources_of("train"),
+    shell:
+        "{params.py} -m esvae train {params.args} --out {params.out} --threads {threads} {params.env} > {log} 2>&1"
+        " && {params.track} >> {log} 2>&1"
