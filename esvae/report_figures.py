@@ -180,4 +180,27 @@ def write_figures(frame, results, experiments, abl_t, abl_s, out_dir: Path, pres
                 ax.axis("off")
         fig.suptitle(f"{dataset}, preset {preset}, seed {min(r.point.seed for r in chosen.values())}")
         written.append(_save(fig, path))
+
+    # the perturbation grids of the probes (rows: input, reconstruction, shuffled, each noise level)
+    for dataset in sorted({p.dataset for p in experiments["main"]}):
+        path = out_dir / f"perturbations_{dataset}.png"
+        chosen = {}
+        for r in results:
+            p = r.point
+            if p in main and p.dataset == dataset and r.folder is not None \
+                    and (r.folder / "probe" / "perturbations.png").is_file() and p.model not in chosen:
+                chosen[p.model] = r
+        if not chosen:
+            written.append(_empty(path, f"{dataset} perturbations (preset {preset})",
+                                  "no probe results of a spiking model yet"))
+            continue
+        models = _order(chosen)
+        fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 6), squeeze=False)
+        for ax, model in zip(axes[0], models):
+            r = chosen[model]
+            ax.imshow(plt.imread(r.folder / "probe" / "perturbations.png"))
+            ax.set_title(f"{model} T={r.point.timesteps}", fontsize=9)
+            ax.axis("off")
+        fig.suptitle(f"{dataset}, preset {preset}: rows input, reconstruction, time-shuffled, bit flips a = 0.05 ... 0.30")
+        written.append(_save(fig, path))
     return written

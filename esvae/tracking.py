@@ -194,6 +194,8 @@ def mirror(stage: str, run_dir: Path, key: str, uri: str, experiment: str, tags:
 def _mirror(stage, run_dir, key, uri, experiment, tags, log_artifacts):
     from mlflow.entities import Metric, Param, RunTag
 
+    from .grid import RunPoint
+
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
     client = _client(uri)
@@ -209,7 +211,10 @@ def _mirror(stage, run_dir, key, uri, experiment, tags, log_artifacts):
     if stage == "train":
         metrics += [Metric(name, value, now, epoch) for name, value, epoch in history_metrics(run_dir / "history.tsv")]
         resolved = json.loads((run_dir / "config.json").read_text())
-        params = [Param(k, v[:6000]) for k, v in flatten("", resolved, {}).items()]
+        flat = flatten("", resolved, {})
+        point = RunPoint.from_key(key)   # the wildcards, as params too (filterable in the UI)
+        flat.update({"sampler": point.sampler, "timesteps": str(point.timesteps), "seed": str(point.seed)})
+        params = [Param(k, v[:6000]) for k, v in flat.items()]
     stage_tags = [RunTag(k, str(v)) for k, v in all_tags.items()] + [RunTag(f"esvae.stage.{stage}", "done")]
     with_retry(lambda: client.log_batch(run_id, tags=stage_tags), "log tags")
     for i in range(0, len(metrics), 500):   # log_batch takes at most 1000 metrics and 100 params

@@ -67,7 +67,7 @@ def test_every_output_exists_and_parses(smoke_dir):
         assert f"**{name}**" in (results / "tables" / f"{name}.md").read_text()
         tex = (results / "tables" / f"{name}.tex").read_text()
         assert "\\begin{table}" in tex and "\\end{tabular}" in tex and "±" not in tex
-    for name in [*FIGURES, "grids_fashion"]:
+    for name in [*FIGURES, "grids_fashion", "perturbations_fashion"]:
         with Image.open(results / "figures" / f"{name}.png") as image:
             assert image.size[0] > 200 and image.size[1] > 100
 
@@ -124,7 +124,8 @@ def test_mlflow_store_holds_one_run_per_trained_model_with_its_metrics(smoke_dir
         assert run.data.metrics["fid"] == pytest.approx(ev["fid"]["value"])
         assert "linear_probe_accuracy" in run.data.metrics
         assert run.data.params["model"] == p.model and run.data.tags["preset"] == "smoke"
-        assert run.data.params["model_config.timesteps"] == str(p.timesteps)
+        assert run.data.params["model_config.timesteps"] == run.data.params["timesteps"] == str(p.timesteps)
+        assert run.data.params["sampler"] == p.sampler and run.data.params["seed"] == str(p.seed)
         assert run.data.tags["mlflow.source.git.commit"] != "unknown"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "test_mse")] == [0, 1]   # per epoch
         assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"train", "evaluate", "probe"}
@@ -186,6 +187,6 @@ def test_snakemake_report_builds_an_html_report_with_the_figures(smoke_dir):
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     html = (smoke_dir / "report.html").read_text(errors="replace")
-    for name in ("robustness.png", "metrics_vs_timesteps.png", "grids_fashion.png"):
+    for name in ("robustness.png", "metrics_vs_timesteps.png", "grids_fashion.png", "perturbations_fashion.png"):
         assert name in html
     assert re.search(r"Decoder robustness", html)

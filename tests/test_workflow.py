@@ -1,5 +1,4 @@
 """The Snakemake workflow without running it: presets, schema, grid, lint and dry runs."""
-import os
 import re
 import subprocess
 import sys

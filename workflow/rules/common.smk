@@ -98,7 +98,7 @@ FIGURES = ["metrics_vs_timesteps", "sampler_ablation", "robustness", "probe_accu
 
 def figure_outputs():
     return [f"results/figures/{name}.png" for name in FIGURES] + [
-        f"results/figures/grids_{d}.png" for d in MAIN_DATASETS]
+        f"results/figures/{kind}_{d}.png" for kind in ("grids", "perturbations") for d in MAIN_DATASETS]
 
 
 def run_outputs(stage, filename):

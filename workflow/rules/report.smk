@@ -19,6 +19,8 @@ rule report:
                       category="Training"),
         grids=report(expand("results/figures/grids_{dataset}.png", dataset=MAIN_DATASETS),
                      caption="../report/grids.rst", category="Images"),
+        perturbations=report(expand("results/figures/perturbations_{dataset}.png", dataset=MAIN_DATASETS),
+                             caption="../report/perturbations.rst", category="Probes"),
     params:
         py=PY,
     conda:

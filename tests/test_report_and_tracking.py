@@ -1,0 +1,125 @@
+"""``python -m esvae report`` on hand-made result files (golden means/stds, missing runs, bad files)
+and the MLflow mirror (unreachable store, 8 concurrent jobs on one SQLite store)."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from esvae import grid
+from esvae.cli import main
+from esvae.report import ReportError, compile_report
+from esvae.tracking import init_store, mirror
+
+POINT = "fashion/esvae/poisson/T4/seed{seed}"
+
+
+def write_run(results: Path, key: str, mse: float, fid: float, probe_acc: float, epochs=1):
+    run = results / "runs" / key
+    p = grid.RunPoint.from_key(key)
+    (run / "train").mkdir(parents=True)
+    (run / "evaluate").mkdir(parents=True)
+    (run / "probe").mkdir(parents=True)
+    block = {"value": mse, "n": 128, "split": "test[:128]"}
+    (run / "train" / "metrics.json").write_text(json.dumps({
+        "model": p.model, "reconstruction_mse": block, "baseline_mean_image_mse": {"value": 0.3},
+        "train_images": 256, "epochs": epochs, "parameters": 855905, "timesteps": p.timesteps}))
+    (run / "train" / "history.tsv").write_text("epoch\tstep\ttest_mse\n0\t0\t0.9\n1\t8\t%g\n" % mse)
+    (run / "train" / "config.json").write_text(json.dumps({"model": p.model, "model_config": {"timesteps": p.timesteps}}))
+    (run / "evaluate" / "metrics.json").write_text(json.dumps({
+        "reconstruction_mse": block, "fid": {"value": fid, "name": "FID@64"}, "kid": {"value": 0.5},
+        "fad": {"value": 1.0, "name": "FAD@64"},
+        "inception_score": {"value": None, "refused": "no classifier head"},
+        "parameters": {"total": 855905},
+        "spike_costs": {"mean_firing_rate": 0.2, "reconstruction_path": {"synops": 1e6, "macs": 3e5}},
+        "sampling_time": {"milliseconds_per_image": 2.0}}))
+    rows = [{"condition": "clean", "a": 0.0, "mse": mse}, {"condition": "shuffled", "a": None, "mse": mse + 0.01},
+            {"condition": "noise_0.05", "a": 0.05, "mse": mse + 0.02}]
+    (run / "probe" / "probes.json").write_text(json.dumps({
+        "information_retention": {"linear_probe": {"value": probe_acc, "n_train": 256, "test_split": "test[:128]"},
+                                  "mse_sampled": {"value": mse}, "mse_deterministic": {"value": mse - 0.01}},
+        "decoder_robustness": {"rows": rows}}))
+
+
+@pytest.fixture
+def two_seed_results(tmp_path):
+    config = grid.resolve_config({"preset": "smoke", "seeds": [0, 1]})
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "config.json").write_text(json.dumps(config))
+    write_run(results, POINT.format(seed=0), mse=0.10, fid=100.0, probe_acc=0.70)
+    write_run(results, POINT.format(seed=1), mse=0.14, fid=110.0, probe_acc=0.80)
+    return results
+
+
+def test_table1_is_the_mean_and_std_over_seeds_next_to_the_paper(two_seed_results):
+    compile_report(two_seed_results)
+    table = pd.read_csv(two_seed_results / "tables" / "table1.csv")
+    ours = table[table["source"] == "this run (smoke, seeds 0,1)"]
+    assert list(ours["model"]) == ["ESVAE"]              # the only model with results
+    row = ours.iloc[0]
+    assert row["mse"] == pytest.approx(0.12) and row["mse_std"] == pytest.approx(math.sqrt(0.0008))   # ddof 1
+    assert row["fid"] == pytest.approx(105.0) and row["fid_std"] == pytest.approx(math.sqrt(50.0))
+    paper = table[table["source"].str.startswith("paper")]
+    assert set(paper["model"]) == {"SWGAN", "SGAD", "ANN VAE", "FSVAE", "ESVAE"}  # Fashion-MNIST rows of Table I
+    assert paper[paper["model"] == "FSVAE"].iloc[0]["fid"] == pytest.approx(90.12)
+    md = (two_seed_results / "tables" / "table1.md").read_text()
+    assert "0.1200 ± 0.0283" in md and "105.0 ± 7.1" in md
+    assert "\\pm" in (two_seed_results / "tables" / "table1.tex").read_text()
+
+
+def test_missing_runs_are_listed_not_filled_in(two_seed_results):
+    compile_report(two_seed_results)
+    runs = pd.read_csv(two_seed_results / "tables" / "runs.csv")
+    assert len(runs) == 12                                  # 6 smoke points x 2 seeds
+    complete = runs[runs["trained"] & runs["evaluated"] & runs["probed"]]["run"]
+    assert sorted(complete) == [POINT.format(seed=0), POINT.format(seed=1)]
+    assert "(2 of 12 complete)" in (two_seed_results / "tables" / "runs.md").read_text()
+    t_ablation = pd.read_csv(two_seed_results / "tables" / "ablation_timesteps.csv")
+    assert list(t_ablation["T"]) == [4]                      # T=2 has no results: absent, not zero
+    probes = pd.read_csv(two_seed_results / "tables" / "probes.csv")
+    assert probes.iloc[0]["linear_probe"] == pytest.approx(0.75)
+    assert probes.iloc[0]["rob_shuffled"] == pytest.approx(0.13)
+
+
+def test_report_refuses_what_it_cannot_read(tmp_path, two_seed_results, capsys):
+    assert main(["report", "--results", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config.json not found" in err
+    bad = two_seed_results / "runs" / POINT.format(seed=1) / "evaluate" / "metrics.json"
+    bad.write_text('{"fid": ')                               # a truncated file
+    with pytest.raises(ReportError, match="cannot read .*evaluate/metrics.json"):
+        compile_report(two_seed_results)
+
+
+def test_tracking_never_fails_the_job(tmp_path, two_seed_results, caplog):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    uri = f"sqlite:///{blocker}/mlflow.db"                  # its folder cannot be created
+    run_dir = two_seed_results / "runs" / POINT.format(seed=0) / "train"
+    assert mirror("train", run_dir, POINT.format(seed=0), uri, "x") is None
+    assert "tracking skipped" in caplog.text and "result files" in caplog.text
+
+
+def test_eight_concurrent_jobs_lose_no_run(tmp_path, two_seed_results):
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    init_store(uri, "concurrency")                          # what the workflow's onstart does
+    run_dir = two_seed_results / "runs" / POINT.format(seed=0) / "train"
+    keys = [f"fashion/esvae/poisson/T4/seed{100 + i}" for i in range(8)]
+    procs = [subprocess.Popen([sys.executable, "-m", "esvae", "track", "--stage", "train", "--dir", str(run_dir),
+                               "--key", key, "--uri", uri, "--experiment", "concurrency"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for key in keys]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert not any("tracking skipped" in out for out in outputs), outputs
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("concurrency").experiment_id])
+    assert sorted(r.data.tags["esvae.key"] for r in runs) == sorted(keys)
+    for r in runs:
+        assert r.data.metrics["final_test_mse"] == pytest.approx(0.10)
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "test_mse")] == [0, 1]
+        assert r.data.params["model_config.timesteps"] == "4" and r.info.status == "FINISHED"
