@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -142,8 +143,10 @@ def _build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--stage", required=True, choices=("train", "evaluate", "probe"))
     tr.add_argument("--dir", required=True, help="the stage's output folder")
     tr.add_argument("--key", required=True, help="run key dataset/model/sampler/T<n>/seed<n>")
-    tr.add_argument("--uri", required=True, help="MLflow tracking URI (e.g. sqlite:///results/mlflow.db)")
-    tr.add_argument("--experiment", required=True, help="MLflow experiment name")
+    tr.add_argument("--uri", default=os.environ.get("ESVAE_MLFLOW_URI"),
+                    help="MLflow tracking URI (default: $ESVAE_MLFLOW_URI, which the workflow sets)")
+    tr.add_argument("--experiment", default=os.environ.get("ESVAE_MLFLOW_EXPERIMENT"),
+                    help="MLflow experiment name (default: $ESVAE_MLFLOW_EXPERIMENT)")
     tr.add_argument("--tag", action="append", default=[], metavar="NAME=VALUE", help="extra run tag (repeatable)")
 
     rp = sub.add_parser("report", help="compile the tables and figures from the files under a results folder")
@@ -343,7 +346,11 @@ def _cmd_track(args) -> int:
     from .grid import RunPoint
     from .tracking import mirror
 
+    if not args.uri or not args.experiment:
+        raise ConfigError("track needs --uri and --experiment (or $ESVAE_MLFLOW_URI and $ESVAE_MLFLOW_EXPERIMENT)")
     tags = dict(RunPoint.from_key(args.key).wildcards())
+    if os.environ.get("ESVAE_PRESET"):
+        tags["preset"] = os.environ["ESVAE_PRESET"]
     for item in args.tag:
         name, sep, value = item.partition("=")
         if not sep or not name:

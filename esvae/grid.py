@@ -127,6 +127,10 @@ def validate_config(config: Mapping, schema_path: Optional[Path] = None) -> None
                 lines.append(f"config key {where}: {error.message}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
     from .models import model_entry
+    for i, model in enumerate(config["ablation_timesteps"]["models"]):
+        if not model_entry(model).samplers:
+            raise ConfigError(f"config key ablation_timesteps.models[{i}]: {model!r} has no time axis (T is 1); "
+                              "leave it out of the T ablation")
     for model in config["ablation_sampler"]["models"]:
         if not model_entry(model).samplers:
             raise ConfigError(f"config key ablation_sampler.models: {model!r} has no pluggable latent sampler")
@@ -164,8 +168,6 @@ def experiment_points(config: Mapping) -> Dict[str, List[RunPoint]]:
     abl = config["ablation_timesteps"]
     for d in abl["datasets"]:
         for m in abl["models"]:
-            if not model_entry(m).samplers:
-                continue   # no time axis to ablate
             for t in abl["timesteps"]:
                 for s in seeds:
                     out["ablation_timesteps"].add(RunPoint(d, m, default_sampler(m), t, s))
@@ -207,12 +209,58 @@ def train_args(config: Mapping, point: RunPoint) -> List[str]:
 
 
 def environment_args(config: Mapping) -> List[str]:
+    """``--device`` and ``--download`` for every rule (the data root travels as ``$ESVAE_DATA``)."""
     args = ["--device", config.get("device", "auto")]
-    if config.get("data_root"):
-        args += ["--data-root", str(config["data_root"])]
     if config.get("download"):
         args.append("--download")
     return args
+
+
+def expected_train_settings(config: Mapping, point: RunPoint) -> Dict[str, object]:
+    """What ``train_config`` / ``model_config`` of a run's ``config.json`` must hold for ``point``
+    under ``config`` (keys as stored there)."""
+    from .models import model_entry
+    train = config["train"]
+    out = {"train_config.epochs": epochs_for(config, point.model), "train_config.seed": point.seed,
+           "train_config.train_subset": train["train_subset"], "train_config.test_subset": train["test_subset"]}
+    if train.get("batch_size"):
+        out["train_config.batch_size"] = train["batch_size"]
+    if model_entry(point.model).samplers:
+        out["model_config.timesteps"] = point.timesteps
+        out["model_config.sampler"] = point.sampler
+    return out
+
+
+def settings_mismatch(config: Mapping, point: RunPoint, run_config: Mapping) -> Optional[str]:
+    """None when the run folder's ``config.json`` was trained as ``config`` asks for ``point``;
+    otherwise which settings differ (e.g. a folder left by another preset)."""
+    diffs = []
+    for dotted, want in expected_train_settings(config, point).items():
+        section, key = dotted.split(".")
+        have = (run_config.get(section) or {}).get(key)
+        if have != want:
+            diffs.append(f"{dotted}={have!r} (preset: {want!r})")
+    if run_config.get("model") != point.model or run_config.get("dataset") != point.dataset:
+        diffs.append(f"model/dataset {run_config.get('model')}/{run_config.get('dataset')}")
+    return "; ".join(diffs) or None
+
+
+def export_job_environment(repo: Path, uri: str, config: Mapping) -> None:
+    """Environment variables every job inherits (locally and through SLURM), set by the workflow:
+    the interpreter running snakemake first on PATH (it has esvae installed), the repository on
+    PYTHONPATH (for --use-conda envs, which do not install esvae), the MLflow store, experiment and
+    preset for ``esvae track``, and the data root. Environment, not rule params: Snakemake re-runs a
+    job whose params change, and none of these changes a result."""
+    import os
+    import sys
+
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))
+    os.environ["ESVAE_MLFLOW_URI"] = uri
+    os.environ["ESVAE_MLFLOW_EXPERIMENT"] = config["experiment"]
+    os.environ["ESVAE_PRESET"] = config["preset"]
+    if config.get("data_root"):
+        os.environ["ESVAE_DATA"] = str(Path(config["data_root"]).resolve())
 
 
 def tracking_uri(config: Mapping, results_dir: Optional[Path] = None) -> str:

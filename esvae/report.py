@@ -48,6 +48,7 @@ class RunResults:
     probe: Optional[dict] = None
     history: List[Dict[str, float]] = field(default_factory=list)
     folder: Optional[Path] = None
+    mismatch: Optional[str] = None   # settings of the folder's training that differ from the preset's
 
 
 def _read_json(path: Path) -> Optional[dict]:
@@ -69,14 +70,23 @@ def _read_history(path: Path) -> List[Dict[str, float]]:
     return rows
 
 
-def load_results(results_dir: Path, points: List[grid.RunPoint]) -> List[RunResults]:
+def load_results(results_dir: Path, points: List[grid.RunPoint], config: Optional[Mapping] = None) -> List[RunResults]:
+    """The result files of each planned point. With ``config``, a folder trained with other settings
+    (another preset's epochs or subsets) is marked ``mismatch`` and kept out of the tables."""
     out = []
     for point in points:
         folder = results_dir / "runs" / point.key
-        out.append(RunResults(point, _read_json(folder / "train" / "metrics.json"),
-                              _read_json(folder / "evaluate" / "metrics.json"),
-                              _read_json(folder / "probe" / "probes.json"),
-                              _read_history(folder / "train" / "history.tsv"), folder))
+        r = RunResults(point, _read_json(folder / "train" / "metrics.json"),
+                       _read_json(folder / "evaluate" / "metrics.json"), _read_json(folder / "probe" / "probes.json"),
+                       _read_history(folder / "train" / "history.tsv"), folder)
+        run_config = _read_json(folder / "train" / "config.json")
+        if config is not None and r.train is not None:
+            r.mismatch = ("no train/config.json" if run_config is None
+                          else grid.settings_mismatch(config, point, run_config))
+            if r.mismatch:
+                log.warning("report: %s was trained with other settings than preset %s asks for (%s); "
+                            "left out of the tables", point.key, config.get("preset"), r.mismatch)
+        out.append(r)
     return out
 
 
@@ -86,37 +96,54 @@ def _value(block) -> float:
     return math.nan
 
 
+def _ref(block) -> Optional[str]:
+    """``FID@500 vs test[:1000]``: a sample-based metric's name and its reference set."""
+    if not isinstance(block, Mapping) or block.get("name") is None:
+        return None
+    ref = block.get("reference_split")
+    return f"{block['name']} vs {ref} (N={block.get('n_reference')})" if ref else block["name"]
+
+
 def run_row(r: RunResults) -> Dict[str, object]:
-    """One run's numbers, flat (NaN where a metric is missing or was refused)."""
+    """One run's numbers, flat (NaN where a metric is missing or was refused), with the conditions
+    (N, split, reference set) of each. The MSE is the evaluation's (over ``evaluate.test_subset``),
+    never the per-epoch MSE of training (another N): a run not yet evaluated has no MSE here."""
     p = r.point
     row: Dict[str, object] = {"dataset": p.dataset, "model": p.model, "sampler": p.sampler, "T": p.timesteps,
                               "seed": p.seed}
     ev, tr, pr = r.evaluate or {}, r.train or {}, r.probe or {}
-    row["mse"] = _value(ev.get("reconstruction_mse")) if ev else _value(tr.get("reconstruction_mse"))
-    row["mse_n"] = (ev.get("reconstruction_mse") or tr.get("reconstruction_mse") or {}).get("n")
-    row["mse_split"] = (ev.get("reconstruction_mse") or tr.get("reconstruction_mse") or {}).get("split")
+    mse = ev.get("reconstruction_mse") or {}
+    row["mse"] = _value(mse)
+    row["mse_n"] = mse.get("n")
+    row["mse_split"] = mse.get("split")
     row["train_images"] = tr.get("train_images")
     row["epochs"] = tr.get("epochs")
     for key in ("fid", "kid", "fad", "inception_score"):
         row[key] = _value(ev.get(key))
     row["fid_n"] = (ev.get("fid") or {}).get("name")
-    row["fad_n"] = (ev.get("fad") or {}).get("name")
+    row["fid_ref"] = _ref(ev.get("fid"))
+    row["fad_ref"] = _ref(ev.get("fad"))
+    kid = ev.get("kid") or {}
+    row["kid_ref"] = f"{_ref(kid)}, subsets of {kid.get('subset_size')}" if _ref(kid) else None
     row["is_refused"] = bool((ev.get("inception_score") or {}).get("refused"))
     params = ev.get("parameters") or {}
     row["parameters"] = params.get("total", tr.get("parameters"))
     costs = ev.get("spike_costs") or {}
-    row["firing_rate"] = costs.get("mean_firing_rate", math.nan) if costs.get("mean_firing_rate") is not None else math.nan
+    row["firing_rate"] = costs["mean_firing_rate"] if costs.get("mean_firing_rate") is not None else math.nan
     path = costs.get("reconstruction_path") or {}
     row["synops"] = path.get("synops", math.nan)
     row["macs"] = path.get("macs", math.nan)
+    row["spikes_split"] = costs.get("split")
     timing = ev.get("sampling_time") or {}
     row["sampling_ms"] = timing.get("milliseconds_per_image", math.nan)
+    row["sampling_n"] = timing.get("n")
     info = pr.get("information_retention") or {}
     row["linear_probe"] = _value(info.get("linear_probe"))
     row["probe_n_train"] = (info.get("linear_probe") or {}).get("n_train")
     row["probe_split"] = (info.get("linear_probe") or {}).get("test_split")
     row["mse_sampled"] = _value(info.get("mse_sampled"))
     row["mse_deterministic"] = _value(info.get("mse_deterministic"))
+    row["probe_mse_split"] = (info.get("mse_sampled") or {}).get("split")
     for rob in (pr.get("decoder_robustness") or {}).get("rows") or []:   # None for the ANN VAE
         row[f"rob_{rob['condition']}"] = rob["mse"]
     return row
@@ -124,44 +151,47 @@ def run_row(r: RunResults) -> Dict[str, object]:
 
 # -- formatting -----------------------------------------------------------------------------------
 
-def _fmt(mean: float, std: float, digits: int) -> str:
+DIGITS = {"mse": 4, "fid": 1, "kid": 3, "fad": 2, "inception_score": 2, "linear_probe": 3, "firing_rate": 3,
+          "mse_sampled": 4, "mse_deterministic": 4, "sampling_ms": 2, "parameters": 0, "synops": 0, "macs": 0}
+COUNTS = ("parameters", "synops", "macs")   # exact counts: printed in full, without ± for a fixed count
+
+
+def _fmt(mean, std, digits: int, count: bool = False) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "--"
-    text = f"{mean:.{digits}f}" if abs(mean) < 1e5 else f"{mean:.3g}"
+    if count:
+        text = f"{mean:,.0f}"
+        return text if std is None or (isinstance(std, float) and math.isnan(std)) or std == 0 else text + f" ± {std:,.0f}"
+    text = f"{mean:.{digits}f}"
     if std is not None and not (isinstance(std, float) and math.isnan(std)):
         text += f" ± {std:.{digits}f}"
     return text
 
 
-DIGITS = {"mse": 4, "fid": 1, "kid": 3, "fad": 2, "inception_score": 2, "linear_probe": 3, "firing_rate": 3,
-          "mse_sampled": 4, "mse_deterministic": 4, "sampling_ms": 2}
-
-
-def aggregate(df, by: List[str], columns: List[str]):
-    """Mean and std (over seeds) of ``columns`` per ``by`` group; adds ``seeds`` (how many)."""
-    import pandas as pd
-
+def aggregate(df, by: List[str], columns: List[str], labels: List[str] = ()):
+    """Mean and std (over seeds, ddof 1; NaN with one seed) of ``columns`` per ``by`` group, the
+    number of seeds, and the distinct values of each condition column in ``labels``."""
     grouped = df.groupby(by, sort=True, dropna=False)
-    mean = grouped[columns].mean()
-    std = grouped[columns].std(ddof=1)   # NaN with one seed
-    out = mean.copy()
+    out = grouped[columns].mean()
+    std = grouped[columns].std(ddof=1)
     for c in columns:
         out[f"{c}_std"] = std[c]
     out["seeds"] = grouped["seed"].nunique()
-    return out.reset_index() if isinstance(out, pd.DataFrame) else out
+    for c in labels:
+        out[c] = grouped[c].agg(lambda v: "; ".join(sorted({str(x) for x in v if x is not None and x == x})) or "--")
+    return out.reset_index()
 
 
 def display(df, columns: Mapping[str, str]):
-    """Text rendering of an aggregated frame: ``{source column: header}``, values ``mean ± std``."""
+    """Text rendering: ``{source column: header}``; numbers as ``mean ± std``, counts in full."""
     import pandas as pd
 
-    out = pd.DataFrame()
+    out = pd.DataFrame(index=df.index)
     for col, header in columns.items():
         if f"{col}_std" in df.columns:
-            digits = DIGITS.get(col, 3)
-            out[header] = [_fmt(m, s, digits) for m, s in zip(df[col], df[f"{col}_std"])]
+            out[header] = [_fmt(m, sd, DIGITS.get(col, 4), col in COUNTS) for m, sd in zip(df[col], df[f"{col}_std"])]
         else:
-            out[header] = df[col].astype(object).where(df[col].notna(), "--").astype(str)
+            out[header] = [("--" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)) for v in df[col]]
     return out
 
 
@@ -180,8 +210,8 @@ def write_table(df, text_df, out_dir: Path, name: str, caption: str) -> List[Pat
 
 
 def _latex_escape(text: str) -> str:
-    for a, b in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("$", "\\$"), ("#", "\\#"), ("_", "\\_"),
-                 ("{", "\\{"), ("}", "\\}"), ("~", "\\textasciitilde{}"), ("^", "\\textasciicircum{}")):
+    for a, b in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("$", "\\$"), ("#", "\\#"),
+                 ("_", "\\_"), ("{", "\\{"), ("}", "\\}"), ("~", "\\textasciitilde{}"), ("^", "\\textasciicircum{}")):
         text = text.replace(a, b)
     return text
 
@@ -191,7 +221,17 @@ def _atomic_write(path: Path, text: str) -> None:
     write_text_atomic(path, text)
 
 
+def machine_label(config: Mapping) -> str:
+    prov = config.get("_provenance") or {}
+    parts = [prov.get("cpu"), prov.get("gpu"), f"commit {prov['git_commit'][:12]}" if prov.get("git_commit") else None]
+    return ", ".join(p for p in parts if p) or "machine not recorded"
+
+
 # -- tables ---------------------------------------------------------------------------------------
+
+PAPER_CONDITIONS = ("published: MSE over the test split as the mean of per-batch means; FID over 5,000 samples "
+                    "vs the {ref}; IS from torchvision's ImageNet Inception on [0, 255] inputs (not torch-fidelity's)")
+
 
 def paper_rows(datasets: List[str]):
     import pandas as pd
@@ -199,38 +239,44 @@ def paper_rows(datasets: List[str]):
     paper = pd.read_csv(PAPER_TABLE)
     rows = []
     for dataset in datasets:
+        ref = "validation split" if dataset == "celeba" else "test split"
+        note = PAPER_CONDITIONS.format(ref=ref) + ("; the paper's dataset is full MNIST" if dataset == "mnist5k" else "")
         for _, p in paper[paper["dataset"] == PAPER_DATASET[dataset]].iterrows():
             rows.append({"dataset": dataset, "model": p["model"], "source": f"paper ({p['source']})",
                          "mse": p["reconstruction_mse"], "inception_score": p["inception_score"], "fid": p["fid"],
-                         "fad": p["fad"], "kid": math.nan,
-                         "conditions": "published: full test split, FID over 5,000 samples"
-                                       + ("; the paper's dataset is full MNIST" if dataset == "mnist5k" else "")})
+                         "fad": p["fad"], "kid": math.nan, "conditions": note})
     return pd.DataFrame(rows)
 
 
+def _distinct(values) -> str:
+    return "; ".join(sorted({str(v) for v in values if v is not None and v == v})) or "n/a"
+
+
 def _conditions(group) -> str:
-    first = group.iloc[0]
-    parts = [f"MSE N={int(first['mse_n'])} ({first['mse_split']})" if first["mse_n"] == first["mse_n"] and first["mse_n"] is not None else "MSE n/a",
-             first["fid_n"] or "no FID", first["fad_n"] or "no FAD", f"T={int(first['T'])}",
-             f"{int(first['train_images'])} train images x {int(first['epochs'])} epochs"
-             if first["train_images"] == first["train_images"] and first["train_images"] is not None else ""]
+    parts = [f"MSE over {_distinct(group['mse_split'])}", f"FID: {_distinct(group['fid_ref'])}",
+             f"FAD: {_distinct(group['fad_ref'])}", f"KID: {_distinct(group['kid_ref'])}",
+             f"T={_distinct(group['T'])}",
+             f"trained on {_distinct(group['train_images'].map(lambda v: int(v) if v == v else None))} images x "
+             f"{_distinct(group['epochs'].map(lambda v: int(v) if v == v else None))} epochs"]
     if group["is_refused"].any():
         parts.append("IS refused (no Inception classifier weights)")
-    return ", ".join(p for p in parts if p)
+    return ", ".join(parts)
 
 
 def table1(frame, preset: str, main_points):
     import pandas as pd
 
     keys = {p.key for p in main_points}
-    ours = frame[frame["key"].isin(keys)]
+    ours = frame[frame["key"].isin(keys) & frame["mse"].notna()]
     datasets = sorted({p.dataset for p in main_points})
     metric_cols = ["mse", "inception_score", "fid", "fad", "kid"]
     rows = []
     for (dataset, model), group in ours.groupby(["dataset", "model"], sort=True):
         seeds = sorted(group["seed"].unique())
         row = {"dataset": dataset, "model": MODEL_LABELS.get(model, model),
-               "source": f"this run ({preset}, seeds {','.join(map(str, seeds))})", "conditions": _conditions(group)}
+               "source": f"this run ({preset}, N={_distinct(group['mse_n'].map(lambda v: int(v)))}, "
+                         f"seeds {','.join(map(str, seeds))})",
+               "conditions": _conditions(group)}
         for c in metric_cols:
             row[c] = group[c].mean()
             row[f"{c}_std"] = group[c].std(ddof=1) if len(seeds) > 1 else math.nan
@@ -261,96 +307,98 @@ def compile_report(results_dir: Path, tables_dir: Optional[Path] = None, figures
             raise ReportError(f"{cfg_file} not found: it is written by the workflow (snakemake) before any run; "
                               "run the workflow, or pass the results folder it wrote")
     preset = config["preset"]
+    machine = machine_label(config)
     experiments = grid.experiment_points(config)
     points = grid.all_points(config)
-    results = load_results(results_dir, points)
-    frame = pd.DataFrame([{**run_row(r), "key": r.point.key} for r in results])
+    results = load_results(results_dir, points, config)
+    usable = [r for r in results if r.train is not None and not r.mismatch]
+    frame = pd.DataFrame([{**run_row(r), "key": r.point.key} for r in usable]) if usable else \
+        pd.DataFrame([{**run_row(RunResults(points[0])), "key": None}]).iloc[0:0]
     written: Dict[str, List[Path]] = {"tables": [], "figures": []}
+    where = f"preset '{preset}'; {machine}"
 
     # which planned runs have which results
     status = pd.DataFrame([{"run": r.point.key,
                             "experiments": ",".join(n for n, pts in experiments.items() if r.point in pts),
-                            "trained": r.train is not None, "evaluated": r.evaluate is not None,
-                            "probed": r.probe is not None} for r in results])
+                            "trained": r.train is not None and not r.mismatch, "evaluated": r.evaluate is not None,
+                            "probed": r.probe is not None, "excluded": r.mismatch or ""} for r in results])
     done = int((status["trained"] & status["evaluated"] & status["probed"]).sum())
     written["tables"] += write_table(status, status.astype(str), tables_dir, "runs",
-                                     f"planned runs of preset '{preset}' and their results "
-                                     f"({done} of {len(status)} complete)")
-    have = frame[frame["mse"].notna()]
+                                     f"planned runs ({where}) and their results ({done} of {len(status)} complete; "
+                                     "'excluded': trained with other settings than the preset's, left out of every table)")
 
-    t1 = table1(have, preset, experiments["main"])
+    t1 = table1(frame, preset, experiments["main"])
     t1_text = display(t1, {"dataset": "dataset", "model": "model", "source": "source", "mse": "MSE",
                            "inception_score": "IS", "fid": "FID", "fad": "FAD", "kid": "KID", "conditions": "conditions"})
     written["tables"] += write_table(t1, t1_text, tables_dir, "table1",
-                                     f"Table I layout: published values (paper) next to this run's (preset '{preset}'; "
-                                     "N and sample counts per row in 'conditions'; mean ± std over seeds). "
-                                     "MSE: images in [-1, 1], mean over test images. Short presets are not converged: "
-                                     "compare models within a source, not across sources.")
+                                     f"Table I layout: published values (paper) next to this run's ({where}; N and "
+                                     "seeds in 'source', splits and sample counts in 'conditions'; mean ± std over "
+                                     "seeds). MSE: images in [-1, 1], mean over test images. Short presets are not "
+                                     "converged: compare models within a source, not across sources.")
 
-    def experiment_table(name, by, cols, headers, caption):
+    metric_headers = {"mse": "MSE", "mse_split": "MSE over", "fid": "FID", "kid": "KID", "fad": "FAD",
+                      "fid_ref": "FID samples vs reference", "firing_rate": "firing rate",
+                      "linear_probe": "linear probe acc.", "probe_split": "probe test split"}
+    numeric = ["mse", "fid", "kid", "fad", "firing_rate", "linear_probe"]
+    labels = ["mse_split", "fid_ref", "probe_split"]
+
+    def experiment_table(name, by, caption):
         keys = {p.key for p in experiments[name]}
-        part = have[have["key"].isin(keys)]
+        part = frame[frame["key"].isin(keys)] if len(frame) else frame
         if len(part):
-            agg = aggregate(part, by, cols)
-            extra = part.groupby(by, sort=True)[["mse_n", "fid_n"]].first().reset_index()
-            agg = agg.merge(extra, on=by)
+            agg = aggregate(part, by, numeric, labels)
         else:
-            agg = pd.DataFrame(columns=by + cols + [f"{c}_std" for c in cols] + ["seeds", "mse_n", "fid_n"])
-        text = display(agg, {**{b: b for b in by}, **headers, "seeds": "seeds"})
+            agg = pd.DataFrame(columns=by + numeric + [f"{c}_std" for c in numeric] + ["seeds"] + labels)
+        text = display(agg, {**{b: b for b in by}, **metric_headers, "seeds": "seeds"})
         written["tables"] += write_table(agg, text, tables_dir, name, caption)
         return agg
 
-    metric_headers = {"mse": "MSE", "fid": "FID", "kid": "KID", "fad": "FAD", "firing_rate": "firing rate",
-                      "linear_probe": "linear probe acc."}
-    cols = list(metric_headers)
-    fid_names = sorted({n for n in have["fid_n"].dropna().unique()}) if len(have) else []
-    fid_note = f"FID/KID/FAD sample counts: {', '.join(fid_names) or 'none computed'}"
-    abl_t = experiment_table("ablation_timesteps", ["dataset", "model", "sampler", "T"], cols, metric_headers,
-                             f"T ablation (preset '{preset}'): each spiking model with its paper sampler; {fid_note}")
-    abl_s = experiment_table("ablation_sampler", ["dataset", "model", "T", "sampler"], cols, metric_headers,
-                             f"latent-sampler ablation (preset '{preset}'); {fid_note}")
+    abl_t = experiment_table("ablation_timesteps", ["dataset", "model", "sampler", "T"],
+                             f"T ablation ({where}): each spiking model with its paper sampler; MSE from the "
+                             "evaluation, firing rate on the reconstruction path, linear probe from the probes")
+    abl_s = experiment_table("ablation_sampler", ["dataset", "model", "T", "sampler"],
+                             f"latent-sampler ablation ({where})")
 
-    rob_cols = [c for c in have.columns if c.startswith("rob_")]
+    rob_cols = sorted([c for c in frame.columns if c.startswith("rob_")],
+                      key=lambda c: (c != "rob_clean", c != "rob_shuffled", c))
     probe_cols = ["linear_probe", "mse_sampled", "mse_deterministic"] + rob_cols
-    probe_part = have[have["linear_probe"].notna()] if "linear_probe" in have else have.iloc[0:0]
-    probes = aggregate(probe_part, ["dataset", "model", "sampler", "T"], probe_cols) if len(probe_part) else \
-        pd.DataFrame(columns=["dataset", "model", "sampler", "T"] + probe_cols + ["seeds"])
-    probe_split = ", ".join(sorted({f"{int(n)} train / {s}" for n, s in zip(probe_part.get("probe_n_train", []),
-                                                                           probe_part.get("probe_split", []))
-                                    if n == n and n is not None}))
-    probe_headers = {"linear_probe": "linear probe acc.", "mse_sampled": "MSE sampled",
-                     "mse_deterministic": "MSE deterministic code",
+    probe_part = frame[frame["linear_probe"].notna()] if len(frame) else frame
+    probe_by = ["dataset", "model", "sampler", "T"]
+    probes = aggregate(probe_part, probe_by, probe_cols, ["probe_split", "probe_mse_split"]) if len(probe_part) else \
+        pd.DataFrame(columns=probe_by + probe_cols + ["seeds", "probe_split", "probe_mse_split"])
+    probe_headers = {"linear_probe": "linear probe acc.", "probe_split": "probe test split",
+                     "mse_sampled": "MSE sampled", "mse_deterministic": "MSE deterministic code",
+                     "probe_mse_split": "MSE over",
                      **{c: "MSE " + c[4:].replace("noise_", "a=") for c in rob_cols}}
-    for c in rob_cols:
-        DIGITS.setdefault(c, 4)
-    written["tables"] += write_table(probes, display(probes, {"dataset": "dataset", "model": "model", "sampler": "sampler",
-                                                               "T": "T", **probe_headers, "seeds": "seeds"}),
+    n_train = _distinct(probe_part["probe_n_train"].map(lambda v: int(v) if v == v else None)) if len(probe_part) else "n/a"
+    written["tables"] += write_table(probes, display(probes, {**{b: b for b in probe_by}, **probe_headers,
+                                                               "seeds": "seeds"}),
                                      tables_dir, "probes",
-                                     f"probes (preset '{preset}'; linear probe {probe_split or 'n/a'}): information "
+                                     f"probes ({where}; linear probe fitted on {n_train} training images): information "
                                      "retention (linear-probe accuracy on the posterior code; MSE with the sampled and "
                                      "the deterministic code) and decoder robustness (MSE when the latent spike train "
-                                     "is time-shuffled or each bit flipped with probability a). This project's protocol, "
-                                     "not the paper's (experiments.md section 3).")
+                                     "is time-shuffled or each bit flipped with probability a; the ANN VAE has none). "
+                                     "This project's protocol, not the paper's (experiments.md section 3).")
 
     cost_cols = ["parameters", "firing_rate", "synops", "macs", "sampling_ms"]
-    cost_part = have[have["synops"].notna()] if len(have) else have
-    costs = aggregate(cost_part, ["dataset", "model", "sampler", "T"], cost_cols) if len(cost_part) else \
-        pd.DataFrame(columns=["dataset", "model", "sampler", "T"] + cost_cols + ["seeds"])
-    DIGITS.update({"parameters": 0, "synops": 0, "macs": 0})
-    written["tables"] += write_table(costs, display(costs, {"dataset": "dataset", "model": "model", "sampler": "sampler",
-                                                            "T": "T", "parameters": "parameters",
+    cost_part = frame[frame["synops"].notna()] if len(frame) else frame
+    cost_labels = ["spikes_split", "sampling_n"]
+    costs = aggregate(cost_part, probe_by, cost_cols, cost_labels) if len(cost_part) else \
+        pd.DataFrame(columns=probe_by + cost_cols + ["seeds"] + cost_labels)
+    written["tables"] += write_table(costs, display(costs, {**{b: b for b in probe_by}, "parameters": "parameters",
                                                             "firing_rate": "mean firing rate",
-                                                            "synops": "synaptic ops / image",
-                                                            "macs": "MACs / image", "sampling_ms": "sampling ms / image",
-                                                            "seeds": "seeds"}),
+                                                            "synops": "synaptic ops / image", "macs": "MACs / image",
+                                                            "spikes_split": "spikes counted on",
+                                                            "sampling_ms": "sampling ms / image",
+                                                            "sampling_n": "images timed", "seeds": "seeds"}),
                                      tables_dir, "costs",
-                                     f"model cost (preset '{preset}'): trainable parameters of the modules used; "
-                                     "firing rate and synaptic operations (input spikes x fan-out + bias adds) on the "
-                                     "reconstruction path, MACs for analog inputs and the readout, per image in eval "
-                                     "mode; sampling time per generated image on the machine that ran the evaluation.")
+                                     f"model cost ({where}): trainable parameters of the modules used; firing rate and "
+                                     "synaptic operations (input spikes x fan-out + bias adds) on the reconstruction "
+                                     "path, MACs for analog inputs and the readout, per image in eval mode; sampling "
+                                     "time per generated image on the machine that ran the evaluation.")
 
     from .report_figures import write_figures
-    written["figures"] += write_figures(frame, results, experiments, abl_t, abl_s, figures_dir, preset)
+    written["figures"] += write_figures(frame, usable, experiments, figures_dir, preset)
     log.info("report: %d tables and %d figures written under %s and %s (preset %s, %d of %d runs complete)",
              len(written["tables"]), len(written["figures"]), tables_dir, figures_dir, preset, done, len(status))
     return written

@@ -43,7 +43,13 @@ def _order(models) -> List[str]:
     return [m for m in MODEL_ORDER if m in present] + sorted(m for m in present if m not in MODEL_ORDER)
 
 
-def write_figures(frame, results, experiments, abl_t, abl_s, out_dir: Path, preset: str) -> List[Path]:
+def _labels(part, column) -> str:
+    values = sorted({str(v) for v in part.get(column, []) if v is not None and v == v})
+    return "; ".join(values) or "n/a"
+
+
+def write_figures(frame, results, experiments, out_dir: Path, preset: str) -> List[Path]:
+    """``frame``: one row per usable run (:func:`esvae.report.run_row`); ``results``: their files."""
     import pandas as pd
     import seaborn as sns
 
@@ -51,7 +57,7 @@ def write_figures(frame, results, experiments, abl_t, abl_s, out_dir: Path, pres
     sns.set_theme(style="whitegrid", context="paper")
     out_dir = Path(out_dir)
     written = []
-    have = frame[frame["mse"].notna()] if len(frame) else frame
+    have = frame
 
     # metric vs T, one line per model (T ablation points)
     path = out_dir / "metrics_vs_timesteps.png"
@@ -71,7 +77,8 @@ def write_figures(frame, results, experiments, abl_t, abl_s, out_dir: Path, pres
             ax.xaxis.set_minor_locator(NullLocator())
             ax.set_xticklabels([str(t) for t in sorted(long["T"].unique())])
         grid.set_titles("{row_name}: {col_name}")
-        grid.figure.suptitle(f"metrics vs T (preset {preset})", y=1.02)
+        grid.figure.suptitle(f"metrics vs T (preset {preset}; MSE over {_labels(part, 'mse_split')}; "
+                             f"FID {_labels(part, 'fid_ref')}; FAD {_labels(part, 'fad_ref')})", y=1.04, fontsize=8)
         written.append(_save(grid.figure, path))
     else:
         written.append(_empty(path, f"metrics vs T (preset {preset})", "no T-ablation results yet"))
@@ -86,7 +93,8 @@ def write_figures(frame, results, experiments, abl_t, abl_s, out_dir: Path, pres
                          value_name="value").dropna(subset=["value"])
         grid = sns.catplot(data=long, x="sampler", y="value", col="metric", row="dataset", kind="bar", hue="model",
                            sharey=False, height=2.6, errorbar="sd")
-        grid.figure.suptitle(f"latent-sampler ablation (preset {preset})", y=1.02)
+        grid.figure.suptitle(f"latent-sampler ablation (preset {preset}; MSE over {_labels(part, 'mse_split')}; "
+                             f"FID {_labels(part, 'fid_ref')})", y=1.04, fontsize=8)
         written.append(_save(grid.figure, path))
     else:
         written.append(_empty(path, f"sampler ablation (preset {preset})", "no sampler-ablation results yet"))
@@ -97,8 +105,9 @@ def write_figures(frame, results, experiments, abl_t, abl_s, out_dir: Path, pres
     for r in results:
         if r.probe is None:
             continue
+        split = (r.probe.get("decoder_robustness") or {}).get("split")
         for row in (r.probe.get("decoder_robustness") or {}).get("rows") or []:   # none for the ANN VAE
-            rob.append({"dataset": r.point.dataset, "model": r.point.model, "sampler": r.point.sampler,
+            rob.append({"split": split, "dataset": r.point.dataset, "model": r.point.model, "sampler": r.point.sampler,
                         "T": r.point.timesteps, "seed": r.point.seed, "condition": row["condition"], "a": row["a"],
                         "mse": row["mse"], "label": f"{r.point.model} ({r.point.sampler}, T={r.point.timesteps})"})
     rob = pd.DataFrame(rob)
@@ -120,7 +129,7 @@ def write_figures(frame, results, experiments, abl_t, abl_s, out_dir: Path, pres
             ax.set_title(f"{dataset}: x = time-shuffled")
             ax.set_xlabel("bit-flip probability a")
             ax.set_ylabel("reconstruction MSE")
-        fig.suptitle(f"decoder robustness (preset {preset})", y=1.02)
+        fig.suptitle(f"decoder robustness (preset {preset}; MSE over {_labels(rob, 'split')})", y=1.02)
         written.append(_save(fig, path))
     else:
         written.append(_empty(path, f"decoder robustness (preset {preset})", "no probe results yet"))
@@ -133,7 +142,8 @@ def write_figures(frame, results, experiments, abl_t, abl_s, out_dir: Path, pres
         grid = sns.catplot(data=part, x="model", y="linear_probe", order=_order(part["model"]), col="dataset",
                            kind="bar", height=3, errorbar="sd")
         grid.set_axis_labels("model", "linear-probe test accuracy")
-        grid.figure.suptitle(f"information retention of the posterior code (preset {preset})", y=1.04)
+        grid.figure.suptitle(f"information retention of the posterior code (preset {preset}; "
+                             f"test split {_labels(part, 'probe_split')})", y=1.04)
         written.append(_save(grid.figure, path))
     else:
         written.append(_empty(path, f"probe accuracy (preset {preset})", "no probe results yet"))
@@ -147,12 +157,14 @@ def write_figures(frame, results, experiments, abl_t, abl_s, out_dir: Path, pres
             for h in r.history:
                 if "test_mse" in h:
                     rows.append({"dataset": r.point.dataset, "model": r.point.model, "seed": r.point.seed,
-                                 "epoch": int(h["epoch"]), "test MSE": h["test_mse"]})
+                                 "epoch": int(h["epoch"]), "test MSE": h["test_mse"],
+                                 "split": (r.train.get("reconstruction_mse") or {}).get("split")})
     curves = pd.DataFrame(rows)
     if len(curves):
         grid = sns.relplot(data=curves, x="epoch", y="test MSE", hue="model", hue_order=_order(curves["model"]),
                            col="dataset", kind="line", marker="o", height=3, errorbar="sd")
-        grid.figure.suptitle(f"test reconstruction MSE during training (preset {preset}; epoch 0 = untrained)", y=1.04)
+        grid.figure.suptitle(f"test reconstruction MSE during training (preset {preset}; over "
+                             f"{_labels(curves, 'split')}; epoch 0 = untrained)", y=1.04)
         written.append(_save(grid.figure, path))
     else:
         written.append(_empty(path, f"training curves (preset {preset})", "no training histories yet"))

@@ -162,6 +162,33 @@ def stage_metrics(stage: str, run_dir: Path) -> Dict[str, float]:
     return {k: float(v) for k, v in out.items() if _finite(v)}
 
 
+def stage_conditions(stage: str, run_dir: Path) -> Dict[str, str]:
+    """The conditions of a stage's numbers (N, split, reference set, weights) as run tags: tags, not
+    params, because a re-run evaluation may use other settings and params cannot change."""
+    if stage == "evaluate":
+        m = json.loads((run_dir / "metrics.json").read_text())
+        out = {}
+        mse = m.get("reconstruction_mse") or {}
+        if mse:
+            out["evaluate.mse"] = f"N={mse.get('n')} ({mse.get('split')})"
+        for key in ("fid", "kid", "fad"):
+            block = m.get(key) or {}
+            if block.get("name"):
+                out[f"evaluate.{key}"] = (f"{block['name']} vs {block.get('reference_split')} "
+                                          f"(N={block.get('n_reference')})")
+        weights = (m.get("fid") or {}).get("weights")
+        if weights:
+            out["evaluate.inception_weights"] = weights
+        if (m.get("inception_score") or {}).get("refused"):
+            out["evaluate.inception_score"] = "refused: " + m["inception_score"]["refused"]
+        return out
+    if stage == "probe":
+        m = json.loads((run_dir / "probes.json").read_text())
+        probe = (m.get("information_retention") or {}).get("linear_probe") or {}
+        return {"probe.linear_probe": f"fit on {probe.get('train_split')}, tested on {probe.get('test_split')}"}
+    return {}
+
+
 ARTIFACTS = {
     "train": ("config.json", "history.tsv", "metrics.json", "reconstructions.png", "samples.png", "train.log"),
     "evaluate": ("metrics.json", "evaluate.log"),
@@ -203,7 +230,13 @@ def _mirror(stage, run_dir, key, uri, experiment, tags, log_artifacts):
     run = None if stage == "train" else _find_run(client, experiment_id, key)
     all_tags = {KEY_TAG: key, "mlflow.source.git.commit": git_commit(), **tags}
     if run is None:
+        older = [] if stage != "train" else with_retry(
+            lambda: client.search_runs([experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'"), "search runs")
         run = with_retry(lambda: client.create_run(experiment_id, run_name=key, tags=all_tags), "create run")
+        for old in older:   # a re-trained point: its earlier run goes to MLflow's trash (restorable)
+            with_retry(lambda: client.delete_run(old.info.run_id), "delete superseded run")
+            log.info("tracking: earlier MLflow run %s of %s deleted (superseded by %s)", old.info.run_id, key,
+                     run.info.run_id)
     run_id = run.info.run_id
     now = int(time.time() * 1000)
     metrics = [Metric(name, value, now, 0) for name, value in stage_metrics(stage, run_dir).items()]
@@ -216,6 +249,7 @@ def _mirror(stage, run_dir, key, uri, experiment, tags, log_artifacts):
         flat.update({"sampler": point.sampler, "timesteps": str(point.timesteps), "seed": str(point.seed)})
         params = [Param(k, v[:6000]) for k, v in flat.items()]
     stage_tags = [RunTag(k, str(v)) for k, v in all_tags.items()] + [RunTag(f"esvae.stage.{stage}", "done")]
+    stage_tags += [RunTag(k, v[:5000]) for k, v in stage_conditions(stage, run_dir).items()]
     with_retry(lambda: client.log_batch(run_id, tags=stage_tags), "log tags")
     for i in range(0, len(metrics), 500):   # log_batch takes at most 1000 metrics and 100 params
         with_retry(lambda: client.log_batch(run_id, metrics=metrics[i:i + 500]), "log metrics")

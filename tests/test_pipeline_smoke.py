@@ -129,6 +129,7 @@ def test_mlflow_store_holds_one_run_per_trained_model_with_its_metrics(smoke_dir
         assert run.data.tags["mlflow.source.git.commit"] != "unknown"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "test_mse")] == [0, 1]   # per epoch
         assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"train", "evaluate", "probe"}
+        assert run.data.tags["evaluate.fid"] == "FID@64 vs test[:64] (N=64)"
 
 
 def _free_port():
@@ -178,6 +179,15 @@ def test_mlflow_ui_serves_the_smoke_runs_over_its_rest_api(smoke_dir):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=20)
+
+
+def test_a_finished_run_plans_nothing_even_with_another_tracking_store(smoke_dir):
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    for extra in ([], ["tracking_uri=http://127.0.0.1:9", "experiment=elsewhere"]):
+        out = subprocess.run([str(BIN / "snakemake"), "-n", "-s", str(REPO / "Snakefile"), "--directory", str(smoke_dir),
+                              "--config", "preset=smoke", *extra], cwd=smoke_dir, env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0 and "Nothing to be done" in out.stdout + out.stderr, (out.stdout + out.stderr)[-3000:]
 
 
 def test_snakemake_report_builds_an_html_report_with_the_figures(smoke_dir):

@@ -17,7 +17,7 @@ from esvae.tracking import init_store, mirror
 POINT = "fashion/esvae/poisson/T4/seed{seed}"
 
 
-def write_run(results: Path, key: str, mse: float, fid: float, probe_acc: float, epochs=1):
+def write_run(results: Path, key: str, mse: float, fid: float, probe_acc: float, epochs=1, evaluated=True):
     run = results / "runs" / key
     p = grid.RunPoint.from_key(key)
     (run / "train").mkdir(parents=True)
@@ -28,14 +28,19 @@ def write_run(results: Path, key: str, mse: float, fid: float, probe_acc: float,
         "model": p.model, "reconstruction_mse": block, "baseline_mean_image_mse": {"value": 0.3},
         "train_images": 256, "epochs": epochs, "parameters": 855905, "timesteps": p.timesteps}))
     (run / "train" / "history.tsv").write_text("epoch\tstep\ttest_mse\n0\t0\t0.9\n1\t8\t%g\n" % mse)
-    (run / "train" / "config.json").write_text(json.dumps({"model": p.model, "model_config": {"timesteps": p.timesteps}}))
-    (run / "evaluate" / "metrics.json").write_text(json.dumps({
-        "reconstruction_mse": block, "fid": {"value": fid, "name": "FID@64"}, "kid": {"value": 0.5},
-        "fad": {"value": 1.0, "name": "FAD@64"},
-        "inception_score": {"value": None, "refused": "no classifier head"},
-        "parameters": {"total": 855905},
-        "spike_costs": {"mean_firing_rate": 0.2, "reconstruction_path": {"synops": 1e6, "macs": 3e5}},
-        "sampling_time": {"milliseconds_per_image": 2.0}}))
+    (run / "train" / "config.json").write_text(json.dumps({
+        "model": p.model, "dataset": p.dataset, "model_config": {"timesteps": p.timesteps, "sampler": p.sampler},
+        "train_config": {"epochs": epochs, "seed": p.seed, "train_subset": 256, "test_subset": 128, "batch_size": 32}}))
+    if evaluated:
+        (run / "evaluate" / "metrics.json").write_text(json.dumps({
+            "reconstruction_mse": block, "kid": {"value": 0.5},
+            "fid": {"value": fid, "name": "FID@64", "n_reference": 64, "reference_split": "test[:64]"},
+            "fad": {"value": 1.0, "name": "FAD@64", "n_reference": 128, "reference_split": "test[:128]"},
+            "inception_score": {"value": None, "refused": "no classifier head"},
+            "parameters": {"total": 855905},
+            "spike_costs": {"mean_firing_rate": 0.2, "reconstruction_path": {"synops": 1e6, "macs": 3e5},
+                            "split": "test[:100]"},
+            "sampling_time": {"milliseconds_per_image": 2.0, "n": 64}}))
     rows = [{"condition": "clean", "a": 0.0, "mse": mse}, {"condition": "shuffled", "a": None, "mse": mse + 0.01},
             {"condition": "noise_0.05", "a": 0.05, "mse": mse + 0.02}]
     (run / "probe" / "probes.json").write_text(json.dumps({
@@ -58,7 +63,7 @@ def two_seed_results(tmp_path):
 def test_table1_is_the_mean_and_std_over_seeds_next_to_the_paper(two_seed_results):
     compile_report(two_seed_results)
     table = pd.read_csv(two_seed_results / "tables" / "table1.csv")
-    ours = table[table["source"] == "this run (smoke, seeds 0,1)"]
+    ours = table[table["source"] == "this run (smoke, N=128, seeds 0,1)"]
     assert list(ours["model"]) == ["ESVAE"]              # the only model with results
     row = ours.iloc[0]
     assert row["mse"] == pytest.approx(0.12) and row["mse_std"] == pytest.approx(math.sqrt(0.0008))   # ddof 1
@@ -68,7 +73,24 @@ def test_table1_is_the_mean_and_std_over_seeds_next_to_the_paper(two_seed_result
     assert paper[paper["model"] == "FSVAE"].iloc[0]["fid"] == pytest.approx(90.12)
     md = (two_seed_results / "tables" / "table1.md").read_text()
     assert "0.1200 ± 0.0283" in md and "105.0 ± 7.1" in md
+    assert "this run (smoke, N=128, seeds 0,1)" in md and "FID: FID@64 vs test[:64] (N=64)" in md
     assert "\\pm" in (two_seed_results / "tables" / "table1.tex").read_text()
+    costs = (two_seed_results / "tables" / "costs.md").read_text()
+    assert "855,905 " in costs and "855,905 ±" not in costs and "test[:100]" in costs   # exact count, no ±0
+    assert "test[:128]" in (two_seed_results / "tables" / "ablation_timesteps.md").read_text()   # the MSE's split
+
+
+def test_unevaluated_and_foreign_runs_never_enter_the_tables(two_seed_results):
+    write_run(two_seed_results, "fashion/esvae/poisson/T2/seed0", mse=0.5, fid=300.0, probe_acc=0.5, evaluated=False)
+    write_run(two_seed_results, "fashion/esvae/poisson/T2/seed1", mse=0.6, fid=300.0, probe_acc=0.5, epochs=3)
+    compile_report(two_seed_results)
+    t_ablation = pd.read_csv(two_seed_results / "tables" / "ablation_timesteps.csv")
+    t2 = t_ablation[t_ablation["T"] == 2].iloc[0]
+    assert math.isnan(t2["mse"]) and t2["seeds"] == 1      # training's own test MSE is not an evaluation MSE
+    assert t2["linear_probe"] == pytest.approx(0.5)        # the probes of the evaluated-less run still count
+    runs = pd.read_csv(two_seed_results / "tables" / "runs.csv").set_index("run")
+    foreign = runs.loc["fashion/esvae/poisson/T2/seed1"]
+    assert not foreign["trained"] and "train_config.epochs=3 (preset: 1)" in foreign["excluded"]
 
 
 def test_missing_runs_are_listed_not_filled_in(two_seed_results):
@@ -77,12 +99,26 @@ def test_missing_runs_are_listed_not_filled_in(two_seed_results):
     assert len(runs) == 12                                  # 6 smoke points x 2 seeds
     complete = runs[runs["trained"] & runs["evaluated"] & runs["probed"]]["run"]
     assert sorted(complete) == [POINT.format(seed=0), POINT.format(seed=1)]
-    assert "(2 of 12 complete)" in (two_seed_results / "tables" / "runs.md").read_text()
+    assert "(2 of 12 complete;" in (two_seed_results / "tables" / "runs.md").read_text()
     t_ablation = pd.read_csv(two_seed_results / "tables" / "ablation_timesteps.csv")
     assert list(t_ablation["T"]) == [4]                      # T=2 has no results: absent, not zero
     probes = pd.read_csv(two_seed_results / "tables" / "probes.csv")
     assert probes.iloc[0]["linear_probe"] == pytest.approx(0.75)
     assert probes.iloc[0]["rob_shuffled"] == pytest.approx(0.13)
+
+
+def test_a_retrained_point_keeps_one_active_mlflow_run(tmp_path, two_seed_results):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    key = POINT.format(seed=0)
+    run_dir = two_seed_results / "runs" / key
+    first = mirror("train", run_dir / "train", key, uri, "retrain")
+    second = mirror("train", run_dir / "train", key, uri, "retrain")
+    assert mirror("evaluate", run_dir / "evaluate", key, uri, "retrain") == second != first
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("retrain").experiment_id])
+    assert run.info.run_id == second and client.get_run(first).info.lifecycle_stage == "deleted"
+    assert run.data.tags["evaluate.fid"] == "FID@64 vs test[:64] (N=64)" and run.data.metrics["fid"] == 100.0
 
 
 def test_report_refuses_what_it_cannot_read(tmp_path, two_seed_results, capsys):

@@ -25,7 +25,7 @@ def snakemake(*args, cwd=REPO, timeout=300):
 
 
 def test_schema_enums_are_the_package_registries():
-    d = SCHEMA["definitions"]
+    d = SCHEMA["$defs"]
     assert set(d["model"]["enum"]) == set(MODELS)
     assert set(d["dataset"]["enum"]) == set(SOURCES)
     assert set(d["sampler"]["enum"]) == set(SAMPLERS) | {grid.ANN_LATENT}
@@ -81,6 +81,7 @@ def test_run_points_paths_and_cli_arguments():
     ({"trian": {}}, "'trian' was unexpected"),
     ({"ablation_sampler": {"models": ["esvae"], "samplers": ["fsvae_autoregressive"]}}, "ablation_sampler.samplers[0]"),
     ({"preset": "fast"}, "'preset': unknown preset 'fast'"),
+    ({"ablation_timesteps": {"models": ["esvae", "ann_vae"]}}, "ablation_timesteps.models[1]: 'ann_vae' has no time axis"),
 ])
 def test_bad_config_values_are_rejected_naming_the_key(override, key):
     with pytest.raises(ConfigError) as err:

@@ -23,17 +23,13 @@ RESOURCES = CONFIG["resources"]
 TRACKING_URI = grid.tracking_uri(CONFIG)
 ENV_ARGS = " ".join(grid.environment_args(CONFIG))
 
-
-def _use_conda():
-    from snakemake.settings.types import DeploymentMethod
-
-    settings = workflow.deployment_settings
-    return settings is not None and DeploymentMethod.CONDA in settings.deployment_method
-
-
-# Without --use-conda: the interpreter running snakemake (it has esvae installed). With it: the conda
-# env's python, with the repository on PYTHONPATH (workflow/envs/esvae.yaml does not install esvae).
-PY = f"env PYTHONPATH={REPO} python" if _use_conda() else sys.executable
+# How jobs find the code and the tracking store: environment variables, not rule params, so that
+# moving the checkout, another interpreter or another `tracking_uri` never re-runs finished jobs
+# (Snakemake re-runs a job whose params changed). Jobs inherit them, locally and through SLURM.
+# PATH: the interpreter running snakemake (it has esvae installed) comes first; with --use-conda
+# the conda env is activated in front of it and finds the package through PYTHONPATH
+# (workflow/envs/esvae.yaml does not install esvae itself).
+grid.export_job_environment(REPO, TRACKING_URI, CONFIG)
 CONDA_ENV = "../envs/esvae.yaml"
 
 # One path grammar, shared by results/, logs/ and benchmarks/.
@@ -65,9 +61,9 @@ def resources_of(kind):
 
 
 def track_command(stage, out_dir, wildcards):
-    """Mirror a finished stage into MLflow; `esvae track` exits 0 even when tracking is unavailable."""
-    return (f"{PY} -m esvae track --stage {stage} --dir {out_dir} --key {run_key(wildcards)} "
-            f"--uri '{TRACKING_URI}' --experiment '{CONFIG['experiment']}' --tag preset={PRESET}")
+    """Mirror a finished stage into MLflow (store, experiment and preset from the environment above);
+    `esvae track` exits 0 even when tracking is unavailable."""
+    return f"python -m esvae track --stage {stage} --dir {out_dir} --key {run_key(wildcards)}"
 
 
 def tracked(stage, output_name):

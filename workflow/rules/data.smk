@@ -5,7 +5,6 @@ rule prepare_data:
     output:
         "results/data/{dataset}.json",
     params:
-        py=PY,
         env=ENV_ARGS,
     conda:
         CONDA_ENV
@@ -15,7 +14,7 @@ rule prepare_data:
     resources:
         **resources_of("light"),
     shell:
-        "{params.py} -m esvae prepare-data --dataset {wildcards.dataset} --out {output} {params.env} > {log} 2>&1"
+        "python -m esvae prepare-data --dataset {wildcards.dataset} --out {output} {params.env} > {log} 2>&1"
 
 
 rule write_config:

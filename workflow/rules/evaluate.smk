@@ -8,7 +8,6 @@ rule evaluate:
     output:
         metrics=f"{RUN}/evaluate/metrics.json",
     params:
-        py=PY,
         env=ENV_ARGS,
         out=lambda wildcards, output: Path(output.metrics).parent,
         track=tracked("evaluate", "metrics"),
@@ -25,7 +24,7 @@ rule evaluate:
     resources:
         **resources_of("evaluate"),
     shell:
-        "{params.py} -m esvae evaluate --checkpoint {input.checkpoint} --out {params.out} --metrics {params.metrics}"
+        "python -m esvae evaluate --checkpoint {input.checkpoint} --out {params.out} --metrics {params.metrics}"
         " --num-samples {params.ev[num_samples]} --test-subset {params.ev[test_subset]}"
         " --reference-subset {params.ev[reference_subset]} {params.batch} --fad-autoencoder {input.fad}"
         " --threads {threads} {params.env} > {log} 2>&1"

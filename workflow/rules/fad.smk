@@ -8,7 +8,6 @@ rule fad_autoencoder:
         model="results/fad/{dataset}/fad_autoencoder.pt",
         metrics="results/fad/{dataset}/metrics.json",
     params:
-        py=PY,
         env=ENV_ARGS,
         out=lambda wildcards, output: Path(output.model).parent,
         fad=CONFIG["fad"],
@@ -22,6 +21,6 @@ rule fad_autoencoder:
     resources:
         **resources_of("fad"),
     shell:
-        "{params.py} -m esvae train-fad-autoencoder --dataset {wildcards.dataset} --out {params.out}"
+        "python -m esvae train-fad-autoencoder --dataset {wildcards.dataset} --out {params.out}"
         " --epochs {params.fad[epochs]} --train-subset {params.fad[train_subset]}"
         " --test-subset {params.fad[test_subset]} --threads {threads} {params.env} > {log} 2>&1"

@@ -11,7 +11,6 @@ rule probe:
         # (the ANN VAE has no spike train to perturb), so they are not declared outputs
         probes=f"{RUN}/probe/probes.json",
     params:
-        py=PY,
         env=ENV_ARGS,
         out=lambda wildcards, output: Path(output.probes).parent,
         track=tracked("probe", "probes"),
@@ -26,7 +25,7 @@ rule probe:
     resources:
         **resources_of("probe"),
     shell:
-        "{params.py} -m esvae probe --checkpoint {input.checkpoint} --out {params.out}"
+        "python -m esvae probe --checkpoint {input.checkpoint} --out {params.out}"
         " --train-subset {params.pr[train_subset]} --test-subset {params.pr[test_subset]}"
         " --threads {threads} {params.env} > {log} 2>&1"
         " && {params.track} >> {log} 2>&1"

@@ -21,8 +21,6 @@ rule report:
                      caption="../report/grids.rst", category="Images"),
         perturbations=report(expand("results/figures/perturbations_{dataset}.png", dataset=MAIN_DATASETS),
                              caption="../report/perturbations.rst", category="Probes"),
-    params:
-        py=PY,
     conda:
         CONDA_ENV
     log:
@@ -31,4 +29,4 @@ rule report:
     resources:
         **resources_of("light"),
     shell:
-        "{params.py} -m esvae report --results results > {log} 2>&1"
+        "python -m esvae report --results results > {log} 2>&1"

@@ -12,7 +12,6 @@ rule train:
         reconstructions=f"{RUN}/train/reconstructions.png",
         samples=f"{RUN}/train/samples.png",
     params:
-        py=PY,
         env=ENV_ARGS,
         args=lambda wildcards: " ".join(grid.train_args(CONFIG, point_of(wildcards))),
         out=lambda wildcards, output: Path(output.checkpoint).parent,
@@ -27,5 +26,5 @@ rule train:
     resources:
         **resources_of("train"),
     shell:
-        "{params.py} -m esvae train {params.args} --out {params.out} --threads {threads} {params.env} > {log} 2>&1"
+        "python -m esvae train {params.args} --out {params.out} --threads {threads} {params.env} > {log} 2>&1"
         " && {params.track} >> {log} 2>&1"

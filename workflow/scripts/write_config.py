@@ -1,5 +1,6 @@
 """results/config.json: the resolved preset the workflow runs, with the code version (Snakemake script)."""
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -7,7 +8,24 @@ from esvae.train import write_json
 from esvae.tracking import git_commit
 
 config = json.loads(snakemake.params.config)  # noqa: F821 - injected by Snakemake
-config["_provenance"] = {"git_commit": git_commit(), "machine": platform.platform(), "processor": platform.processor(),
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
+
+
+config["_provenance"] = {"git_commit": git_commit(), "platform": platform.platform(),
+                         "cpu": f"{os.cpu_count()}-core {cpu_name()}", "gpu": gpu_name(),
                          "python": platform.python_version()}
 write_json(Path(snakemake.output[0]), config)  # noqa: F821
 with open(snakemake.log[0], "w") as log:  # noqa: F821
