@@ -89,7 +89,8 @@ def test_table1_holds_paper_and_reproduced_rows(smoke_dir):
         assert row["mse"] == pytest.approx(ev["reconstruction_mse"]["value"])
         assert row["fid"] == pytest.approx(ev["fid"]["value"]) and row["fad"] == pytest.approx(ev["fad"]["value"])
         assert pd.isna(row["inception_score"])          # refused, never filled in
-        assert "FID@64" in row["conditions"] and "MSE N=128 (test[:128])" in row["conditions"]
+        assert "FID: FID@64 vs test[:64] (N=64)" in row["conditions"] and "MSE over test[:128]" in row["conditions"]
+        assert row["source"] == "this run (smoke, N=128, seeds 0)"
     runs = pd.read_csv(smoke_dir / "results" / "tables" / "runs.csv")
     assert len(runs) == len(POINTS) and runs[["trained", "evaluated", "probed"]].all().all()
 

@@ -21,7 +21,9 @@ rule write_config:
     output:
         "results/config.json",
     params:
-        config=lambda wildcards: json.dumps(CONFIG, sort_keys=True),
+        # the settings that define the results; where they are tracked is not one of them
+        config=lambda wildcards: json.dumps({k: v for k, v in CONFIG.items() if k not in ("tracking_uri", "experiment")},
+                                            sort_keys=True),
     conda:
         CONDA_ENV
     log:
