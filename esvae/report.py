@@ -351,12 +351,11 @@ def compile_report(results_dir: Path, tables_dir: Optional[Path] = None, figures
             agg = pd.DataFrame(columns=by + numeric + [f"{c}_std" for c in numeric] + ["seeds"] + labels)
         text = display(agg, {**{b: b for b in by}, **metric_headers, "seeds": "seeds"})
         written["tables"] += write_table(agg, text, tables_dir, name, caption)
-        return agg
 
-    abl_t = experiment_table("ablation_timesteps", ["dataset", "model", "sampler", "T"],
+    experiment_table("ablation_timesteps", ["dataset", "model", "sampler", "T"],
                              f"T ablation ({where}): each spiking model with its paper sampler; MSE from the "
                              "evaluation, firing rate on the reconstruction path, linear probe from the probes")
-    abl_s = experiment_table("ablation_sampler", ["dataset", "model", "T", "sampler"],
+    experiment_table("ablation_sampler", ["dataset", "model", "T", "sampler"],
                              f"latent-sampler ablation ({where})")
 
     rob_cols = sorted([c for c in frame.columns if c.startswith("rob_")],

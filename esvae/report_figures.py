@@ -48,6 +48,30 @@ def _labels(part, column) -> str:
     return "; ".join(values) or "n/a"
 
 
+def _experiment_long(frame, points, metrics, factor):
+    """The rows of ``points`` and, in long form (one row per metric value), the ``metrics`` they
+    have; ``None`` for the long form when there is nothing to plot."""
+    keys = {p.key for p in points}
+    part = frame[frame["key"].isin(keys)] if len(frame) else frame
+    present = [m for m in metrics if len(part) and part[m].notna().any()]
+    if not present:
+        return part, None
+    long = part.melt(id_vars=["dataset", "model", factor, "seed"], value_vars=present, var_name="metric",
+                     value_name="value").dropna(subset=["value"])
+    return part, long
+
+
+def _first_run_per_model(results, points, dataset: str, needed: str):
+    """``{model: results}`` of the first run (lowest seed) per model among ``points`` on ``dataset``
+    whose folder holds the file ``needed``."""
+    chosen = {}
+    for r in sorted(results, key=lambda r: r.point):
+        p = r.point
+        if p in points and p.dataset == dataset and r.folder is not None and (r.folder / needed).is_file():
+            chosen.setdefault(p.model, r)
+    return chosen
+
+
 def write_figures(frame, results, experiments, out_dir: Path, preset: str) -> List[Path]:
     """``frame``: one row per usable run (:func:`esvae.report.run_row`); ``results``: their files."""
     import pandas as pd
@@ -61,12 +85,8 @@ def write_figures(frame, results, experiments, out_dir: Path, preset: str) -> Li
 
     # metric vs T, one line per model (T ablation points)
     path = out_dir / "metrics_vs_timesteps.png"
-    keys = {p.key for p in experiments["ablation_timesteps"]}
-    part = have[have["key"].isin(keys)]
-    metrics = [m for m in ("mse", "fid", "fad") if len(part) and part[m].notna().any()]
-    if metrics:
-        long = part.melt(id_vars=["dataset", "model", "T", "seed"], value_vars=metrics, var_name="metric",
-                         value_name="value").dropna(subset=["value"])
+    part, long = _experiment_long(have, experiments["ablation_timesteps"], ("mse", "fid", "fad"), "T")
+    if long is not None:
         grid = sns.relplot(data=long, x="T", y="value", hue="model", hue_order=_order(long["model"]), col="metric",
                            row="dataset", kind="line", marker="o", facet_kws={"sharey": False}, height=2.6,
                            errorbar="sd")
@@ -85,12 +105,8 @@ def write_figures(frame, results, experiments, out_dir: Path, preset: str) -> Li
 
     # sampler ablation bars
     path = out_dir / "sampler_ablation.png"
-    keys = {p.key for p in experiments["ablation_sampler"]}
-    part = have[have["key"].isin(keys)]
-    metrics = [m for m in ("mse", "fid", "fad", "linear_probe") if len(part) and part[m].notna().any()]
-    if metrics:
-        long = part.melt(id_vars=["dataset", "model", "sampler", "seed"], value_vars=metrics, var_name="metric",
-                         value_name="value").dropna(subset=["value"])
+    part, long = _experiment_long(have, experiments["ablation_sampler"], ("mse", "fid", "fad", "linear_probe"), "sampler")
+    if long is not None:
         grid = sns.catplot(data=long, x="sampler", y="value", col="metric", row="dataset", kind="bar", hue="model",
                            sharey=False, height=2.6, errorbar="sd")
         grid.figure.suptitle(f"latent-sampler ablation (preset {preset}; MSE over {_labels(part, 'mse_split')}; "
@@ -172,12 +188,7 @@ def write_figures(frame, results, experiments, out_dir: Path, preset: str) -> Li
     # image grids per dataset: each main model's reconstructions and samples (first seed)
     for dataset in sorted({p.dataset for p in experiments["main"]}):
         path = out_dir / f"grids_{dataset}.png"
-        chosen = {}
-        for r in results:
-            p = r.point
-            if p in main and p.dataset == dataset and r.folder is not None \
-                    and (r.folder / "train" / "samples.png").is_file() and p.model not in chosen:
-                chosen[p.model] = r
+        chosen = _first_run_per_model(results, main, dataset, "train/samples.png")
         if not chosen:
             written.append(_empty(path, f"{dataset} (preset {preset})", "no trained models yet"))
             continue
@@ -196,12 +207,7 @@ def write_figures(frame, results, experiments, out_dir: Path, preset: str) -> Li
     # the perturbation grids of the probes (rows: input, reconstruction, shuffled, each noise level)
     for dataset in sorted({p.dataset for p in experiments["main"]}):
         path = out_dir / f"perturbations_{dataset}.png"
-        chosen = {}
-        for r in results:
-            p = r.point
-            if p in main and p.dataset == dataset and r.folder is not None \
-                    and (r.folder / "probe" / "perturbations.png").is_file() and p.model not in chosen:
-                chosen[p.model] = r
+        chosen = _first_run_per_model(results, main, dataset, "probe/perturbations.png")
         if not chosen:
             written.append(_empty(path, f"{dataset} perturbations (preset {preset})",
                                   "no probe results of a spiking model yet"))
