@@ -51,18 +51,26 @@ def _check_readout_buffer(coef: torch.Tensor, model: nn.Module) -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """Package version plus the git commit (and ``-dirty``) when run from a checkout."""
-    from . import __version__
+def git_commit(length: Optional[int] = None) -> str:
+    """The checkout's commit (``length`` hex digits, all by default) plus ``-dirty`` when tracked
+    files changed; ``""`` outside a git checkout."""
     root = Path(__file__).resolve().parent.parent
+    short = [f"--short={length}"] if length else []
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", *short, "HEAD"], capture_output=True,
                                 text=True, timeout=5).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        commit, dirty = "", ""
-    return f"{__version__}+{commit}{'-dirty' if dirty else ''}" if commit else __version__
+        return ""
+    return f"{commit}{'-dirty' if dirty else ''}" if commit else ""
+
+
+def code_version() -> str:
+    """Package version plus the git commit (and ``-dirty``) when run from a checkout."""
+    from . import __version__
+    commit = git_commit(12)
+    return f"{__version__}+{commit}" if commit else __version__
 
 
 def atomic_torch_save(obj: Any, path: os.PathLike) -> None:

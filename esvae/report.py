@@ -16,7 +16,6 @@ and left out of the other tables, never filled in.
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -29,7 +28,6 @@ from .errors import EsvaeError
 
 log = logging.getLogger(__name__)
 PAPER_TABLE = Path(__file__).resolve().parent / "resources" / "paper_table1.csv"
-PAPER_MODEL_NAMES = {"ESVAE": "esvae", "FSVAE": "fsvae", "ANN VAE": "ann_vae", "TAID": "taid"}
 MODEL_LABELS = {"esvae": "ESVAE", "fsvae": "FSVAE", "ann_vae": "ANN VAE", "taid": "TAID"}
 PAPER_DATASET = {"mnist": "mnist", "mnist5k": "mnist", "fashion": "fashion", "cifar10": "cifar10", "celeba": "celeba"}
 TABLES = ("table1", "ablation_timesteps", "ablation_sampler", "probes", "costs", "runs")
@@ -61,13 +59,8 @@ def _read_json(path: Path) -> Optional[dict]:
 
 
 def _read_history(path: Path) -> List[Dict[str, float]]:
-    if not path.is_file():
-        return []
-    rows = []
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh, delimiter="\t"):
-            rows.append({k: float(v) for k, v in row.items() if v not in ("", None)})
-    return rows
+    from .train import read_history
+    return read_history(path) if path.is_file() else []
 
 
 def load_results(results_dir: Path, points: List[grid.RunPoint], config: Optional[Mapping] = None) -> List[RunResults]:

@@ -12,15 +12,15 @@ reached the job's files are already written, and :func:`mirror` logs "tracking s
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
 import random
-import subprocess
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, TypeVar
+
+from .checkpoints import git_commit
 
 log = logging.getLogger(__name__)
 KEY_TAG = "esvae.key"
@@ -77,20 +77,6 @@ def init_store(uri: str, experiment: str) -> str:
         return found.experiment_id
 
 
-def git_commit(repo: Optional[Path] = None) -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo or Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
-        if out.returncode == 0:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                   cwd=repo or Path(__file__).resolve().parent, capture_output=True, text=True,
-                                   timeout=10).stdout.strip()
-            return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return "unknown"
-
-
 def flatten(prefix: str, value, out: Dict[str, str]) -> Dict[str, str]:
     """Nested mappings as dotted keys with string values (MLflow params)."""
     if isinstance(value, Mapping):
@@ -106,33 +92,23 @@ def _finite(value) -> bool:
 
 
 def history_metrics(path: Path) -> List[tuple]:
-    """``(name, value, epoch)`` for every numeric cell of ``history.tsv``."""
-    rows = []
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh, delimiter="\t"):
-            epoch = int(row["epoch"])
-            for name, cell in row.items():
-                if name in ("epoch", "step") or cell in ("", None):
-                    continue
-                try:
-                    value = float(cell)
-                except ValueError:
-                    continue
-                if math.isfinite(value):
-                    rows.append((name, value, epoch))
-    return rows
+    """``(name, value, epoch)`` for every finite number of ``history.tsv``."""
+    from .train import read_history
+    return [(name, value, int(row["epoch"])) for row in read_history(path) for name, value in row.items()
+            if name not in ("epoch", "step") and math.isfinite(value)]
 
 
-def stage_metrics(stage: str, run_dir: Path) -> Dict[str, float]:
-    """The final metrics of one stage, read from its JSON file (only finite numbers)."""
+STAGE_FILES = {"train": "metrics.json", "evaluate": "metrics.json", "probe": "probes.json"}
+
+
+def stage_metrics(stage: str, m: Mapping) -> Dict[str, float]:
+    """The final metrics of one stage from its result file ``m`` (:data:`STAGE_FILES`; finite numbers only)."""
     out: Dict[str, float] = {}
     if stage == "train":
-        m = json.loads((run_dir / "metrics.json").read_text())
         out["final_test_mse"] = m["reconstruction_mse"]["value"]
         out["mean_image_mse"] = m["baseline_mean_image_mse"]["value"]
         out["parameters"] = m["parameters"]
     elif stage == "evaluate":
-        m = json.loads((run_dir / "metrics.json").read_text())
         for key, name in (("reconstruction_mse", "eval_mse"), ("fid", "fid"), ("kid", "kid"), ("fad", "fad"),
                           ("inception_score", "inception_score")):
             if isinstance(m.get(key), Mapping) and _finite(m[key].get("value")):
@@ -148,7 +124,6 @@ def stage_metrics(stage: str, run_dir: Path) -> Dict[str, float]:
         if _finite(timing.get("milliseconds_per_image")):
             out["sampling_ms_per_image"] = timing["milliseconds_per_image"]
     elif stage == "probe":
-        m = json.loads((run_dir / "probes.json").read_text())
         info = m["information_retention"]
         for key, name in (("linear_probe", "linear_probe_accuracy"), ("mse_sampled", "probe_mse_sampled"),
                           ("mse_deterministic", "probe_mse_deterministic")):
@@ -162,11 +137,10 @@ def stage_metrics(stage: str, run_dir: Path) -> Dict[str, float]:
     return {k: float(v) for k, v in out.items() if _finite(v)}
 
 
-def stage_conditions(stage: str, run_dir: Path) -> Dict[str, str]:
+def stage_conditions(stage: str, m: Mapping) -> Dict[str, str]:
     """The conditions of a stage's numbers (N, split, reference set, weights) as run tags: tags, not
     params, because a re-run evaluation may use other settings and params cannot change."""
     if stage == "evaluate":
-        m = json.loads((run_dir / "metrics.json").read_text())
         out = {}
         mse = m.get("reconstruction_mse") or {}
         if mse:
@@ -183,7 +157,6 @@ def stage_conditions(stage: str, run_dir: Path) -> Dict[str, str]:
             out["evaluate.inception_score"] = "refused: " + m["inception_score"]["refused"]
         return out
     if stage == "probe":
-        m = json.loads((run_dir / "probes.json").read_text())
         probe = (m.get("information_retention") or {}).get("linear_probe") or {}
         return {"probe.linear_probe": f"fit on {probe.get('train_split')}, tested on {probe.get('test_split')}"}
     return {}
@@ -196,11 +169,10 @@ ARTIFACTS = {
 }
 
 
-def _find_run(client, experiment_id: str, key: str):
-    runs = with_retry(lambda: client.search_runs([experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'",
-                                                 order_by=["attributes.start_time DESC"], max_results=1),
-                      "search runs")
-    return runs[0] if runs else None
+def _runs_of(client, experiment_id: str, key: str):
+    """The active MLflow runs of run point ``key``, newest first."""
+    return with_retry(lambda: client.search_runs([experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'",
+                                                 order_by=["attributes.start_time DESC"]), "search runs")
 
 
 def mirror(stage: str, run_dir: Path, key: str, uri: str, experiment: str, tags: Optional[Mapping[str, str]] = None,
@@ -227,11 +199,12 @@ def _mirror(stage, run_dir, key, uri, experiment, tags, log_artifacts):
         raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
     client = _client(uri)
     experiment_id = init_store(uri, experiment)
-    run = None if stage == "train" else _find_run(client, experiment_id, key)
-    all_tags = {KEY_TAG: key, "mlflow.source.git.commit": git_commit(), **tags}
+    existing = _runs_of(client, experiment_id, key)
+    # evaluate/probe extend the newest run of the point; train starts a new one and retires the others
+    run = existing[0] if existing and stage != "train" else None
+    all_tags = {KEY_TAG: key, "mlflow.source.git.commit": git_commit() or "unknown", **tags}
     if run is None:
-        older = [] if stage != "train" else with_retry(
-            lambda: client.search_runs([experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'"), "search runs")
+        older = existing if stage == "train" else []
         run = with_retry(lambda: client.create_run(experiment_id, run_name=key, tags=all_tags), "create run")
         for old in older:   # a re-trained point: its earlier run goes to MLflow's trash (restorable)
             with_retry(lambda: client.delete_run(old.info.run_id), "delete superseded run")
@@ -239,7 +212,8 @@ def _mirror(stage, run_dir, key, uri, experiment, tags, log_artifacts):
                      run.info.run_id)
     run_id = run.info.run_id
     now = int(time.time() * 1000)
-    metrics = [Metric(name, value, now, 0) for name, value in stage_metrics(stage, run_dir).items()]
+    result = json.loads((run_dir / STAGE_FILES[stage]).read_text())
+    metrics = [Metric(name, value, now, 0) for name, value in stage_metrics(stage, result).items()]
     params: List = []
     if stage == "train":
         metrics += [Metric(name, value, now, epoch) for name, value, epoch in history_metrics(run_dir / "history.tsv")]
@@ -249,7 +223,7 @@ def _mirror(stage, run_dir, key, uri, experiment, tags, log_artifacts):
         flat.update({"sampler": point.sampler, "timesteps": str(point.timesteps), "seed": str(point.seed)})
         params = [Param(k, v[:6000]) for k, v in flat.items()]
     stage_tags = [RunTag(k, str(v)) for k, v in all_tags.items()] + [RunTag(f"esvae.stage.{stage}", "done")]
-    stage_tags += [RunTag(k, v[:5000]) for k, v in stage_conditions(stage, run_dir).items()]
+    stage_tags += [RunTag(k, v[:5000]) for k, v in stage_conditions(stage, result).items()]
     with_retry(lambda: client.log_batch(run_id, tags=stage_tags), "log tags")
     for i in range(0, len(metrics), 500):   # log_batch takes at most 1000 metrics and 100 params
         with_retry(lambda: client.log_batch(run_id, metrics=metrics[i:i + 500]), "log metrics")

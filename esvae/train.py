@@ -70,6 +70,25 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def read_history(path: Path) -> List[Dict[str, float]]:
+    """The rows of a ``history.tsv`` written by :func:`train`: column -> number (empty cells left out)."""
+    import csv
+
+    rows = []
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh, delimiter="\t"):
+            cells = {}
+            for name, cell in row.items():
+                if cell in ("", None):
+                    continue
+                try:
+                    cells[name] = float(cell)
+                except ValueError:
+                    continue
+            rows.append(cells)
+    return rows
+
+
 def write_json(path: Path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 

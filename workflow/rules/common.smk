@@ -7,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 
 from esvae import grid
 from esvae.errors import ConfigError
+from esvae.report import FIGURES, TABLES
 
 REPO = Path(workflow.current_basedir).parents[1]  # this file is workflow/rules/common.smk
 try:
@@ -17,7 +18,6 @@ except ConfigError as exc:
 PRESET = CONFIG["preset"]
 EXPERIMENTS = grid.experiment_points(CONFIG)
 POINTS = grid.all_points(CONFIG)
-DATASETS = grid.datasets(CONFIG)
 MAIN_DATASETS = sorted({p.dataset for p in EXPERIMENTS["main"]})
 RESOURCES = CONFIG["resources"]
 TRACKING_URI = grid.tracking_uri(CONFIG)
@@ -85,11 +85,7 @@ def init_tracking():
 
 
 def table_outputs():
-    return [f"results/tables/{name}.{ext}" for name in ("table1", "ablation_timesteps", "ablation_sampler", "probes",
-                                                      "costs", "runs") for ext in ("csv", "md", "tex")]
-
-
-FIGURES = ["metrics_vs_timesteps", "sampler_ablation", "robustness", "probe_accuracy", "training_curves"]
+    return [f"results/tables/{name}.{ext}" for name in TABLES for ext in ("csv", "md", "tex")]
 
 
 def figure_outputs():

@@ -5,7 +5,7 @@ import platform
 from pathlib import Path
 
 from esvae.train import write_json
-from esvae.tracking import git_commit
+from esvae.checkpoints import git_commit
 
 config = json.loads(snakemake.params.config)  # noqa: F821 - injected by Snakemake
 def cpu_name() -> str:
