@@ -149,6 +149,22 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="MLflow experiment name (default: $ESVAE_MLFLOW_EXPERIMENT)")
     tr.add_argument("--tag", action="append", default=[], metavar="NAME=VALUE", help="extra run tag (repeatable)")
 
+    b = sub.add_parser("bench", help="time training, evaluation and sampling against a naive port of the "
+                                     "original approach, after checking both compute the same")
+    b.add_argument("--models", nargs="+", choices=("esvae", "fsvae"), default=["esvae", "fsvae"])
+    b.add_argument("--timesteps", nargs="+", type=positive_int, default=[4, 8, 16], help="T values (default 4 8 16)")
+    b.add_argument("--batch", type=positive_int, default=64, help="images per call (default 64)")
+    b.add_argument("--dataset", choices=("mnist", "fashion", "cifar10", "celeba"), default="fashion",
+                   help="whose paper configuration to build (default fashion: 1x32x32, L=32 / 128)")
+    b.add_argument("--repeats", type=positive_int, default=3, help="timed calls per measurement, median reported")
+    b.add_argument("--allocator", choices=("both", "default", "tuned"), default="both",
+                   help="glibc allocator settings to time under (default both: defaults, then the heap kept)")
+    b.add_argument("--check-batch", type=positive_int, default=16,
+                   help="images in the float64 numerics check (default 16)")
+    b.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    b.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
+    b.add_argument("--json", default="benchmarks/speed/bench.json", help="where to write the report (JSON)")
+
     rp = sub.add_parser("report", help="compile the tables and figures from the files under a results folder")
     rp.add_argument("--results", default="results", help="the workflow's results folder (holds config.json, runs/)")
     rp.add_argument("--tables", default=None, help="default: RESULTS/tables")
@@ -372,18 +388,40 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    import os
+
+    import torch
+
+    from .bench import format_table, run_bench, write_report
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    allocators = {"both": ("default", "tuned"), "default": ("default",), "tuned": ("tuned",)}[args.allocator]
+    report = run_bench(models=args.models, timesteps=args.timesteps, batch=args.batch, dataset=args.dataset,
+                       repeats=args.repeats, allocators=allocators, memory=not args.no_memory,
+                       check_batch=args.check_batch, progress=lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True))
+    write_report(report, args.json)
+    print(format_table(report))
+    print(f"report written to {args.json}")
+    if not report["numerics_ok"]:
+        print("esvae: error: the two implementations disagree (see 'numerics' in the report)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     from .runtime import tune_allocator
-    tune_allocator()
     parser = _build_parser()
     args = parser.parse_args(argv)
+    if args.command != "bench":  # the benchmark times glibc's defaults first, then tunes the allocator itself
+        tune_allocator()
     try:
         if getattr(args, "threads", None):
             import torch
             torch.set_num_threads(args.threads)
         return {"train": _cmd_train, "describe": _cmd_describe, "evaluate": _cmd_evaluate,
                 "train-fad-autoencoder": _cmd_train_fad_autoencoder, "probe": _cmd_probe,
-                "prepare-data": _cmd_prepare_data, "track": _cmd_track, "report": _cmd_report}[args.command](args)
+                "prepare-data": _cmd_prepare_data, "track": _cmd_track, "report": _cmd_report,
+                "bench": _cmd_bench}[args.command](args)
     except EsvaeError as exc:
         print(f"esvae: error: {exc}", file=sys.stderr)
         return 2

@@ -93,6 +93,26 @@ def write_json(path: Path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+class _NonFiniteLoss(Exception):
+    def __init__(self, terms: Dict[str, torch.Tensor]):
+        super().__init__("non-finite loss")
+        self.terms = terms
+
+
+def train_step(model, optimizer, images: torch.Tensor, generator: Optional[torch.Generator]):
+    """One optimisation step exactly as ``esvae train`` runs it (also timed by ``esvae bench``):
+    forward, loss, backward, optimiser step. Returns ``(out, terms)``; a non-finite loss raises
+    before any weight changes."""
+    out = model(images, generator=generator)
+    terms = model.loss(images, out)
+    if not torch.isfinite(terms["loss"]):
+        raise _NonFiniteLoss(terms)
+    optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    optimizer.step()
+    return out, terms
+
+
 @torch.no_grad()
 def evaluate(model, data: ImageSplit, batch_size: int, device: torch.device, seed: int) -> Dict[str, float]:
     """Test-split loss terms and statistics in eval mode, averaged per image.
@@ -247,16 +267,12 @@ def _train(model_name, source, out_dir, cfg, overrides, train_data, test_data, t
         for images in bar:
             last = "no checkpoint yet" if epoch == 1 else f"last good checkpoint {out_dir / 'checkpoint.pt'} (epoch {epoch - 1})"
             try:
-                out = model(images, generator=model_gen)
+                out, terms = train_step(model, optimizer, images, model_gen)
             except RateOutOfRangeError as exc:  # NaN weights reach the sampler before the loss
                 raise TrainingDivergedError(f"diverged at epoch {epoch}, step {step}: {exc}; {last}") from None
-            terms = model.loss(images, out)
-            if not torch.isfinite(terms["loss"]):
+            except _NonFiniteLoss as exc:
                 raise TrainingDivergedError(f"non-finite loss at epoch {epoch}, step {step}: "
-                                            + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items()) + f"; {last}")
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimizer.step()
+                                            + ", ".join(f"{k}={v.item():.4g}" for k, v in exc.terms.items()) + f"; {last}")
             step += 1
             b = images.shape[0]
             seen += b

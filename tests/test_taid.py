@@ -35,6 +35,7 @@ def test_taid_differs_from_fsvae_only_in_the_readout():
     missing, unexpected = taid.load_state_dict(fsvae.state_dict(), strict=False)
     assert missing == ["readout.attention.weight"] and unexpected == []
     fsvae.eval(), taid.eval()
+    fsvae.readout_first = False   # run final_layer as a module, so the hook sees its per-step outputs
     captured = {}
     for name, model in (("fsvae", fsvae), ("taid", taid)):
         model.final_layer.register_forward_hook(lambda m, i, o, name=name: captured.__setitem__(name, o))

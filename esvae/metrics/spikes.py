@@ -86,6 +86,9 @@ def spike_costs(model: nn.Module, images: torch.Tensor, generator: Optional[torc
             lambda m, i, o: readout_shape.__setitem__("shape", (o.shape[0], *o.shape[2:]))))
     was_training = model.training
     requires = [p.requires_grad for p in model.parameters()]
+    readout_first = getattr(model, "readout_first", None)
+    if readout_first is not None:
+        model.readout_first = False  # count the network's own layer-by-layer operations
     model.eval()
     model.requires_grad_(False)      # no autograd graph is kept
     try:
@@ -99,6 +102,8 @@ def spike_costs(model: nn.Module, images: torch.Tensor, generator: Optional[torc
         for p, r in zip(model.parameters(), requires):
             p.requires_grad_(r)
         model.train(was_training)
+        if readout_first is not None:
+            model.readout_first = readout_first
     n = images.shape[0]
     layers = []
     for name, module, x, y in records:

@@ -19,6 +19,7 @@ code's (``encoder.{i}``, ``before_latent_layer``, ``decoder_input``, ``decoder.{
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import SpikingVAEConfig
@@ -74,8 +75,25 @@ class SpikingConvBackbone(nn.Module):
             raise ValueError(f"decode expects latent spikes (T, N, {self.config.latent_dim}), got {tuple(latent_spikes.shape)}")
         h_seq = self.decoder_input(latent_spikes)                          # (T, N, 4 C')
         h_seq = h_seq.unflatten(2, (self.bottom_channels, 2, 2))           # (T, N, C', 2, 2)
+        if self.readout_first and type(self.readout) is MembraneReadout:
+            spikes = self.final_layer[0](self.decoder(h_seq))              # (T, N, C0, H, W)
+            return torch.tanh(self._last_layer_after_readout(spikes))      # (N, C, H, W)
         y_seq = self.final_layer(self.decoder(h_seq))                      # (T, N, C, H, W)
         return torch.tanh(self.readout(y_seq))                             # (N, C, H, W)
+
+    # The last layer is linear (no tdBN, no LIF) and the membrane readout is a fixed weighted sum
+    # over T, so sum_t w_t (W * y_t + b) = W * (sum_t w_t y_t) + b sum_t w_t: the same image from
+    # one transposed convolution on N inputs instead of T * N (equal up to float rounding).
+    # Layer-by-layer cost accounting (esvae.metrics.spikes) switches this off.
+    readout_first = True
+
+    def _last_layer_after_readout(self, spikes: torch.Tensor) -> torch.Tensor:
+        last = self.final_layer[1]
+        weights = self.readout.weights(spikes.shape[0], spikes.device, spikes.dtype)
+        mixed = torch.tensordot(weights, spikes, dims=([0], [0]))          # (N, C0, H, W)
+        bias = last.bias * weights.sum() if last.bias is not None else None
+        return F.conv_transpose2d(mixed, last.weight, bias, last.stride, last.padding, last.output_padding,
+                                  last.groups, last.dilation)
 
     def decode_code(self, rates: torch.Tensor) -> torch.Tensor:
         """Decode posterior rates ``(N, L)`` in [0, 1] without sampling noise: ``round(r T)`` evenly

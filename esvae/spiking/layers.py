@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .neuron import LIF, V_THRESHOLD
+from . import kernels
+from .neuron import LIF, V_THRESHOLD, lif_backward_sweep, lif_forward_sweep
 
 
 def fold_time(x: torch.Tensor) -> torch.Tensor:
@@ -62,8 +63,90 @@ class TDBatchNorm(nn.modules.batchnorm._BatchNorm):
         return super().extra_repr() + f", alpha={self.alpha}, v_threshold={self.v_threshold}"
 
 
+class _TDBNThenLIF(torch.autograd.Function):
+    """tdBN followed by the multi-step LIF as one op, on time-folded input ``(T*N, C, ...)``.
+
+    Forward: PyTorch's native batch norm (batch statistics and running-statistics update in
+    training, running statistics in eval) then :func:`lif_forward_sweep`; only the batch norm's
+    input (and its per-channel statistics) is kept for backward. In training the currents are
+    ``x * scale + shift`` from the batch statistics (:meth:`_currents`, in forward and backward
+    alike); backward recomputes them and the membrane potentials from them, runs
+    :func:`lif_backward_sweep` in place over them, then the native batch-norm backward. Compared
+    with saving the membrane potentials (and the spikes) this keeps one tensor per layer instead of
+    three, at the cost of one elementwise batch-norm pass and one forward sweep in backward.
+    """
+
+    @staticmethod
+    def _normalise(x, weight, bias, bn, training, update):
+        running = (bn.running_mean, bn.running_var) if (update or not training) else (None, None)
+        return torch.ops.aten.native_batch_norm(x, weight * (bn.alpha * bn.v_threshold), bias, *running,
+                                                training, bn.momentum if update else 0.0, bn.eps)
+
+    @staticmethod
+    def _currents(x, weight, bn, mean, invstd, bias, out=None):
+        """Training-mode batch-norm output from the batch statistics: ``x * scale + shift``, per
+        channel. Forward and backward both take the currents from here, so the membrane potentials
+        replayed in backward are bit for bit the forward's (the native kernel's own output can
+        differ from this in the last bit)."""
+        scale = weight * (bn.alpha * bn.v_threshold) * invstd
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return torch.addcmul((bias - mean * scale).view(shape), x, scale.view(shape), out=out)
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, bn, lif, timesteps):
+        training = bn.training
+        if training:
+            bn.num_batches_tracked.add_(1)
+        out, mean, invstd = _TDBNThenLIF._normalise(x, weight, bias, bn, training, update=training)
+        if training:  # the currents from the formula backward recomputes them with (see _currents)
+            _TDBNThenLIF._currents(x, weight, bn, mean, invstd, bias, out=out)
+        current = out.unflatten(0, (timesteps, -1))
+        ctx.save_for_backward(x, weight, bias, mean, invstd)
+        ctx.bn, ctx.lif, ctx.timesteps, ctx.training = bn, lif, timesteps, training
+        if kernels.usable(current, lif.surrogate):
+            return kernels.lif_forward(current, lif.tau, lif.v_threshold, out=current)  # spikes over the currents
+        keep = torch.empty_like(current)
+        lif_forward_sweep(current, lif.tau, lif.v_threshold, keep, membrane_seq=current)
+        return keep.neg_().add_(1.0)  # spikes o_t = 1 - keep_t, in place
+
+    @staticmethod
+    def backward(ctx, grad_spikes):
+        x, weight, bias, mean, invstd = ctx.saved_tensors
+        bn, lif, training = ctx.bn, ctx.lif, ctx.training
+        if training:
+            out = _TDBNThenLIF._currents(x, weight, bn, mean, invstd, bias)
+        else:
+            out = _TDBNThenLIF._normalise(x, weight, bias, bn, training, update=False)[0]
+        membrane = out.unflatten(0, (ctx.timesteps, -1))
+        if kernels.usable(membrane, lif.surrogate) and membrane.is_contiguous():
+            grad_current = kernels.lif_backward(membrane, grad_spikes, lif.tau, lif.v_threshold)
+        else:
+            keep = torch.empty_like(membrane)
+            lif_forward_sweep(membrane, lif.tau, lif.v_threshold, keep, membrane_seq=membrane)
+            grad_current = lif_backward_sweep(grad_spikes, membrane, keep, lif.tau, lif.surrogate)
+            del keep
+        scale = bn.alpha * bn.v_threshold
+        running = (None, None) if training else (bn.running_mean, bn.running_var)
+        grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
+            grad_current.flatten(0, 1), x, weight * scale, *running, mean, invstd, training, bn.eps,
+            list(ctx.needs_input_grad[:3]))
+        return grad_x, (grad_w * scale if grad_w is not None else None), grad_b, None, None, None
+
+
+def tdbn_lif(y: torch.Tensor, bn: TDBatchNorm, lif: LIF, timesteps: int) -> torch.Tensor:
+    """``lif(unfold_time(bn(y)))`` as one op (:class:`_TDBNThenLIF`); ``(T*N, ...) -> (T, N, ...)``."""
+    bn._check_input_dim(y)
+    return _TDBNThenLIF.apply(y, bn.weight, bn.bias, bn, lif, timesteps)
+
+
 class _TimeFolded:
-    """Mixin: run the weight layer (and tdBN) once on folded time, then the LIF over time."""
+    """Mixin: run the weight layer once on folded time, then tdBN and the LIF.
+
+    When the input is the same at every step (an expanded tensor, stride 0 over time: the direct
+    input coding of the first layer), the weight layer runs on one step and its output is repeated,
+    which is the same result at 1/T of the cost (its backward sums the gradient over T first).
+    With the fused LIF, tdBN and the LIF run as one op (:func:`tdbn_lif`).
+    """
 
     bn: Optional[TDBatchNorm]
     lif: Optional[LIF]
@@ -74,7 +157,13 @@ class _TimeFolded:
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:  # (T, N, ...) -> (T, N, ...)
         timesteps = x_seq.shape[0]
-        y = super().forward(fold_time(x_seq))  # type: ignore[misc]
+        if timesteps > 1 and x_seq.stride(0) == 0:
+            y = super().forward(x_seq[0])  # type: ignore[misc]
+            y = y.unsqueeze(0).expand(timesteps, *y.shape).flatten(0, 1)
+        else:
+            y = super().forward(fold_time(x_seq))  # type: ignore[misc]
+        if self.bn is not None and self.lif is not None and self.lif.backend == "fused":
+            return tdbn_lif(y, self.bn, self.lif, timesteps)
         if self.bn is not None:
             y = self.bn(y)
         y = unfold_time(y, timesteps)

@@ -90,28 +90,76 @@ def lif_step_inference(current: torch.Tensor, state: Optional[Tuple[torch.Tensor
     return membrane, torch.gt(membrane, v_threshold).to(current.dtype)
 
 
-class _FusedMultiStepLIF(torch.autograd.Function):
-    """Multi-step LIF over the leading time axis with a hand-written reverse-time backward.
+def lif_forward_sweep(current_seq: torch.Tensor, tau: float, v_threshold: float,
+                      keep_seq: torch.Tensor, membrane_seq: Optional[torch.Tensor] = None) -> None:
+    """The LIF recurrence over the leading time axis, outside autograd, two ops per step.
 
-    Backward recursion (``g_u`` = dL/du_t, ``g_o`` = dL/do_t from the layers above)::
-
-        g_o_t  = dL/do_t - tau * u_t * g_u_{t+1}                 # o_t resets u_{t+1}
-        g_u_t  = g_o_t * surrogate(u_t) + tau * (1 - o_t) * g_u_{t+1}
-        dL/dI_t = g_u_t
+    Writes ``keep_t = 1[u_t <= V_th]`` (``1 - o_t``) into ``keep_seq``; with ``membrane_seq`` given
+    also every ``u_t`` (``membrane_seq`` may be ``current_seq`` itself: step t + 1 reads ``I_{t+1}``
+    before writing ``u_{t+1}`` over it). ``u_t = I_t + tau * u_{t-1} * keep_{t-1}`` is the same
+    arithmetic as the reference (``tau * u * (1 - o)``; the product with 0/1 is exact).
     """
+    steps = current_seq.shape[0]
+    if membrane_seq is None:
+        membrane = current_seq[0].clone()
+        spare = torch.empty_like(membrane) if steps > 1 else None
+    else:
+        membrane = membrane_seq[0]
+        if membrane.data_ptr() != current_seq[0].data_ptr():
+            membrane.copy_(current_seq[0])
+    for t in range(steps):
+        torch.le(membrane, v_threshold, out=keep_seq[t])
+        if t + 1 == steps:
+            break
+        if membrane_seq is None:
+            nxt, spare = spare, membrane
+        else:
+            nxt = membrane_seq[t + 1]
+        torch.addcmul(current_seq[t + 1], membrane, keep_seq[t], value=tau, out=nxt)
+        membrane = nxt
+
+
+def lif_backward_sweep(grad_spikes_seq: torch.Tensor, membrane_seq: torch.Tensor, keep_seq: torch.Tensor,
+                       tau: float, surrogate: SurrogateFn) -> torch.Tensor:
+    """The reverse-time recursion, overwriting ``membrane_seq`` with dL/dI (returned)::
+
+        g_o_t   = dL/do_t - tau * u_t * g_u_{t+1}                 # o_t resets u_{t+1}
+        g_u_t   = g_o_t * surrogate(u_t) + tau * keep_t * g_u_{t+1}
+        dL/dI_t = g_u_t
+
+    Step t reads ``u_t`` before writing ``g_u_t`` over it, so no second buffer of size T is needed.
+    """
+    from .surrogate import rectangle
+    grad_next = None
+    for t in range(membrane_seq.shape[0] - 1, -1, -1):
+        membrane = membrane_seq[t]
+        if grad_next is None:
+            grad_spikes = grad_spikes_seq[t].clone()
+        else:
+            grad_spikes = torch.addcmul(grad_spikes_seq[t], membrane, grad_next, value=-tau)
+        if surrogate is rectangle:  # 1[|u| < 0.5]: zero the rest in place
+            grad_spikes.masked_fill_(membrane.abs() >= 0.5, 0.0)
+        else:
+            grad_spikes.mul_(surrogate(membrane))
+        if grad_next is None:
+            membrane.copy_(grad_spikes)
+        else:
+            torch.addcmul(grad_spikes, keep_seq[t], grad_next, value=tau, out=membrane)
+        grad_next = membrane
+    return membrane_seq
+
+
+class _FusedMultiStepLIF(torch.autograd.Function):
+    """Multi-step LIF over the leading time axis: :func:`lif_forward_sweep` forward (no per-step
+    graph nodes), :func:`lif_backward_sweep` backward (one reverse-time pass, O(T) traffic)."""
 
     @staticmethod
     def forward(ctx, current_seq, tau, v_threshold, surrogate):
         membrane_seq = torch.empty_like(current_seq)
-        spikes_seq = torch.empty_like(current_seq)
-        membrane_seq[0] = current_seq[0]
-        torch.gt(membrane_seq[0], v_threshold, out=spikes_seq[0])
-        for t in range(1, current_seq.shape[0]):
-            # u_t = tau * u_{t-1} * (1 - o_{t-1}) + I_t; u_{t-1} * (1 - o_{t-1}) zeroes fired units
-            kept = membrane_seq[t - 1].masked_fill(spikes_seq[t - 1].bool(), 0.0)
-            torch.add(current_seq[t], kept, alpha=tau, out=membrane_seq[t])
-            torch.gt(membrane_seq[t], v_threshold, out=spikes_seq[t])
-        ctx.save_for_backward(membrane_seq, spikes_seq)
+        keep_seq = torch.empty_like(current_seq)
+        lif_forward_sweep(current_seq, tau, v_threshold, keep_seq, membrane_seq)
+        spikes_seq = torch.rsub(keep_seq, 1.0)
+        ctx.save_for_backward(membrane_seq, keep_seq)
         ctx.tau = tau
         ctx.surrogate = surrogate
         ctx.mark_non_differentiable(membrane_seq)
@@ -119,21 +167,9 @@ class _FusedMultiStepLIF(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_spikes_seq, _grad_membrane_seq):
-        membrane_seq, spikes_seq = ctx.saved_tensors
-        tau = ctx.tau
-        grad_current_seq = torch.empty_like(membrane_seq)
-        grad_membrane_next = None
-        for t in range(membrane_seq.shape[0] - 1, -1, -1):
-            membrane, spikes = membrane_seq[t], spikes_seq[t]
-            grad_spikes = grad_spikes_seq[t]
-            if grad_membrane_next is None:
-                grad_membrane = grad_spikes * ctx.surrogate(membrane)
-            else:
-                grad_spikes = grad_spikes - tau * membrane * grad_membrane_next
-                grad_membrane = grad_spikes * ctx.surrogate(membrane) + tau * (1.0 - spikes) * grad_membrane_next
-            grad_current_seq[t] = grad_membrane
-            grad_membrane_next = grad_membrane
-        return grad_current_seq, None, None, None
+        membrane_seq, keep_seq = ctx.saved_tensors
+        grad = lif_backward_sweep(grad_spikes_seq, membrane_seq.clone(), keep_seq, ctx.tau, ctx.surrogate)
+        return grad, None, None, None
 
 
 def lif_multistep(

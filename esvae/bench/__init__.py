@@ -1,0 +1,347 @@
+"""``python -m esvae bench``: this project's training step, evaluation forward and sampling against
+a naive port of the original implementation approach (:mod:`esvae.bench.naive`), in one process.
+
+For every model (ESVAE with the Poisson sampler, FSVAE) and T, both are built from the same weights
+(the paper configuration, random initialisation with seed 0) and fed the same images and the same
+random draws. The benchmark first checks that they agree -- latent spikes identical, outputs,
+losses and gradients equal to float tolerance, generation equal -- then times:
+
+* ``train``: one optimisation step, :func:`esvae.train.train_step` (the function ``esvae train``
+  runs: forward, loss, backward, AdamW step) on a batch;
+* ``eval``: the evaluation forward (eval mode, no gradient) on a batch;
+* ``sample``: generating a batch of images (eval mode);
+
+and measures each one's peak tensor memory (the PyTorch CPU allocator's allocations minus frees
+during one call, from the profiler's memory events). Timing runs twice: with glibc's default
+allocator settings, then with the heap kept (:func:`esvae.runtime.tune_allocator`, equal to
+``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=... MALLOC_TOP_PAD_=1G``), which is how ``esvae train``
+runs; speed-ups are reported against the naive port under both settings.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+MODES = ("train", "eval", "sample")
+IMPLS = ("naive", "ours")
+ALLOCATORS = ("default", "tuned")
+# Agreement tolerances of the float64 check: outputs are tanh images in [-1, 1]; gradients relative
+# to the tensor's largest entry (plus 1e-3 of the model's largest, for tensors whose exact gradient
+# is 0, such as a convolution bias followed by batch norm).
+OUTPUT_ATOL_FLOAT64 = 1e-9
+GRAD_RTOL_FLOAT64 = 1e-6
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def peak_memory_bytes(fn: Callable[[], object]) -> int:
+    """Peak bytes held by PyTorch CPU allocations made during ``fn()`` (allocations minus frees,
+    in time order, over every thread), from the profiler's memory events. Tensors alive before the
+    call are not counted."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    events.sort(key=lambda e: e.start_ns())
+    held = peak = 0
+    for e in events:
+        held += e.nbytes()
+        peak = max(peak, held)
+    return peak
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@dataclass
+class Pair:
+    """Our model and its naive port, each with its own optimiser, and the batch to feed them."""
+    model_name: str
+    timesteps: int
+    ours: torch.nn.Module
+    naive: torch.nn.Module
+    images: torch.Tensor
+    optimizers: Dict[str, torch.optim.Optimizer] = field(default_factory=dict)
+
+    def module(self, impl: str) -> torch.nn.Module:
+        return self.ours if impl == "ours" else self.naive
+
+    def call(self, impl: str, mode: str, seed: int = 7) -> Callable[[], object]:
+        """A zero-argument callable running ``mode`` once with ``impl`` (fresh generator each call)."""
+        from ..train import train_step
+        module, images = self.module(impl), self.images
+
+        def run():
+            gen = torch.Generator().manual_seed(seed)
+            if mode == "train":
+                module.train()
+                return train_step(module, self.optimizers[impl], images, gen)
+            module.eval()
+            with torch.no_grad():
+                if mode == "eval":
+                    return module(images, gen)
+                return module.sample(images.shape[0], gen)
+        return run
+
+
+def build_pair(model_name: str, dataset: str, timesteps: int, batch: int, lr: float = 1e-3,
+               overrides: Optional[dict] = None) -> Pair:
+    from ..models import build_model
+    from .naive import naive_param_groups, naive_port
+    torch.manual_seed(0)
+    ours = build_model(model_name, dataset, timesteps=timesteps, **(overrides or {}))
+    naive = naive_port(ours)
+    c, s = ours.config.in_channels, ours.config.image_size
+    images = torch.rand(batch, c, s, s, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    pair = Pair(model_name, timesteps, ours, naive, images)
+    pair.optimizers = {
+        "ours": torch.optim.AdamW(ours.param_groups(lr, 10.0), lr=lr),
+        "naive": torch.optim.AdamW(naive_param_groups(ours, naive, lr, 10.0), lr=lr),
+    }
+    return pair
+
+
+def _get(out, key):
+    return out[key] if isinstance(out, dict) else getattr(out, key)
+
+
+class _running_stats_set_to_batch:
+    """Batch-norm momentum 1 in both models for one training-mode pass: the running statistics
+    become that batch's, so the evaluation-mode comparison runs a network whose units fire (with
+    the initial statistics, 0 and 1, a randomly initialised decoder is silent and every image is
+    the same)."""
+
+    def __init__(self, *models):
+        self.norms = [m for model in models for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+    def __enter__(self):
+        self.saved = [m.momentum for m in self.norms]
+        for m in self.norms:
+            m.momentum = 1.0
+
+    def __exit__(self, *exc):
+        for m, momentum in zip(self.norms, self.saved):
+            m.momentum = momentum
+
+
+def _compare(ours: torch.nn.Module, naive: torch.nn.Module, x: torch.Tensor) -> Dict[str, object]:
+    """Both models on ``x`` with the same draws: training-mode forward and backward, then
+    evaluation forward and generation. Gradients are cleared afterwards; no optimiser step."""
+    from .naive import parameter_pairs
+    result: Dict[str, object] = {}
+    ours.train(), naive.train()
+    for m in (ours, naive):
+        m.zero_grad(set_to_none=True)
+    with _running_stats_set_to_batch(ours, naive):
+        out_o = ours(x, torch.Generator().manual_seed(11))
+        out_n = naive(x, torch.Generator().manual_seed(11))
+    terms_o, terms_n = ours.loss(x, out_o), naive.loss(x, out_n)
+    terms_o["loss"].backward()
+    terms_n["loss"].backward()
+    mismatched = spikes = 0
+    for key in ("latent_spikes", "sampled_spikes"):
+        a, b = _get(out_o, key).detach(), _get(out_n, key).detach().movedim(-1, 0)
+        mismatched += int((a != b).sum())
+        spikes += a.numel()
+    result["spike_mismatches"] = mismatched
+    result["spikes_compared"] = spikes
+    result["train_output_max_abs_diff"] = float((out_o.reconstruction - out_n["reconstruction"]).detach().abs().max())
+    result["loss_abs_diff"] = max(abs(terms_o[k].item() - terms_n[k].item()) for k in terms_o)
+    grads = parameter_pairs(ours, naive)
+    scale = max(float(a.grad.abs().max()) for a, _ in grads.values() if a.grad is not None)
+    worst = 0.0
+    for name, (a, b) in grads.items():
+        if (a.grad is None) != (b.grad is None):
+            raise AssertionError(f"gradient of {name} exists in one implementation only")
+        if a.grad is not None:
+            err = float((a.grad - b.grad.reshape(a.shape)).abs().max()) / (float(a.grad.abs().max()) + 1e-3 * scale)
+            worst = max(worst, err)
+    result["grad_max_rel_err"] = worst
+    theirs = naive.state_dict()
+    result["running_stats_max_abs_diff"] = max(
+        float((v - theirs[k].reshape(v.shape)).abs().max())
+        for k, v in ours.state_dict().items() if "running_" in k)
+    for m in (ours, naive):
+        m.zero_grad(set_to_none=True)
+    # Evaluation uses the running statistics the training-mode pass just updated (in both).
+    ours.eval(), naive.eval()
+    with torch.no_grad():
+        e_o = ours(x, torch.Generator().manual_seed(12)).reconstruction
+        e_n = naive(x, torch.Generator().manual_seed(12))["reconstruction"]
+        s_o = ours.sample(x.shape[0], torch.Generator().manual_seed(13))
+        s_n = naive.sample(x.shape[0], torch.Generator().manual_seed(13))
+    result["eval_output_max_abs_diff"] = float((e_o - e_n).abs().max())
+    result["sample_max_abs_diff"] = float((s_o - s_n).abs().max())
+    result["eval_output_std"] = float(e_o.std())  # not a constant image: the comparison means something
+    return result
+
+
+def check_numerics(pair: Pair, check_batch: Optional[int] = None) -> Dict[str, object]:
+    """Compare the two implementations (see :func:`_compare`) in float64 and in float32.
+
+    The verdict is the float64 run (copies of both models and the images in double precision): there
+    float rounding cannot move a membrane potential across the threshold, so the spikes must be
+    identical and outputs and gradients equal to ~1e-9. The float32 run, the precision that is
+    timed, is reported as well; there a different summation order can flip a spike whose potential
+    lies within rounding of V_th, after which outputs differ, so it is information, not the check.
+    """
+    import copy
+    from .naive import naive_port
+    x = pair.images[:check_batch] if check_batch else pair.images
+    ours64 = copy.deepcopy(pair.ours).double()
+    if hasattr(pair.ours, "scheduled_p"):
+        ours64.scheduled_p = pair.ours.scheduled_p
+    naive64 = naive_port(ours64)
+    strict = _compare(ours64, naive64, x.double())
+    strict["ok"] = (strict["spike_mismatches"] == 0 and strict["grad_max_rel_err"] <= GRAD_RTOL_FLOAT64
+                    and max(strict["train_output_max_abs_diff"], strict["eval_output_max_abs_diff"],
+                            strict["sample_max_abs_diff"], strict["running_stats_max_abs_diff"],
+                            strict["loss_abs_diff"]) <= OUTPUT_ATOL_FLOAT64
+                    and strict["eval_output_std"] > 0)
+    info = _compare(pair.ours, pair.naive, x)
+    return {"ok": strict["ok"], "images": x.shape[0], "float64": strict, "float32": info}
+
+
+def run_bench(models: Sequence[str] = ("esvae", "fsvae"), timesteps: Sequence[int] = (4, 8, 16), batch: int = 64,
+              dataset: str = "fashion", repeats: int = 3, allocators: Sequence[str] = ALLOCATORS,
+              memory: bool = True, overrides: Optional[dict] = None, check_batch: Optional[int] = 16,
+              progress: Callable[[str], None] = lambda msg: None) -> Dict[str, object]:
+    """Check and time every (model, T); returns the JSON-able report (see the module docstring)."""
+    from ..runtime import tune_allocator
+    if list(allocators) not in (["default"], ["tuned"], ["default", "tuned"]):
+        raise ValueError(f"allocators must be default, tuned or both in that order, got {list(allocators)}")
+    pairs = [build_pair(m, dataset, t, batch, overrides=overrides) for m in models for t in timesteps]
+    rows = {(p.model_name, p.timesteps): {"model": p.model_name, "timesteps": p.timesteps, "batch": batch,
+                                           "seconds": {a: {} for a in allocators}} for p in pairs}
+    for pair in pairs:
+        progress(f"numerics check {pair.model_name} T={pair.timesteps}")
+        rows[(pair.model_name, pair.timesteps)]["numerics"] = check_numerics(pair, check_batch)
+    tuned_by = None
+    for allocator in allocators:
+        if allocator == "tuned":
+            tuned_by = "mallopt" if tune_allocator() else None
+            if tuned_by is None:
+                raise RuntimeError("could not tune the allocator (not glibc, or ESVAE_NO_MALLOC_TUNING=1)")
+        for pair in pairs:
+            row = rows[(pair.model_name, pair.timesteps)]
+            for mode in MODES:
+                for impl in IMPLS:
+                    progress(f"timing {pair.model_name} T={pair.timesteps} {mode} {impl} (allocator {allocator})")
+                    row["seconds"][allocator].setdefault(impl, {})[mode] = _median_seconds(pair.call(impl, mode), repeats)
+    if memory:
+        for pair in pairs:
+            row = rows[(pair.model_name, pair.timesteps)]
+            row["peak_bytes"] = {}
+            for impl in IMPLS:
+                for mode in MODES:
+                    progress(f"peak memory {pair.model_name} T={pair.timesteps} {mode} {impl}")
+                    row["peak_bytes"].setdefault(impl, {})[mode] = peak_memory_bytes(pair.call(impl, mode))
+    for row in rows.values():
+        row["images_per_s"] = {a: {i: {m: batch / s for m, s in modes.items()} for i, modes in impls.items()}
+                               for a, impls in row["seconds"].items()}
+        row["speedup"] = {a: {m: row["seconds"][a]["naive"][m] / row["seconds"][a]["ours"][m] for m in MODES}
+                          for a in allocators}
+        if "tuned" in allocators and "default" in allocators:
+            # ours as `esvae train` runs it (tuned heap) against the naive port with glibc's defaults
+            row["speedup"]["ours_tuned_vs_naive_default"] = {
+                m: row["seconds"]["default"]["naive"][m] / row["seconds"]["tuned"]["ours"][m] for m in MODES}
+        if memory:
+            row["memory_ratio"] = {m: row["peak_bytes"]["ours"][m] / max(row["peak_bytes"]["naive"][m], 1) for m in MODES}
+    return {
+        "what": ("images/s of one training step (forward, loss, backward, AdamW), the evaluation forward and "
+                 "generation, ours vs a naive port of the original approach, same weights and draws"),
+        "conditions": {
+            "dataset_config": dataset, "batch": batch, "timesteps": list(timesteps), "models": list(models),
+            "weights": "paper configuration, random initialisation (seed 0)" + (f", overrides {overrides}" if overrides else ""),
+            "images": "random, uniform in [-1, 1] (speed does not depend on pixel values)",
+            "numerics_check": (f"float64 copies, first {min(check_batch or batch, batch)} images: identical spikes, "
+                               f"outputs within {OUTPUT_ATOL_FLOAT64:g}, gradients within {GRAD_RTOL_FLOAT64:g} "
+                               "relative; float32 differences reported alongside"),
+            "repeats": repeats, "statistic": "median seconds per call after one warm-up call",
+            "peak_memory": "PyTorch CPU allocations minus frees during one call (profiler memory events)",
+            "allocators": {"default": "glibc defaults", "tuned": "heap kept (mallopt, = MALLOC_MMAP_MAX_=0 "
+                           "MALLOC_TRIM_THRESHOLD_ MALLOC_TOP_PAD_=1G), as `esvae train` runs"},
+        },
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "torch": str(torch.__version__), "device": "cpu", "python": platform.python_version()},
+        "numerics_ok": all(r["numerics"]["ok"] for r in rows.values()),
+        "rows": list(rows.values()),
+    }
+
+
+def format_table(report: Dict[str, object]) -> str:
+    """A Markdown table of the report: one line per model, T and mode."""
+    allocators = list(report["conditions"]["allocators"])
+    present = [a for a in allocators if all(a in r["seconds"] for r in report["rows"])]
+    head = ["model", "T", "mode"]
+    for a in present:
+        head += [f"naive img/s ({a})", f"ours img/s ({a})", f"speed-up ({a})"]
+    if len(present) == 2:
+        head.append("speed-up, ours tuned vs naive default")
+    memory = all("peak_bytes" in r for r in report["rows"])
+    if memory:
+        head += ["peak MB naive", "peak MB ours", "memory ratio"]
+    head.append("numerics (float64)")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in report["rows"]:
+        n = r["numerics"]
+        d = n["float64"]
+        worst = max(d["train_output_max_abs_diff"], d["eval_output_max_abs_diff"], d["sample_max_abs_diff"])
+        check = (f"{'same' if n['ok'] else 'MISMATCH'}: {d['spike_mismatches']} spikes differ, "
+                 f"outputs {worst:.0e}, grads {d['grad_max_rel_err']:.0e}")
+        for mode in MODES:
+            cells = [r["model"], str(r["timesteps"]), mode]
+            for a in present:
+                ips = r["images_per_s"][a]
+                cells += [f"{ips['naive'][mode]:.1f}", f"{ips['ours'][mode]:.1f}", f"{r['speedup'][a][mode]:.2f}x"]
+            if len(present) == 2:
+                cells.append(f"{r['speedup']['ours_tuned_vs_naive_default'][mode]:.2f}x")
+            if memory:
+                pb = r["peak_bytes"]
+                cells += [f"{pb['naive'][mode] / 2**20:.0f}", f"{pb['ours'][mode] / 2**20:.0f}",
+                          f"{r['memory_ratio'][mode]:.2f}"]
+            cells.append(check)
+            lines.append("| " + " | ".join(cells) + " |")
+    m, c = report["machine"], report["conditions"]
+    lines.append("")
+    lines.append(f"{m['cpu']} ({m['cores']} cores), {m['torch_threads']} torch threads, torch {m['torch']}; "
+                 f"batch {c['batch']}; {c['dataset_config']} {c['weights']}; {c['statistic']}, {c['repeats']} timed; "
+                 f"numerics: {c['numerics_check']}.")
+    return "\n".join(lines)
+
+
+def write_report(report: Dict[str, object], path: os.PathLike) -> None:
+    from ..train import write_json
+    from pathlib import Path
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_json(Path(path), report)
+
+
+__all__ = ["run_bench", "format_table", "write_report", "check_numerics", "build_pair", "peak_memory_bytes", "MODES"]

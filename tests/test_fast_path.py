@@ -1,0 +1,205 @@
+"""The fast path (fused tdBN + LIF op, compiled CPU kernels, torch-op sweeps, the readout reordering,
+the first layer run once) against step-by-step references: identical spikes, equal gradients."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import esvae
+from esvae.bench import build_pair, check_numerics, peak_memory_bytes
+from esvae.bench.naive import NaiveLIF
+from esvae.spiking import LIF, TDBatchNorm, kernels, lif_multistep, lif_multistep_reference
+from esvae.spiking.layers import tdbn_lif
+
+BACKENDS = ["numba", "torch-ops"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    if request.param == "torch-ops":
+        monkeypatch.setenv("ESVAE_NO_NUMBA", "1")
+    else:
+        monkeypatch.delenv("ESVAE_NO_NUMBA", raising=False)
+        assert kernels.usable(torch.zeros(1), LIF().surrogate), "numba kernels unavailable: is numba installed?"
+    return request.param
+
+
+def _currents(T, shape=(3, 5, 4), dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(T, *shape, generator=g, dtype=dtype) * 0.6 + 0.1)
+
+
+@pytest.mark.parametrize("T", [1, 2, 5, 16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernels_match_the_step_by_step_reference(T, dtype):
+    x = _currents(T, dtype=dtype).requires_grad_()
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    ref = lif_multistep_reference(x)
+    grad_ref, = torch.autograd.grad(ref, x, g)
+    spikes = kernels.lif_forward(x.detach(), 0.25, 0.2)
+    assert spikes.dtype == dtype and torch.equal(spikes, ref)
+    assert 0 < spikes.mean() < 1                                    # some units fire, some do not
+    grad = kernels.lif_backward(x.detach().clone(), g, 0.25, 0.2)
+    torch.testing.assert_close(grad, grad_ref, rtol=0, atol=1e-6 if dtype == torch.float32 else 1e-12)
+    # an expanded (stride-0 over time) gradient, as the mean over T produces
+    g1 = g[:1].expand_as(g)
+    grad_ref1, = torch.autograd.grad(lif_multistep_reference(x), x, g1)
+    torch.testing.assert_close(kernels.lif_backward(x.detach().clone(), g1, 0.25, 0.2), grad_ref1, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("T", [1, 3, 8])
+def test_torch_op_sweeps_match_the_reference(T):
+    x = _currents(T).requires_grad_()
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    ref = lif_multistep_reference(x)
+    spikes = lif_multistep(x)
+    assert torch.equal(spikes, ref)
+    a, = torch.autograd.grad(ref, x, g)
+    b, = torch.autograd.grad(spikes, x, g)
+    torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+
+
+def test_recomputed_currents_are_batch_norm_and_deterministic():
+    """The fused op takes its training-mode currents from x * scale + shift with the batch
+    statistics, in forward and again in backward: equal to native batch norm up to rounding, and
+    the same bits every time (so backward replays the forward's membrane potentials exactly)."""
+    from esvae.spiking.layers import _TDBNThenLIF
+    for shape in [(64, 32, 8, 8), (256, 40)]:
+        bn = TDBatchNorm(shape[1], alpha=2.0)
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(3)) * 3 + 1
+        native, mean, invstd = torch.ops.aten.native_batch_norm(x, bn.weight * 0.4, bn.bias, None, None, True, 0.0, 1e-5)
+        first = _TDBNThenLIF._currents(x, bn.weight, bn, mean, invstd, bn.bias)
+        assert torch.equal(first, _TDBNThenLIF._currents(x, bn.weight, bn, mean, invstd, bn.bias))
+        torch.testing.assert_close(first, native, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("T", [1, 4, 7])
+@pytest.mark.parametrize("shape", [(5, 6), (5, 3, 4, 4)])
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_tdbn_lif_matches_batch_norm_then_reference_lif(backend, T, shape, training):
+    torch.manual_seed(0)
+    bn_fast, bn_ref = TDBatchNorm(shape[1], alpha=2.0), TDBatchNorm(shape[1], alpha=2.0)
+    with torch.no_grad():
+        for bn in (bn_fast, bn_ref):
+            bn.weight.copy_(torch.linspace(0.5, 1.5, shape[1]))
+            bn.bias.copy_(torch.linspace(-0.2, 0.3, shape[1]))
+            bn.running_mean.fill_(0.1)
+            bn.running_var.fill_(2.0)
+    bn_fast.train(training), bn_ref.train(training)
+    x = (torch.randn(T * shape[0], *shape[1:], generator=torch.Generator().manual_seed(4)) * 2).requires_grad_()
+    g = torch.randn(T, *shape, generator=torch.Generator().manual_seed(5))
+    fast = tdbn_lif(x, bn_fast, LIF(), T)
+    ref = lif_multistep_reference(bn_ref(x).unflatten(0, (T, -1)))
+    assert torch.equal(fast, ref) and 0 < ref.mean() < 1
+    grads_fast = torch.autograd.grad(fast, [x, bn_fast.weight, bn_fast.bias], g)
+    grads_ref = torch.autograd.grad(ref, [x, bn_ref.weight, bn_ref.bias], g)
+    for a, b in zip(grads_fast, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(bn_fast, name), getattr(bn_ref, name))
+
+
+@pytest.mark.parametrize("model_name", ["esvae", "fsvae"])
+def test_reading_out_before_the_last_layer_changes_nothing(model_name):
+    model = esvae.build_model(model_name, "fashion", timesteps=4)
+    x = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    outs, grads = [], []
+    for readout_first in (True, False):
+        model.readout_first = readout_first
+        model.zero_grad()
+        out = model(x, torch.Generator().manual_seed(7))
+        model.loss(x, out)["loss"].backward()
+        outs.append(out.reconstruction.detach())
+        grads.append(model.final_layer[1].weight.grad.clone())
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_name", ["esvae", "fsvae"])
+@pytest.mark.parametrize("T", [1, 3, 6])
+def test_models_equal_the_naive_step_by_step_port(backend, model_name, T):
+    """The whole network (first layer once, fused tdBN + LIF, readout first, FSVAE's stepwise
+    evaluation) against the time-last port with the slice-writing LIF loop, in float64."""
+    pair = build_pair(model_name, "fashion", T, batch=4)
+    report = check_numerics(pair)
+    strict = report["float64"]
+    assert report["ok"], strict
+    assert strict["spike_mismatches"] == 0 and strict["spikes_compared"] > 0
+    assert strict["grad_max_rel_err"] < 1e-9 and strict["eval_output_std"] > 0.01
+
+
+def test_the_numerics_check_catches_a_wrong_neuron(monkeypatch):
+    pair = build_pair("esvae", "fashion", 3, batch=4)
+    original = NaiveLIF.forward
+
+    def leakier(self, x):  # tau 0.3 instead of 0.25
+        self.tau = 0.3
+        return original(self, x)
+
+    monkeypatch.setattr(NaiveLIF, "forward", leakier)
+    report = check_numerics(pair)
+    assert not report["ok"] and report["float64"]["spike_mismatches"] > 0
+
+
+def test_peak_memory_counts_live_allocations():
+    def work():
+        a = torch.empty(1_000_000)        # 4 MB
+        b = torch.empty(2_000_000)        # 8 MB: 12 MB held
+        del a
+        c = torch.empty(500_000)          # 2 MB: 10 MB held
+        return b, c
+
+    peak = peak_memory_bytes(work)
+    assert 12_000_000 <= peak < 12_000_000 + 4096
+
+
+def test_the_training_step_is_the_one_esvae_train_runs(monkeypatch):
+    import esvae.train as train_module
+    calls = []
+    original = train_module.train_step
+
+    def counting(model, optimizer, images, generator):
+        calls.append(type(model).__name__)
+        return original(model, optimizer, images, generator)
+
+    monkeypatch.setattr(train_module, "train_step", counting)
+    pair = build_pair("esvae", "fashion", 2, batch=2)
+    _, terms = pair.call("ours", "train")()
+    pair.call("naive", "train")()
+    assert calls == ["ESVAE", "NaiveESVAE"] and torch.isfinite(terms["loss"])
+    # and that step runs the fused op in every tdBN + LIF layer of the model
+    out = pair.ours(pair.images)
+    nodes, stack, seen = [], [out.reconstruction.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        nodes.append(type(node).__name__)
+        stack.extend(n for n, _ in node.next_functions)
+    layers_with_bn_and_lif = sum(1 for m in pair.ours.modules() if getattr(m, "bn", None) is not None
+                                 and getattr(m, "lif", None) is not None)
+    assert nodes.count("_TDBNThenLIFBackward") == layers_with_bn_and_lif == 10
+
+
+def test_bench_command_writes_a_checked_report(tmp_path, capsys):
+    from esvae.cli import main
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--models", "esvae", "fsvae", "--timesteps", "2", "--batch", "4", "--repeats", "1",
+               "--check-batch", "2", "--threads", "1", "--json", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["numerics_ok"] and report["machine"]["torch_threads"] == 1
+    assert [(r["model"], r["timesteps"]) for r in report["rows"]] == [("esvae", 2), ("fsvae", 2)]
+    for row in report["rows"]:
+        for allocator in ("default", "tuned"):
+            for mode in ("train", "eval", "sample"):
+                s = row["seconds"][allocator]
+                assert row["images_per_s"][allocator]["ours"][mode] == pytest.approx(4 / s["ours"][mode])
+                assert row["speedup"][allocator][mode] == pytest.approx(s["naive"][mode] / s["ours"][mode])
+        assert row["memory_ratio"]["train"] == pytest.approx(row["peak_bytes"]["ours"]["train"]
+                                                             / row["peak_bytes"]["naive"]["train"])
+    table = capsys.readouterr().out
+    assert "| esvae | 2 | train |" in table and "| fsvae | 2 | sample |" in table and "same: 0 spikes differ" in table
