@@ -162,7 +162,10 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--check-batch", type=positive_int, default=16,
                    help="images in the float64 numerics check (default 16)")
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    b.add_argument("--profile", action="store_true",
+                   help="also profile our training step at the largest T (where the remaining time goes)")
     b.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
+    b.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     b.add_argument("--json", default="benchmarks/speed/bench.json", help="where to write the report (JSON)")
 
     rp = sub.add_parser("report", help="compile the tables and figures from the files under a results folder")
@@ -394,11 +397,13 @@ def _cmd_bench(args) -> int:
     import torch
 
     from .bench import format_table, run_bench, write_report
+    from .train import resolve_device
+    device = resolve_device(args.device)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     allocators = {"both": ("default", "tuned"), "default": ("default",), "tuned": ("tuned",)}[args.allocator]
     report = run_bench(models=args.models, timesteps=args.timesteps, batch=args.batch, dataset=args.dataset,
                        repeats=args.repeats, allocators=allocators, memory=not args.no_memory,
-                       check_batch=args.check_batch, progress=lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True))
+                       check_batch=args.check_batch, profile=args.profile, device=str(device), progress=lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True))
     write_report(report, args.json)
     print(format_table(report))
     print(f"report written to {args.json}")

@@ -33,20 +33,43 @@ def _currents(T, shape=(3, 5, 4), dtype=torch.float32, seed=0):
 
 @pytest.mark.parametrize("T", [1, 2, 5, 16])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_kernels_match_the_step_by_step_reference(T, dtype):
-    x = _currents(T, dtype=dtype).requires_grad_()
-    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
-    ref = lif_multistep_reference(x)
-    grad_ref, = torch.autograd.grad(ref, x, g)
-    spikes = kernels.lif_forward(x.detach(), 0.25, 0.2)
+@pytest.mark.parametrize("shape", [(3, 5, 4), (3, 7)])
+def test_kernels_match_the_step_by_step_reference(T, dtype, shape):
+    """The compiled LIF kernels (currents x * scale + shift formed inside) against the autograd
+    loop of lif_step on the same currents: the same spikes, the same dL/dI."""
+    x = _currents(T, shape, dtype=dtype).flatten(0, 1)                     # (T*N, C, ...)
+    channels = x.shape[1]
+    scale = torch.linspace(0.5, 1.5, channels, dtype=dtype)
+    shift = torch.linspace(-0.1, 0.2, channels, dtype=dtype)
+    view = (1, -1) + (1,) * (x.dim() - 2)
+    currents = (x * scale.view(view) + shift.view(view)).unflatten(0, (T, -1)).requires_grad_()
+    g = torch.randn(currents.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    ref = lif_multistep_reference(currents)
+    grad_ref, = torch.autograd.grad(ref, currents, g)
+    spikes = kernels.lif_forward(x, scale, shift, T, 0.25, 0.2)
     assert spikes.dtype == dtype and torch.equal(spikes, ref)
     assert 0 < spikes.mean() < 1                                    # some units fire, some do not
-    grad = kernels.lif_backward(x.detach().clone(), g, 0.25, 0.2)
-    torch.testing.assert_close(grad, grad_ref, rtol=0, atol=1e-6 if dtype == torch.float32 else 1e-12)
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    grad = kernels.lif_backward(x, g, scale, shift, T, 0.25, 0.2)
+    torch.testing.assert_close(grad, grad_ref.flatten(0, 1), rtol=0, atol=tol)
     # an expanded (stride-0 over time) gradient, as the mean over T produces
     g1 = g[:1].expand_as(g)
-    grad_ref1, = torch.autograd.grad(lif_multistep_reference(x), x, g1)
-    torch.testing.assert_close(kernels.lif_backward(x.detach().clone(), g1, 0.25, 0.2), grad_ref1, rtol=0, atol=1e-6)
+    grad_ref1, = torch.autograd.grad(lif_multistep_reference(currents), currents, g1)
+    torch.testing.assert_close(kernels.lif_backward(x, g1, scale, shift, T, 0.25, 0.2), grad_ref1.flatten(0, 1),
+                               rtol=0, atol=tol)
+
+
+def test_channel_sums_and_batch_norm_gradient_kernels():
+    for shape in [(6, 3, 5, 7), (9, 4)]:
+        a = torch.randn(shape, generator=torch.Generator().manual_seed(8))
+        b = torch.randn(shape, generator=torch.Generator().manual_seed(9))
+        dims = [0] + list(range(2, a.dim()))
+        expected = torch.stack([a.double().sum(dims), (a.double() * b.double()).sum(dims)], 1)
+        torch.testing.assert_close(kernels.channel_sums(a, b), expected, rtol=1e-12, atol=1e-12)
+        coef = torch.randn(shape[1], 4, generator=torch.Generator().manual_seed(10))
+        view = (1, -1) + (1,) * (a.dim() - 2)
+        want = (a - coef[:, 0].view(view) - (b - coef[:, 1].view(view)) * coef[:, 2].view(view)) * coef[:, 3].view(view)
+        torch.testing.assert_close(kernels.batch_norm_grad_(a.clone(), b, coef), want, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("T", [1, 3, 8])
@@ -185,10 +208,15 @@ def test_the_training_step_is_the_one_esvae_train_runs(monkeypatch):
 
 
 def test_bench_command_writes_a_checked_report(tmp_path, capsys):
+    """The README's quick benchmark command (with a temporary report path and one thread)."""
+    import re
+    import shlex
+    from pathlib import Path
     from esvae.cli import main
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    (command,) = re.findall(r"^python -m esvae bench --timesteps 2 .*$", readme, flags=re.M)
     out = tmp_path / "bench.json"
-    rc = main(["bench", "--models", "esvae", "fsvae", "--timesteps", "2", "--batch", "4", "--repeats", "1",
-               "--check-batch", "2", "--threads", "1", "--json", str(out)])
+    rc = main(shlex.split(command)[3:] + ["--threads", "1", "--json", str(out)])
     assert rc == 0
     report = json.loads(out.read_text())
     assert report["numerics_ok"] and report["machine"]["torch_threads"] == 1
@@ -203,3 +231,10 @@ def test_bench_command_writes_a_checked_report(tmp_path, capsys):
                                                              / row["peak_bytes"]["naive"]["train"])
     table = capsys.readouterr().out
     assert "| esvae | 2 | train |" in table and "| fsvae | 2 | sample |" in table and "same: 0 spikes differ" in table
+
+
+def test_bench_refuses_an_unavailable_device(monkeypatch, capsys):
+    from esvae.cli import main
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench", "--device", "cuda", "--timesteps", "2"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err

@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 MODES = ("train", "eval", "sample")
 IMPLS = ("naive", "ours")
 ALLOCATORS = ("default", "tuned")
+ALLOCATOR_LABELS = {
+    "default": "glibc defaults",
+    "tuned": "heap kept (mallopt, = MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_ MALLOC_TOP_PAD_=1G), as `esvae train` runs",
+    "cuda": "PyTorch's CUDA caching allocator",
+}
 # Agreement tolerances of the float64 check: outputs are tanh images in [-1, 1]; gradients relative
 # to the tensor's largest entry (plus 1e-3 of the model's largest, for tensors whose exact gradient
 # is 0, such as a convolution bias followed by batch norm).
@@ -53,10 +58,27 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def peak_memory_bytes(fn: Callable[[], object]) -> int:
-    """Peak bytes held by PyTorch CPU allocations made during ``fn()`` (allocations minus frees,
-    in time order, over every thread), from the profiler's memory events. Tensors alive before the
-    call are not counted."""
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _gen(seed: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def peak_memory_bytes(fn: Callable[[], object], device: torch.device = torch.device("cpu")) -> int:
+    """Peak bytes held by PyTorch allocations made during ``fn()`` above what was held before it.
+
+    CPU: allocations minus frees in time order, over every thread, from the profiler's memory
+    events. CUDA: the caching allocator's peak statistic."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return torch.cuda.max_memory_allocated(device) - before
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
@@ -70,12 +92,14 @@ def peak_memory_bytes(fn: Callable[[], object]) -> int:
     return peak
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+def _median_seconds(fn: Callable[[], object], repeats: int, device: torch.device = torch.device("cpu")) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
+        _sync(device)
         start = time.perf_counter()
         fn()
+        _sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -90,6 +114,10 @@ class Pair:
     images: torch.Tensor
     optimizers: Dict[str, torch.optim.Optimizer] = field(default_factory=dict)
 
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
     def module(self, impl: str) -> torch.nn.Module:
         return self.ours if impl == "ours" else self.naive
 
@@ -99,7 +127,7 @@ class Pair:
         module, images = self.module(impl), self.images
 
         def run():
-            gen = torch.Generator().manual_seed(seed)
+            gen = _gen(seed, self.device)
             if mode == "train":
                 module.train()
                 return train_step(module, self.optimizers[impl], images, gen)
@@ -112,14 +140,14 @@ class Pair:
 
 
 def build_pair(model_name: str, dataset: str, timesteps: int, batch: int, lr: float = 1e-3,
-               overrides: Optional[dict] = None) -> Pair:
+               overrides: Optional[dict] = None, device: str = "cpu") -> Pair:
     from ..models import build_model
     from .naive import naive_param_groups, naive_port
     torch.manual_seed(0)
-    ours = build_model(model_name, dataset, timesteps=timesteps, **(overrides or {}))
+    ours = build_model(model_name, dataset, timesteps=timesteps, **(overrides or {})).to(device)
     naive = naive_port(ours)
     c, s = ours.config.in_channels, ours.config.image_size
-    images = torch.rand(batch, c, s, s, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    images = (torch.rand(batch, c, s, s, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(device)
     pair = Pair(model_name, timesteps, ours, naive, images)
     pair.optimizers = {
         "ours": torch.optim.AdamW(ours.param_groups(lr, 10.0), lr=lr),
@@ -160,8 +188,8 @@ def _compare(ours: torch.nn.Module, naive: torch.nn.Module, x: torch.Tensor) -> 
     for m in (ours, naive):
         m.zero_grad(set_to_none=True)
     with _running_stats_set_to_batch(ours, naive):
-        out_o = ours(x, torch.Generator().manual_seed(11))
-        out_n = naive(x, torch.Generator().manual_seed(11))
+        out_o = ours(x, _gen(11, x.device))
+        out_n = naive(x, _gen(11, x.device))
     terms_o, terms_n = ours.loss(x, out_o), naive.loss(x, out_n)
     terms_o["loss"].backward()
     terms_n["loss"].backward()
@@ -193,10 +221,10 @@ def _compare(ours: torch.nn.Module, naive: torch.nn.Module, x: torch.Tensor) -> 
     # Evaluation uses the running statistics the training-mode pass just updated (in both).
     ours.eval(), naive.eval()
     with torch.no_grad():
-        e_o = ours(x, torch.Generator().manual_seed(12)).reconstruction
-        e_n = naive(x, torch.Generator().manual_seed(12))["reconstruction"]
-        s_o = ours.sample(x.shape[0], torch.Generator().manual_seed(13))
-        s_n = naive.sample(x.shape[0], torch.Generator().manual_seed(13))
+        e_o = ours(x, _gen(12, x.device)).reconstruction
+        e_n = naive(x, _gen(12, x.device))["reconstruction"]
+        s_o = ours.sample(x.shape[0], _gen(13, x.device))
+        s_n = naive.sample(x.shape[0], _gen(13, x.device))
     result["eval_output_max_abs_diff"] = float((e_o - e_n).abs().max())
     result["sample_max_abs_diff"] = float((s_o - s_n).abs().max())
     result["eval_output_std"] = float(e_o.std())  # not a constant image: the comparison means something
@@ -229,15 +257,52 @@ def check_numerics(pair: Pair, check_batch: Optional[int] = None) -> Dict[str, o
     return {"ok": strict["ok"], "images": x.shape[0], "float64": strict, "float32": info}
 
 
+def profile_call(fn: Callable[[], object], top: int = 12) -> Dict[str, object]:
+    """Where one call spends its time: the profiler's self CPU time per operator (top ``top``) and
+    grouped into convolutions, batch norm, the fused tdBN + LIF op (its own code: the LIF
+    kernels), matrix products and the rest."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    rows = sorted(((e.key, e.self_cpu_time_total / 1e3, e.count) for e in prof.key_averages()),
+                  key=lambda r: -r[1])
+    total = sum(r[1] for r in rows)
+    groups = {"convolution": 0.0, "batch norm": 0.0, "tdBN+LIF op (LIF kernels)": 0.0, "matrix products": 0.0,
+              "other": 0.0}
+    for name, ms, _ in rows:
+        if "convolution" in name:
+            groups["convolution"] += ms
+        elif "batch_norm" in name:
+            groups["batch norm"] += ms
+        elif "TDBNThenLIF" in name:
+            groups["tdBN+LIF op (LIF kernels)"] += ms
+        elif name in ("aten::mm", "aten::addmm", "aten::bmm"):
+            groups["matrix products"] += ms
+        else:
+            groups["other"] += ms
+    return {"total_ms": total, "groups_ms": groups,
+            "top": [{"op": n, "self_ms": ms, "calls": c} for n, ms, c in rows[:top]],
+            "note": "self CPU time under torch.profiler (its overhead inflates the total a little)"}
+
+
 def run_bench(models: Sequence[str] = ("esvae", "fsvae"), timesteps: Sequence[int] = (4, 8, 16), batch: int = 64,
               dataset: str = "fashion", repeats: int = 3, allocators: Sequence[str] = ALLOCATORS,
               memory: bool = True, overrides: Optional[dict] = None, check_batch: Optional[int] = 16,
+              profile: bool = False, device: str = "cpu",
               progress: Callable[[str], None] = lambda msg: None) -> Dict[str, object]:
-    """Check and time every (model, T); returns the JSON-able report (see the module docstring)."""
+    """Check and time every (model, T); returns the JSON-able report (see the module docstring).
+
+    On a CUDA device there is one timing phase ("cuda", PyTorch's caching allocator: glibc's
+    settings do not apply), peak memory is the caching allocator's peak and ``profile`` is skipped.
+    """
     from ..runtime import tune_allocator
-    if list(allocators) not in (["default"], ["tuned"], ["default", "tuned"]):
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        allocators, profile = ("cuda",), False
+    elif list(allocators) not in (["default"], ["tuned"], ["default", "tuned"]):
         raise ValueError(f"allocators must be default, tuned or both in that order, got {list(allocators)}")
-    pairs = [build_pair(m, dataset, t, batch, overrides=overrides) for m in models for t in timesteps]
+    pairs = [build_pair(m, dataset, t, batch, overrides=overrides, device=device) for m in models for t in timesteps]
     rows = {(p.model_name, p.timesteps): {"model": p.model_name, "timesteps": p.timesteps, "batch": batch,
                                            "seconds": {a: {} for a in allocators}} for p in pairs}
     for pair in pairs:
@@ -254,7 +319,8 @@ def run_bench(models: Sequence[str] = ("esvae", "fsvae"), timesteps: Sequence[in
             for mode in MODES:
                 for impl in IMPLS:
                     progress(f"timing {pair.model_name} T={pair.timesteps} {mode} {impl} (allocator {allocator})")
-                    row["seconds"][allocator].setdefault(impl, {})[mode] = _median_seconds(pair.call(impl, mode), repeats)
+                    row["seconds"][allocator].setdefault(impl, {})[mode] = _median_seconds(
+                        pair.call(impl, mode), repeats, pair.device)
     if memory:
         for pair in pairs:
             row = rows[(pair.model_name, pair.timesteps)]
@@ -262,7 +328,12 @@ def run_bench(models: Sequence[str] = ("esvae", "fsvae"), timesteps: Sequence[in
             for impl in IMPLS:
                 for mode in MODES:
                     progress(f"peak memory {pair.model_name} T={pair.timesteps} {mode} {impl}")
-                    row["peak_bytes"].setdefault(impl, {})[mode] = peak_memory_bytes(pair.call(impl, mode))
+                    row["peak_bytes"].setdefault(impl, {})[mode] = peak_memory_bytes(pair.call(impl, mode), pair.device)
+    if profile:
+        for pair in pairs:
+            if pair.timesteps == max(timesteps):
+                progress(f"profile {pair.model_name} T={pair.timesteps} train ours")
+                rows[(pair.model_name, pair.timesteps)]["profile_train_ours"] = profile_call(pair.call("ours", "train"))
     for row in rows.values():
         row["images_per_s"] = {a: {i: {m: batch / s for m, s in modes.items()} for i, modes in impls.items()}
                                for a, impls in row["seconds"].items()}
@@ -285,12 +356,14 @@ def run_bench(models: Sequence[str] = ("esvae", "fsvae"), timesteps: Sequence[in
                                f"outputs within {OUTPUT_ATOL_FLOAT64:g}, gradients within {GRAD_RTOL_FLOAT64:g} "
                                "relative; float32 differences reported alongside"),
             "repeats": repeats, "statistic": "median seconds per call after one warm-up call",
-            "peak_memory": "PyTorch CPU allocations minus frees during one call (profiler memory events)",
-            "allocators": {"default": "glibc defaults", "tuned": "heap kept (mallopt, = MALLOC_MMAP_MAX_=0 "
-                           "MALLOC_TRIM_THRESHOLD_ MALLOC_TOP_PAD_=1G), as `esvae train` runs"},
+            "peak_memory": ("CUDA caching allocator's peak during one call, above what was allocated before"
+                            if dev.type == "cuda" else
+                            "PyTorch CPU allocations minus frees during one call (profiler memory events)"),
+            "allocators": {a: ALLOCATOR_LABELS[a] for a in allocators},
         },
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": str(torch.__version__), "device": "cpu", "python": platform.python_version()},
+                    "torch": str(torch.__version__), "python": platform.python_version(),
+                    "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"},
         "numerics_ok": all(r["numerics"]["ok"] for r in rows.values()),
         "rows": list(rows.values()),
     }
@@ -329,9 +402,17 @@ def format_table(report: Dict[str, object]) -> str:
                           f"{r['memory_ratio'][mode]:.2f}"]
             cells.append(check)
             lines.append("| " + " | ".join(cells) + " |")
+    for r in report["rows"]:
+        if "profile_train_ours" in r:
+            prof = r["profile_train_ours"]
+            parts = ", ".join(f"{k} {v / prof['total_ms']:.0%}" for k, v in prof["groups_ms"].items())
+            lines.append("")
+            lines.append(f"Profile of our {r['model']} training step at T={r['timesteps']} "
+                         f"({prof['total_ms']:.0f} ms of self CPU time under the profiler): {parts}.")
     m, c = report["machine"], report["conditions"]
     lines.append("")
-    lines.append(f"{m['cpu']} ({m['cores']} cores), {m['torch_threads']} torch threads, torch {m['torch']}; "
+    where = m["device"] if m["device"] != "cpu" else f"{m['cpu']} ({m['cores']} cores), {m['torch_threads']} torch threads"
+    lines.append(f"{where}, torch {m['torch']}; "
                  f"batch {c['batch']}; {c['dataset_config']} {c['weights']}; {c['statistic']}, {c['repeats']} timed; "
                  f"numerics: {c['numerics_check']}.")
     return "\n".join(lines)
@@ -344,4 +425,5 @@ def write_report(report: Dict[str, object], path: os.PathLike) -> None:
     write_json(Path(path), report)
 
 
-__all__ = ["run_bench", "format_table", "write_report", "check_numerics", "build_pair", "peak_memory_bytes", "MODES"]
+__all__ = ["run_bench", "format_table", "write_report", "check_numerics", "build_pair", "peak_memory_bytes",
+           "profile_call", "MODES"]

@@ -190,11 +190,13 @@ class NaiveESVAE(NaiveBackbone):
         self.mmd = mmd
 
     def _prior_rate(self, n, generator):
-        eps = torch.randn(n, self.config.latent_dim, generator=generator, dtype=self.prior_bottleneck.weight.dtype)
+        weight = self.prior_bottleneck.weight
+        eps = torch.randn(n, self.config.latent_dim, generator=generator, dtype=weight.dtype, device=weight.device)
         return torch.sigmoid(self.prior_bottleneck(eps))
 
     def _sample(self, rate, generator):
-        noise = torch.rand((self.config.timesteps, *rate.shape), generator=generator, dtype=rate.dtype)
+        noise = torch.rand((self.config.timesteps, *rate.shape), generator=generator, dtype=rate.dtype,
+                           device=rate.device)
         return _PoissonFn.apply(rate, _time_last(noise))
 
     def forward(self, images, generator=None):
@@ -241,17 +243,18 @@ class NaiveFSVAE(NaiveBackbone):
         self.prior.layers = NaiveVotingMLP((L, 2 * L, 4 * L, k * L), config)
         self.scheduled_p = config.scheduled_p_start
 
-    def _dtype(self):
-        return self.prior.layers[0].weight.dtype
+    def _like(self):
+        weight = self.prior.layers[0].weight
+        return {"dtype": weight.dtype, "device": weight.device}
 
     def _choices(self, shape, generator):
-        u = torch.rand(shape, generator=generator, dtype=self._dtype())
+        u = torch.rand(shape, generator=generator, **self._like())
         return (u * self.config.votes).long().clamp_max(self.config.votes - 1)
 
     def _posterior(self, x, generator):  # x (N, L, T)
         N, L, T = x.shape
         choice = _time_last(self._choices((T, N, L), generator))          # (N, L, T)
-        z_shifted = torch.zeros(N, L, 1, dtype=x.dtype)
+        z_shifted = torch.zeros(N, L, 1, dtype=x.dtype, device=x.device)
         with torch.no_grad():
             for t in range(T - 1):
                 votes_t = self.posterior.layers(torch.cat([x[..., :t + 1].detach(), z_shifted], 1))[..., -1]
@@ -262,16 +265,16 @@ class NaiveFSVAE(NaiveBackbone):
     def _prior(self, z, generator):
         z = z.detach()
         N, L, T = z.shape
-        z_shifted = torch.zeros(N, L, 1, dtype=z.dtype)
+        z_shifted = torch.zeros(N, L, 1, dtype=z.dtype, device=z.device)
         if not (self.training and self.config.scheduled_sampling):
             return self.prior.layers(torch.cat([z_shifted, z[..., :-1]], -1))
         cfg = self.config
         with torch.no_grad():
             for t in range(T - 1):
-                coin = torch.rand((), generator=generator) if t >= cfg.scheduled_from_step else None
+                coin = torch.rand((), generator=generator, device=z.device) if t >= cfg.scheduled_from_step else None
                 if coin is not None and coin.item() < self.scheduled_p:
                     votes_t = self.prior.layers(z_shifted)[..., -1]
-                    noise = torch.randn(N, L, generator=generator, dtype=z.dtype)
+                    noise = torch.randn(N, L, generator=generator, dtype=z.dtype, device=z.device)
                     z_t = (votes_t.mean(2) + cfg.guess_noise * noise > 0.5).to(z.dtype)
                 else:
                     z_t = z[..., t]
@@ -305,7 +308,7 @@ class NaiveFSVAE(NaiveBackbone):
     @torch.no_grad()
     def sample(self, n, generator=None):
         T, L, k = self.config.timesteps, self.config.latent_dim, self.config.votes
-        z_shifted = torch.zeros(n, L, 1, dtype=self._dtype())
+        z_shifted = torch.zeros(n, L, 1, **self._like())
         for _ in range(T):
             votes_t = self.prior.layers(z_shifted)[..., -1]                   # prefix pass
             z_shifted = torch.cat([z_shifted, _select(votes_t, self._choices((n, L), generator)).unsqueeze(-1)], -1)
@@ -327,7 +330,8 @@ def naive_port(model: nn.Module) -> nn.Module:
         naive.scheduled_p = model.scheduled_p
     else:
         raise ValueError(f"no naive port of {name}; the benchmark covers ESVAE and FSVAE")
-    naive = naive.to(next(model.parameters()).dtype)
+    reference = next(model.parameters())
+    naive = naive.to(dtype=reference.dtype, device=reference.device)
     source = model.state_dict()
     target = naive.state_dict()
     missing = sorted(set(target) - set(source))

@@ -66,14 +66,19 @@ class TDBatchNorm(nn.modules.batchnorm._BatchNorm):
 class _TDBNThenLIF(torch.autograd.Function):
     """tdBN followed by the multi-step LIF as one op, on time-folded input ``(T*N, C, ...)``.
 
-    Forward: PyTorch's native batch norm (batch statistics and running-statistics update in
-    training, running statistics in eval) then :func:`lif_forward_sweep`; only the batch norm's
-    input (and its per-channel statistics) is kept for backward. In training the currents are
-    ``x * scale + shift`` from the batch statistics (:meth:`_currents`, in forward and backward
-    alike); backward recomputes them and the membrane potentials from them, runs
-    :func:`lif_backward_sweep` in place over them, then the native batch-norm backward. Compared
-    with saving the membrane potentials (and the spikes) this keeps one tensor per layer instead of
-    three, at the cost of one elementwise batch-norm pass and one forward sweep in backward.
+    Only the batch norm's input ``x`` and its per-channel statistics are kept for backward, which
+    recomputes the currents and replays the membrane potentials (bit for bit: the same code on the
+    same values) instead of storing them: one tensor per layer instead of three. Two paths:
+
+    * compiled CPU kernels (:mod:`esvae.spiking.kernels`): batch statistics in float64, the
+      currents ``x * scale + shift`` formed on the fly inside the LIF kernels, batch norm's
+      backward from two per-channel sums;
+    * torch ops (GPU, or without numba): native batch norm (in training, the currents are
+      ``x * scale + shift`` from its batch statistics, see :meth:`_currents`), the LIF sweeps of
+      :mod:`esvae.spiking.neuron`, native batch-norm backward.
+
+    In both, training uses the batch statistics (biased variance) and updates the running ones
+    (momentum, unbiased variance), eval uses the running ones, as PyTorch's batch norm does.
     """
 
     @staticmethod
@@ -84,27 +89,44 @@ class _TDBNThenLIF(torch.autograd.Function):
 
     @staticmethod
     def _currents(x, weight, bn, mean, invstd, bias, out=None):
-        """Training-mode batch-norm output from the batch statistics: ``x * scale + shift``, per
-        channel. Forward and backward both take the currents from here, so the membrane potentials
-        replayed in backward are bit for bit the forward's (the native kernel's own output can
-        differ from this in the last bit)."""
+        """Batch-norm output from the statistics: ``x * scale + shift`` per channel."""
         scale = weight * (bn.alpha * bn.v_threshold) * invstd
         shape = (1, -1) + (1,) * (x.dim() - 2)
         return torch.addcmul((bias - mean * scale).view(shape), x, scale.view(shape), out=out)
+
+    @staticmethod
+    def _kernel_statistics(x, bn, training):
+        """(mean, invstd) for the compiled path; in training from float64 batch sums, updating the
+        running statistics like PyTorch's batch norm."""
+        if not training:
+            return bn.running_mean.to(x.dtype), torch.rsqrt(bn.running_var.to(x.dtype) + bn.eps)
+        n = x.numel() // x.shape[1]
+        sums = kernels.channel_sums(x, x)                        # (C, 2): sum x, sum x^2
+        mean64 = sums[:, 0] / n
+        var64 = (sums[:, 1] / n - mean64 * mean64).clamp_min(0.0)  # biased, as batch norm normalises
+        with torch.no_grad():
+            m = bn.momentum
+            bn.running_mean.copy_((1 - m) * bn.running_mean.double() + m * mean64)
+            bn.running_var.copy_((1 - m) * bn.running_var.double() + m * var64 * (n / max(n - 1, 1)))
+        return mean64.to(x.dtype), torch.rsqrt(var64 + bn.eps).to(x.dtype)
 
     @staticmethod
     def forward(ctx, x, weight, bias, bn, lif, timesteps):
         training = bn.training
         if training:
             bn.num_batches_tracked.add_(1)
+        ctx.bn, ctx.lif, ctx.timesteps, ctx.training = bn, lif, timesteps, training
+        ctx.compiled = kernels.usable(x, lif.surrogate) and x.is_contiguous()
+        if ctx.compiled:
+            mean, invstd = _TDBNThenLIF._kernel_statistics(x, bn, training)
+            scale = weight.detach() * (bn.alpha * bn.v_threshold) * invstd
+            ctx.save_for_backward(x, weight, bias, mean, invstd)
+            return kernels.lif_forward(x, scale, bias.detach() - mean * scale, timesteps, lif.tau, lif.v_threshold)
         out, mean, invstd = _TDBNThenLIF._normalise(x, weight, bias, bn, training, update=training)
         if training:  # the currents from the formula backward recomputes them with (see _currents)
             _TDBNThenLIF._currents(x, weight, bn, mean, invstd, bias, out=out)
         current = out.unflatten(0, (timesteps, -1))
         ctx.save_for_backward(x, weight, bias, mean, invstd)
-        ctx.bn, ctx.lif, ctx.timesteps, ctx.training = bn, lif, timesteps, training
-        if kernels.usable(current, lif.surrogate):
-            return kernels.lif_forward(current, lif.tau, lif.v_threshold, out=current)  # spikes over the currents
         keep = torch.empty_like(current)
         lif_forward_sweep(current, lif.tau, lif.v_threshold, keep, membrane_seq=current)
         return keep.neg_().add_(1.0)  # spikes o_t = 1 - keep_t, in place
@@ -113,24 +135,40 @@ class _TDBNThenLIF(torch.autograd.Function):
     def backward(ctx, grad_spikes):
         x, weight, bias, mean, invstd = ctx.saved_tensors
         bn, lif, training = ctx.bn, ctx.lif, ctx.training
+        factor = bn.alpha * bn.v_threshold
+        if ctx.compiled:
+            scale = weight * factor * invstd
+            grad = kernels.lif_backward(x, grad_spikes, scale, bias - mean * scale, ctx.timesteps, lif.tau,
+                                        lif.v_threshold)                   # dL/dI, (T*N, C, ...)
+            sums = kernels.channel_sums(grad, x)                            # sum g, sum g x (float64)
+            sum_g, sum_gx = sums[:, 0], sums[:, 1]
+            mean64, invstd64 = mean.double(), invstd.double()
+            sum_g_xhat = (sum_gx - mean64 * sum_g) * invstd64            # sum g * (x - mean) * invstd
+            grad_w = (sum_g_xhat * factor).to(x.dtype) if ctx.needs_input_grad[1] else None
+            grad_b = sum_g.to(x.dtype) if ctx.needs_input_grad[2] else None
+            if not ctx.needs_input_grad[0]:
+                return None, grad_w, grad_b, None, None, None
+            if training:  # dx = w invstd (g - mean(g) - xhat mean(g xhat))
+                n = x.numel() // x.shape[1]
+                coef = torch.stack([sum_g / n, mean64, invstd64 * sum_g_xhat / n,
+                                    (weight.double() * factor) * invstd64], 1)
+                return kernels.batch_norm_grad_(grad, x, coef), grad_w, grad_b, None, None, None
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            return grad.mul_(scale.view(shape)), grad_w, grad_b, None, None, None
         if training:
             out = _TDBNThenLIF._currents(x, weight, bn, mean, invstd, bias)
         else:
             out = _TDBNThenLIF._normalise(x, weight, bias, bn, training, update=False)[0]
         membrane = out.unflatten(0, (ctx.timesteps, -1))
-        if kernels.usable(membrane, lif.surrogate) and membrane.is_contiguous():
-            grad_current = kernels.lif_backward(membrane, grad_spikes, lif.tau, lif.v_threshold)
-        else:
-            keep = torch.empty_like(membrane)
-            lif_forward_sweep(membrane, lif.tau, lif.v_threshold, keep, membrane_seq=membrane)
-            grad_current = lif_backward_sweep(grad_spikes, membrane, keep, lif.tau, lif.surrogate)
-            del keep
-        scale = bn.alpha * bn.v_threshold
+        keep = torch.empty_like(membrane)
+        lif_forward_sweep(membrane, lif.tau, lif.v_threshold, keep, membrane_seq=membrane)
+        grad_current = lif_backward_sweep(grad_spikes, membrane, keep, lif.tau, lif.surrogate)
+        del keep
         running = (None, None) if training else (bn.running_mean, bn.running_var)
         grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
-            grad_current.flatten(0, 1), x, weight * scale, *running, mean, invstd, training, bn.eps,
+            grad_current.flatten(0, 1), x, weight * factor, *running, mean, invstd, training, bn.eps,
             list(ctx.needs_input_grad[:3]))
-        return grad_x, (grad_w * scale if grad_w is not None else None), grad_b, None, None, None
+        return grad_x, (grad_w * factor if grad_w is not None else None), grad_b, None, None, None
 
 
 def tdbn_lif(y: torch.Tensor, bn: TDBatchNorm, lif: LIF, timesteps: int) -> torch.Tensor:
