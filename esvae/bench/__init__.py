@@ -19,14 +19,13 @@ runs; speed-ups are reported against the naive port under both settings.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 

@@ -307,7 +307,7 @@ class NaiveFSVAE(NaiveBackbone):
 
     @torch.no_grad()
     def sample(self, n, generator=None):
-        T, L, k = self.config.timesteps, self.config.latent_dim, self.config.votes
+        T, L = self.config.timesteps, self.config.latent_dim
         z_shifted = torch.zeros(n, L, 1, **self._like())
         for _ in range(T):
             votes_t = self.prior.layers(z_shifted)[..., -1]                   # prefix pass

@@ -21,7 +21,6 @@ installed (``ESVAE_NO_NUMBA=1`` turns them off); otherwise the torch-op sweeps r
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import torch
 
