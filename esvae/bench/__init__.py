@@ -91,16 +91,25 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device = torch.dev
     return peak
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int, device: torch.device = torch.device("cpu")) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
+def _seconds(fn: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int,
+                     device: torch.device = torch.device("cpu")) -> Dict[str, list]:
+    """Seconds per call of each function, one warm-up call each, then ``repeats`` rounds that call
+    every function once in turn, so that a slow spell of a shared machine hits all of them alike."""
+    for fn in fns.values():
         fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: Dict[str, list] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(_seconds(fn, device))
+    return times
 
 
 @dataclass
@@ -301,25 +310,29 @@ def run_bench(models: Sequence[str] = ("esvae", "fsvae"), timesteps: Sequence[in
         allocators, profile = ("cuda",), False
     elif list(allocators) not in (["default"], ["tuned"], ["default", "tuned"]):
         raise ValueError(f"allocators must be default, tuned or both in that order, got {list(allocators)}")
+    if "tuned" in allocators and os.environ.get("ESVAE_NO_MALLOC_TUNING") == "1":
+        from ..errors import ConfigError
+        raise ConfigError("ESVAE_NO_MALLOC_TUNING=1 forbids the heap-kept timing; use --allocator default")
     pairs = [build_pair(m, dataset, t, batch, overrides=overrides, device=device) for m in models for t in timesteps]
     rows = {(p.model_name, p.timesteps): {"model": p.model_name, "timesteps": p.timesteps, "batch": batch,
                                            "seconds": {a: {} for a in allocators}} for p in pairs}
     for pair in pairs:
         progress(f"numerics check {pair.model_name} T={pair.timesteps}")
         rows[(pair.model_name, pair.timesteps)]["numerics"] = check_numerics(pair, check_batch)
-    tuned_by = None
     for allocator in allocators:
         if allocator == "tuned":
-            tuned_by = "mallopt" if tune_allocator() else None
-            if tuned_by is None:
-                raise RuntimeError("could not tune the allocator (not glibc, or ESVAE_NO_MALLOC_TUNING=1)")
+            if not tune_allocator():
+                from ..errors import ConfigError
+                raise ConfigError("timing with the heap kept needs glibc's mallopt and ESVAE_NO_MALLOC_TUNING unset; "
+                                  "use --allocator default")
         for pair in pairs:
             row = rows[(pair.model_name, pair.timesteps)]
             for mode in MODES:
+                progress(f"timing {pair.model_name} T={pair.timesteps} {mode}, naive and ours in turn (allocator {allocator})")
+                times = time_interleaved({impl: pair.call(impl, mode) for impl in IMPLS}, repeats, pair.device)
                 for impl in IMPLS:
-                    progress(f"timing {pair.model_name} T={pair.timesteps} {mode} {impl} (allocator {allocator})")
-                    row["seconds"][allocator].setdefault(impl, {})[mode] = _median_seconds(
-                        pair.call(impl, mode), repeats, pair.device)
+                    row["seconds"][allocator].setdefault(impl, {})[mode] = statistics.median(times[impl])
+                    row.setdefault("samples_seconds", {}).setdefault(allocator, {}).setdefault(impl, {})[mode] = times[impl]
     if memory:
         for pair in pairs:
             row = rows[(pair.model_name, pair.timesteps)]
@@ -354,10 +367,12 @@ def run_bench(models: Sequence[str] = ("esvae", "fsvae"), timesteps: Sequence[in
             "numerics_check": (f"float64 copies, first {min(check_batch or batch, batch)} images: identical spikes, "
                                f"outputs within {OUTPUT_ATOL_FLOAT64:g}, gradients within {GRAD_RTOL_FLOAT64:g} "
                                "relative; float32 differences reported alongside"),
-            "repeats": repeats, "statistic": "median seconds per call after one warm-up call",
+            "repeats": repeats, "statistic": ("median seconds per call after one warm-up call; naive and ours "
+                                              "called in turn, every sample in samples_seconds"),
             "peak_memory": ("CUDA caching allocator's peak during one call, above what was allocated before"
                             if dev.type == "cuda" else
-                            "PyTorch CPU allocations minus frees during one call (profiler memory events)"),
+                            "PyTorch CPU allocations minus frees during one call (profiler memory events; "
+                            "the compiled kernels' per-image scratch rows, numpy arrays under 1 MB, are not seen)"),
             "allocators": {a: ALLOCATOR_LABELS[a] for a in allocators},
         },
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),

@@ -158,7 +158,7 @@ class NaiveBackbone(nn.Module):
         h = self.decoder_input(z)
         h = h.view(h.shape[0], -1, 2, 2, h.shape[-1])
         y = self.final_layer(self.decoder(h))
-        steps = torch.arange(y.shape[-1] - 1, -1, -1, dtype=torch.float64)
+        steps = torch.arange(y.shape[-1] - 1, -1, -1, dtype=torch.float64, device=y.device)
         coef = (self.config.readout_decay ** steps).to(y.dtype)
         return torch.tanh((y * coef).sum(-1))
 

@@ -20,6 +20,7 @@ installed (``ESVAE_NO_NUMBA=1`` turns them off); otherwise the torch-op sweeps r
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -31,8 +32,8 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
     numba = None
 
 
-def _compile():
-    jit = numba.njit(parallel=True, cache=True, nogil=True)
+def _compile(cache: bool = True):
+    jit = numba.njit(parallel=True, cache=cache, nogil=True)
 
     @jit
     def forward(x, scale, shift, params, spikes):  # x, spikes (T, N, K); scale, shift (K,)
@@ -133,12 +134,25 @@ def _compile():
 
 
 _KERNELS = None
+_UNAVAILABLE = None  # why the kernels cannot be used in this process, once known
 
 
 def _kernels():
-    global _KERNELS
-    if _KERNELS is None:
-        _KERNELS = _compile()
+    """The compiled kernels, cached on disk next to this file (or numba's user cache). Where no
+    cache location is writable they compile in memory each process; where even that fails the
+    process uses the torch-op path and says so once."""
+    global _KERNELS, _UNAVAILABLE
+    if _KERNELS is None and _UNAVAILABLE is None:
+        for cache in (True, False):
+            try:
+                _KERNELS = _compile(cache)
+                break
+            except Exception as exc:  # e.g. "cannot cache function ...: no locator available"
+                _UNAVAILABLE = f"{type(exc).__name__}: {exc}"
+        if _KERNELS is not None:
+            _UNAVAILABLE = None
+        else:
+            logging.getLogger(__name__).warning("compiled LIF kernels unavailable (%s); using torch ops", _UNAVAILABLE)
     return _KERNELS
 
 
@@ -146,7 +160,7 @@ def usable(x: torch.Tensor, surrogate) -> bool:
     """Whether the compiled kernels handle ``x`` (CPU, float32/float64, rectangle surrogate)."""
     from .surrogate import rectangle
     return (numba is not None and os.environ.get("ESVAE_NO_NUMBA") != "1" and surrogate is rectangle
-            and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64))
+            and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and _kernels() is not None)
 
 
 def _params(dtype: torch.dtype, tau: float, v_threshold: float):

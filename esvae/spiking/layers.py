@@ -41,6 +41,8 @@ class TDBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def __init__(self, num_features: int, alpha: float = 1.0, v_threshold: float = V_THRESHOLD,
                  eps: float = 1e-5, momentum: float = 0.1):
+        if not isinstance(momentum, (int, float)) or isinstance(momentum, bool):
+            raise ValueError(f"TDBatchNorm needs a numeric momentum (exponential running statistics), got {momentum!r}")
         super().__init__(num_features, eps=eps, momentum=momentum, affine=True, track_running_stats=True)
         self.alpha = float(alpha)
         self.v_threshold = float(v_threshold)
@@ -98,8 +100,8 @@ class _TDBNThenLIF(torch.autograd.Function):
     def _kernel_statistics(x, bn, training):
         """(mean, invstd) for the compiled path; in training from float64 batch sums, updating the
         running statistics like PyTorch's batch norm."""
-        if not training:
-            return bn.running_mean.to(x.dtype), torch.rsqrt(bn.running_var.to(x.dtype) + bn.eps)
+        if not training:  # copies: backward must see these values even if the buffers change meanwhile
+            return bn.running_mean.to(x.dtype, copy=True), torch.rsqrt(bn.running_var.to(x.dtype) + bn.eps)
         n = x.numel() // x.shape[1]
         sums = kernels.channel_sums(x, x)                        # (C, 2): sum x, sum x^2
         mean64 = sums[:, 0] / n
@@ -132,6 +134,7 @@ class _TDBNThenLIF(torch.autograd.Function):
         return keep.neg_().add_(1.0)  # spikes o_t = 1 - keep_t, in place
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_spikes):
         x, weight, bias, mean, invstd = ctx.saved_tensors
         bn, lif, training = ctx.bn, ctx.lif, ctx.training

@@ -9,14 +9,17 @@ Per element, with ``u_0 = 0`` and ``o_0 = 0``, for t = 1..T::
 flows through ``o_{t-1}``. The spike's surrogate derivative is evaluated at ``u_t`` itself (the
 window is centred at 0, not at the threshold; a quirk kept from the original code).
 
-Three forms, all computing the same function and gradient:
+Forms, all computing the same function and gradient:
 
 * :func:`lif_step` -- the single-step update as a pure function (charge -> fire -> reset factor);
 * :func:`lif_multistep_reference` -- a loop of :func:`lif_step` under autograd, used by the tests
   as the ground truth;
-* :func:`lif_multistep` -- a fused multi-step op (custom autograd function). Its forward writes
-  into preallocated buffers outside any autograd graph and its backward is a single reverse-time
-  sweep: O(T) memory traffic and no per-step graph nodes;
+* :func:`lif_multistep` -- a fused multi-step op (custom autograd function) built on
+  :func:`lif_forward_sweep` (two ops per step into preallocated buffers, outside any autograd
+  graph) and :func:`lif_backward_sweep` (one reverse-time pass, no buffer of size T beyond the
+  membranes it overwrites): O(T) memory traffic and no per-step graph nodes. The sweeps also serve
+  the fused tdBN + LIF op of :mod:`esvae.spiking.layers` when its compiled CPU kernels
+  (:mod:`esvae.spiking.kernels`) do not apply;
 * :func:`lif_step_inference` -- the fused op's update for one step without autograd, for
   networks stepped one time step at a time (FSVAE's autoregressive sampling in eval mode).
 """
