@@ -392,8 +392,6 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    import os
-
     import torch
 
     from .bench import format_table, run_bench, write_report
@@ -403,7 +401,8 @@ def _cmd_bench(args) -> int:
     allocators = {"both": ("default", "tuned"), "default": ("default",), "tuned": ("tuned",)}[args.allocator]
     report = run_bench(models=args.models, timesteps=args.timesteps, batch=args.batch, dataset=args.dataset,
                        repeats=args.repeats, allocators=allocators, memory=not args.no_memory,
-                       check_batch=args.check_batch, profile=args.profile, device=str(device), progress=lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True))
+                       check_batch=args.check_batch, profile=args.profile, device=str(device),
+                       progress=lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True))
     write_report(report, args.json)
     print(format_table(report))
     print(f"report written to {args.json}")

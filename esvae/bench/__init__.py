@@ -19,7 +19,6 @@ runs; speed-ups are reported against the naive port under both settings.
 """
 from __future__ import annotations
 
-import logging
 import os
 import platform
 import statistics
@@ -28,8 +27,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Sequence
 
 import torch
-
-log = logging.getLogger(__name__)
 
 MODES = ("train", "eval", "sample")
 IMPLS = ("naive", "ours")
@@ -251,9 +248,7 @@ def check_numerics(pair: Pair, check_batch: Optional[int] = None) -> Dict[str, o
     import copy
     from .naive import naive_port
     x = pair.images[:check_batch] if check_batch else pair.images
-    ours64 = copy.deepcopy(pair.ours).double()
-    if hasattr(pair.ours, "scheduled_p"):
-        ours64.scheduled_p = pair.ours.scheduled_p
+    ours64 = copy.deepcopy(pair.ours).double()  # a copy keeps every attribute (FSVAE's scheduled_p too)
     naive64 = naive_port(ours64)
     strict = _compare(ours64, naive64, x.double())
     strict["ok"] = (strict["spike_mismatches"] == 0 and strict["grad_max_rel_err"] <= GRAD_RTOL_FLOAT64

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import namedtuple
 
 import torch
 
@@ -130,29 +131,30 @@ def _compile(cache: bool = True):
                 for q in range(inner):
                     g[r, c, q] = (g[r, c, q] - a - (x[r, c, q] - m) * b) * k
 
-    return forward, backward, channel_sums, batch_norm_grad, column_sums
+    return _Kernels(forward, backward, channel_sums, column_sums, batch_norm_grad)
 
 
+_Kernels = namedtuple("_Kernels", "forward backward channel_sums column_sums batch_norm_grad")
 _KERNELS = None
-_UNAVAILABLE = None  # why the kernels cannot be used in this process, once known
+_TRIED = False
 
 
 def _kernels():
     """The compiled kernels, cached on disk next to this file (or numba's user cache). Where no
     cache location is writable they compile in memory each process; where even that fails the
-    process uses the torch-op path and says so once."""
-    global _KERNELS, _UNAVAILABLE
-    if _KERNELS is None and _UNAVAILABLE is None:
+    process uses the torch-op path and says so once (None)."""
+    global _KERNELS, _TRIED
+    if not _TRIED:
+        _TRIED = True
+        errors = []
         for cache in (True, False):
             try:
                 _KERNELS = _compile(cache)
                 break
             except Exception as exc:  # e.g. "cannot cache function ...: no locator available"
-                _UNAVAILABLE = f"{type(exc).__name__}: {exc}"
-        if _KERNELS is not None:
-            _UNAVAILABLE = None
+                errors.append(f"{type(exc).__name__}: {exc}")
         else:
-            logging.getLogger(__name__).warning("compiled LIF kernels unavailable (%s); using torch ops", _UNAVAILABLE)
+            logging.getLogger(__name__).warning("compiled LIF kernels unavailable (%s); using torch ops", errors[-1])
     return _KERNELS
 
 
@@ -189,7 +191,7 @@ def lif_forward(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, times
     computed on the fly and never stored. Returns spikes ``(T, N, C, ...)``."""
     spikes = torch.empty((timesteps, x.shape[0] // timesteps, *x.shape[1:]), dtype=x.dtype)
     _threads()
-    _kernels()[0](_rows(x, timesteps), _per_element(scale, x).numpy(), _per_element(shift, x).numpy(),
+    _kernels().forward(_rows(x, timesteps), _per_element(scale, x).numpy(), _per_element(shift, x).numpy(),
                   _params(x.dtype, tau, v_threshold), spikes.view(timesteps, -1, x[0].numel()).numpy())
     return spikes
 
@@ -201,7 +203,7 @@ def lif_backward(x: torch.Tensor, grad_spikes: torch.Tensor, scale: torch.Tensor
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     grad = grad_spikes.detach().reshape(timesteps, -1, x[0].numel())
     _threads()
-    _kernels()[1](_rows(x, timesteps), grad.numpy(), _per_element(scale, x).numpy(), _per_element(shift, x).numpy(),
+    _kernels().backward(_rows(x, timesteps), grad.numpy(), _per_element(scale, x).numpy(), _per_element(shift, x).numpy(),
                   _params(x.dtype, tau, v_threshold), out.view(timesteps, -1, x[0].numel()).numpy())
     return out
 
@@ -211,9 +213,9 @@ def channel_sums(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     out = torch.empty(a.shape[1], 2, dtype=torch.float64)
     _threads()
     if a.dim() == 2:
-        _kernels()[4](a.detach().contiguous().numpy(), b.detach().contiguous().numpy(), out.numpy())
+        _kernels().column_sums(a.detach().contiguous().numpy(), b.detach().contiguous().numpy(), out.numpy())
         return out
-    _kernels()[2](a.detach().reshape(a.shape[0], a.shape[1], -1).numpy(),
+    _kernels().channel_sums(a.detach().reshape(a.shape[0], a.shape[1], -1).numpy(),
                   b.detach().reshape(b.shape[0], b.shape[1], -1).numpy(), out.numpy())
     return out
 
@@ -222,6 +224,6 @@ def batch_norm_grad_(g: torch.Tensor, x: torch.Tensor, coef: torch.Tensor) -> to
     """In place over ``g`` (contiguous ``(R, C, ...)``): ``(g - c0 - (x - c1) * c2) * c3`` with
     ``coef`` ``(C, 4)`` per channel; returns ``g``."""
     _threads()
-    _kernels()[3](g.view(g.shape[0], g.shape[1], -1).numpy(), x.detach().reshape(x.shape[0], x.shape[1], -1).numpy(),
+    _kernels().batch_norm_grad(g.view(g.shape[0], g.shape[1], -1).numpy(), x.detach().reshape(x.shape[0], x.shape[1], -1).numpy(),
                   coef.to(g.dtype).contiguous().numpy())
     return g

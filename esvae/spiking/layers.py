@@ -47,6 +47,11 @@ class TDBatchNorm(nn.modules.batchnorm._BatchNorm):
         self.alpha = float(alpha)
         self.v_threshold = float(v_threshold)
 
+    @property
+    def gain(self) -> float:
+        """``alpha * V_th``: the effective weight is ``gain * weight``."""
+        return self.alpha * self.v_threshold
+
     def _check_input_dim(self, x: torch.Tensor) -> None:
         if x.dim() not in (2, 4):
             raise ValueError(f"TDBatchNorm expects (T*N, C) or (T*N, C, H, W) input, got shape {tuple(x.shape)}")
@@ -57,7 +62,7 @@ class TDBatchNorm(nn.modules.batchnorm._BatchNorm):
             self.num_batches_tracked.add_(1)
         return F.batch_norm(
             x, self.running_mean, self.running_var,
-            self.weight * (self.alpha * self.v_threshold), self.bias,
+            self.weight * self.gain, self.bias,
             training=self.training, momentum=self.momentum, eps=self.eps,
         )
 
@@ -86,15 +91,22 @@ class _TDBNThenLIF(torch.autograd.Function):
     @staticmethod
     def _normalise(x, weight, bias, bn, training, update):
         running = (bn.running_mean, bn.running_var) if (update or not training) else (None, None)
-        return torch.ops.aten.native_batch_norm(x, weight * (bn.alpha * bn.v_threshold), bias, *running,
+        return torch.ops.aten.native_batch_norm(x, weight * bn.gain, bias, *running,
                                                 training, bn.momentum if update else 0.0, bn.eps)
+
+    @staticmethod
+    def _affine(weight, bias, bn, mean, invstd):
+        """Per-channel ``(scale, shift)`` with batch norm's output ``x * scale + shift``. Forward and
+        backward both take them from here, so the replayed currents are the forward's bits."""
+        scale = weight * bn.gain * invstd
+        return scale, bias - mean * scale
 
     @staticmethod
     def _currents(x, weight, bn, mean, invstd, bias, out=None):
         """Batch-norm output from the statistics: ``x * scale + shift`` per channel."""
-        scale = weight * (bn.alpha * bn.v_threshold) * invstd
+        scale, shift = _TDBNThenLIF._affine(weight, bias, bn, mean, invstd)
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        return torch.addcmul((bias - mean * scale).view(shape), x, scale.view(shape), out=out)
+        return torch.addcmul(shift.view(shape), x, scale.view(shape), out=out)
 
     @staticmethod
     def _kernel_statistics(x, bn, training):
@@ -121,9 +133,9 @@ class _TDBNThenLIF(torch.autograd.Function):
         ctx.compiled = kernels.usable(x, lif.surrogate) and x.is_contiguous()
         if ctx.compiled:
             mean, invstd = _TDBNThenLIF._kernel_statistics(x, bn, training)
-            scale = weight.detach() * (bn.alpha * bn.v_threshold) * invstd
             ctx.save_for_backward(x, weight, bias, mean, invstd)
-            return kernels.lif_forward(x, scale, bias.detach() - mean * scale, timesteps, lif.tau, lif.v_threshold)
+            scale, shift = _TDBNThenLIF._affine(weight, bias, bn, mean, invstd)
+            return kernels.lif_forward(x, scale, shift, timesteps, lif.tau, lif.v_threshold)
         out, mean, invstd = _TDBNThenLIF._normalise(x, weight, bias, bn, training, update=training)
         if training:  # the currents from the formula backward recomputes them with (see _currents)
             _TDBNThenLIF._currents(x, weight, bn, mean, invstd, bias, out=out)
@@ -138,10 +150,10 @@ class _TDBNThenLIF(torch.autograd.Function):
     def backward(ctx, grad_spikes):
         x, weight, bias, mean, invstd = ctx.saved_tensors
         bn, lif, training = ctx.bn, ctx.lif, ctx.training
-        factor = bn.alpha * bn.v_threshold
+        factor = bn.gain
         if ctx.compiled:
-            scale = weight * factor * invstd
-            grad = kernels.lif_backward(x, grad_spikes, scale, bias - mean * scale, ctx.timesteps, lif.tau,
+            scale, shift = _TDBNThenLIF._affine(weight, bias, bn, mean, invstd)
+            grad = kernels.lif_backward(x, grad_spikes, scale, shift, ctx.timesteps, lif.tau,
                                         lif.v_threshold)                   # dL/dI, (T*N, C, ...)
             sums = kernels.channel_sums(grad, x)                            # sum g, sum g x (float64)
             sum_g, sum_gx = sums[:, 0], sums[:, 1]
