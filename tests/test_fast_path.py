@@ -189,6 +189,19 @@ def test_tdbn_refuses_a_cumulative_momentum():
         TDBatchNorm(4, momentum=None)
 
 
+def test_kernels_keep_torch_thread_count():
+    """A fresh process (numba's thread pool not yet started) with torch on 1 thread stays on 1 after
+    the first kernel call: starting numba's OpenMP pool must not change torch's thread count."""
+    import subprocess
+    import sys
+    code = ("import torch; torch.set_num_threads(1); from esvae.spiking import kernels; "
+            "kernels.lif_forward(torch.randn(4, 3, 5), torch.ones(3), torch.zeros(3), 2, 0.25, 0.2); "
+            "print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "1"
+
+
 def test_peak_memory_counts_live_allocations():
     def work():
         a = torch.empty(1_000_000)        # 4 MB

@@ -170,7 +170,13 @@ def _params(dtype: torch.dtype, tau: float, v_threshold: float):
 
 
 def _threads() -> None:
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    """Run the kernels on torch's thread count. Numba's OpenMP layer shares libgomp with torch and,
+    when it starts its pool, sets the process's OpenMP thread count to its own maximum: torch's
+    (e.g. a job's ``--threads 1``) is put back."""
+    wanted = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(wanted, numba.config.NUMBA_NUM_THREADS)))
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
 
 
 def _per_element(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
