@@ -18,14 +18,15 @@ import functools
 import logging
 import os
 import subprocess
-import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, EsvaeError
+from .files import atomic_torch_save
 from .models.base import OriginalLayout
 from .models.registry import MODELS, build_model
 
@@ -73,25 +74,11 @@ def code_version() -> str:
     return f"{__version__}+{commit}" if commit else __version__
 
 
-def atomic_torch_save(obj: Any, path: os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path: os.PathLike, model: nn.Module, *, optimizer: Optional[torch.optim.Optimizer] = None,
-                    epoch: int = 0, step: int = 0, train_config: Optional[Dict[str, Any]] = None) -> None:
-    """Write the project's checkpoint format atomically (model, optimiser, epoch, config, code version)."""
+                    epoch: int = 0, step: int = 0, train_config: Optional[Dict[str, Any]] = None,
+                    training_state: Optional[Dict[str, Any]] = None) -> None:
+    """Write the project's checkpoint format atomically (model, optimiser, epoch, config, code
+    version; ``training_state``: what resuming needs besides, see :mod:`esvae.train`)."""
     atomic_torch_save({
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -105,33 +92,88 @@ def save_checkpoint(path: os.PathLike, model: nn.Module, *, optimizer: Optional[
         "step": step,
         "code_version": code_version(),
         "torch_version": str(torch.__version__),
+        "training_state": training_state,
     }, path)
+
+
+def _check_integrity(path: Path) -> None:
+    """torch.save writes a zip whose entries carry CRC-32s, but torch.load does not check them
+    (flipped bits in a tensor load silently): check every entry first (about 3 ms per MB)."""
+    import zipfile
+    if not zipfile.is_zipfile(path):
+        return   # a legacy pickle, a truncated file or garbage: torch.load tells which
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as exc:  # a damaged header or compressed stream: zipfile, zlib, struct errors
+        raise CheckpointError(f"checkpoint {path} is corrupt: {type(exc).__name__}: {exc}") from None
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its entry {bad!r} fails its CRC-32 check "
+                              "(damaged on disk or in transfer)")
 
 
 def _read(path: os.PathLike, map_location) -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    _check_integrity(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():   # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # a truncated zip, a pickle of something else, ...
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {_one_line(exc)}") from None
 
 
-def load_checkpoint(path: os.PathLike, map_location="cpu") -> Tuple[nn.Module, Dict[str, Any]]:
-    """Load a checkpoint of this project's format; returns ``(model, checkpoint dict)``."""
+def _one_line(exc: Exception) -> str:
+    """torch.load's errors span lines and advise weights_only=False; keep the cause, on one line."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = "not a weights-only torch file (" + text.split("WeightsUnpickler error:")[1].split("Check the doc")[0] + ")"
+    return f"{type(exc).__name__}: " + " ".join(text.split())[:400]
+
+
+# The entries every checkpoint of this format has, with their types (checked on reading, so a
+# damaged or foreign file is refused by name instead of failing later with a KeyError).
+_ENTRIES = {"model_name": str, "dataset": str, "model_config": dict, "train_config": dict, "state_dict": dict,
+            "epoch": int, "step": int}
+
+
+def read_checkpoint(path: os.PathLike, map_location="cpu") -> Dict[str, Any]:
+    """The dict of a checkpoint of this project's format, its entries checked; CheckpointError otherwise."""
     ckpt = _read(path, map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an esvae checkpoint (no 'format': '{FORMAT}' entry); "
                               "for the original authors' checkpoints use load_original_checkpoint")
-    config = dict(ckpt["model_config"])
-    model = build_model(ckpt["model_name"], ckpt["dataset"], **config)
+    for key, kind in _ENTRIES.items():
+        if not isinstance(ckpt.get(key), kind):
+            raise CheckpointError(f"checkpoint {path} is damaged: its entry {key!r} is "
+                                  f"{type(ckpt.get(key)).__name__}, expected {kind.__name__}")
+    if not all(isinstance(v, torch.Tensor) for v in ckpt["state_dict"].values()):
+        raise CheckpointError(f"checkpoint {path} is damaged: its state_dict holds non-tensors")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: Dict[str, Any], path: os.PathLike) -> nn.Module:
+    """Build the model a checkpoint dict names and load its weights; CheckpointError when they do not fit."""
+    try:
+        model = build_model(ckpt["model_name"], ckpt["dataset"], **ckpt["model_config"])
+    except (EsvaeError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} names a model that cannot be built "
+                              f"({ckpt['model_name']!r} on {ckpt['dataset']!r}): {exc}") from None
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {path} does not fit model {ckpt['model_name']!r}: {exc}") from None
+    return model
+
+
+def load_checkpoint(path: os.PathLike, map_location="cpu") -> Tuple[nn.Module, Dict[str, Any]]:
+    """Load a checkpoint of this project's format; returns ``(model, checkpoint dict)``."""
+    ckpt = read_checkpoint(path, map_location)
+    model = model_from_checkpoint(ckpt, path)
     steps = (ckpt.get("train_config") or {}).get("steps_per_epoch")
-    if steps:   # quantities derived from the training data (the ANN VAE's KLD weight), as in training
+    if isinstance(steps, int) and steps > 0:   # quantities derived from the training data (the ANN VAE's KLD weight), as in training
         model.configure_training(steps_per_epoch=steps)
     return model, ckpt
 

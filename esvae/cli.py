@@ -88,6 +88,11 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     add_environment_args(t)
     t.add_argument("--no-eval-at-init", action="store_true", help="skip the epoch-0 test evaluation")
+    t.add_argument("--checkpoint-every", type=non_negative_int, default=0, metavar="STEPS",
+                   help="also save the training state (--out/resume.pt) every STEPS optimiser steps (0 = off; it is "
+                        "always saved at the end of each epoch); re-running the same command resumes from it")
+    t.add_argument("--checkpoint-minutes", type=_bounded(float, 0.0, True, "a number of minutes >= 0"), default=10.0,
+                   metavar="MIN", help="and at least every MIN minutes of training (default 10; 0 = off)")
 
     d = sub.add_parser("describe", help="print the resolved configuration and parameter count as JSON")
     add_model_args(d)
@@ -254,7 +259,8 @@ def _cmd_train(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     result = train(model_name=args.model, dataset=args.dataset, out_dir=args.out, train_config=cfg,
                    model_overrides=_overrides(args), data_root=args.data_root, download=args.download,
-                   device=args.device, eval_at_init=not args.no_eval_at_init)
+                   device=args.device, eval_at_init=not args.no_eval_at_init,
+                   checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes)
     mse = result.metrics["reconstruction_mse"]
     print(f"test reconstruction MSE {mse['value']:.5f} ({result.metrics['data_label']}, N={mse['n']}, "
           f"split {mse['split']}, T={result.metrics['timesteps']}, {result.metrics['epochs']} epoch(s) on "
@@ -345,7 +351,7 @@ def _cmd_prepare_data(args) -> int:
     import hashlib
 
     from .data import data_source, load_split
-    from .train import write_json
+    from .files import write_json
 
     source = data_source(args.dataset)
     info = {"dataset": source.name, "label": source.label, "splits": {}}
@@ -416,6 +422,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .runtime import tune_allocator
     parser = _build_parser()
     args = parser.parse_args(argv)
+    # A log file on a full disk must not print a traceback per record; the write that fails
+    # next reports the full disk in one line.
+    logging.raiseExceptions = False
     if args.command != "bench":  # the benchmark times glibc's defaults first, then tunes the allocator itself
         tune_allocator()
     try:
@@ -428,7 +437,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 "bench": _cmd_bench}[args.command](args)
     except EsvaeError as exc:
         print(f"esvae: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except OSError as exc:  # an unwritable --out, a full disk: the environment, not a bug
         print(f"esvae: error: {exc}", file=sys.stderr)
         return 1

@@ -34,7 +34,7 @@ from typing import Dict, Iterator, Optional, Tuple
 import numpy as np
 import torch
 
-from .checkpoints import atomic_torch_save
+from .files import atomic_path, atomic_torch_save
 from .errors import ConfigError, DatasetNotFoundError
 
 log = logging.getLogger(__name__)
@@ -127,10 +127,8 @@ def _gunzip_into(sources, raw_dir: Path) -> None:
     raw_dir.mkdir(parents=True, exist_ok=True)
     for src in sources:
         dst = raw_dir / Path(src).name[:-3]
-        tmp = dst.with_suffix(".tmp")
-        with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+        with atomic_path(dst) as tmp, gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
             shutil.copyfileobj(fin, fout)
-        os.replace(tmp, dst)
 
 
 def _read_mnist_family(name: str, root: Path, split: str, download: bool):

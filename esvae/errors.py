@@ -29,3 +29,12 @@ class TrainingDivergedError(EsvaeError):
 class MetricUnavailableError(EsvaeError):
     """A metric that cannot be computed honestly here (e.g. IS without the Inception classifier head);
     the message says what to supply."""
+
+
+class TrainingInterrupted(EsvaeError):
+    """SIGTERM or SIGINT reached training: the state was saved and the same command continues it.
+    Exits like the signal would (128 + its number), so schedulers see a killed job."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.exit_code = 128 + signal_number

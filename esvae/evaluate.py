@@ -35,7 +35,8 @@ from .checkpoints import code_version, load_checkpoint
 from .data import DataSource, data_source, first_n, load_split, to_model_range
 from .errors import ConfigError, MetricUnavailableError
 from .models.registry import count_parameters
-from .train import EVAL_SEED_OFFSET, evaluate as evaluate_terms, log_to_file, resolve_device, write_json
+from .files import write_json
+from .train import EVAL_SEED_OFFSET, evaluate as evaluate_terms, log_to_file, resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ Writes ``probes.json``, ``robustness.tsv``, ``robustness.png`` (MSE vs a, shuffl
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from pathlib import Path
@@ -26,7 +25,8 @@ import torch.nn.functional as F
 
 from .checkpoints import code_version
 from .data import ImageSplit, first_n, iterate_batches, load_split, seeded_subset
-from .train import log_to_file, write_json, write_text_atomic
+from .files import atomic_path, write_json, write_text_atomic
+from .train import log_to_file
 
 log = logging.getLogger(__name__)
 
@@ -96,17 +96,6 @@ def robustness(model, test: ImageSplit, batch_size: int, device: torch.device, s
     return rows
 
 
-@contextlib.contextmanager
-def _atomic_png(path: Path):
-    """A temporary ``.png`` next to ``path``, renamed over it when the block succeeds."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _robustness_figures(model, test: ImageSplit, rows: List[Dict], out_dir: Path, device, seed: int, label: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -122,7 +111,7 @@ def _robustness_figures(model, test: ImageSplit, rows: List[Dict], out_dir: Path
     ax.set_ylabel("reconstruction MSE")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with _atomic_png(out_dir / "robustness.png") as tmp:
+    with atomic_path(out_dir / "robustness.png") as tmp:
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
     with torch.no_grad():
@@ -132,7 +121,7 @@ def _robustness_figures(model, test: ImageSplit, rows: List[Dict], out_dir: Path
         z = model(x, generator=gen).sampled_spikes
         rows_img = [x, model.decode(z), model.decode(shuffle_time(z, noise))]
         rows_img += [model.decode(flip_bits(z, a, noise)) for a in NOISE_LEVELS]
-    with _atomic_png(out_dir / "perturbations.png") as tmp:
+    with atomic_path(out_dir / "perturbations.png") as tmp:
         save_image((torch.cat(rows_img) + 1) / 2, tmp, nrow=x.shape[0], padding=2, pad_value=1.0)
 
 

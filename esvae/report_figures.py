@@ -5,9 +5,10 @@ saying which runs it waits for, so the workflow's outputs always exist and never
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import List
+
+from .files import atomic_path
 
 MODEL_ORDER = ["ann_vae", "fsvae", "taid", "esvae"]
 
@@ -21,11 +22,11 @@ def _plt():
 
 def _save(fig, path: Path) -> Path:
     """Save through a temporary file and a rename, so a killed job leaves no half-written figure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    _plt().close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    finally:
+        _plt().close(fig)
     return path
 
 

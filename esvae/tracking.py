@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, TypeVar
 
 from .checkpoints import git_commit
+from .files import read_result
 
 log = logging.getLogger(__name__)
 KEY_TAG = "esvae.key"
@@ -212,12 +213,12 @@ def _mirror(stage, run_dir, key, uri, experiment, tags, log_artifacts):
                      run.info.run_id)
     run_id = run.info.run_id
     now = int(time.time() * 1000)
-    result = json.loads((run_dir / STAGE_FILES[stage]).read_text())
+    result = read_result(run_dir / STAGE_FILES[stage], stage)
     metrics = [Metric(name, value, now, 0) for name, value in stage_metrics(stage, result).items()]
     params: List = []
     if stage == "train":
         metrics += [Metric(name, value, now, epoch) for name, value, epoch in history_metrics(run_dir / "history.tsv")]
-        resolved = json.loads((run_dir / "config.json").read_text())
+        resolved = read_result(run_dir / "config.json", "config")
         flat = flatten("", resolved, {})
         point = RunPoint.from_key(key)   # the wildcards, as params too (filterable in the UI)
         flat.update({"sampler": point.sampler, "timesteps": str(point.timesteps), "seed": str(point.seed)})

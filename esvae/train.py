@@ -2,7 +2,13 @@
 
 Files written in ``out_dir`` (each atomically, so a killed job leaves the previous version):
 
-* ``checkpoint.pt`` -- weights, optimiser, epoch, step, resolved configs, code version (every epoch)
+* ``resume.pt``     -- while training: the whole state (weights, optimiser, position in the epoch,
+  every RNG state, the epoch's running sums, the history, the resolved config), saved every
+  ``checkpoint_every`` steps / ``checkpoint_minutes`` minutes and at the end of each epoch. The
+  same command continues from it after any interruption (SIGKILL included); SIGTERM/SIGINT save
+  it first. There is no LR scheduler (the paper's LR is constant); per-epoch schedules such as
+  FSVAE's scheduled-sampling p are functions of the epoch and are recomputed.
+* ``checkpoint.pt`` -- the final state (same format), renamed from ``resume.pt`` as the last step
 * ``history.tsv``   -- one row per epoch (epoch 0 = the untrained model on the test split)
 * ``metrics.json``  -- the final test reconstruction MSE with N, split and conditions
 * ``reconstructions.png`` (rows alternate: test inputs, their reconstructions) and ``samples.png``
@@ -11,12 +17,12 @@ Files written in ``out_dir`` (each atomically, so a killed job leaves the previo
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
+import signal
 import sys
-import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +34,8 @@ from . import runtime
 from .checkpoints import code_version, save_checkpoint
 from .config import TrainConfig
 from .data import ImageSplit, data_source, first_n, iterate_batches, load_split, seeded_subset, to_model_range
-from .errors import ConfigError, TrainingDivergedError
+from .errors import CheckpointError, ConfigError, TrainingDivergedError, TrainingInterrupted
+from .files import atomic_path, remove_stale_temporaries, write_json, write_text_atomic
 from .models.registry import build_model, count_parameters
 from .samplers import RateOutOfRangeError
 
@@ -63,13 +70,6 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def read_history(path: Path) -> List[Dict[str, float]]:
     """The rows of a ``history.tsv`` written by :func:`train`: column -> number (empty cells left out)."""
     import csv
@@ -87,10 +87,6 @@ def read_history(path: Path) -> List[Dict[str, float]]:
                     continue
             rows.append(cells)
     return rows
-
-
-def write_json(path: Path, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 class _NonFiniteLoss(Exception):
@@ -150,9 +146,11 @@ def save_image_grids(model, test: ImageSplit, out_dir: Path, device: torch.devic
         rows = []
         for start in range(0, inputs.shape[0], 8):
             rows += [inputs[start:start + 8], recon[start:start + 8]]
-        save_image((torch.cat(rows) + 1) / 2, out_dir / "reconstructions.png", nrow=8, padding=2, pad_value=1.0)
+        with atomic_path(out_dir / "reconstructions.png") as tmp:
+            save_image((torch.cat(rows) + 1) / 2, tmp, nrow=8, padding=2, pad_value=1.0)
         samples = model.sample(64, generator=gen)
-        save_image((samples + 1) / 2, out_dir / "samples.png", nrow=8, padding=2, pad_value=1.0)
+        with atomic_path(out_dir / "samples.png") as tmp:
+            save_image((samples + 1) / 2, tmp, nrow=8, padding=2, pad_value=1.0)
     model.train(was_training)
 
 
@@ -178,15 +176,30 @@ def log_to_file(out_dir: Path, filename: str = "train.log"):
         handler.close()
 
 
+RESUME_FILE = "resume.pt"
+# The resolved settings that define a training run: a resume state that differs in any is refused.
+RUN_DEFINING_KEYS = ("model", "dataset", "model_config_dataset", "model_config", "train_config", "train_images",
+                     "test_images", "steps_per_epoch", "derived", "eval_at_init")
+
+
 def train(*, model_name: str, dataset: str, out_dir: os.PathLike, train_config: TrainConfig,
           model_overrides: Optional[Dict] = None, data_root: Optional[os.PathLike] = None, download: bool = False,
-          device: str = "auto", eval_at_init: bool = True, progress: Optional[bool] = None) -> TrainResult:
-    """Train ``model_name`` on ``dataset`` (a data name, e.g. "fashion" or "mnist5k"); see module doc."""
+          device: str = "auto", eval_at_init: bool = True, progress: Optional[bool] = None,
+          checkpoint_every: int = 0, checkpoint_minutes: float = 10.0) -> TrainResult:
+    """Train ``model_name`` on ``dataset`` (a data name, e.g. "fashion" or "mnist5k"); see module doc.
+
+    The full training state goes to ``out_dir/resume.pt`` every ``checkpoint_every`` steps (0: off),
+    every ``checkpoint_minutes`` minutes (0: off) and at the end of each epoch; a call whose
+    ``out_dir`` holds one continues from it (same settings required) and, on CPU with the same
+    thread count, ends with the bits an uninterrupted run would have.
+    """
     source = data_source(dataset)
     dev = resolve_device(device)
     cfg = train_config
     if cfg.epochs < 0 or cfg.batch_size < 1 or cfg.lr <= 0:
         raise ConfigError(f"need epochs >= 0, batch_size >= 1 and lr > 0; got {cfg.epochs}, {cfg.batch_size}, {cfg.lr}")
+    if checkpoint_every < 0 or not checkpoint_minutes >= 0:
+        raise ConfigError(f"checkpoint intervals must be >= 0; got {checkpoint_every} steps, {checkpoint_minutes} min")
     # Names and data first: a wrong model key or a missing dataset leaves no output folder behind.
     from .models.registry import resolve_config
     resolve_config(model_name, source.model_dataset, **(model_overrides or {}))
@@ -197,11 +210,132 @@ def train(*, model_name: str, dataset: str, out_dir: os.PathLike, train_config: 
     out_dir.mkdir(parents=True, exist_ok=True)
     with log_to_file(out_dir):
         return _train(model_name, source, out_dir, cfg, model_overrides or {}, train_data, test_data, test_label,
-                      dev, eval_at_init, sys.stderr.isatty() if progress is None else progress)
+                      dev, eval_at_init, sys.stderr.isatty() if progress is None else progress,
+                      _Checkpointing(out_dir / RESUME_FILE, checkpoint_every, checkpoint_minutes))
+
+
+def _differences(saved, now, prefix: str = "") -> List[str]:
+    """Dotted keys whose values differ between two nested dicts, as ``key: saved -> now``."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        out = []
+        for key in sorted(set(saved) | set(now), key=str):
+            out += _differences(saved.get(key, "<absent>"), now.get(key, "<absent>"), f"{prefix}{key}.")
+        return out
+    if isinstance(saved, (list, tuple)) and isinstance(now, (list, tuple)):
+        saved, now = list(saved), list(now)
+    return [] if saved == now else [f"{prefix[:-1]}: {saved!r} in the checkpoint, {now!r} now"]
+
+
+def _rng_states(model_gen: torch.Generator) -> Dict:
+    """Every random stream the loop may touch: the model's generator, torch's CPU and CUDA
+    defaults, Python's and NumPy's (NumPy's key array stored as a tensor for weights-only loading)."""
+    import random
+
+    import numpy as np
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"model": model_gen.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
+
+
+def _set_rng_states(states: Dict, model_gen: torch.Generator) -> None:
+    import random
+
+    import numpy as np
+    model_gen.set_state(states["model"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    random.setstate(states["python"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+
+
+# The training_state entries a resume state must hold, with their types.
+_STATE_ENTRIES = {"epoch": int, "batch": int, "epoch_data_rng": torch.Tensor, "rng": dict, "epoch_sums": dict,
+                  "epoch_seen": int, "epoch_seconds": float, "history": list}
+
+
+class _Checkpointing:
+    """Where and how often the training state is saved, and what the last save was."""
+
+    def __init__(self, path: Path, every_steps: int, every_minutes: float):
+        self.path, self.every_steps, self.every_minutes = path, every_steps, every_minutes
+        self.last: Optional[str] = None   # "epoch E, step S": named when training fails
+        self._since = time.monotonic()
+
+    def due(self, step: int) -> bool:
+        return bool((self.every_steps and step % self.every_steps == 0)
+                    or (self.every_minutes and time.monotonic() - self._since >= 60 * self.every_minutes))
+
+    def describe_last(self) -> str:
+        return f"last good checkpoint {self.path} ({self.last})" if self.last else "no checkpoint was saved yet"
+
+    def saved(self, where: str) -> None:
+        self.last, self._since = where, time.monotonic()
+        log.info("checkpoint: %s saved to %s", where, self.path)
+
+    def load(self, resolved: Dict, model, optimizer) -> Optional[Dict]:
+        """The training state of a resume file in the output folder (weights and optimiser loaded
+        into ``model``/``optimizer``), or None when there is none. Refuses another run's state by
+        naming the settings that differ, and a damaged file by naming it."""
+        from .checkpoints import read_checkpoint
+        if not self.path.exists():
+            return None
+        try:
+            ckpt = read_checkpoint(self.path)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}; it holds this folder's interrupted training: delete it to start over") from None
+        state = ckpt.get("training_state")
+        saved_run = {k: ckpt["train_config"].get(k, "<absent>") for k in RUN_DEFINING_KEYS}
+        diffs = _differences(saved_run, {k: resolved.get(k) for k in RUN_DEFINING_KEYS})
+        if diffs:
+            raise CheckpointError(f"{self.path} holds another run's state; differing settings: " + "; ".join(diffs)
+                                  + f". Use another --out, or delete {self.path} to start this folder over")
+        bad = [k for k, kind in _STATE_ENTRIES.items() if not isinstance((state or {}).get(k), kind)]
+        if bad:
+            raise CheckpointError(f"{self.path} is damaged: its training state lacks {', '.join(bad)}; "
+                                  f"delete it to start over")
+        try:
+            model.load_state_dict(ckpt["state_dict"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{self.path} is damaged: {type(exc).__name__}: {exc}; delete it to start over") from None
+        threads = ckpt["train_config"].get("torch_threads")
+        if threads != resolved["torch_threads"]:
+            log.warning("resuming with %s torch threads where the state was saved with %s: the result may differ "
+                        "in the last bits from an uninterrupted run", resolved["torch_threads"], threads)
+        self.last = f"epoch {state['epoch']}, batch {state['batch']}, step {ckpt['step']}"
+        state["step"] = ckpt["step"]
+        return state
+
+
+class _StopSignals:
+    """SIGTERM (a scheduler's pre-emption or time limit) and SIGINT during training: the current
+    step finishes, the state is saved, training stops. A second signal stops at once."""
+
+    def __enter__(self):
+        self.received: Optional[int] = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        log.warning("%s received: stopping after the current step, with the state saved", signal.Signals(signum).name)
+
+    def __exit__(self, *exc_info):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
 
 
 def _train(model_name, source, out_dir, cfg, overrides, train_data, test_data, test_label, dev, eval_at_init,
-           progress):
+           progress, checkpoints: _Checkpointing):
     from tqdm import tqdm
 
     torch.manual_seed(cfg.seed)
@@ -217,10 +351,15 @@ def _train(model_name, source, out_dir, cfg, overrides, train_data, test_data, t
         "train_config": cfg.to_dict(), "device": str(dev), "torch_threads": torch.get_num_threads(),
         "allocator_tuned": runtime.ALLOCATOR_TUNED,
         "parameters": count_parameters(model), "train_images": len(train_data), "test_images": len(test_data),
-        "steps_per_epoch": steps_per_epoch, "derived": derived,
+        "steps_per_epoch": steps_per_epoch, "derived": derived, "eval_at_init": eval_at_init,
         "learning_rates": {g["name"]: g["lr"] for g in groups},
+        "checkpoint_every": {"steps": checkpoints.every_steps, "minutes": checkpoints.every_minutes},
         "code_version": code_version(), "torch_version": str(torch.__version__),
     }
+    removed = remove_stale_temporaries(out_dir)
+    if removed:
+        log.info("removed %d temporary file(s) left in %s by an interrupted write", removed, out_dir)
+    state = checkpoints.load(resolved, model, optimizer)
     write_json(out_dir / "config.json", resolved)
     log.info("training %s on %s: %d train / %d test images, T=%d, batch %d, %d steps/epoch, device %s",
              model_name, source.label, len(train_data), len(test_data), model.config.timesteps, cfg.batch_size,
@@ -233,66 +372,104 @@ def _train(model_name, source, out_dir, cfg, overrides, train_data, test_data, t
 
     history: List[Dict[str, float]] = []
     eval_seed = cfg.seed + EVAL_SEED_OFFSET
-
     columns = history_columns(model)
 
-    def record(row: Dict[str, float]) -> None:
-        history.append(row)
+    def record(row: Optional[Dict[str, float]] = None) -> None:
+        if row is not None:
+            history.append(row)
         lines = ["\t".join(columns)]
         for r in history:
             lines.append("\t".join("" if r.get(c) is None else (f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]))
                                    for c in columns))
         write_text_atomic(out_dir / "history.tsv", "\n".join(lines) + "\n")
 
-    if eval_at_init:
+    data_gen = torch.Generator().manual_seed(cfg.seed)
+    model_gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
+    epoch, batch, step = 1, 0, 0
+    partial = {"epoch_sums": {}, "epoch_seen": 0, "epoch_seconds": 0.0}   # the epoch in progress, so far
+    if state is not None:
+        epoch, batch, step = state["epoch"], state["batch"], state["step"]
+        history.extend(state["history"])
+        partial = {k: state[k] for k in partial}
+        data_gen.set_state(state["epoch_data_rng"])
+        _set_rng_states(state["rng"], model_gen)
+        record()   # the history so far (a scheduler may have removed the file with the failed job's outputs)
+        log.info("resuming from %s: epoch %d, batch %d of %d (step %d)", checkpoints.path, epoch, batch,
+                 steps_per_epoch, step)
+    elif eval_at_init:
         test_terms = evaluate(model, test_data, cfg.batch_size, dev, eval_seed)
         record({"epoch": 0, "step": 0, **{f"test_{k}": v for k, v in test_terms.items()}})
         log.info("epoch 0 (untrained): test MSE %.5f on %d %s test images", test_terms["mse"], len(test_data), source.label)
 
-    data_gen = torch.Generator().manual_seed(cfg.seed)
-    model_gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
-    step = 0
-    model.train()
-    for epoch in range(1, cfg.epochs + 1):
-        schedule = model.start_epoch(epoch - 1, cfg.epochs)
-        if schedule:
-            log.info("epoch %d schedule: %s", epoch, schedule)
-        start = time.perf_counter()
-        sums: Dict[str, float] = {}
-        seen = 0
-        batches = iterate_batches(train_data.images, cfg.batch_size, shuffle=True, generator=data_gen, hflip=cfg.hflip,
-                                  device=dev)
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress,
-                   unit="batch", dynamic_ncols=True)
-        for images in bar:
-            last = "no checkpoint yet" if epoch == 1 else f"last good checkpoint {out_dir / 'checkpoint.pt'} (epoch {epoch - 1})"
-            try:
-                out, terms = train_step(model, optimizer, images, model_gen)
-            except RateOutOfRangeError as exc:  # NaN weights reach the sampler before the loss
-                raise TrainingDivergedError(f"diverged at epoch {epoch}, step {step}: {exc}; {last}") from None
-            except _NonFiniteLoss as exc:
-                raise TrainingDivergedError(f"non-finite loss at epoch {epoch}, step {step}: "
-                                            + ", ".join(f"{k}={v.item():.4g}" for k, v in exc.terms.items()) + f"; {last}")
-            step += 1
-            b = images.shape[0]
-            seen += b
-            for key, value in {**terms, **model.batch_stats(out)}.items():
-                sums[key] = sums.get(key, 0.0) + value.item() * b
-            bar.set_postfix(loss=f"{terms['loss'].item():.4f}", mse=f"{terms['mse'].item():.4f}")
-        seconds = time.perf_counter() - start
-        test_terms = evaluate(model, test_data, cfg.batch_size, dev, eval_seed)
-        row = {"epoch": epoch, "step": step, **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
-               **{f"test_{k}": v for k, v in test_terms.items()},
-               "train_images_per_s": seen / seconds, "epoch_seconds": seconds}
-        record(row)
-        save_checkpoint(out_dir / "checkpoint.pt", model, optimizer=optimizer, epoch=epoch, step=step,
-                        train_config=resolved)
-        log.info("epoch %d: train loss %.5f (MSE %.5f), test MSE %.5f on %d %s test images, %.1f train images/s",
-                 epoch, row["train_loss"], row["train_mse"], test_terms["mse"], len(test_data), source.label,
-                 row["train_images_per_s"])
+    def save(epoch_data_rng: torch.Tensor) -> None:
+        """The whole training state, positioned before batch ``batch`` of epoch ``epoch``."""
+        save_checkpoint(checkpoints.path, model, optimizer=optimizer, epoch=epoch - 1, step=step,
+                        train_config=resolved, training_state={
+                            "epoch": epoch, "batch": batch, "epoch_data_rng": epoch_data_rng,
+                            "rng": _rng_states(model_gen), **partial, "history": history})
+        checkpoints.saved(f"epoch {epoch}, batch {batch}, step {step}")
 
-    if cfg.epochs == 0:
-        save_checkpoint(out_dir / "checkpoint.pt", model, optimizer=optimizer, epoch=0, step=0, train_config=resolved)
+    def stop_if_asked(signals: _StopSignals) -> None:
+        if signals.received is not None:
+            name = signal.Signals(signals.received).name
+            raise TrainingInterrupted(f"training stopped by {name} at epoch {epoch}, step {step}; state saved in "
+                                      f"{checkpoints.path}: run the same command again to continue", signals.received)
+
+    model.train()
+    with _StopSignals() as signals:
+        while epoch <= cfg.epochs:
+            schedule = model.start_epoch(epoch - 1, cfg.epochs)
+            if schedule:
+                log.info("epoch %d schedule: %s", epoch, schedule)
+            epoch_data_rng = data_gen.get_state()
+            batches = iterate_batches(train_data.images, cfg.batch_size, shuffle=True, generator=data_gen,
+                                      hflip=cfg.hflip, device=dev)
+            for _ in range(batch):   # a resumed epoch: the same order and flips, its finished batches skipped
+                next(batches)
+            bar = tqdm(batches, total=steps_per_epoch, initial=batch, desc=f"epoch {epoch}/{cfg.epochs}",
+                       disable=not progress, unit="batch", dynamic_ncols=True)
+            sums = partial["epoch_sums"]
+            start = time.perf_counter() - partial["epoch_seconds"]
+            for images in bar:
+                try:
+                    out, terms = train_step(model, optimizer, images, model_gen)
+                except RateOutOfRangeError as exc:  # NaN weights reach the sampler before the loss
+                    raise TrainingDivergedError(f"diverged at epoch {epoch}, step {step + 1}: {exc}; "
+                                                f"{checkpoints.describe_last()}") from None
+                except _NonFiniteLoss as exc:
+                    raise TrainingDivergedError(
+                        f"non-finite loss at epoch {epoch}, step {step + 1}: "
+                        + ", ".join(f"{k}={v.item():.4g}" for k, v in exc.terms.items())
+                        + f"; {checkpoints.describe_last()} (the same command resumes there and, with the same "
+                          "seed, diverges again: change the settings and use another --out)")
+                step += 1
+                batch += 1
+                b = images.shape[0]
+                for key, value in {**terms, **model.batch_stats(out)}.items():
+                    sums[key] = sums.get(key, 0.0) + value.item() * b
+                partial["epoch_seen"] += b
+                partial["epoch_seconds"] = time.perf_counter() - start
+                bar.set_postfix(loss=f"{terms['loss'].item():.4f}", mse=f"{terms['mse'].item():.4f}")
+                if batch < steps_per_epoch and (signals.received is not None or checkpoints.due(step)):
+                    save(epoch_data_rng)
+                    stop_if_asked(signals)
+            bar.close()
+            seconds, seen = time.perf_counter() - start, partial["epoch_seen"]
+            test_terms = evaluate(model, test_data, cfg.batch_size, dev, eval_seed)
+            row = {"epoch": epoch, "step": step, **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
+                   **{f"test_{k}": v for k, v in test_terms.items()},
+                   "train_images_per_s": seen / seconds, "epoch_seconds": seconds}
+            record(row)
+            log.info("epoch %d: train loss %.5f (MSE %.5f), test MSE %.5f on %d %s test images, %.1f train images/s",
+                     epoch, row["train_loss"], row["train_mse"], test_terms["mse"], len(test_data), source.label,
+                     row["train_images_per_s"])
+            epoch, batch = epoch + 1, 0
+            partial = {"epoch_sums": {}, "epoch_seen": 0, "epoch_seconds": 0.0}
+            save(data_gen.get_state())
+            stop_if_asked(signals)
+        if checkpoints.last is None:   # zero epochs: the untrained model is the result
+            save(data_gen.get_state())
+
     final = history[-1] if history and "test_mse" in history[-1] else {
         **{f"test_{k}": v for k, v in evaluate(model, test_data, cfg.batch_size, dev, eval_seed).items()}}
     # Reference point: predicting the mean training image for every test image.
@@ -324,6 +501,9 @@ def _train(model_name, source, out_dir, cfg, overrides, train_data, test_data, t
     }
     write_json(out_dir / "metrics.json", metrics)
     save_image_grids(model, test_data, out_dir, dev, eval_seed)
+    # Last: the final state becomes checkpoint.pt (a rename), so a folder with checkpoint.pt is complete
+    # and one with resume.pt is not; running the command again on a finished folder only redoes the files.
+    os.replace(checkpoints.path, out_dir / "checkpoint.pt")
     log.info("done: test reconstruction MSE %.5f (N=%d, split %s, %s; the mean training image scores %.5f); files in %s",
              final["test_mse"], len(test_data), metrics["reconstruction_mse"]["split"], source.label, baseline_mse, out_dir)
     return TrainResult(out_dir, history, metrics)

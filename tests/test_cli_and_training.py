@@ -84,8 +84,8 @@ def test_non_finite_loss_stops_with_step_and_terms(tmp_path, capsys, monkeypatch
                               "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "run")], capsys)
     assert code == 2
     last = err.strip().splitlines()[-1]
-    assert last.startswith("esvae: error: non-finite loss at epoch 1, step 0: loss=nan") and "mmd=nan" in last
-    assert "no checkpoint yet" in last
+    assert last.startswith("esvae: error: non-finite loss at epoch 1, step 1: loss=nan") and "mmd=nan" in last
+    assert "no checkpoint was saved yet" in last
 
 
 def test_subprocess_error_has_no_traceback():

@@ -11,7 +11,8 @@ import pytest
 
 from esvae import grid
 from esvae.cli import main
-from esvae.report import ReportError, compile_report
+from esvae.files import ResultFileError
+from esvae.report import compile_report
 from esvae.tracking import init_store, mirror
 
 POINT = "fashion/esvae/poisson/T4/seed{seed}"
@@ -127,7 +128,10 @@ def test_report_refuses_what_it_cannot_read(tmp_path, two_seed_results, capsys):
     assert err.count("\n") == 1 and "config.json not found" in err
     bad = two_seed_results / "runs" / POINT.format(seed=1) / "evaluate" / "metrics.json"
     bad.write_text('{"fid": ')                               # a truncated file
-    with pytest.raises(ReportError, match="cannot read .*evaluate/metrics.json"):
+    with pytest.raises(ResultFileError, match="evaluate/metrics.json is not a valid evaluate result file"):
+        compile_report(two_seed_results)
+    bad.write_text('{"fid": {"value": "high"}}')             # whole, but not what evaluate writes
+    with pytest.raises(ResultFileError, match=r"\(fid.value is 'high', expected a finite number\); delete it and re-run"):
         compile_report(two_seed_results)
 
 

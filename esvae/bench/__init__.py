@@ -428,7 +428,7 @@ def format_table(report: Dict[str, object]) -> str:
 
 
 def write_report(report: Dict[str, object], path: os.PathLike) -> None:
-    from ..train import write_json
+    from ..files import write_json
     from pathlib import Path
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_json(Path(path), report)

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import atomic_torch_save, code_version
+from ..checkpoints import code_version
+from ..files import atomic_torch_save
 from ..config import dataset_spec, hidden_dims_for
 from ..errors import CheckpointError, ConfigError
 from ..models.ann_blocks import ann_decoder, ann_encoder, ann_final_layer
@@ -91,7 +92,8 @@ def train_fad_autoencoder(dataset: str, out_dir: os.PathLike, *, epochs: int = 2
     from tqdm import tqdm
 
     from ..data import data_source, first_n, iterate_batches, load_split, seeded_subset
-    from ..train import log_to_file, resolve_device, write_json
+    from ..files import write_json
+    from ..train import log_to_file, resolve_device
 
     source = data_source(dataset)
     if epochs < 1 or batch_size < 1 or lr <= 0:

@@ -146,7 +146,7 @@ def convert_fid_helper_weights(source: Path, target: Path) -> None:
     missing = set(skeleton) - set(state)
     if missing:
         raise MetricUnavailableError(f"conversion left torch-fidelity keys unset: {sorted(missing)[:5]}")
-    from ..checkpoints import atomic_torch_save
+    from ..files import atomic_torch_save
     atomic_torch_save(state, target)   # a unique temporary file, then a rename: safe with parallel jobs
 
 

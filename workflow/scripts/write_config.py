@@ -4,7 +4,7 @@ import os
 import platform
 from pathlib import Path
 
-from esvae.train import write_json
+from esvae.files import write_json
 from esvae.checkpoints import git_commit
 
 config = json.loads(snakemake.params.config)  # noqa: F821 - injected by Snakemake
