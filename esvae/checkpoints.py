@@ -122,10 +122,10 @@ def _read(path: os.PathLike, map_location) -> Any:
             warnings.simplefilter("ignore")
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # a truncated zip, a pickle of something else, ...
-        raise CheckpointError(f"cannot read checkpoint {path}: {_one_line(exc)}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {one_line(exc)}") from None
 
 
-def _one_line(exc: Exception) -> str:
+def one_line(exc: Exception) -> str:
     """torch.load's errors span lines and advise weights_only=False; keep the cause, on one line."""
     text = str(exc)
     if "WeightsUnpickler error:" in text:
@@ -154,8 +154,9 @@ def read_checkpoint(path: os.PathLike, map_location="cpu") -> Dict[str, Any]:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: Dict[str, Any], path: os.PathLike) -> nn.Module:
-    """Build the model a checkpoint dict names and load its weights; CheckpointError when they do not fit."""
+def load_checkpoint(path: os.PathLike, map_location="cpu") -> Tuple[nn.Module, Dict[str, Any]]:
+    """Load a checkpoint of this project's format; returns ``(model, checkpoint dict)``."""
+    ckpt = read_checkpoint(path, map_location)
     try:
         model = build_model(ckpt["model_name"], ckpt["dataset"], **ckpt["model_config"])
     except (EsvaeError, TypeError, ValueError) as exc:
@@ -164,16 +165,9 @@ def model_from_checkpoint(ckpt: Dict[str, Any], path: os.PathLike) -> nn.Module:
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {path} does not fit model {ckpt['model_name']!r}: {exc}") from None
-    return model
-
-
-def load_checkpoint(path: os.PathLike, map_location="cpu") -> Tuple[nn.Module, Dict[str, Any]]:
-    """Load a checkpoint of this project's format; returns ``(model, checkpoint dict)``."""
-    ckpt = read_checkpoint(path, map_location)
-    model = model_from_checkpoint(ckpt, path)
-    steps = (ckpt.get("train_config") or {}).get("steps_per_epoch")
-    if isinstance(steps, int) and steps > 0:   # quantities derived from the training data (the ANN VAE's KLD weight), as in training
+        raise CheckpointError(f"checkpoint {path} does not fit model {ckpt['model_name']!r}: {one_line(exc)}") from None
+    steps = ckpt["train_config"].get("steps_per_epoch")
+    if isinstance(steps, int) and steps > 0:   # derived from the training data (the ANN VAE's KLD weight)
         model.configure_training(steps_per_epoch=steps)
     return model, ckpt
 

@@ -36,6 +36,11 @@ def _bounded(convert, lowest, inclusive: bool, what: str):
     return parse
 
 
+def _env_default(name: str, fallback: str) -> str:
+    """A flag's default from the environment (the workflow exports it), parsed by the flag's type."""
+    return os.environ.get(name) or fallback
+
+
 positive_int = _bounded(int, 1, True, "a positive integer")
 non_negative_int = _bounded(int, 0, True, "an integer >= 0")
 positive_float = _bounded(float, 0.0, False, "a positive number")
@@ -88,11 +93,13 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     add_environment_args(t)
     t.add_argument("--no-eval-at-init", action="store_true", help="skip the epoch-0 test evaluation")
-    t.add_argument("--checkpoint-every", type=non_negative_int, default=0, metavar="STEPS",
-                   help="also save the training state (--out/resume.pt) every STEPS optimiser steps (0 = off; it is "
-                        "always saved at the end of each epoch); re-running the same command resumes from it")
-    t.add_argument("--checkpoint-minutes", type=_bounded(float, 0.0, True, "a number of minutes >= 0"), default=10.0,
-                   metavar="MIN", help="and at least every MIN minutes of training (default 10; 0 = off)")
+    minutes = _bounded(float, 0.0, True, "a number of minutes >= 0")
+    t.add_argument("--checkpoint-every", type=non_negative_int, default=_env_default("ESVAE_CHECKPOINT_EVERY", "0"),
+                   metavar="STEPS", help="also save the training state (--out/resume.pt) every STEPS optimiser steps "
+                   "(default $ESVAE_CHECKPOINT_EVERY or 0 = off; it is always saved at the end of each epoch); "
+                   "re-running the same command resumes from it")
+    t.add_argument("--checkpoint-minutes", type=minutes, default=_env_default("ESVAE_CHECKPOINT_MINUTES", "10"),
+                   metavar="MIN", help="and at least every MIN minutes (default $ESVAE_CHECKPOINT_MINUTES or 10; 0 = off)")
 
     d = sub.add_parser("describe", help="print the resolved configuration and parameter count as JSON")
     add_model_args(d)

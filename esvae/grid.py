@@ -249,7 +249,7 @@ def export_job_environment(repo: Path, uri: str, config: Mapping) -> None:
     """Environment variables every job inherits (locally and through SLURM), set by the workflow:
     the interpreter running snakemake first on PATH (it has esvae installed), the repository on
     PYTHONPATH (for --use-conda envs, which do not install esvae), the MLflow store, experiment and
-    preset for ``esvae track``, and the data root. Environment, not rule params: Snakemake re-runs a
+    preset for ``esvae track``, the checkpoint interval of ``esvae train``, and the data root. Environment, not rule params: Snakemake re-runs a
     job whose params change, and none of these changes a result."""
     import os
     import sys
@@ -259,6 +259,9 @@ def export_job_environment(repo: Path, uri: str, config: Mapping) -> None:
     os.environ["ESVAE_MLFLOW_URI"] = uri
     os.environ["ESVAE_MLFLOW_EXPERIMENT"] = config["experiment"]
     os.environ["ESVAE_PRESET"] = config["preset"]
+    checkpoint = config.get("checkpoint") or {}
+    os.environ["ESVAE_CHECKPOINT_EVERY"] = str(checkpoint.get("every_steps", 0))
+    os.environ["ESVAE_CHECKPOINT_MINUTES"] = str(checkpoint.get("minutes", 10))
     if config.get("data_root"):
         os.environ["ESVAE_DATA"] = str(Path(config["data_root"]).resolve())
 

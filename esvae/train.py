@@ -279,7 +279,7 @@ class _Checkpointing:
         """The training state of a resume file in the output folder (weights and optimiser loaded
         into ``model``/``optimizer``), or None when there is none. Refuses another run's state by
         naming the settings that differ, and a damaged file by naming it."""
-        from .checkpoints import read_checkpoint
+        from .checkpoints import one_line, read_checkpoint
         if not self.path.exists():
             return None
         try:
@@ -300,7 +300,7 @@ class _Checkpointing:
             model.load_state_dict(ckpt["state_dict"])
             optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{self.path} is damaged: {type(exc).__name__}: {exc}; delete it to start over") from None
+            raise CheckpointError(f"{self.path} is damaged: {one_line(exc)}; delete it to start over") from None
         threads = ckpt["train_config"].get("torch_threads")
         if threads != resolved["torch_threads"]:
             log.warning("resuming with %s torch threads where the state was saved with %s: the result may differ "

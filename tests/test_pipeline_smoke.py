@@ -201,3 +201,51 @@ def test_snakemake_report_builds_an_html_report_with_the_figures(smoke_dir):
     for name in ("robustness.png", "metrics_vs_timesteps.png", "grids_fashion.png", "perturbations_fashion.png"):
         assert name in html
     assert re.search(r"Decoder robustness", html)
+
+
+def _training_pids(work: Path):
+    """Process ids of ``python -m esvae train`` jobs running in ``work`` (read from /proc)."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"esvae" in argv and b"train" in argv and Path(os.readlink(proc / "cwd")) == work:
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_killed_training_job_resumes_on_the_next_snakemake_run(smoke_dir, tmp_path, data_root, inception_cache):
+    """One smoke training job with a checkpoint every step: its process is SIGKILLed mid-epoch,
+    Snakemake reports the failure and removes the declared outputs (not resume.pt); the same
+    snakemake command then resumes it and ends with the smoke run's exact weights."""
+    import torch
+
+    key = "fashion/esvae/poisson/T4/seed0"
+    work = tmp_path / "work"
+    work.mkdir()
+    cmd = [str(BIN / "snakemake"), "--cores", "1", "--config", "preset=smoke", "checkpoint={every_steps: 1}",
+           "-s", str(REPO / "Snakefile"), "--directory", str(work), f"results/runs/{key}/train/checkpoint.pt"]
+    env = {**os.environ, "ESVAE_DATA": data_root, "ESVAE_CACHE": str(inception_cache), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    run_dir = work / "results" / "runs" / key / "train"
+    with open(tmp_path / "first.txt", "w") as first_out:
+        first = subprocess.Popen(cmd, cwd=work, env=env, stdout=first_out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while not ((run_dir / "train.log").is_file() and "checkpoint: epoch 1, batch 2," in (run_dir / "train.log").read_text()):
+            assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first.txt").read_text()[-3000:]
+            time.sleep(0.02)
+        pids = _training_pids(work)
+        assert len(pids) == 1
+        os.kill(pids[0], signal.SIGKILL)
+        assert first.wait(timeout=120) != 0
+    assert (run_dir / "resume.pt").is_file() and not (run_dir / "checkpoint.pt").exists()
+    second = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
+    assert "resuming from results/runs/fashion/esvae/poisson/T4/seed0/train/resume.pt: epoch 1, batch " in (
+        run_dir / "train.log").read_text()
+    ours = torch.load(run_dir / "checkpoint.pt", weights_only=True)["state_dict"]
+    smoke = torch.load(smoke_dir / "results" / "runs" / key / "train" / "checkpoint.pt", weights_only=True)["state_dict"]
+    assert ours.keys() == smoke.keys() and all(torch.equal(ours[k], smoke[k]) for k in ours)
+    job_log = (work / "logs" / "runs" / key / "train.log").read_text()
+    assert job_log.count("training esvae on Fashion-MNIST") == 2     # both attempts' logs are kept

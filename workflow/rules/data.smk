@@ -22,7 +22,7 @@ rule write_config:
         "results/config.json",
     params:
         # the settings that define the results; where they are tracked is not one of them
-        config=lambda wildcards: json.dumps({k: v for k, v in CONFIG.items() if k not in ("tracking_uri", "experiment")},
+        config=lambda wildcards: json.dumps({k: v for k, v in CONFIG.items() if k not in ("tracking_uri", "experiment", "checkpoint")},
                                             sort_keys=True),
     conda:
         CONDA_ENV
