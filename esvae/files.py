@@ -119,7 +119,7 @@ RESULT_SCHEMAS: Mapping[str, Mapping[str, Any]] = {
     "train": {"epochs": int, "train_images": int, "parameters": int,
               "reconstruction_mse": {"value": _NUMBER, "n": int, "split": str}, "baseline_mean_image_mse": _METRIC},
     "evaluate": {f"?{key}": _METRIC for key in ("reconstruction_mse", "fid", "kid", "fad", "inception_score")},
-    "probe": {"information_retention": dict, "?decoder_robustness": {"rows": list}},
+    "probe": {"information_retention": dict, "?decoder_robustness": dict},   # ANN VAE: rows None (no spikes)
     "config": {"model": str, "model_config": dict, "train_config": dict},
     "preset": {"preset": str},
 }

@@ -26,5 +26,5 @@ rule train:
     resources:
         **resources_of("train"),
     shell:
-        "python -m esvae train {params.args} --out {params.out} --threads {threads} {params.env} >> {log} 2>&1"
+        "python -m esvae train {params.args} --out {params.out} --threads {threads} {params.env} > {log} 2>&1"
         " && {params.track} >> {log} 2>&1"
