@@ -1,8 +1,17 @@
-"""Shared fixtures: one Fashion-MNIST data root and one offline Inception conversion per session."""
+"""Shared fixtures: one Fashion-MNIST data root, one offline Inception conversion and one local run
+of the smoke preset per session."""
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SMOKE_COMMAND = ".venv/bin/snakemake --cores all --config preset=smoke"
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +49,21 @@ def fad_autoencoder(tmp_path_factory, data_root):
     assert main(["train-fad-autoencoder", "--dataset", "fashion", "--out", str(out), "--epochs", "2",
                  "--train-subset", "512", "--test-subset", "2000", "--batch-size", "64", "--data-root", data_root]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def smoke_dir(tmp_path_factory, data_root, inception_cache):
+    """A folder where the README's smoke command ran locally (test_pipeline_smoke checks it, the SLURM
+    test compares its own run with it); ``$ESVAE_SMOKE_DIR`` when it holds a finished run."""
+    reuse = os.environ.get("ESVAE_SMOKE_DIR")
+    if reuse and (Path(reuse) / "results" / "tables" / "table1.csv").is_file():
+        return Path(reuse)
+    assert SMOKE_COMMAND in (REPO / "README.md").read_text()     # the README's example is the command run here
+    work = tmp_path_factory.mktemp("smoke")
+    cmd = [str(BIN / "snakemake"), *SMOKE_COMMAND.split()[1:], "-s", str(REPO / "Snakefile"), "--directory", str(work)]
+    env = {**os.environ, "ESVAE_DATA": data_root, "ESVAE_CACHE": str(inception_cache), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    start = time.perf_counter()
+    out = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1200)
+    (work / "smoke-run.txt").write_text(out.stdout + out.stderr + f"\nseconds {time.perf_counter() - start:.0f}\n")
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    return work

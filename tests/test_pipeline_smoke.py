@@ -1,8 +1,9 @@
 """The README's smoke command, run for real (data -> training -> metrics -> probes -> tables/figures
 -> MLflow), and its outputs checked: files, tables, the MLflow store and the MLflow UI's REST API.
 
-The run takes a few minutes on 2 cores; set ``ESVAE_SMOKE_DIR`` to a folder where the smoke preset
-already ran to check that folder instead (the checks are the same).
+The run (the session fixture ``smoke_dir`` in conftest.py, shared with the SLURM test) takes a few
+minutes on 2 cores; set ``ESVAE_SMOKE_DIR`` to a folder where the smoke preset already ran to check
+that folder instead (the checks are the same).
 """
 import json
 import os
@@ -23,27 +24,9 @@ from esvae import grid
 from esvae.report import FIGURES, TABLES
 
 REPO = Path(__file__).resolve().parent.parent
-README = (REPO / "README.md").read_text()
-SMOKE_COMMAND = ".venv/bin/snakemake --cores all --config preset=smoke"
 BIN = Path(sys.executable).parent
 CONFIG = grid.resolve_config({"preset": "smoke"})
 POINTS = grid.all_points(CONFIG)
-
-
-@pytest.fixture(scope="module")
-def smoke_dir(tmp_path_factory, data_root, inception_cache):
-    reuse = os.environ.get("ESVAE_SMOKE_DIR")
-    if reuse and (Path(reuse) / "results" / "tables" / "table1.csv").is_file():
-        return Path(reuse)
-    assert SMOKE_COMMAND in README          # the README's example is the command run here
-    work = tmp_path_factory.mktemp("smoke")
-    cmd = [str(BIN / "snakemake"), *SMOKE_COMMAND.split()[1:], "-s", str(REPO / "Snakefile"), "--directory", str(work)]
-    env = {**os.environ, "ESVAE_DATA": data_root, "ESVAE_CACHE": str(inception_cache), "PATH": f"{BIN}:{os.environ['PATH']}"}
-    start = time.perf_counter()
-    out = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1200)
-    (work / "smoke-run.txt").write_text(out.stdout + out.stderr + f"\nseconds {time.perf_counter() - start:.0f}\n")
-    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    return work
 
 
 def test_every_output_exists_and_parses(smoke_dir):
