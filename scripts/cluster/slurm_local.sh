@@ -101,11 +101,11 @@ abort() {   # a failed start: the logs, then stop whatever did start
 }
 
 up() {
-  local running=() start d pid t node_state=""
+  local running=() start d deadline node_state="" ready=""
   for d in "${DAEMONS[@]}"; do [ -n "$(pid_of "$d")" ] && running+=("$d"); done
   [ ${#running[@]} = 0 ] || die "already running in $STATE (${running[*]}); run '$0 down' first"
-  [ "$(id -u)" = 0 ] || die "must run as root (the SLURM and munge daemons run as root here)"
   need_packages
+  [ "$(id -u)" = 0 ] || die "must run as root (the SLURM and munge daemons run as root here)"
   if [ -e "$LINK" ] || [ -L "$LINK" ]; then
     [ "$(readlink "$LINK")" = "$CONF" ] || die "$LINK exists and is not this script's link; not replacing another SLURM configuration"
   fi
@@ -118,13 +118,20 @@ up() {
     || abort "munged did not start"
   slurmctld -f "$CONF" || abort "slurmctld did not start"
   slurmd -f "$CONF" || abort "slurmd did not start"
-  for t in $(seq 120); do   # 60 s at most
-    node_state=$(timeout 10 sinfo -h -N -o %T 2>/dev/null || true)
-    [ "$node_state" = idle ] && break
+  deadline=$((SECONDS + 60))
+  while [ $SECONDS -lt $deadline ]; do
+    for d in "${DAEMONS[@]}"; do   # a pid file whose process is gone (a daemon writes it a moment after starting)
+      [ -s "$STATE/$d.pid" ] && [ -z "$(pid_of "$d")" ] && abort "$d exited"
+    done
+    node_state=$(timeout 5 sinfo -h -N -o %T 2>/dev/null || true)
+    if [ "$node_state" = idle ] && [ -n "$(pid_of munged)" ] && [ -n "$(pid_of slurmctld)" ] && [ -n "$(pid_of slurmd)" ]; then
+      ready=1
+      break
+    fi
     [[ $node_state =~ inval|drain ]] && break   # refused its configuration: no point waiting
     sleep 0.5
   done
-  [ "$node_state" = idle ] || abort "the node is not idle (sinfo says '${node_state:-nothing}')"
+  [ -n "$ready" ] || abort "the node is not idle with all daemons running after $((SECONDS - deadline + 60)) s (sinfo says '${node_state:-nothing}')"
   say "up in $(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN {printf "%.1f", e - s}') s:" \
       "node $(hostname -s), $(nproc) CPUs, gpu:$(nproc) (no device behind them); state in $STATE"
   say "configuration: $CONF (linked from $LINK)"
@@ -134,16 +141,15 @@ down() {
   local d pid t
   if [ -n "$(pid_of slurmctld)" ] && [ -n "$(pid_of slurmd)" ]; then   # no job outlives the cluster
     timeout 10 scancel --full --user="$(id -un)" 2>/dev/null || true
-    for t in $(seq 60); do   # 30 s for their processes to end
-      [ -z "$(timeout 10 squeue -h -t running,completing -o %i 2>/dev/null)" ] && break
-      sleep 0.5
-    done
+    t=$((SECONDS + 30))   # for their processes to end
+    while [ $SECONDS -lt $t ] && [ -n "$(timeout 5 squeue -h -t running,completing -o %i 2>/dev/null)" ]; do sleep 0.5; done
   fi
   for d in "${DAEMONS[@]}"; do
     pid=$(pid_of "$d")
     [ -n "$pid" ] || continue
     kill -TERM "$pid" 2>/dev/null || true
-    for t in $(seq 40); do [ -d "/proc/$pid" ] || break; sleep 0.5; done   # 20 s, then KILL
+    t=$((SECONDS + 20))   # then KILL
+    while [ $SECONDS -lt $t ] && [ -d "/proc/$pid" ]; do sleep 0.5; done
     if [ -d "/proc/$pid" ]; then say "$d ($pid) ignored TERM for 20 s; KILL"; kill -KILL "$pid" 2>/dev/null || true; fi
     say "stopped $d ($pid)"
   done
