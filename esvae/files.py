@@ -26,10 +26,14 @@ _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _file_mode() -> int:
-    """What ``open`` would give a new file under the current umask (mkstemp's files are 0600)."""
+    """What ``open`` would give a new file under the umask (mkstemp's files are 0600); read once,
+    at import, because reading the umask means setting it."""
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
 
 
 class StorageError(EsvaeError):
@@ -54,13 +58,14 @@ def atomic_path(path: os.PathLike, *, durable: bool = False) -> Iterator[Path]:
     work), renamed over ``path`` when the block succeeds and removed when it fails. ``durable``
     also fsyncs the file before the rename (checkpoints)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}{_TEMP_MARK}", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}{_TEMP_MARK}", suffix=path.suffix, dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
         yield tmp
-        os.chmod(tmp, _file_mode())
+        os.chmod(tmp, _FILE_MODE)
         if durable:
             fd = os.open(tmp, os.O_RDONLY)
             try:
@@ -69,12 +74,14 @@ def atomic_path(path: os.PathLike, *, durable: bool = False) -> Iterator[Path]:
                 os.close(fd)
         os.replace(tmp, path)
     except OSError as exc:
-        if exc.errno in _FULL:
+        if tmp is not None:
             tmp.unlink(missing_ok=True)   # before measuring the free space
+        if exc.errno in _FULL:
             raise storage_error(path, exc) from None
-        raise
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None   # the target, not the temporary
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def remove_stale_temporaries(folder: os.PathLike) -> int:

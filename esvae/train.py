@@ -31,7 +31,7 @@ from typing import Dict, List, Optional
 import torch
 
 from . import runtime
-from .checkpoints import code_version, save_checkpoint
+from .checkpoints import code_version, one_line, read_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import ImageSplit, data_source, first_n, iterate_batches, load_split, seeded_subset, to_model_range
 from .errors import CheckpointError, ConfigError, TrainingDivergedError, TrainingInterrupted
@@ -177,9 +177,19 @@ def log_to_file(out_dir: Path, filename: str = "train.log"):
 
 
 RESUME_FILE = "resume.pt"
+RERUN_HINT = (" (the same command resumes there and, with the same seed, diverges again: change the settings and "
+              "use another --out)")
 # The resolved settings that define a training run: a resume state that differs in any is refused.
 RUN_DEFINING_KEYS = ("model", "dataset", "model_config_dataset", "model_config", "train_config", "train_images",
-                     "test_images", "steps_per_epoch", "derived", "eval_at_init")
+                     "test_images", "steps_per_epoch", "derived", "eval_at_init", "device_type")
+_DESCRIPTIVE = ("lr_derivation",)   # train_config entries that describe, not define, the run
+
+
+def _run_defining(resolved: Dict) -> Dict:
+    out = {k: resolved.get(k, "<absent>") for k in RUN_DEFINING_KEYS}
+    if isinstance(out["train_config"], dict):
+        out["train_config"] = {k: v for k, v in out["train_config"].items() if k not in _DESCRIPTIVE}
+    return out
 
 
 def train(*, model_name: str, dataset: str, out_dir: os.PathLike, train_config: TrainConfig,
@@ -208,10 +218,28 @@ def train(*, model_name: str, dataset: str, out_dir: os.PathLike, train_config: 
     test_data, test_label = first_n(test_full, cfg.test_subset)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with log_to_file(out_dir):
+    with _only_trainer(out_dir), log_to_file(out_dir):
         return _train(model_name, source, out_dir, cfg, model_overrides or {}, train_data, test_data, test_label,
                       dev, eval_at_init, sys.stderr.isatty() if progress is None else progress,
                       _Checkpointing(out_dir / RESUME_FILE, checkpoint_every, checkpoint_minutes))
+
+
+@contextlib.contextmanager
+def _only_trainer(out_dir: Path):
+    """Hold an exclusive lock on ``out_dir/.train.lock`` for the run: a second process training into
+    the same folder (a job run twice, a lost scheduler job still alive) is refused instead of both
+    overwriting each other's state."""
+    import fcntl
+    fd = os.open(out_dir / ".train.lock", os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another process is training into {out_dir} (it holds {out_dir / '.train.lock'}); "
+                              "wait for it or stop it, or use another --out") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def _differences(saved, now, prefix: str = "") -> List[str]:
@@ -226,7 +254,7 @@ def _differences(saved, now, prefix: str = "") -> List[str]:
     return [] if saved == now else [f"{prefix[:-1]}: {saved!r} in the checkpoint, {now!r} now"]
 
 
-def _rng_states(model_gen: torch.Generator) -> Dict:
+def _rng_states(model_gen: torch.Generator, device: torch.device) -> Dict:
     """Every random stream the loop may touch: the model's generator, torch's CPU and CUDA
     defaults, Python's and NumPy's (NumPy's key array stored as a tensor for weights-only loading)."""
     import random
@@ -234,18 +262,18 @@ def _rng_states(model_gen: torch.Generator) -> Dict:
     import numpy as np
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {"model": model_gen.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
             "python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
 
 
-def _set_rng_states(states: Dict, model_gen: torch.Generator) -> None:
+def _set_rng_states(states: Dict, model_gen: torch.Generator, device: torch.device) -> None:
     import random
 
     import numpy as np
     model_gen.set_state(states["model"])
     torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if states["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"], device)
     random.setstate(states["python"])
     kind, keys, pos, has_gauss, gauss = states["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
@@ -261,7 +289,8 @@ class _Checkpointing:
 
     def __init__(self, path: Path, every_steps: int, every_minutes: float):
         self.path, self.every_steps, self.every_minutes = path, every_steps, every_minutes
-        self.last: Optional[str] = None   # "epoch E, step S": named when training fails
+        self.last: Optional[str] = None   # "epoch E, batch B, step S": named when training fails or stops
+        self.source: Optional[Path] = None  # the file a resumed run was loaded from
         self._since = time.monotonic()
 
     def due(self, step: int) -> bool:
@@ -279,33 +308,33 @@ class _Checkpointing:
         """The training state of a resume file in the output folder (weights and optimiser loaded
         into ``model``/``optimizer``), or None when there is none. Refuses another run's state by
         naming the settings that differ, and a damaged file by naming it."""
-        from .checkpoints import one_line, read_checkpoint
-        if not self.path.exists():
+        source = self.path if self.path.exists() else self.path.with_name("checkpoint.pt")
+        if not source.exists():
             return None
         try:
-            ckpt = read_checkpoint(self.path)
+            ckpt = read_checkpoint(source)
         except CheckpointError as exc:
-            raise CheckpointError(f"{exc}; it holds this folder's interrupted training: delete it to start over") from None
+            raise CheckpointError(f"{exc}; it holds this folder's training: delete it to start over") from None
         state = ckpt.get("training_state")
-        saved_run = {k: ckpt["train_config"].get(k, "<absent>") for k in RUN_DEFINING_KEYS}
-        diffs = _differences(saved_run, {k: resolved.get(k) for k in RUN_DEFINING_KEYS})
+        diffs = _differences(_run_defining(ckpt["train_config"]), _run_defining(resolved))
         if diffs:
-            raise CheckpointError(f"{self.path} holds another run's state; differing settings: " + "; ".join(diffs)
-                                  + f". Use another --out, or delete {self.path} to start this folder over")
+            raise CheckpointError(f"{source} holds another run's state; differing settings: " + "; ".join(diffs)
+                                  + f". Use another --out, or delete {source} to start this folder over")
         bad = [k for k, kind in _STATE_ENTRIES.items() if not isinstance((state or {}).get(k), kind)]
         if bad:
-            raise CheckpointError(f"{self.path} is damaged: its training state lacks {', '.join(bad)}; "
+            raise CheckpointError(f"{source} is damaged: its training state lacks {', '.join(bad)}; "
                                   f"delete it to start over")
         try:
             model.load_state_dict(ckpt["state_dict"])
             optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{self.path} is damaged: {one_line(exc)}; delete it to start over") from None
+            raise CheckpointError(f"{source} is damaged: {one_line(exc)}; delete it to start over") from None
         threads = ckpt["train_config"].get("torch_threads")
         if threads != resolved["torch_threads"]:
             log.warning("resuming with %s torch threads where the state was saved with %s: the result may differ "
                         "in the last bits from an uninterrupted run", resolved["torch_threads"], threads)
         self.last = f"epoch {state['epoch']}, batch {state['batch']}, step {ckpt['step']}"
+        self.source = source
         state["step"] = ckpt["step"]
         return state
 
@@ -348,7 +377,7 @@ def _train(model_name, source, out_dir, cfg, overrides, train_data, test_data, t
     resolved = {
         "model": model_name, "dataset": source.name, "data_label": source.label,
         "model_config_dataset": source.model_dataset, "model_config": model.config.to_dict(),
-        "train_config": cfg.to_dict(), "device": str(dev), "torch_threads": torch.get_num_threads(),
+        "train_config": cfg.to_dict(), "device": str(dev), "device_type": dev.type, "torch_threads": torch.get_num_threads(),
         "allocator_tuned": runtime.ALLOCATOR_TUNED,
         "parameters": count_parameters(model), "train_images": len(train_data), "test_images": len(test_data),
         "steps_per_epoch": steps_per_epoch, "derived": derived, "eval_at_init": eval_at_init,
@@ -392,27 +421,36 @@ def _train(model_name, source, out_dir, cfg, overrides, train_data, test_data, t
         history.extend(state["history"])
         partial = {k: state[k] for k in partial}
         data_gen.set_state(state["epoch_data_rng"])
-        _set_rng_states(state["rng"], model_gen)
+        try:
+            _set_rng_states(state["rng"], model_gen, dev)
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{checkpoints.path} is damaged: its random states cannot be restored "
+                                  f"({one_line(exc)}); delete it to start over") from None
         record()   # the history so far (a scheduler may have removed the file with the failed job's outputs)
-        log.info("resuming from %s: epoch %d, batch %d of %d (step %d)", checkpoints.path, epoch, batch,
+        log.info("resuming from %s: epoch %d, batch %d of %d (step %d)", checkpoints.source, epoch, batch,
                  steps_per_epoch, step)
     elif eval_at_init:
         test_terms = evaluate(model, test_data, cfg.batch_size, dev, eval_seed)
         record({"epoch": 0, "step": 0, **{f"test_{k}": v for k, v in test_terms.items()}})
         log.info("epoch 0 (untrained): test MSE %.5f on %d %s test images", test_terms["mse"], len(test_data), source.label)
+    else:
+        record()   # the header: history.tsv exists from the start (a declared output, even for 0 epochs)
 
     def save(epoch_data_rng: torch.Tensor) -> None:
         """The whole training state, positioned before batch ``batch`` of epoch ``epoch``."""
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):   # a finite loss, infinite gradients
+            raise TrainingDivergedError(f"non-finite weights after epoch {epoch}, batch {batch}, step {step}; "
+                                        f"{checkpoints.describe_last()}{RERUN_HINT}")
         save_checkpoint(checkpoints.path, model, optimizer=optimizer, epoch=epoch - 1, step=step,
                         train_config=resolved, training_state={
                             "epoch": epoch, "batch": batch, "epoch_data_rng": epoch_data_rng,
-                            "rng": _rng_states(model_gen), **partial, "history": history})
+                            "rng": _rng_states(model_gen, dev), **partial, "history": history})
         checkpoints.saved(f"epoch {epoch}, batch {batch}, step {step}")
 
     def stop_if_asked(signals: _StopSignals) -> None:
         if signals.received is not None:
             name = signal.Signals(signals.received).name
-            raise TrainingInterrupted(f"training stopped by {name} at epoch {epoch}, step {step}; state saved in "
+            raise TrainingInterrupted(f"training stopped by {name} at {checkpoints.last}; state saved in "
                                       f"{checkpoints.path}: run the same command again to continue", signals.received)
 
     model.train()
@@ -435,13 +473,12 @@ def _train(model_name, source, out_dir, cfg, overrides, train_data, test_data, t
                     out, terms = train_step(model, optimizer, images, model_gen)
                 except RateOutOfRangeError as exc:  # NaN weights reach the sampler before the loss
                     raise TrainingDivergedError(f"diverged at epoch {epoch}, step {step + 1}: {exc}; "
-                                                f"{checkpoints.describe_last()}") from None
+                                                f"{checkpoints.describe_last()}{RERUN_HINT}") from None
                 except _NonFiniteLoss as exc:
                     raise TrainingDivergedError(
                         f"non-finite loss at epoch {epoch}, step {step + 1}: "
                         + ", ".join(f"{k}={v.item():.4g}" for k, v in exc.terms.items())
-                        + f"; {checkpoints.describe_last()} (the same command resumes there and, with the same "
-                          "seed, diverges again: change the settings and use another --out)")
+                        + f"; {checkpoints.describe_last()}{RERUN_HINT}")
                 step += 1
                 batch += 1
                 b = images.shape[0]
@@ -450,7 +487,7 @@ def _train(model_name, source, out_dir, cfg, overrides, train_data, test_data, t
                 partial["epoch_seen"] += b
                 partial["epoch_seconds"] = time.perf_counter() - start
                 bar.set_postfix(loss=f"{terms['loss'].item():.4f}", mse=f"{terms['mse'].item():.4f}")
-                if batch < steps_per_epoch and (signals.received is not None or checkpoints.due(step)):
+                if signals.received is not None or (batch < steps_per_epoch and checkpoints.due(step)):
                     save(epoch_data_rng)
                     stop_if_asked(signals)
             bar.close()
@@ -466,7 +503,8 @@ def _train(model_name, source, out_dir, cfg, overrides, train_data, test_data, t
             epoch, batch = epoch + 1, 0
             partial = {"epoch_sums": {}, "epoch_seen": 0, "epoch_seconds": 0.0}
             save(data_gen.get_state())
-            stop_if_asked(signals)
+            if epoch <= cfg.epochs:   # after the last epoch only the result files remain: write them
+                stop_if_asked(signals)
         if checkpoints.last is None:   # zero epochs: the untrained model is the result
             save(data_gen.get_state())
 
@@ -502,8 +540,10 @@ def _train(model_name, source, out_dir, cfg, overrides, train_data, test_data, t
     write_json(out_dir / "metrics.json", metrics)
     save_image_grids(model, test_data, out_dir, dev, eval_seed)
     # Last: the final state becomes checkpoint.pt (a rename), so a folder with checkpoint.pt is complete
-    # and one with resume.pt is not; running the command again on a finished folder only redoes the files.
-    os.replace(checkpoints.path, out_dir / "checkpoint.pt")
+    # and one with resume.pt is not; running the command again on a finished folder only redoes the files
+    # (Checkpointing.load reads checkpoint.pt when there is no resume.pt).
+    if checkpoints.path.exists():   # absent when a finished folder was only redone
+        os.replace(checkpoints.path, out_dir / "checkpoint.pt")
     log.info("done: test reconstruction MSE %.5f (N=%d, split %s, %s; the mean training image scores %.5f); files in %s",
              final["test_mse"], len(test_data), metrics["reconstruction_mse"]["split"], source.label, baseline_mse, out_dir)
     return TrainResult(out_dir, history, metrics)

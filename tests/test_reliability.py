@@ -108,7 +108,7 @@ def assert_same_result(a: Path, b: Path):
     assert json.loads((a / "metrics.json").read_text()) == json.loads((b / "metrics.json").read_text())
     assert history_without_timing(a) == history_without_timing(b)
     assert (a / "samples.png").read_bytes() == (b / "samples.png").read_bytes()
-    assert not (b / RESUME_FILE).exists() and not [p for p in b.iterdir() if p.name.startswith(".")]
+    assert not (b / RESUME_FILE).exists() and not [p for p in b.iterdir() if ".tmp-" in p.name]
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +182,7 @@ def test_kill_during_a_checkpoint_write_then_sigterm_both_resume_exactly(referen
     code, err = job.wait(120)
     assert code == 128 + signal.SIGTERM
     last = err.strip().splitlines()[-1]
-    assert last.startswith("esvae: error: training stopped by SIGTERM at epoch 2, step ") and \
+    assert last.startswith("esvae: error: training stopped by SIGTERM at epoch 2, batch ") and \
         f"state saved in {out / RESUME_FILE}: run the same command again to continue" in last
     log = (out / "train.log").read_text()
     assert "removed 1 temporary file(s)" in log and not temporaries[0].exists()
@@ -213,7 +213,7 @@ def test_fsvae_with_flips_resumes_mid_second_epoch_in_process(data_root, tmp_pat
 
     monkeypatch.setattr(train_module, "train_step", step_then_sigterm)
     handler = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(EsvaeError, match="training stopped by SIGTERM at epoch 2, step 11") as stop:
+    with pytest.raises(EsvaeError, match="training stopped by SIGTERM at epoch 2, batch 3, step 11;") as stop:
         train(out_dir=tmp_path / "resumed", **kwargs)
     assert stop.value.exit_code == 128 + signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is handler        # the process's own handler is back
@@ -248,6 +248,24 @@ def test_another_runs_state_is_refused_naming_the_differing_settings(reference, 
     assert code == 2 and "model: 'esvae' in the checkpoint, 'fsvae' now" in line
     assert "Use another --out, or delete" in line
     assert not (out / "metrics.json").exists()
+
+
+def test_a_finished_folder_is_redone_from_its_checkpoint_and_a_second_trainer_is_refused(reference, data_root,
+                                                                                         tmp_path, capsys):
+    import fcntl
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    before = (out / "checkpoint.pt").read_bytes()
+    # the same settings, --lr given explicitly at the paper's value: only the LR's description differs
+    assert main(train_argv(data_root, out) + ["--lr", "0.003072"]) == 0
+    assert "resuming from " + str(out / "checkpoint.pt") + ": epoch 4, batch 0 of 8 (step 24)" in (out / "train.log").read_text()
+    assert (out / "checkpoint.pt").read_bytes() == before and not (out / RESUME_FILE).exists()
+    assert json.loads((out / "metrics.json").read_text()) == json.loads((reference / "metrics.json").read_text())
+    capsys.readouterr()
+    with open(out / ".train.lock") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)          # as another training process would
+        code, line = one_line_error(train_argv(data_root, out), capsys)
+    assert code == 2 and f"another process is training into {out}" in line
 
 
 def test_damaged_checkpoints_are_one_line_errors(reference, data_root, tmp_path, capsys):
@@ -310,7 +328,7 @@ def test_full_disk_is_one_line_and_names_the_file(data_root, tmp_path, capsys):
         assert code == 2
         assert line.startswith(f"esvae: error: cannot write {out / RESUME_FILE}: No space left on device (")
         assert "free some space, then run the same command again" in line
-        assert not [p for p in out.iterdir() if p.name.startswith(".")]    # no temporary file left behind
+        assert not [p for p in out.iterdir() if ".tmp-" in p.name]    # no temporary file left behind
         assert_complete_files(out)
     finally:
         subprocess.run(["umount", str(disk)], check=True)
