@@ -424,7 +424,7 @@ def _train(model_name, source, out_dir, cfg, overrides, train_data, test_data, t
         try:
             _set_rng_states(state["rng"], model_gen, dev)
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"{checkpoints.path} is damaged: its random states cannot be restored "
+            raise CheckpointError(f"{checkpoints.source} is damaged: its random states cannot be restored "
                                   f"({one_line(exc)}); delete it to start over") from None
         record()   # the history so far (a scheduler may have removed the file with the failed job's outputs)
         log.info("resuming from %s: epoch %d, batch %d of %d (step %d)", checkpoints.source, epoch, batch,
