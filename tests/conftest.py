@@ -14,6 +14,13 @@ BIN = Path(sys.executable).parent
 SMOKE_COMMAND = ".venv/bin/snakemake --cores all --config preset=smoke"
 
 
+def workflow_env(data_root, inception_cache):
+    """The environment a test's snakemake runs in: this interpreter's tools first, the session's
+    data and offline Inception cache."""
+    return {**os.environ, "ESVAE_DATA": data_root, "ESVAE_CACHE": str(inception_cache),
+            "PATH": f"{BIN}:{os.environ['PATH']}"}
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory):
     """``$ESVAE_DATA`` when set, else a session folder (Fashion-MNIST unpacked there once)."""
@@ -61,7 +68,7 @@ def smoke_dir(tmp_path_factory, data_root, inception_cache):
     assert SMOKE_COMMAND in (REPO / "README.md").read_text()     # the README's example is the command run here
     work = tmp_path_factory.mktemp("smoke")
     cmd = [str(BIN / "snakemake"), *SMOKE_COMMAND.split()[1:], "-s", str(REPO / "Snakefile"), "--directory", str(work)]
-    env = {**os.environ, "ESVAE_DATA": data_root, "ESVAE_CACHE": str(inception_cache), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env = workflow_env(data_root, inception_cache)
     start = time.perf_counter()
     out = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1200)
     (work / "smoke-run.txt").write_text(out.stdout + out.stderr + f"\nseconds {time.perf_counter() - start:.0f}\n")

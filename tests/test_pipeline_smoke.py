@@ -11,7 +11,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -20,11 +19,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import BIN, REPO, workflow_env
 from esvae import grid
 from esvae.report import FIGURES, TABLES
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 CONFIG = grid.resolve_config({"preset": "smoke"})
 POINTS = grid.all_points(CONFIG)
 
@@ -211,7 +209,7 @@ def test_a_killed_training_job_resumes_on_the_next_snakemake_run(smoke_dir, tmp_
     (work / "every-step.yaml").write_text("checkpoint: {every_steps: 1}\n")    # --config would pass "1" as a string
     cmd = [str(BIN / "snakemake"), "--cores", "1", "--config", "preset=smoke", "--configfile", "every-step.yaml",
            "-s", str(REPO / "Snakefile"), "--directory", str(work), f"results/runs/{key}/train/checkpoint.pt"]
-    env = {**os.environ, "ESVAE_DATA": data_root, "ESVAE_CACHE": str(inception_cache), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env = workflow_env(data_root, inception_cache)
     run_dir = work / "results" / "runs" / key / "train"
     with open(tmp_path / "first.txt", "w") as first_out:
         first = subprocess.Popen(cmd, cwd=work, env=env, stdout=first_out, stderr=subprocess.STDOUT)

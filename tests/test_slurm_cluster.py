@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import BIN, REPO
+from conftest import BIN, REPO, workflow_env
 from esvae import grid
 from esvae.report import TABLES
 
@@ -90,8 +90,7 @@ def slurm_run(tmp_path_factory, smoke_dir, data_root, inception_cache):
         # interpreter running the tests.
         args = [str(REPO / a) if a == "profiles/slurm" else a for a in run.split()[1:]]
         cmd = [str(BIN / "snakemake"), *args, "-s", str(REPO / "Snakefile"), "--directory", str(work)]
-        env = {**os.environ, "ESVAE_DATA": data_root, "ESVAE_CACHE": str(inception_cache),
-               "PATH": f"{BIN}:{os.environ['PATH']}"}
+        env = workflow_env(data_root, inception_cache)
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
