@@ -139,16 +139,22 @@ _ENTRIES = {"model_name": str, "dataset": str, "model_config": dict, "train_conf
             "epoch": int, "step": int}
 
 
+def mistyped_entries(entries: Any, spec: Dict[str, type]) -> List[str]:
+    """The keys of ``spec`` that ``entries`` (a dict, or anything else) lacks or holds with another type."""
+    entries = entries if isinstance(entries, dict) else {}
+    return [key for key, kind in spec.items() if not isinstance(entries.get(key), kind)]
+
+
 def read_checkpoint(path: os.PathLike, map_location="cpu") -> Dict[str, Any]:
     """The dict of a checkpoint of this project's format, its entries checked; CheckpointError otherwise."""
     ckpt = _read(path, map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an esvae checkpoint (no 'format': '{FORMAT}' entry); "
                               "for the original authors' checkpoints use load_original_checkpoint")
-    for key, kind in _ENTRIES.items():
-        if not isinstance(ckpt.get(key), kind):
-            raise CheckpointError(f"checkpoint {path} is damaged: its entry {key!r} is "
-                                  f"{type(ckpt.get(key)).__name__}, expected {kind.__name__}")
+    bad = mistyped_entries(ckpt, _ENTRIES)
+    if bad:
+        raise CheckpointError(f"checkpoint {path} is damaged: its entry {bad[0]!r} is "
+                              f"{type(ckpt.get(bad[0])).__name__}, expected {_ENTRIES[bad[0]].__name__}")
     if not all(isinstance(v, torch.Tensor) for v in ckpt["state_dict"].values()):
         raise CheckpointError(f"checkpoint {path} is damaged: its state_dict holds non-tensors")
     return ckpt

@@ -31,7 +31,7 @@ from typing import Dict, List, Optional
 import torch
 
 from . import runtime
-from .checkpoints import code_version, one_line, read_checkpoint, save_checkpoint
+from .checkpoints import code_version, mistyped_entries, one_line, read_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import ImageSplit, data_source, first_n, iterate_batches, load_split, seeded_subset, to_model_range
 from .errors import CheckpointError, ConfigError, TrainingDivergedError, TrainingInterrupted
@@ -320,7 +320,7 @@ class _Checkpointing:
         if diffs:
             raise CheckpointError(f"{source} holds another run's state; differing settings: " + "; ".join(diffs)
                                   + f". Use another --out, or delete {source} to start this folder over")
-        bad = [k for k, kind in _STATE_ENTRIES.items() if not isinstance((state or {}).get(k), kind)]
+        bad = mistyped_entries(state, _STATE_ENTRIES)
         if bad:
             raise CheckpointError(f"{source} is damaged: its training state lacks {', '.join(bad)}; "
                                   f"delete it to start over")
