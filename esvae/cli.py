@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .errors import ConfigError, EsvaeError
+from .config import LR_RULES, apply_lr_rule
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -86,6 +87,9 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=positive_int, default=None, help="default: the paper's for the dataset")
     t.add_argument("--lr", type=positive_float, default=None,
                    help="effective AdamW LR (default: the paper's effective LR for the dataset; never rescaled)")
+    t.add_argument("--lr-rule", choices=sorted(LR_RULES), default=None,
+                   help="how the LR follows --batch-size: paper_effective (default: the paper's effective LR at "
+                        "any batch) or original_linear_scaling (scaled by batch / paper batch, as the original code)")
     t.add_argument("--train-subset", type=non_negative_int, default=0,
                    help="train on N images of the training split chosen with a fixed seed (0 = all)")
     t.add_argument("--test-subset", type=non_negative_int, default=0,
@@ -260,9 +264,11 @@ def _cmd_train(args) -> int:
     if args.batch_size is not None:
         cfg.batch_size = args.batch_size
     if args.lr is not None:
-        cfg.lr, cfg.lr_derivation = args.lr, "given with --lr"
-    elif args.batch_size is not None and args.batch_size != paper_train_config(source.model_dataset).batch_size:
-        cfg.lr_derivation += f"; kept although --batch-size {args.batch_size} differs from the paper's (no rescaling)"
+        if args.lr_rule is not None:
+            raise ConfigError("give --lr or --lr-rule, not both (--lr sets the LR itself)")
+        cfg.lr, cfg.lr_derivation, cfg.lr_rule = args.lr, "given with --lr", "given"
+    else:
+        apply_lr_rule(cfg, paper_train_config(source.model_dataset), args.lr_rule or "paper_effective")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     result = train(model_name=args.model, dataset=args.dataset, out_dir=args.out, train_config=cfg,
                    model_overrides=_overrides(args), data_root=args.data_root, download=args.download,

@@ -125,12 +125,44 @@ class TrainConfig:
     seed: int = 0
     train_subset: int = 0               # 0 = the whole training split
     test_subset: int = 0                # 0 = the whole test split
+    lr_rule: str = "paper_effective"     # how ``lr`` follows the batch size (LR_RULES)
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
         return d
+
+
+LR_RULES = {
+    "paper_effective": "the paper's effective LR at its batch size, kept whatever the batch",
+    "original_linear_scaling": "the paper's effective LR scaled by batch / paper batch, as the original code's "
+                               "lr * batch / 250 rule does at any batch size",
+}
+
+
+def apply_lr_rule(cfg: TrainConfig, paper: TrainConfig, rule: str) -> TrainConfig:
+    """Set ``cfg.lr`` from the paper's settings ``paper`` for ``cfg.batch_size`` under ``rule``.
+
+    ``paper_effective`` keeps ``paper.lr`` (the LR the paper's runs used at ``paper.batch_size``);
+    ``original_linear_scaling`` multiplies it by ``cfg.batch_size / paper.batch_size``: the original
+    code computes ``lr * batch / 250`` from the configured batch, so a smaller batch trains at a
+    proportionally smaller LR (ESVAE Fashion at batch 64: 0.003 x 64/250 = 0.000768).
+    """
+    if rule not in LR_RULES:
+        raise ConfigError(f"unknown lr_rule {rule!r}; expected one of: {', '.join(LR_RULES)}")
+    cfg.lr_rule = rule
+    base = f"{paper.lr:g} ({paper.lr_derivation})" if paper.lr_derivation else f"{paper.lr:g}"
+    if rule == "paper_effective" or cfg.batch_size == paper.batch_size:
+        cfg.lr = paper.lr
+        cfg.lr_derivation = (f"lr_rule {rule}: the paper's effective LR {base}"
+                             + ("" if cfg.batch_size == paper.batch_size else
+                                f", kept at batch {cfg.batch_size} (paper batch {paper.batch_size}, no rescaling)"))
+    else:
+        cfg.lr = paper.lr * cfg.batch_size / paper.batch_size
+        cfg.lr_derivation = (f"lr_rule {rule}: {paper.lr:g} x {cfg.batch_size}/{paper.batch_size} = {cfg.lr:g} "
+                             f"(the paper's effective LR {base} scaled linearly to batch {cfg.batch_size})")
+    return cfg
 
 
 def paper_train_config(dataset: str) -> TrainConfig:

@@ -115,7 +115,9 @@ def validate_config(config: Mapping, schema_path: Optional[Path] = None) -> None
     with open(schema_path or SCHEMA_PATH) as fh:
         schema = _yaml().safe_load(fh)
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(dict(config)), key=lambda e: list(map(str, e.absolute_path)))
+    import json
+    as_json = json.loads(json.dumps(dict(config)))   # YAML's integer keys (epochs per T) as JSON's strings
+    errors = sorted(validator.iter_errors(as_json), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = []
         for error in errors[:10]:
@@ -155,28 +157,36 @@ def _timesteps_for(model: str, timesteps: int) -> int:
     return timesteps if model_entry(model).samplers else 1   # the ANN VAE has no time axis (T=1)
 
 
+def seeds_for(config: Mapping, experiment: str, dataset: str) -> List[int]:
+    """The seeds of ``experiment`` on ``dataset``: the experiment's own ``seeds`` (a list, or a
+    mapping ``{default: [...], <dataset>: [...]}``) when it has one, else the top-level ``seeds``."""
+    seeds = config[experiment].get("seeds", config["seeds"])
+    if isinstance(seeds, Mapping):
+        seeds = seeds.get(dataset, seeds.get("default", config["seeds"]))
+    return list(seeds)
+
+
 def experiment_points(config: Mapping) -> Dict[str, List[RunPoint]]:
     """Run points per experiment (``main``, ``ablation_timesteps``, ``ablation_sampler``), sorted."""
     from .models import model_entry
-    seeds = config["seeds"]
     out: Dict[str, set] = {name: set() for name in EXPERIMENTS}
     main = config["main"]
     for d in main["datasets"]:
         for m in main["models"]:
-            for s in seeds:
+            for s in seeds_for(config, "main", d):
                 out["main"].add(RunPoint(d, m, default_sampler(m), _timesteps_for(m, main["timesteps"]), s))
     abl = config["ablation_timesteps"]
     for d in abl["datasets"]:
         for m in abl["models"]:
             for t in abl["timesteps"]:
-                for s in seeds:
+                for s in seeds_for(config, "ablation_timesteps", d):
                     out["ablation_timesteps"].add(RunPoint(d, m, default_sampler(m), t, s))
     abl = config["ablation_sampler"]
     for d in abl["datasets"]:
         for m in abl["models"]:
             for sampler in abl["samplers"]:
                 if sampler in model_entry(m).samplers:
-                    for s in seeds:
+                    for s in seeds_for(config, "ablation_sampler", d):
                         out["ablation_sampler"].add(RunPoint(d, m, sampler, abl["timesteps"], s))
     return {name: sorted(points) for name, points in out.items()}
 
@@ -189,9 +199,32 @@ def datasets(config: Mapping) -> List[str]:
     return sorted({p.dataset for p in all_points(config)})
 
 
-def epochs_for(config: Mapping, model: str) -> int:
-    epochs = config["train"]["epochs"]
-    return int(epochs.get(model, epochs["default"]))
+def _per_model(value, model: str):
+    """A preset value that is either one value for every model or ``{default: v, <model>: v}``."""
+    if isinstance(value, Mapping):
+        return value.get(model, value.get("default"))
+    return value
+
+
+def epochs_for(config: Mapping, model: str, timesteps: Optional[int] = None, dataset: Optional[str] = None) -> int:
+    """Epochs of ``model``: ``train.epochs[model]`` (else ``default``). A model's entry may itself be a
+    mapping for a schedule that depends on the run point: keys T (``16: 2``) or a dataset
+    (``mnist5k: 10``), looked up in that order, else its ``default``."""
+    value = _per_model(config["train"]["epochs"], model)
+    if isinstance(value, Mapping):
+        for key in (timesteps, str(timesteps), dataset):
+            if key is not None and key in value:
+                value = value[key]
+                break
+        else:
+            value = value["default"]
+    return int(value)
+
+
+def batch_size_for(config: Mapping, model: str) -> Optional[int]:
+    """``train.batch_size`` for ``model`` (an int, or ``{default, <model>}``); None = the paper's."""
+    value = _per_model(config["train"].get("batch_size"), model)
+    return int(value) if value else None
 
 
 def train_args(config: Mapping, point: RunPoint) -> List[str]:
@@ -199,13 +232,24 @@ def train_args(config: Mapping, point: RunPoint) -> List[str]:
     from .models import model_entry
     train = config["train"]
     args = ["--model", point.model, "--dataset", point.dataset, "--seed", str(point.seed),
-            "--epochs", str(epochs_for(config, point.model)),
+            "--epochs", str(epochs_for(config, point.model, point.timesteps, point.dataset)),
             "--train-subset", str(train["train_subset"]), "--test-subset", str(train["test_subset"])]
     if model_entry(point.model).samplers:
         args += ["--timesteps", str(point.timesteps), "--sampler", point.sampler]
-    if train.get("batch_size"):
-        args += ["--batch-size", str(train["batch_size"])]
+    batch = batch_size_for(config, point.model)
+    if batch:
+        args += ["--batch-size", str(batch)]
+    args += ["--lr-rule", train.get("lr_rule", "paper_effective")]
     return args
+
+
+def train_cost(config: Mapping, point: RunPoint) -> int:
+    """A rough relative cost of training ``point`` (for the scheduler's longest-first order, 0-100):
+    epochs x T, FSVAE/TAID counted 1.5x for their posterior/prior networks, the ANN VAE as T = 1."""
+    from .models import model_entry
+    weight = 1.5 if point.model in ("fsvae", "taid") else 1.0
+    t = point.timesteps if model_entry(point.model).samplers else 1
+    return min(100, int(epochs_for(config, point.model, point.timesteps, point.dataset) * t * weight))
 
 
 def environment_args(config: Mapping) -> List[str]:
@@ -221,10 +265,12 @@ def expected_train_settings(config: Mapping, point: RunPoint) -> Dict[str, objec
     under ``config`` (keys as stored there)."""
     from .models import model_entry
     train = config["train"]
-    out = {"train_config.epochs": epochs_for(config, point.model), "train_config.seed": point.seed,
-           "train_config.train_subset": train["train_subset"], "train_config.test_subset": train["test_subset"]}
-    if train.get("batch_size"):
-        out["train_config.batch_size"] = train["batch_size"]
+    out = {"train_config.epochs": epochs_for(config, point.model, point.timesteps, point.dataset), "train_config.seed": point.seed,
+           "train_config.train_subset": train["train_subset"], "train_config.test_subset": train["test_subset"],
+           "train_config.lr_rule": train.get("lr_rule", "paper_effective")}
+    batch = batch_size_for(config, point.model)
+    if batch:
+        out["train_config.batch_size"] = batch
     if model_entry(point.model).samplers:
         out["model_config.timesteps"] = point.timesteps
         out["model_config.sampler"] = point.sampler
@@ -238,6 +284,8 @@ def settings_mismatch(config: Mapping, point: RunPoint, run_config: Mapping) -> 
     for dotted, want in expected_train_settings(config, point).items():
         section, key = dotted.split(".")
         have = (run_config.get(section) or {}).get(key)
+        if key == "lr_rule" and have is None:   # runs from before the rule existed used the paper's effective LR
+            have = "paper_effective"
         if have != want:
             diffs.append(f"{dotted}={have!r} (preset: {want!r})")
     if run_config.get("model") != point.model or run_config.get("dataset") != point.dataset:
@@ -266,9 +314,20 @@ def export_job_environment(repo: Path, uri: str, config: Mapping) -> None:
         os.environ["ESVAE_DATA"] = str(Path(config["data_root"]).resolve())
 
 
-def tracking_uri(config: Mapping, results_dir: Optional[Path] = None) -> str:
-    """The MLflow store: ``tracking_uri`` if set, else SQLite at ``results/mlflow.db`` (absolute path)."""
+def results_dir(config: Mapping) -> str:
+    """``results/<preset>``: every file a preset's run writes (relative to the working directory),
+    so presets never overwrite each other's results."""
+    return f"results/{config['preset']}"
+
+
+def logs_dir(config: Mapping) -> str:
+    """``logs/<preset>``: the jobs' log files."""
+    return f"logs/{config['preset']}"
+
+
+def tracking_uri(config: Mapping, results: Optional[Path] = None) -> str:
+    """The MLflow store: ``tracking_uri`` if set, else SQLite at ``results/<preset>/mlflow.db`` (absolute path)."""
     if config.get("tracking_uri"):
         return str(config["tracking_uri"])
-    results = Path(results_dir or "results").resolve()
+    results = Path(results or results_dir(config)).resolve()
     return f"sqlite:///{results / 'mlflow.db'}"

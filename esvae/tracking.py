@@ -109,6 +109,9 @@ def stage_metrics(stage: str, m: Mapping) -> Dict[str, float]:
         out["final_test_mse"] = m["reconstruction_mse"]["value"]
         out["mean_image_mse"] = m["baseline_mean_image_mse"]["value"]
         out["parameters"] = m["parameters"]
+        for key in ("steps", "train_seconds", "lr"):   # absent in runs from before they were recorded
+            if _finite(m.get(key)):
+                out[key] = m[key]
     elif stage == "evaluate":
         for key, name in (("reconstruction_mse", "eval_mse"), ("fid", "fid"), ("kid", "kid"), ("fad", "fad"),
                           ("inception_score", "inception_score")):
@@ -160,6 +163,11 @@ def stage_conditions(stage: str, m: Mapping) -> Dict[str, str]:
     if stage == "probe":
         probe = (m.get("information_retention") or {}).get("linear_probe") or {}
         return {"probe.linear_probe": f"fit on {probe.get('train_split')}, tested on {probe.get('test_split')}"}
+    if stage == "train":
+        out = {"device": str(m.get("device_name") or m.get("device") or "not recorded")}
+        if m.get("lr_rule"):
+            out["lr_rule"] = str(m["lr_rule"])
+        return out
     return {}
 
 

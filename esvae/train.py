@@ -52,6 +52,19 @@ def history_columns(model) -> List[str]:
 EVAL_SEED_OFFSET = 1_000_003   # eval/sample generators are seeded apart from the training stream
 
 
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else the platform's processor string."""
+    import platform
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def resolve_device(spec: str) -> torch.device:
     """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; unavailable CUDA is a ConfigError."""
     if spec == "auto":
@@ -533,8 +546,17 @@ def _train(model_name, source, out_dir, cfg, overrides, train_data, test_data, t
         "epochs": cfg.epochs,
         "train_images": len(train_data),
         "seed": cfg.seed,
+        "batch_size": cfg.batch_size,
+        "steps": int(history[-1].get("step", 0)) if history else 0,
+        # training time only (the per-epoch sums of history.tsv; test evaluations excluded), resumes included
+        "train_seconds": float(sum(v for r in history
+                                   if isinstance(v := r.get("epoch_seconds"), (int, float)) and math.isfinite(v))),
+        "lr": cfg.lr,
+        "lr_rule": cfg.lr_rule,
         "parameters": count_parameters(model),
         "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
+        "torch_threads": torch.get_num_threads(),
         "code_version": code_version(),
     }
     write_json(out_dir / "metrics.json", metrics)

@@ -63,7 +63,7 @@ def smoke_dir(tmp_path_factory, data_root, inception_cache):
     """A folder where the README's smoke command ran locally (test_pipeline_smoke checks it, the SLURM
     test compares its own run with it); ``$ESVAE_SMOKE_DIR`` when it holds a finished run."""
     reuse = os.environ.get("ESVAE_SMOKE_DIR")
-    if reuse and (Path(reuse) / "results" / "tables" / "table1.csv").is_file():
+    if reuse and (Path(reuse) / "results" / "smoke" / "tables" / "table1.csv").is_file():
         return Path(reuse)
     assert SMOKE_COMMAND in (REPO / "README.md").read_text()     # the README's example is the command run here
     work = tmp_path_factory.mktemp("smoke")

@@ -28,7 +28,7 @@ POINTS = grid.all_points(CONFIG)
 
 
 def test_every_output_exists_and_parses(smoke_dir):
-    results = smoke_dir / "results"
+    results = smoke_dir / "results" / "smoke"
     for p in POINTS:
         run = results / "runs" / p.key
         train = json.loads((run / "train" / "metrics.json").read_text())
@@ -54,7 +54,7 @@ def test_every_output_exists_and_parses(smoke_dir):
 
 
 def test_table1_holds_paper_and_reproduced_rows(smoke_dir):
-    table = pd.read_csv(smoke_dir / "results" / "tables" / "table1.csv")
+    table = pd.read_csv(smoke_dir / "results" / "smoke" / "tables" / "table1.csv")
     paper = pd.read_csv(REPO / "esvae" / "resources" / "paper_table1.csv")
     fashion_paper = paper[paper["dataset"] == "fashion"]
     ours = table[table["source"].str.startswith("this run (smoke")]
@@ -66,22 +66,22 @@ def test_table1_holds_paper_and_reproduced_rows(smoke_dir):
     for _, row in ours.iterrows():
         key = next(p.key for p in grid.experiment_points(CONFIG)["main"]
                    if {"ESVAE": "esvae", "FSVAE": "fsvae", "ANN VAE": "ann_vae", "TAID": "taid"}[row["model"]] == p.model)
-        ev = json.loads((smoke_dir / "results" / "runs" / key / "evaluate" / "metrics.json").read_text())
+        ev = json.loads((smoke_dir / "results" / "smoke" / "runs" / key / "evaluate" / "metrics.json").read_text())
         assert row["mse"] == pytest.approx(ev["reconstruction_mse"]["value"])
         assert row["fid"] == pytest.approx(ev["fid"]["value"]) and row["fad"] == pytest.approx(ev["fad"]["value"])
         assert pd.isna(row["inception_score"])          # refused, never filled in
         assert "FID: FID@64 vs test[:64] (N=64)" in row["conditions"] and "MSE over test[:128]" in row["conditions"]
         assert row["source"] == "this run (smoke, N=128, seeds 0)"
-    runs = pd.read_csv(smoke_dir / "results" / "tables" / "runs.csv")
+    runs = pd.read_csv(smoke_dir / "results" / "smoke" / "tables" / "runs.csv")
     assert len(runs) == len(POINTS) and runs[["trained", "evaluated", "probed"]].all().all()
 
 
 def test_ablation_tables_hold_their_points(smoke_dir):
-    t = pd.read_csv(smoke_dir / "results" / "tables" / "ablation_timesteps.csv")
+    t = pd.read_csv(smoke_dir / "results" / "smoke" / "tables" / "ablation_timesteps.csv")
     assert sorted(t["T"]) == [2, 4] and set(t["model"]) == {"esvae"}
-    s = pd.read_csv(smoke_dir / "results" / "tables" / "ablation_sampler.csv")
+    s = pd.read_csv(smoke_dir / "results" / "smoke" / "tables" / "ablation_sampler.csv")
     assert sorted(s["sampler"]) == ["bernoulli_st", "poisson"]
-    probes = pd.read_csv(smoke_dir / "results" / "tables" / "probes.csv")
+    probes = pd.read_csv(smoke_dir / "results" / "smoke" / "tables" / "probes.csv")
     assert len(probes) == len(POINTS)
     spiking = probes[probes["model"] != "ann_vae"]
     assert spiking["rob_noise_0.30"].notna().all() and probes[probes["model"] == "ann_vae"]["rob_clean"].isna().all()
@@ -89,7 +89,7 @@ def test_ablation_tables_hold_their_points(smoke_dir):
 
 def _mlflow_runs(smoke_dir):
     from mlflow.tracking import MlflowClient
-    client = MlflowClient(tracking_uri=f"sqlite:///{smoke_dir / 'results' / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{smoke_dir / 'results' / 'smoke' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(CONFIG["experiment"])
     return client, client.search_runs([experiment.experiment_id])
 
@@ -100,8 +100,8 @@ def test_mlflow_store_holds_one_run_per_trained_model_with_its_metrics(smoke_dir
     assert sorted(by_key) == sorted(p.key for p in POINTS) and len(runs) == len(POINTS)
     for p in POINTS:
         run = by_key[p.key]
-        train = json.loads((smoke_dir / "results" / "runs" / p.key / "train" / "metrics.json").read_text())
-        ev = json.loads((smoke_dir / "results" / "runs" / p.key / "evaluate" / "metrics.json").read_text())
+        train = json.loads((smoke_dir / "results" / "smoke" / "runs" / p.key / "train" / "metrics.json").read_text())
+        ev = json.loads((smoke_dir / "results" / "smoke" / "runs" / p.key / "evaluate" / "metrics.json").read_text())
         assert run.data.metrics["final_test_mse"] == pytest.approx(train["reconstruction_mse"]["value"])
         assert run.data.metrics["fid"] == pytest.approx(ev["fid"]["value"])
         assert "linear_probe_accuracy" in run.data.metrics
@@ -122,7 +122,7 @@ def _free_port():
 
 def test_mlflow_ui_serves_the_smoke_runs_over_its_rest_api(smoke_dir):
     port = _free_port()
-    store = f"sqlite:///{smoke_dir / 'results' / 'mlflow.db'}"
+    store = f"sqlite:///{smoke_dir / 'results' / 'smoke' / 'mlflow.db'}"
     proc = subprocess.Popen([str(BIN / "mlflow"), "ui", "--backend-store-uri", store, "--host", "127.0.0.1",
                              "--port", str(port), "--workers", "1"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -208,9 +208,9 @@ def test_a_killed_training_job_resumes_on_the_next_snakemake_run(smoke_dir, tmp_
     work.mkdir()
     (work / "every-step.yaml").write_text("checkpoint: {every_steps: 1}\n")    # --config would pass "1" as a string
     cmd = [str(BIN / "snakemake"), "--cores", "1", "--config", "preset=smoke", "--configfile", "every-step.yaml",
-           "-s", str(REPO / "Snakefile"), "--directory", str(work), f"results/runs/{key}/train/checkpoint.pt"]
+           "-s", str(REPO / "Snakefile"), "--directory", str(work), f"results/smoke/runs/{key}/train/checkpoint.pt"]
     env = workflow_env(data_root, inception_cache)
-    run_dir = work / "results" / "runs" / key / "train"
+    run_dir = work / "results" / "smoke" / "runs" / key / "train"
     with open(tmp_path / "first.txt", "w") as first_out:
         first = subprocess.Popen(cmd, cwd=work, env=env, stdout=first_out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
@@ -225,8 +225,8 @@ def test_a_killed_training_job_resumes_on_the_next_snakemake_run(smoke_dir, tmp_
     second = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
     train_log = (run_dir / "train.log").read_text()     # the run's own log (not a declared output) keeps both attempts
-    assert "resuming from results/runs/fashion/esvae/poisson/T4/seed0/train/resume.pt: epoch 1, batch " in train_log
+    assert "resuming from results/smoke/runs/fashion/esvae/poisson/T4/seed0/train/resume.pt: epoch 1, batch " in train_log
     assert train_log.count("training esvae on Fashion-MNIST") == 2
     ours = torch.load(run_dir / "checkpoint.pt", weights_only=True)["state_dict"]
-    smoke = torch.load(smoke_dir / "results" / "runs" / key / "train" / "checkpoint.pt", weights_only=True)["state_dict"]
+    smoke = torch.load(smoke_dir / "results" / "smoke" / "runs" / key / "train" / "checkpoint.pt", weights_only=True)["state_dict"]
     assert ours.keys() == smoke.keys() and all(torch.equal(ours[k], smoke[k]) for k in ours)

@@ -38,9 +38,10 @@ def test_every_preset_validates_and_expands_to_the_counted_grid():
         counts[name] = {k: len(v) for k, v in grid.experiment_points(config).items()}, len(grid.all_points(config))
     # smoke: 4 main models; T in {2, 4} for esvae; esvae x {poisson, bernoulli_st}. Shared: esvae/poisson/T4.
     assert counts["smoke"] == ({"main": 4, "ablation_timesteps": 2, "ablation_sampler": 2}, 6)
-    # cpu: 4 models x 2 datasets; esvae, fsvae x 6 T on fashion; 3 samplers. Shared: the 2 T16 main
-    # points of the T ablation and esvae/poisson/T16 of the sampler ablation -> 8 + 12 + 3 - 3 = 20.
-    assert counts["cpu"] == ({"main": 8, "ablation_timesteps": 12, "ablation_sampler": 3}, 20)
+    # cpu: 4 models x 3 seeds on fashion + 4 x 1 on mnist5k; esvae, fsvae x 5 T (seed 0); 3 samplers
+    # (seed 0). Shared: the 2 T4 seed-0 main points of the T ablation and esvae/poisson/T4/seed0 of the
+    # sampler ablation -> 16 + 10 + 3 - 3 = 26.
+    assert counts["cpu"] == ({"main": 16, "ablation_timesteps": 10, "ablation_sampler": 3}, 26)
     # paper: 3 seeds; 4x4 main, 4 datasets x 2 models x 6 T, 4 datasets x 3 samplers
     # -> 48 + 144 + 36 - (24 T16 points shared with main) - (12 poisson points shared with main) = 192.
     assert counts["paper"] == ({"main": 48, "ablation_timesteps": 144, "ablation_sampler": 36}, 192)
@@ -52,7 +53,7 @@ def test_default_preset_is_cpu_and_user_keys_override_it():
     merged = grid.resolve_config({"preset": "smoke", "seeds": [0, 1], "train": {"epochs": {"default": 2}}})
     assert merged["seeds"] == [0, 1] and merged["train"]["epochs"] == {"default": 2}
     assert merged["train"]["train_subset"] == 256          # untouched nested keys stay the preset's
-    assert config["main"]["timesteps"] == 16
+    assert config["main"]["timesteps"] == 4 and config["train"]["lr_rule"] == "paper_effective"
 
 
 def test_run_points_paths_and_cli_arguments():
@@ -107,7 +108,7 @@ def test_lint_is_clean():
 def _planned(out):
     """Rule name -> count from a dry run's job table, and every output path it names."""
     table = dict(re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1].split("Reasons:")[0], flags=re.M))
-    outputs = set(re.findall(r"results/runs/[^\s,]+", out))
+    outputs = set(re.findall(r"results/\w+/runs/[^\s,]+", out))
     return {k: int(v) for k, v in table.items()}, outputs
 
 
@@ -121,22 +122,52 @@ def test_paper_dry_run_plans_every_model_dataset_and_both_ablations(tmp_path):
         for model, sampler in (("esvae", "poisson"), ("fsvae", "fsvae_autoregressive"),
                                ("taid", "fsvae_autoregressive")):
             for seed in (0, 1, 2):
-                assert f"results/runs/{dataset}/{model}/{sampler}/T16/seed{seed}/train/checkpoint.pt" in outputs
-        assert f"results/runs/{dataset}/ann_vae/gaussian/T1/seed2/train/checkpoint.pt" in outputs
+                assert f"results/paper/runs/{dataset}/{model}/{sampler}/T16/seed{seed}/train/checkpoint.pt" in outputs
+        assert f"results/paper/runs/{dataset}/ann_vae/gaussian/T1/seed2/train/checkpoint.pt" in outputs
         for t in (1, 2, 4, 8, 32):   # the T ablation
-            assert f"results/runs/{dataset}/esvae/poisson/T{t}/seed0/train/checkpoint.pt" in outputs
-            assert f"results/runs/{dataset}/fsvae/fsvae_autoregressive/T{t}/seed1/train/checkpoint.pt" in outputs
+            assert f"results/paper/runs/{dataset}/esvae/poisson/T{t}/seed0/train/checkpoint.pt" in outputs
+            assert f"results/paper/runs/{dataset}/fsvae/fsvae_autoregressive/T{t}/seed1/train/checkpoint.pt" in outputs
         for sampler in ("bernoulli_st", "rate_repeat"):   # the sampler ablation
-            assert f"results/runs/{dataset}/esvae/{sampler}/T16/seed2/evaluate/metrics.json" in outputs
+            assert f"results/paper/runs/{dataset}/esvae/{sampler}/T16/seed2/evaluate/metrics.json" in outputs
 
 
-def test_cpu_dry_run_is_the_default_and_plans_twenty_runs(tmp_path):
-    code, out = snakemake("-n", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path))
+def test_cpu_dry_run_is_the_default_and_plans_the_whole_grid_at_its_settings(tmp_path):
+    code, out = snakemake("-n", "-p", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path))
     assert code == 0, out[-3000:]
     jobs, outputs = _planned(out)
-    assert jobs["train"] == 20 and jobs["prepare_data"] == 2      # fashion and mnist5k
-    assert "results/runs/mnist5k/taid/fsvae_autoregressive/T16/seed0/train/checkpoint.pt" in outputs
-    assert "results/runs/fashion/fsvae/fsvae_autoregressive/T32/seed0/probe/probes.json" in outputs
+    # main: 4 models x 3 seeds on Fashion-MNIST + 4 x 1 on MNIST-5k; T ablation ESVAE/FSVAE at
+    # T = 1, 2, 8, 16 (T = 4 is the main table's seed-0 point); sampler ablation bernoulli_st, rate_repeat
+    assert jobs["train"] == jobs["evaluate"] == jobs["probe"] == 12 + 4 + 8 + 2
+    assert jobs["prepare_data"] == jobs["fad_autoencoder"] == 2 and jobs["report"] == 1
+    runs = {o.split("/train/")[0].split("/runs/")[1] for o in outputs if o.endswith("/train/checkpoint.pt")}
+    assert all(o.startswith("results/cpu/") for o in outputs)
+    for seed in (0, 1, 2):
+        assert {f"fashion/esvae/poisson/T4/seed{seed}", f"fashion/fsvae/fsvae_autoregressive/T4/seed{seed}",
+                f"fashion/taid/fsvae_autoregressive/T4/seed{seed}", f"fashion/ann_vae/gaussian/T1/seed{seed}"} <= runs
+    assert not any(r.startswith("mnist5k/") and not r.endswith("seed0") for r in runs)    # MNIST-5k: 1 seed
+    assert {f"fashion/{m}/{s}/T{t}/seed0" for m, s in (("esvae", "poisson"), ("fsvae", "fsvae_autoregressive"))
+            for t in (1, 2, 8, 16)} <= runs
+    assert not any("/T32/" in r for r in runs)
+    # every training job: batch 16 at the paper's effective LR, 1 thread, its model's epochs
+    commands = [line.split("Shell command: ", 1)[1] for line in out.splitlines()
+                if line.startswith("Shell command: python -m esvae train ")]
+    assert len(commands) == jobs["train"]
+    for cmd in commands:
+        assert "--batch-size 16" in cmd and "--lr-rule paper_effective" in cmd and "--threads 1" in cmd, cmd
+        assert "--train-subset 10000" in cmd and "--device auto" in cmd, cmd
+    epochs = {(re.search(r"--model (\w+)", c).group(1), re.search(r"--dataset (\w+)", c).group(1)):
+              int(re.search(r"--epochs (\d+)", c).group(1)) for c in commands}
+    assert epochs == {("esvae", "fashion"): 3, ("ann_vae", "fashion"): 3, ("fsvae", "fashion"): 4,
+                      ("taid", "fashion"): 4, ("esvae", "mnist5k"): 6, ("ann_vae", "mnist5k"): 6,
+                      ("fsvae", "mnist5k"): 10, ("taid", "mnist5k"): 8}
+    assert sum("--num-samples 250" in line for line in out.splitlines()) == jobs["evaluate"]
+
+
+def test_each_preset_writes_under_its_own_folder(tmp_path):
+    code, out = snakemake("-n", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--config", "preset=smoke")
+    assert code == 0, out[-3000:]
+    paths = set(re.findall(r"(?:results|logs)/[\w.-]+", out))
+    assert paths and all(p in ("results/smoke", "logs/smoke") for p in paths), sorted(paths)
 
 
 def test_slurm_profile_maps_resources_and_asks_for_gpus(tmp_path):
@@ -164,4 +195,5 @@ def test_every_rule_has_a_log_and_the_heavy_ones_a_benchmark_and_resources():
     for name in ("train", "evaluate", "probe", "fad_autoencoder"):
         assert "    benchmark:" in rules[name] and "    resources:" in rules[name] and "    threads:" in rules[name]
     for name in ("train", "evaluate", "probe"):     # the one path grammar in results/, logs/, benchmarks/
-        assert "{RUN}/" in rules[name] and "logs/runs/{KEY}/" in rules[name] and "benchmarks/runs/{KEY}/" in rules[name]
+        assert "{RUN}/" in rules[name] and "{LOGS}/runs/{KEY}/" in rules[name]
+        assert "{OUT}/benchmarks/runs/{KEY}/" in rules[name]

@@ -32,9 +32,13 @@ ENV_ARGS = " ".join(grid.environment_args(CONFIG))
 grid.export_job_environment(REPO, TRACKING_URI, CONFIG)
 CONDA_ENV = "../envs/esvae.yaml"
 
-# One path grammar, shared by results/, logs/ and benchmarks/.
+# Each preset writes under its own folder, so a smoke check never touches the default preset's
+# committed results: results/<preset>/ (runs, tables, figures, claims, MLflow store, per-job times
+# under benchmarks/) and logs/<preset>/. One path grammar, shared by runs/, logs/ and benchmarks/.
+OUT = grid.results_dir(CONFIG)
+LOGS = grid.logs_dir(CONFIG)
 KEY = "{dataset}/{model}/{sampler}/T{timesteps}/seed{seed}"
-RUN = f"results/runs/{KEY}"
+RUN = f"{OUT}/runs/{KEY}"
 
 
 wildcard_constraints:
@@ -85,16 +89,16 @@ def init_tracking():
 
 
 def table_outputs():
-    return [f"results/tables/{name}.{ext}" for name in TABLES for ext in ("csv", "md", "tex")]
+    return [f"{OUT}/tables/{name}.{ext}" for name in TABLES for ext in ("csv", "md", "tex")]
 
 
 def figure_outputs():
-    return [f"results/figures/{name}.png" for name in FIGURES] + [
-        f"results/figures/{kind}_{d}.png" for kind in ("grids", "perturbations") for d in MAIN_DATASETS]
+    return [f"{OUT}/figures/{name}.png" for name in FIGURES] + [
+        f"{OUT}/figures/{kind}_{d}.png" for kind in ("grids", "perturbations") for d in MAIN_DATASETS]
 
 
 def run_outputs(stage, filename):
-    return [f"results/runs/{p.key}/{stage}/{filename}" for p in POINTS]
+    return [f"{OUT}/runs/{p.key}/{stage}/{filename}" for p in POINTS]
 
 
 def all_outputs():

@@ -3,13 +3,13 @@
 
 rule prepare_data:
     output:
-        "results/data/{dataset}.json",
+        f"{OUT}/data/{{dataset}}.json",
     params:
         env=ENV_ARGS,
     conda:
         CONDA_ENV
     log:
-        "logs/data/{dataset}.log",
+        f"{LOGS}/data/{{dataset}}.log",
     threads: RESOURCES["light"]["threads"]
     resources:
         **resources_of("light"),
@@ -19,7 +19,7 @@ rule prepare_data:
 
 rule write_config:
     output:
-        "results/config.json",
+        f"{OUT}/config.json",
     params:
         # the settings that define the results; where they are tracked is not one of them
         config=lambda wildcards: json.dumps({k: v for k, v in CONFIG.items() if k not in ("tracking_uri", "experiment", "checkpoint")},
@@ -27,6 +27,6 @@ rule write_config:
     conda:
         CONDA_ENV
     log:
-        "logs/config.log",
+        f"{LOGS}/config.log",
     script:
         "../scripts/write_config.py"

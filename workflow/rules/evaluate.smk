@@ -4,7 +4,7 @@
 rule evaluate:
     input:
         checkpoint=f"{RUN}/train/checkpoint.pt",
-        fad="results/fad/{dataset}/fad_autoencoder.pt",
+        fad=f"{OUT}/fad/{{dataset}}/fad_autoencoder.pt",
     output:
         metrics=f"{RUN}/evaluate/metrics.json",
     params:
@@ -17,9 +17,9 @@ rule evaluate:
     conda:
         CONDA_ENV
     log:
-        f"logs/runs/{KEY}/evaluate.log",
+        f"{LOGS}/runs/{KEY}/evaluate.log",
     benchmark:
-        f"benchmarks/runs/{KEY}/evaluate.tsv"
+        f"{OUT}/benchmarks/runs/{KEY}/evaluate.tsv"
     threads: RESOURCES["evaluate"]["threads"]
     resources:
         **resources_of("evaluate"),

@@ -3,10 +3,10 @@
 
 rule fad_autoencoder:
     input:
-        "results/data/{dataset}.json",
+        f"{OUT}/data/{{dataset}}.json",
     output:
-        model="results/fad/{dataset}/fad_autoencoder.pt",
-        metrics="results/fad/{dataset}/metrics.json",
+        model=f"{OUT}/fad/{{dataset}}/fad_autoencoder.pt",
+        metrics=f"{OUT}/fad/{{dataset}}/metrics.json",
     params:
         env=ENV_ARGS,
         out=lambda wildcards, output: Path(output.model).parent,
@@ -14,9 +14,9 @@ rule fad_autoencoder:
     conda:
         CONDA_ENV
     log:
-        "logs/fad/{dataset}.log",
+        f"{LOGS}/fad/{{dataset}}.log",
     benchmark:
-        "benchmarks/fad/{dataset}.tsv"
+        f"{OUT}/benchmarks/fad/{{dataset}}.tsv"
     threads: RESOURCES["fad"]["threads"]
     resources:
         **resources_of("fad"),

@@ -18,9 +18,9 @@ rule probe:
     conda:
         CONDA_ENV
     log:
-        f"logs/runs/{KEY}/probe.log",
+        f"{LOGS}/runs/{KEY}/probe.log",
     benchmark:
-        f"benchmarks/runs/{KEY}/probe.tsv"
+        f"{OUT}/benchmarks/runs/{KEY}/probe.tsv"
     threads: RESOURCES["probe"]["threads"]
     resources:
         **resources_of("probe"),

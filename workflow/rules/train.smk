@@ -3,7 +3,7 @@
 
 rule train:
     input:
-        "results/data/{dataset}.json",
+        f"{OUT}/data/{{dataset}}.json",
     output:
         checkpoint=f"{RUN}/train/checkpoint.pt",
         metrics=f"{RUN}/train/metrics.json",
@@ -19,9 +19,11 @@ rule train:
     conda:
         CONDA_ENV
     log:
-        f"logs/runs/{KEY}/train.log",
+        f"{LOGS}/runs/{KEY}/train.log",
     benchmark:
-        f"benchmarks/runs/{KEY}/train.tsv"
+        f"{OUT}/benchmarks/runs/{KEY}/train.tsv"
+    # longest first: the expensive points (high T, FSVAE/TAID) start early instead of being the tail
+    priority: lambda wildcards: grid.train_cost(CONFIG, point_of(wildcards))
     threads: RESOURCES["train"]["threads"]
     resources:
         **resources_of("train"),
