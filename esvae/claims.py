@@ -245,6 +245,20 @@ def _num(v) -> str:
     return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
 
 
+def _merge_untested(rows: Sequence[Mapping]) -> List[Mapping]:
+    """Per claim: its tested rows, then one row for all the datasets the run did not have."""
+    out: List[Mapping] = []
+    ids = list(dict.fromkeys(r["id"] for r in rows))
+    for cid in ids:
+        mine = [r for r in rows if r["id"] == cid]
+        out += [r for r in mine if r["verdict"] != NOT_TESTED or r["run_dataset"]]
+        absent = [r for r in mine if r["verdict"] == NOT_TESTED and not r["run_dataset"]]
+        if absent:
+            names = ", ".join(r["dataset"] for r in absent)
+            out.append({**absent[0], "dataset": names, "note": f"no {names} results in this run"})
+    return out
+
+
 def render_markdown(rows: Sequence[Mapping], conditions: str) -> str:
     """``claims.md``: a summary line per verdict, then one table row per (claim, dataset)."""
     counts: Dict[str, int] = {}
@@ -256,10 +270,20 @@ def render_markdown(rows: Sequence[Mapping], conditions: str) -> str:
              "with its two-sided 95% Student-t interval over the seeds. *supported*: the interval excludes 0 on the "
              "claimed side; *contradicted*: on the other side; *inconclusive at this scale*: it contains 0 or there "
              "is a single seed; *not tested here*: no data for that dataset or the metric was refused.", "",
-             "Verdicts: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in order), "",
+             "Verdicts over (claim, dataset) pairs: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in order), "",
+             "## At a glance (the claims this run could test)", ""]
+    for r in rows:
+        if r["verdict"] == NOT_TESTED:
+            continue
+        ci = (f" [{_num(r['ci_low'])}, {_num(r['ci_high'])}]"
+              if _finite(r["ci_low"]) and r["ci_low"] != r["ci_high"] else "")
+        lines.append(f"- **{r['id']}** {r['claim']} ({r['dataset']}): **{r['verdict']}** -- {r['metric']} "
+                     f"{_num(r['model_mean'])} vs {_num(r['other_mean'])}, difference {_num(r['effect'])}{ci}, "
+                     f"{r['n_seeds']} seed(s)" + (f"; {r['note']}" if r["note"] else ""))
+    lines += ["", "## Every claim", "",
              "| id | claim | dataset | test | effect [95% CI] | means (first, other) | seeds | verdict | published | note |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in _merge_untested(rows):
         if _finite(r["effect"]):
             ci = f" [{_num(r['ci_low'])}, {_num(r['ci_high'])}]" if _finite(r["ci_low"]) and r["ci_low"] != r["ci_high"] else ""
             effect = f"{_num(r['effect'])}{ci}"

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 PAPER_TABLE = Path(__file__).resolve().parent / "resources" / "paper_table1.csv"
 MODEL_LABELS = {"esvae": "ESVAE", "fsvae": "FSVAE", "ann_vae": "ANN VAE", "taid": "TAID"}
 PAPER_DATASET = {"mnist": "mnist", "mnist5k": "mnist", "fashion": "fashion", "cifar10": "cifar10", "celeba": "celeba"}
-TABLES = ("table1", "training", "ablation_timesteps", "ablation_sampler", "probes", "costs", "runs")
+TABLES = ("table1", "training", "ablation_timesteps", "ablation_sampler", "probes", "costs", "runs", "timings")
 FIGURES = ("metrics_vs_timesteps", "sampler_ablation", "robustness", "probe_accuracy", "training_curves")
 
 
@@ -291,6 +291,48 @@ def table1(frame, preset: str, main_points):
     return table
 
 
+def job_timings(results_dir: Path):
+    """Snakemake's per-job ``benchmark:`` files under ``results_dir/benchmarks/`` as one frame:
+    rule (train/evaluate/probe/fad_autoencoder), run key (or dataset), wall seconds, peak RSS (MB)."""
+    import pandas as pd
+
+    rows = []
+    root = results_dir / "benchmarks"
+    for path in sorted(root.rglob("*.tsv")) if root.is_dir() else []:
+        rel = path.relative_to(root)
+        if rel.parts[0] == "runs":
+            rule, key = path.stem, "/".join(rel.parts[1:-1])
+        else:
+            rule, key = "fad_autoencoder" if rel.parts[0] == "fad" else rel.parts[0], path.stem
+        try:
+            bench = pd.read_csv(path, sep="\t")
+            seconds, rss = float(bench["s"].iloc[-1]), float(bench["max_rss"].iloc[-1])
+        except Exception as exc:   # a damaged timing file is reported, never fatal to the report
+            log.warning("report: %s is not a Snakemake benchmark file (%s); left out of the timings", path, exc)
+            continue
+        rows.append({"rule": rule, "run": key, "seconds": seconds, "max_rss_mb": rss})
+    return pd.DataFrame(rows, columns=["rule", "run", "seconds", "max_rss_mb"])
+
+
+def timings_table(results_dir: Path):
+    """Per rule: jobs, summed and longest wall time, peak RSS; the training rows also per model and T."""
+    import pandas as pd
+
+    jobs = job_timings(results_dir)
+    out = []
+    for rule, group in jobs.groupby("rule", sort=True):
+        out.append({"rule": rule, "what": "all", "jobs": len(group), "seconds": group["seconds"].sum(),
+                    "seconds_max": group["seconds"].max(), "max_rss_mb": group["max_rss_mb"].max()})
+    train = jobs[jobs["rule"] == "train"]
+    if len(train):
+        parts = train["run"].str.split("/", expand=True)
+        train = train.assign(what=parts[0] + "/" + parts[1] + "/" + parts[3])
+        for what, group in train.groupby("what", sort=True):
+            out.append({"rule": "train", "what": what, "jobs": len(group), "seconds": group["seconds"].sum(),
+                        "seconds_max": group["seconds"].max(), "max_rss_mb": group["max_rss_mb"].max()})
+    return pd.DataFrame(out, columns=["rule", "what", "jobs", "seconds", "seconds_max", "max_rss_mb"])
+
+
 def write_claims(frame, main_points, results_dir: Path, config: Mapping, where: str) -> List[Path]:
     """``claims.csv`` and ``claims.md`` in ``results_dir`` (:mod:`esvae.claims`) from the main-table runs."""
     import pandas as pd
@@ -439,6 +481,18 @@ def compile_report(results_dir: Path, tables_dir: Optional[Path] = None, figures
                                      "time per generated image on the machine that ran the evaluation.")
 
     written["tables"] += write_claims(frame, experiments["main"], results_dir, config, where)
+
+    timings = timings_table(results_dir)
+    total = timings.loc[timings["what"] == "all", "seconds"].sum() if len(timings) else 0.0
+    text = timings.copy()
+    for c in ("seconds", "seconds_max", "max_rss_mb"):
+        text[c] = [f"{v:,.0f}" for v in timings[c]]
+    text["jobs"] = timings["jobs"].astype(str)
+    written["tables"] += write_table(timings, text, tables_dir, "timings",
+                                     f"job wall times from Snakemake's benchmark files ({where}): per rule, and for "
+                                     f"training per dataset/model/T (summed over seeds); {total:,.0f} s of job time "
+                                     "in all (jobs run side by side, so the run's wall time is shorter); peak resident "
+                                     "memory per job in MB")
 
     from .report_figures import write_figures
     written["figures"] += write_figures(frame, usable, experiments, figures_dir, preset)

@@ -119,3 +119,15 @@ def test_report_writes_the_claims_files(tmp_path):
     assert "Preset `smoke`" in md and "fashion seeds 0,1,2" in md
     assert "| C1 | ESVAE reconstructs better than FSVAE | Fashion-MNIST (`fashion`) |" in md
     assert "-0.1 [-0.1248, -0.07516]" in md
+
+
+def test_markdown_lists_the_datasets_a_run_did_not_have_once_per_claim(fashion_rows):
+    out = claims.evaluate_claims(fashion_rows, ["fashion"])
+    md = claims.render_markdown(out, "conditions")
+    c1 = [line for line in md.splitlines() if line.startswith("| C1 |")]
+    assert len(c1) == 2                       # Fashion-MNIST, and one row for MNIST, CIFAR-10, CelebA
+    assert "| MNIST, CIFAR-10, CelebA |" in c1[1] and "no MNIST, CIFAR-10, CelebA results in this run" in c1[1]
+    table = [line for line in md.splitlines() if line.startswith("| C")]
+    glance = [line for line in md.splitlines() if line.startswith("- **C")]
+    assert sum("**supported**" in line for line in table) == sum(r["verdict"] == claims.SUPPORTED for r in out)
+    assert len(glance) == sum(r["verdict"] != claims.NOT_TESTED for r in out)   # every tested pair, once

@@ -163,3 +163,23 @@ def test_eight_concurrent_jobs_lose_no_run(tmp_path, two_seed_results):
         assert r.data.metrics["final_test_mse"] == pytest.approx(0.10)
         assert [m.step for m in client.get_metric_history(r.info.run_id, "test_mse")] == [0, 1]
         assert r.data.params["model_config.timesteps"] == "4" and r.info.status == "FINISHED"
+
+
+def test_timings_table_sums_snakemakes_benchmark_files(two_seed_results, caplog):
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    bench = two_seed_results / "benchmarks"
+    for seed, (s, rss) in enumerate([(100.5, 900.0), (50.25, 1200.0)]):
+        path = bench / "runs" / POINT.format(seed=seed) / "train.tsv"
+        path.parent.mkdir(parents=True)
+        path.write_text(header + f"{s}\t0:01:40\t{rss}\t0\t0\t0\t0\t0\t90\t{s}\n")
+        (path.parent / "evaluate.tsv").write_text(header + "30\t0:00:30\t2000\t0\t0\t0\t0\t0\t90\t30\n")
+    (bench / "fad").mkdir()
+    (bench / "fad" / "fashion.tsv").write_text("not a benchmark file\n")
+    compile_report(two_seed_results)
+    t = pd.read_csv(two_seed_results / "tables" / "timings.csv").set_index(["rule", "what"])
+    assert t.loc[("train", "all"), "seconds"] == pytest.approx(150.75) and t.loc[("train", "all"), "jobs"] == 2
+    assert t.loc[("train", "all"), "seconds_max"] == pytest.approx(100.5)
+    assert t.loc[("train", "fashion/esvae/T4"), "max_rss_mb"] == pytest.approx(1200.0)
+    assert t.loc[("evaluate", "all"), "seconds"] == pytest.approx(60.0)
+    assert ("fad_autoencoder", "all") not in t.index and "fashion.tsv is not a Snakemake benchmark file" in caplog.text
+    assert "211 s of job time" in (two_seed_results / "tables" / "timings.md").read_text()

@@ -35,7 +35,8 @@ DAEMONS = ("munged", "slurmctld", "slurmd")
 POINTS = grid.all_points(grid.resolve_config({"preset": "smoke"}))
 # What differs between two runs of the same jobs: wall-clock timings (JSON keys, table columns, MLflow metrics).
 TIMING = {"seconds", "seconds_all", "sampling_time", "epoch_seconds", "train_images_per_s", "sampling_ms",
-          "sampling_ms_std", "sampling_ms_per_image", "train_seconds", "train_seconds_std"}
+          "sampling_ms_std", "sampling_ms_per_image", "train_seconds", "train_seconds_std",
+          "seconds_max", "max_rss_mb"}
 
 
 def cluster_block():
