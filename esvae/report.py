@@ -349,8 +349,8 @@ def write_claims(frame, main_points, results_dir: Path, config: Mapping, where: 
     if len(part):
         conds.append("Conditions per dataset: " + "; ".join(
             f"{d}: {_conditions(g)}" for d, g in part.groupby("dataset", sort=True)) + ".")
-    conds.append("Short CPU training is far from the paper's 150-300 epochs: a verdict says what holds at this "
-                 "scale, not whether the paper's converged numbers reproduce.")
+    conds.append("A verdict says what holds for this preset's models at this scale, not whether the paper's "
+                 "converged numbers reproduce.")
     results_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = results_dir / "claims.csv", results_dir / "claims.md"
     write_text_atomic(csv_path, pd.DataFrame(rows).to_csv(index=False))
@@ -381,7 +381,7 @@ def compile_report(results_dir: Path, tables_dir: Optional[Path] = None, figures
     frame = pd.DataFrame([{**run_row(r), "key": r.point.key} for r in usable]) if usable else \
         pd.DataFrame([{**run_row(RunResults(points[0])), "key": None}]).iloc[0:0]
     written: Dict[str, List[Path]] = {"tables": [], "figures": []}
-    where = f"preset '{preset}'; {machine}"
+    where = f"preset '{preset}'; {machine}" + (f"; {config['caveat']}" if config.get("caveat") else "")
 
     # which planned runs have which results
     status = pd.DataFrame([{"run": r.point.key,

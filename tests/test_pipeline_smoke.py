@@ -40,12 +40,16 @@ def test_every_output_exists_and_parses(smoke_dir):
         probes = json.loads((run / "probe" / "probes.json").read_text())
         assert 0.0 <= probes["information_retention"]["linear_probe"]["value"] <= 1.0
         for stage in ("train", "evaluate", "probe"):        # one path grammar for logs/ and benchmarks/
-            assert (smoke_dir / "logs" / "runs" / p.key / f"{stage}.log").is_file()
-            assert (smoke_dir / "benchmarks" / "runs" / p.key / f"{stage}.tsv").is_file()
+            assert (smoke_dir / "logs" / "smoke" / "runs" / p.key / f"{stage}.log").is_file()
+            assert (results / "benchmarks" / "runs" / p.key / f"{stage}.tsv").is_file()
+    assert sorted(p.name for p in (smoke_dir / "results").iterdir()) == ["smoke"]   # its own folder only
     for name in TABLES:
         frame = pd.read_csv(results / "tables" / f"{name}.csv")
         assert len(frame) > 0, name
-        assert f"**{name}**" in (results / "tables" / f"{name}.md").read_text()
+        md = (results / "tables" / f"{name}.md").read_text()
+        assert f"**{name}**" in md and "PIPELINE CHECK ONLY: these numbers say nothing about the models" in md
+    claims = (results / "claims.md").read_text()
+    assert "PIPELINE CHECK ONLY" in claims and "| C1 | ESVAE reconstructs better than FSVAE | Fashion-MNIST" in claims
         tex = (results / "tables" / f"{name}.tex").read_text()
         assert "\\begin{table}" in tex and "\\end{tabular}" in tex and "±" not in tex
     for name in [*FIGURES, "grids_fashion", "perturbations_fashion"]:
