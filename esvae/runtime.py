@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import platform
 
 log = logging.getLogger(__name__)
 
@@ -34,3 +35,15 @@ def tune_allocator() -> bool:
     ALLOCATOR_TUNED = all(mallopt(param, value) == 1 for param, value in
                           ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 1 << 30)))
     return ALLOCATOR_TUNED
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what the platform module says."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -33,6 +33,7 @@ import torch
 from . import runtime
 from .checkpoints import code_version, mistyped_entries, one_line, read_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .runtime import cpu_name
 from .data import ImageSplit, data_source, first_n, iterate_batches, load_split, seeded_subset, to_model_range
 from .errors import CheckpointError, ConfigError, TrainingDivergedError, TrainingInterrupted
 from .files import atomic_path, remove_stale_temporaries, write_json, write_text_atomic
@@ -50,19 +51,6 @@ def history_columns(model) -> List[str]:
             + ["train_images_per_s", "epoch_seconds"])
 
 EVAL_SEED_OFFSET = 1_000_003   # eval/sample generators are seeded apart from the training stream
-
-
-def _cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else the platform's processor string."""
-    import platform
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -555,7 +543,7 @@ def _train(model_name, source, out_dir, cfg, overrides, train_data, test_data, t
         "lr_rule": cfg.lr_rule,
         "parameters": count_parameters(model),
         "device": str(dev),
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
         "torch_threads": torch.get_num_threads(),
         "code_version": code_version(),
     }

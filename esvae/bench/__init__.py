@@ -28,6 +28,8 @@ from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
+from ..runtime import cpu_name
+
 MODES = ("train", "eval", "sample")
 IMPLS = ("naive", "ours")
 ALLOCATORS = ("default", "tuned")
@@ -41,17 +43,6 @@ ALLOCATOR_LABELS = {
 # is 0, such as a convolution bias followed by batch norm).
 OUTPUT_ATOL_FLOAT64 = 1e-9
 GRAD_RTOL_FLOAT64 = 1e-6
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _sync(device: torch.device) -> None:

@@ -6,16 +6,9 @@ from pathlib import Path
 
 from esvae.files import write_json
 from esvae.checkpoints import git_commit
+from esvae.runtime import cpu_name
 
 config = json.loads(snakemake.params.config)  # noqa: F821 - injected by Snakemake
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def gpu_name() -> str:
