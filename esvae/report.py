@@ -422,8 +422,9 @@ def compile_report(results_dir: Path, tables_dir: Optional[Path] = None, figures
 
     metric_headers = {"mse": "MSE", "mse_split": "MSE over", "fid": "FID", "kid": "KID", "fad": "FAD",
                       "fid_ref": "FID samples vs reference", "firing_rate": "firing rate",
-                      "linear_probe": "linear probe acc.", "probe_split": "probe test split"}
-    numeric = ["mse", "fid", "kid", "fad", "firing_rate", "linear_probe"]
+                      "linear_probe": "linear probe acc.", "probe_split": "probe test split", "steps": "steps",
+                      "train_seconds": "train s"}
+    numeric = ["mse", "fid", "kid", "fad", "firing_rate", "linear_probe", "steps", "train_seconds"]
     labels = ["mse_split", "fid_ref", "probe_split"]
 
     def experiment_table(name, by, caption):
@@ -444,14 +445,14 @@ def compile_report(results_dir: Path, tables_dir: Optional[Path] = None, figures
 
     rob_cols = sorted([c for c in frame.columns if c.startswith("rob_")],
                       key=lambda c: (c != "rob_clean", c != "rob_shuffled", c))
-    probe_cols = ["linear_probe", "mse_sampled", "mse_deterministic"] + rob_cols
+    probe_cols = ["linear_probe", "mse_sampled", "mse_deterministic"] + rob_cols + ["steps"]
     probe_part = frame[frame["linear_probe"].notna()] if len(frame) else frame
     probe_by = ["dataset", "model", "sampler", "T"]
     probes = aggregate(probe_part, probe_by, probe_cols, ["probe_split", "probe_mse_split"]) if len(probe_part) else \
         pd.DataFrame(columns=probe_by + probe_cols + ["seeds", "probe_split", "probe_mse_split"])
     probe_headers = {"linear_probe": "linear probe acc.", "probe_split": "probe test split",
                      "mse_sampled": "MSE sampled", "mse_deterministic": "MSE deterministic code",
-                     "probe_mse_split": "MSE over",
+                     "probe_mse_split": "MSE over", "steps": "training steps",
                      **{c: "MSE " + c[4:].replace("noise_", "a=") for c in rob_cols}}
     n_train = _distinct(probe_part["probe_n_train"].map(lambda v: int(v) if v == v else None)) if len(probe_part) else "n/a"
     written["tables"] += write_table(probes, display(probes, {**{b: b for b in probe_by}, **probe_headers,
