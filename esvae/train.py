@@ -183,7 +183,7 @@ RERUN_HINT = (" (the same command resumes there and, with the same seed, diverge
 # The resolved settings that define a training run: a resume state that differs in any is refused.
 RUN_DEFINING_KEYS = ("model", "dataset", "model_config_dataset", "model_config", "train_config", "train_images",
                      "test_images", "steps_per_epoch", "derived", "eval_at_init", "device_type")
-_DESCRIPTIVE = ("lr_derivation",)   # train_config entries that describe, not define, the run
+_DESCRIPTIVE = ("lr_derivation", "lr_rule")   # train_config entries that describe, not define, the run (lr does)
 
 
 def _run_defining(resolved: Dict) -> Dict:
