@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
+
+from .report import MODEL_LABELS, PAPER_DATASET
 
 SUPPORTED = "supported"
 CONTRADICTED = "contradicted"
 INCONCLUSIVE = "inconclusive at this scale"
 NOT_TESTED = "not tested here"
-PAPER_NAMES = {"mnist": "MNIST", "mnist5k": "MNIST", "fashion": "Fashion-MNIST", "cifar10": "CIFAR-10",
+PAPER_NAMES = {"mnist": "MNIST", "fashion": "Fashion-MNIST", "cifar10": "CIFAR-10",
                "celeba": "CelebA"}
 
 
@@ -164,6 +166,12 @@ def add_derived(row: Dict) -> Dict:
     return out
 
 
+def _untested(row: Mapping, run_dataset: str, note: str) -> Dict:
+    return {**row, "run_dataset": run_dataset, "effect": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+            "n_seeds": 0, "seeds": "", "model_mean": math.nan, "other_mean": math.nan, "verdict": NOT_TESTED,
+            "note": note}
+
+
 def evaluate_claims(rows: Sequence[Mapping], datasets: Sequence[str], *, is_refused: bool = False,
                     claims: Sequence[Claim] = CLAIMS) -> List[Dict]:
     """One row per (claim, dataset) for the paper datasets each claim names.
@@ -172,9 +180,9 @@ def evaluate_claims(rows: Sequence[Mapping], datasets: Sequence[str], *, is_refu
     ``datasets``: the datasets this run had (``mnist5k`` stands for the paper's MNIST, labelled so).
     """
     rows = [add_derived(dict(r)) for r in rows]
-    ours = {}
+    ours: Dict[str, str] = {}   # paper dataset -> this run's (mnist5k stands for MNIST)
     for d in datasets:
-        ours.setdefault("mnist" if d == "mnist5k" else d, d)
+        ours.setdefault(PAPER_DATASET[d], d)
     out = []
     for claim in claims:
         for paper_dataset in claim.datasets:
@@ -186,15 +194,10 @@ def evaluate_claims(rows: Sequence[Mapping], datasets: Sequence[str], *, is_refu
                    "published": claim.published}
             ds = ours.get(paper_dataset)
             if ds is None:
-                out.append({**row, "run_dataset": "", "effect": math.nan, "ci_low": math.nan, "ci_high": math.nan,
-                            "n_seeds": 0, "seeds": "", "model_mean": math.nan, "other_mean": math.nan,
-                            "verdict": NOT_TESTED, "note": f"no {PAPER_NAMES[paper_dataset]} results in this run"})
+                out.append(_untested(row, "", f"no {PAPER_NAMES[paper_dataset]} results in this run"))
                 continue
             if claim.metric == "inception_score" and is_refused:
-                out.append({**row, "run_dataset": ds, "effect": math.nan, "ci_low": math.nan, "ci_high": math.nan,
-                            "n_seeds": 0, "seeds": "", "model_mean": math.nan, "other_mean": math.nan,
-                            "verdict": NOT_TESTED,
-                            "note": "IS refused: no Inception classifier weights on this machine"})
+                out.append(_untested(row, ds, "IS refused: no Inception classifier weights on this machine"))
                 continue
             mine = _by_seed(rows, ds, claim.model, claim.metric)
             comparisons = [(o, paired_difference(mine, _by_seed(rows, ds, o, claim.metric), claim.exact))
@@ -231,11 +234,8 @@ def evaluate_claims(rows: Sequence[Mapping], datasets: Sequence[str], *, is_refu
     return out
 
 
-LABELS = {"esvae": "ESVAE", "fsvae": "FSVAE", "ann_vae": "ANN VAE", "taid": "TAID"}
-
-
 def _label(model: str) -> str:
-    return LABELS.get(model, model)
+    return MODEL_LABELS.get(model, model)
 
 
 def _num(v) -> str:
@@ -243,6 +243,12 @@ def _num(v) -> str:
     if not _finite(v):
         return "--"
     return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+
+def _effect(r: Mapping) -> str:
+    """``-0.1 [-0.1248, -0.07516]``: the effect and its interval (none for one seed or an exact count)."""
+    has_ci = _finite(r["ci_low"]) and r["ci_low"] != r["ci_high"]
+    return _num(r["effect"]) + (f" [{_num(r['ci_low'])}, {_num(r['ci_high'])}]" if has_ci else "")
 
 
 def _merge_untested(rows: Sequence[Mapping]) -> List[Mapping]:
@@ -275,18 +281,15 @@ def render_markdown(rows: Sequence[Mapping], conditions: str) -> str:
     for r in rows:
         if r["verdict"] == NOT_TESTED:
             continue
-        ci = (f" [{_num(r['ci_low'])}, {_num(r['ci_high'])}]"
-              if _finite(r["ci_low"]) and r["ci_low"] != r["ci_high"] else "")
         lines.append(f"- **{r['id']}** {r['claim']} ({r['dataset']}): **{r['verdict']}** -- {r['metric']} "
-                     f"{_num(r['model_mean'])} vs {_num(r['other_mean'])}, difference {_num(r['effect'])}{ci}, "
+                     f"{_num(r['model_mean'])} vs {_num(r['other_mean'])}, difference {_effect(r)}, "
                      f"{r['n_seeds']} seed(s)" + (f"; {r['note']}" if r["note"] else ""))
     lines += ["", "## Every claim", "",
              "| id | claim | dataset | test | effect [95% CI] | means (first, other) | seeds | verdict | published | note |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in _merge_untested(rows):
         if _finite(r["effect"]):
-            ci = f" [{_num(r['ci_low'])}, {_num(r['ci_high'])}]" if _finite(r["ci_low"]) and r["ci_low"] != r["ci_high"] else ""
-            effect = f"{_num(r['effect'])}{ci}"
+            effect = _effect(r)
             means = f"{_num(r['model_mean'])}, {_num(r['other_mean'])}"
         else:
             effect = means = "--"

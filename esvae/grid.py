@@ -11,6 +11,7 @@ experiments (the main table's ESVAE at T=16 is also the T ablation's T=16 point)
 from __future__ import annotations
 
 import copy
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,7 +116,6 @@ def validate_config(config: Mapping, schema_path: Optional[Path] = None) -> None
     with open(schema_path or SCHEMA_PATH) as fh:
         schema = _yaml().safe_load(fh)
     validator = jsonschema.Draft202012Validator(schema)
-    import json
     as_json = json.loads(json.dumps(dict(config)))   # YAML's integer keys (epochs per T) as JSON's strings
     errors = sorted(validator.iter_errors(as_json), key=lambda e: list(map(str, e.absolute_path)))
     if errors:

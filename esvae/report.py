@@ -253,13 +253,14 @@ def _distinct(values) -> str:
 
 
 def _conditions(group) -> str:
+    def ints(column):
+        return _distinct(group[column].map(lambda v: int(v) if v == v else None))
+
     parts = [f"MSE over {_distinct(group['mse_split'])}", f"FID: {_distinct(group['fid_ref'])}",
              f"FAD: {_distinct(group['fad_ref'])}", f"KID: {_distinct(group['kid_ref'])}",
              f"T={_distinct(group['T'])}",
-             f"trained on {_distinct(group['train_images'].map(lambda v: int(v) if v == v else None))} images x "
-             f"{_distinct(group['epochs'].map(lambda v: int(v) if v == v else None))} epochs = "
-             f"{_distinct(group['steps'].map(lambda v: int(v) if v == v else None))} steps of batch "
-             f"{_distinct(group['batch_size'].map(lambda v: int(v) if v == v else None))}, LR "
+             f"trained on {ints('train_images')} images x {ints('epochs')} epochs = {ints('steps')} steps of batch "
+             f"{ints('batch_size')}, LR "
              f"{_distinct(group['lr'].map(lambda v: f'{v:g}' if v == v else None))} ({_distinct(group['lr_rule'])}) "
              f"on {_distinct(group['device'])}"]
     if group["is_refused"].any():
