@@ -108,7 +108,8 @@ def _build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("describe", help="print the resolved configuration and parameter count as JSON")
     add_model_args(d)
 
-    e = sub.add_parser("evaluate", help="metrics of a checkpoint (MSE, FID, KID, IS, parameters, sampling time)")
+    e = sub.add_parser("evaluate", help="metrics of a checkpoint (MSE, FID, KID, IS, FID-clean, FAD, parameters, "
+                                        "spikes and energy, sampling time)")
     e.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by 'train'")
     e.add_argument("--out", required=True, help="output folder (metrics.json, evaluate.log)")
     e.add_argument("--metrics", default=",".join(METRICS), type=_metric_list,
@@ -127,6 +128,14 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fad-autoencoder", default=None,
                    help="the dataset's FAD autoencoder (a file or folder from 'train-fad-autoencoder'); FAD is "
                         "refused without one")
+    e.add_argument("--fad-published-autoencoder", default=None, metavar="FILE",
+                   help="the FSVAE authors' FAD autoencoder state_dict (their metrics/stat_checkpoints/<dataset>_<D>.pth) "
+                        "for fad_published; with --fad-published-stats")
+    e.add_argument("--fad-published-stats", default=None, metavar="FILE",
+                   help="the authors' test-split code statistics (metrics/stats/<dataset>_test_<D>.npz, arrays mu, sigma)")
+    e.add_argument("--fad-published-dir", default=None, metavar="DIR",
+                   help="a folder laid out like the authors' metrics/ (stat_checkpoints/, stats/): the dataset's two "
+                        "files are taken from it, fad_published is refused when they are absent")
 
     pr = sub.add_parser("probe", help="information-retention and decoder-robustness probes of a checkpoint")
     pr.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by 'train'")
@@ -290,7 +299,9 @@ def _cmd_evaluate(args) -> int:
                                  test_subset=args.test_subset, reference_subset=args.reference_subset,
                                  batch_size=args.batch_size, inception_weights=args.inception_weights,
                                  data_root=args.data_root, download=args.download, device=args.device, seed=args.seed,
-                                 fad_autoencoder=args.fad_autoencoder)
+                                 fad_autoencoder=args.fad_autoencoder,
+                                 fad_published_autoencoder=args.fad_published_autoencoder,
+                                 fad_published_stats=args.fad_published_stats, fad_published_dir=args.fad_published_dir)
     print(summary_line(result) + f"; metrics in {Path(args.out) / 'metrics.json'}")
     return 0
 
@@ -336,14 +347,18 @@ def summary_line(result: dict) -> str:
     if "reconstruction_mse" in result:
         m = result["reconstruction_mse"]
         parts.append(f"MSE {m['value']:.5f} (N={m['n']}, {m['split']})")
-    for key in ("fid", "kid"):
+    for key, name in (("fid", "FID"), ("kid", "KID"), ("fid_clean", "FID-clean")):
         if key in result:
             m = result[key]
             parts.append(f"{m['name']} {m['value']:.4f} (vs {m['reference_split']}, N={m['n_reference']})"
-                         if m["value"] is not None else f"{key.upper()} refused (no Inception weights)")
+                         if m["value"] is not None else f"{name} refused (no Inception weights)")
     if "fad" in result:
         m = result["fad"]
         parts.append(f"{m['name']} {m['value']:.4f}" if m["value"] is not None else "FAD refused (no autoencoder given)")
+    if "fad_published" in result:
+        m = result["fad_published"]
+        parts.append(f"{m['name']} {m['value']:.4f} ({m['label']})" if m["value"] is not None
+                     else "published FAD refused (files not supplied)")
     if "inception_score" in result:
         m = result["inception_score"]
         parts.append(f"{m['name']} {m['value']:.3f}" if m["value"] is not None else "IS refused (needs the official weights)")
@@ -355,6 +370,8 @@ def summary_line(result: dict) -> str:
             parts.append(f"{c['reconstruction_path']['macs']:.3g} MACs/image (no spikes)")
         else:
             parts.append(f"firing rate {c['mean_firing_rate']:.3f}, {c['reconstruction_path']['synops']:.3g} synops/image")
+        if c["reconstruction_path"].get("energy_pj") is not None:
+            parts.append(f"~{c['reconstruction_path']['energy_pj'] / 1e6:.3g} uJ/image (45 nm estimate)")
     if "sampling_time" in result:
         parts.append(f"sampling {result['sampling_time']['milliseconds_per_image']:.2f} ms/image")
     return "; ".join(parts)

@@ -7,11 +7,16 @@ Writes ``metrics.json`` and ``evaluate.log`` in ``out_dir``. Metrics (``--metric
   split; CelebA: the validation split, as the paper did), labelled ``FID@N`` / ``KID@N``
 * ``is``       torch-fidelity's Inception Score of the generated images; refused (recorded with the
   reason, never a number from a substitute network) when the weights lack the classifier head
+* ``fid_clean`` FID in the paper's protocol (clean-fid's PIL-bicubic resize to 299x299, the same
+  Inception pool3 features; :mod:`esvae.metrics.clean_fid`), beside torch-fidelity's FID
 * ``fad``      Frechet Autoencoder Distance with the dataset's FAD autoencoder (``fad_autoencoder``,
   from ``train-fad-autoencoder``); refused, with the reason, when none is given
+* ``fad_published`` FAD with the FSVAE authors' published autoencoder and test statistics
+  (``fad_published_autoencoder`` + ``fad_published_stats``, or a ``fad_published_dir`` laid out like
+  their ``metrics/`` folder); refused, with the reason, without them
 * ``params``   trainable parameters of the modules in use
-* ``spikes``   firing rate per spiking layer, synaptic operations and MACs per image
-  (:func:`esvae.metrics.spikes.spike_costs`) on up to 100 test images
+* ``spikes``   firing rate per spiking layer, synaptic operations, MACs and the 45 nm energy estimate
+  per image (:func:`esvae.metrics.spikes.spike_costs`) on up to 100 test images
 * ``sampling`` wall time per generated image (:func:`esvae.metrics.time_sampling`)
 
 Every entry records N, split, and for Inception metrics the weights source and torch-fidelity
@@ -33,14 +38,18 @@ import torch
 
 from .checkpoints import code_version, load_checkpoint
 from .data import DataSource, data_source, first_n, load_split, to_model_range
-from .errors import ConfigError, MetricUnavailableError
+from .errors import CheckpointError, ConfigError, MetricUnavailableError
 from .models.registry import count_parameters
 from .files import write_json
 from .train import EVAL_SEED_OFFSET, evaluate as evaluate_terms, log_to_file, resolve_device
 
 log = logging.getLogger(__name__)
 
-METRICS = ("mse", "fid", "kid", "is", "fad", "params", "spikes", "sampling")
+METRICS = ("mse", "fid", "kid", "is", "fid_clean", "fad", "fad_published", "params", "spikes", "sampling")
+INCEPTION_METRICS = ("fid", "kid", "is", "fid_clean")
+
+
+RESULT_KEYS = {"fid": "fid", "kid": "kid", "is": "inception_score", "fid_clean": "fid_clean"}   # metrics.json keys
 
 
 def parse_metrics(text: str) -> List[str]:
@@ -89,7 +98,10 @@ def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metric
                         batch_size: Optional[int] = None, inception_weights: Optional[os.PathLike] = None,
                         data_root: Optional[os.PathLike] = None, download: bool = False, device: str = "auto",
                         seed: Optional[int] = None, cache_dir: Optional[os.PathLike] = None,
-                        fad_autoencoder: Optional[os.PathLike] = None, progress: Optional[bool] = None) -> Dict:
+                        fad_autoencoder: Optional[os.PathLike] = None,
+                        fad_published_autoencoder: Optional[os.PathLike] = None,
+                        fad_published_stats: Optional[os.PathLike] = None,
+                        fad_published_dir: Optional[os.PathLike] = None, progress: Optional[bool] = None) -> Dict:
     """Evaluate a checkpoint of this project; returns (and writes) the metrics dict."""
     import sys
 
@@ -104,7 +116,8 @@ def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metric
             raise ConfigError(f"{name} must be positive, got {value}")
     wanted = list(dict.fromkeys(metrics))
     # Everything that can fail on input comes before the output folder exists.
-    test_full = load_split(source.name, "test", data_root, download) if {"mse", "fid", "kid", "spikes"} & set(wanted) else None
+    test_full = (load_split(source.name, "test", data_root, download)
+                 if {"mse", "fid", "kid", "fid_clean", "spikes"} & set(wanted) else None)
     fad_model = fad_record = None
     if "fad" in wanted and fad_autoencoder is not None:
         from .metrics.fad import load_fad_autoencoder
@@ -112,8 +125,10 @@ def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metric
         if fad_record["dataset"] != source.name:
             raise ConfigError(f"the FAD autoencoder {fad_record['path']} was trained on {fad_record['dataset']!r}, "
                               f"the checkpoint on {source.name!r}")
+    published = _open_published_fad(source, fad_published_autoencoder, fad_published_stats, fad_published_dir) \
+        if "fad_published" in wanted else None
     weights, weights_refusal = None, None
-    if {"fid", "kid", "is"} & set(wanted):
+    if set(INCEPTION_METRICS) & set(wanted):
         from .metrics.inception import resolve_inception_weights
         try:
             weights = resolve_inception_weights(inception_weights, cache_dir=cache_dir, allow_download=download)
@@ -158,22 +173,26 @@ def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metric
             result["spike_costs"] = _spike_entry(model, test_full, dev, seed)
             save()
         generated = None
-        if ({"fid", "kid", "is"} & set(wanted) and weights is not None) or fad_model is not None:
+        if ((set(INCEPTION_METRICS) & set(wanted) and weights is not None) or fad_model is not None
+                or (published is not None and "encoder" in published)):
             start = time.perf_counter()
             generated = generate(model, num_samples, batch_size, dev, seed, progress)   # in [-1, 1], CPU
             log.info("generated %d images in %.1f s", num_samples, time.perf_counter() - start)
-        inception_wanted = [m for m in ("fid", "kid", "is") if m in wanted]
+        inception_wanted = [m for m in INCEPTION_METRICS if m in wanted]
         if inception_wanted and weights is None:
             log.warning("FID/KID/IS not computed: %s", weights_refusal)
             for key in inception_wanted:
-                result[{"fid": "fid", "kid": "kid", "is": "inception_score"}[key]] = {"value": None,
-                                                                                     "refused": weights_refusal}
+                result[RESULT_KEYS[key]] = {"value": None, "refused": weights_refusal}
         elif inception_wanted:
             _inception_metrics(result, generated, source, inception_wanted, weights, num_samples, reference_subset,
-                               test_full, data_root, download, batch_size, dev, cache_dir, progress)
+                               test_full, data_root, download, batch_size, dev, cache_dir, progress, save)
         save()
         if "fad" in wanted:
             result["fad"] = _fad_entry(fad_model, fad_record, generated, num_samples, dev)
+            save()
+        if "fad_published" in wanted:
+            result["fad_published"] = _published_fad_entry(published, generated, num_samples, source, dev)
+            save()
         if "sampling" in wanted:
             n = min(num_samples, 256)
             cost = time_sampling(model, n=n, batch_size=min(batch_size, n), repeats=3, warmup=1, seed=seed)
@@ -214,7 +233,7 @@ def _fad_entry(fad_model, record, generated, num_samples, dev) -> Dict:
 
 
 def _inception_metrics(result, generated, source, wanted, weights, num_samples, reference_subset, test_full, data_root,
-                       download, batch_size, dev, cache_dir, progress) -> None:
+                       download, batch_size, dev, cache_dir, progress, save) -> None:
     from .metrics.fidelity import (fidelity_metrics, inception_score_splits, reference_cache_name, to_uint8,
                                    torch_fidelity_version)
 
@@ -234,7 +253,7 @@ def _inception_metrics(result, generated, source, wanted, weights, num_samples, 
             result["inception_score"] = {"value": None, "refused": str(exc), "weights": weights.label()}
             log.warning("Inception Score not computed: %s", exc)
     fid, kid = "fid" in wanted, "kid" in wanted
-    if not (fid or kid):
+    if not (fid or kid or "fid_clean" in wanted):
         return
     # CelebA: the paper computed FID against the validation split.
     ref_split = "valid" if source.name == "celeba" else "test"
@@ -242,11 +261,24 @@ def _inception_metrics(result, generated, source, wanted, weights, num_samples, 
     reference_part, split = first_n(reference_full, reference_subset)
     reference = reference_part.images
     name = reference_cache_name(source.name, split, reference, weights)
+    ref = {"n_reference": reference.shape[0], "reference_split": split, "reference_cache_name": name}
+    if "fid_clean" in wanted:
+        from .metrics.clean_fid import PREPROCESSING, fid_clean
+        start = time.perf_counter()
+        value = fid_clean(generated, reference, weights, reference_name=name, cache_dir=cache_dir,
+                          batch_size=batch_size, device=dev, progress=progress)
+        result["fid_clean"] = {"value": value, "name": f"FID-clean@{num_samples}", **common,
+                               "preprocessing": "generated images in [-1, 1] -> uint8 [0, 255]; " + PREPROCESSING,
+                               "protocol": "clean-fid 'clean' mode, the ESVAE paper's FID protocol", **ref}
+        log.info("FID-clean@%d %.4f (vs %s, N=%d; %.1f s)", num_samples, value, split, reference.shape[0],
+                 time.perf_counter() - start)
+        save()
+    if not (fid or kid):
+        return
     start = time.perf_counter()
     raw = fidelity_metrics(generated, reference, weights, fid=fid, kid=kid, reference_name=name, device=dev,
                            batch_size=batch_size, cache_dir=cache_dir, verbose=progress)
     log.info("Inception features and metrics in %.1f s", time.perf_counter() - start)
-    ref = {"n_reference": reference.shape[0], "reference_split": split, "reference_cache_name": name}
     if fid:
         result["fid"] = {"value": raw["frechet_inception_distance"], "name": f"FID@{num_samples}", **common, **ref}
         log.info("FID@%d %.4f (vs %s, N=%d)", num_samples, raw["frechet_inception_distance"], split, reference.shape[0])
@@ -257,3 +289,66 @@ def _inception_metrics(result, generated, source, wanted, weights, num_samples, 
                          "kernel": "polynomial, degree 3 (torch-fidelity default)", **common, **ref}
         log.info("KID@%d %.5f +- %.5f", num_samples, raw["kernel_inception_distance_mean"],
                  raw["kernel_inception_distance_std"])
+
+
+def _open_published_fad(source: DataSource, autoencoder, stats, directory) -> Dict:
+    """The published FAD files for ``source``: ``{"encoder", "stats", paths and hashes}``, or
+    ``{"refused": reason}`` when none were supplied. Files named explicitly must load (else
+    :class:`CheckpointError`); a folder without this dataset's files is a refusal."""
+    from .metrics.fad import PUBLISHED_FILES, load_published_autoencoder, load_published_stats, published_files
+    from .metrics.inception import sha256_of
+    if (autoencoder is None) != (stats is None):
+        raise ConfigError("--fad-published-autoencoder and --fad-published-stats go together (the codes' reference "
+                          "statistics must come from the same autoencoder)")
+    if autoencoder is not None and directory is not None:
+        raise ConfigError("give either the two published FAD files or --fad-published-dir, not both")
+    if autoencoder is None and directory is None:
+        files = PUBLISHED_FILES.get(source.model_dataset)
+        where = f"metrics/{files[0]} and metrics/{files[1]}" if files else "their files"
+        return {"refused": f"the published FAD files were not supplied: copy the FSVAE/ESVAE authors' {where} and "
+                           "pass --fad-published-autoencoder/--fad-published-stats (or --fad-published-dir, or set "
+                           "the preset's evaluate.fad_published_dir)"}
+    if directory is not None:
+        if not Path(directory).is_dir():
+            raise ConfigError(f"--fad-published-dir {directory} is not a folder")
+        if source.model_dataset not in PUBLISHED_FILES:
+            return {"refused": f"the authors published no FAD autoencoder for {source.label}"}
+        autoencoder, stats = published_files(directory, source.model_dataset)
+        absent = [str(p) for p in (autoencoder, stats) if not p.is_file()]
+        if absent:
+            return {"refused": f"published FAD files for {source.label} not found: {', '.join(absent)}"}
+    encoder = load_published_autoencoder(autoencoder, source.model_dataset)
+    reference = load_published_stats(stats)
+    if reference.mean.shape[0] != encoder.code_dim:
+        raise CheckpointError(f"published FAD statistics {stats} are {reference.mean.shape[0]}-d, the autoencoder "
+                              f"{autoencoder} codes {encoder.code_dim}-d: files of different datasets?")
+    return {"encoder": encoder, "stats": reference, "autoencoder": str(autoencoder), "stats_file": str(stats),
+            "autoencoder_sha256": sha256_of(Path(autoencoder)), "stats_sha256": sha256_of(Path(stats))}
+
+
+def published_fad_label(entry: Dict) -> str:
+    """``published AE <sha8>, stats <sha8>``: which files a ``fad_published`` value came from."""
+    return f"published AE {entry['autoencoder_sha256'][:8]}, stats {entry['stats_sha256'][:8]}"
+
+
+def _published_fad_entry(published: Dict, generated, num_samples: int, source: DataSource, dev) -> Dict:
+    if "refused" in published:
+        log.warning("published FAD not computed: %s", published["refused"])
+        return {"value": None, "refused": published["refused"]}
+    from .metrics.fad import encode_all
+    from .metrics.frechet import GaussianStats, frechet_distance
+    codes = encode_all(published["encoder"], generated, device=dev)
+    value = frechet_distance(GaussianStats.of(codes), published["stats"])
+    entry = {"value": value, "name": f"FAD@{num_samples}", "n_generated": num_samples,
+             "autoencoder": published["autoencoder"], "autoencoder_sha256": published["autoencoder_sha256"],
+             "stats": published["stats_file"], "stats_sha256": published["stats_sha256"],
+             "code_dim": published["encoder"].code_dim,
+             "reference": f"the authors' published statistics of the {source.model_dataset} test split's codes "
+                          "(N not recorded in the file)",
+             "inputs": "generated images in [-1, 1] at native resolution"}
+    if source.name != source.model_dataset:
+        entry["note"] = (f"the generator was trained on {source.label}; the reference statistics are of the full "
+                         f"{source.model_dataset} test split")
+    entry["label"] = published_fad_label(entry)
+    log.info("FAD@%d with the published autoencoder %.4f (%s)", num_samples, value, entry["label"])
+    return entry

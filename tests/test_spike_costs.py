@@ -48,6 +48,9 @@ def test_hand_count_on_a_tiny_network():
     assert lin["synops"] == 2 * 2 and lin["firing_rate"] == 0.0
     assert costs["mean_firing_rate"] == pytest.approx((9 * conv["firing_rate"]) / (9 + 18 + 2))
     assert fan_out(_Toy().conv, (1, 3, 3))[0].tolist() == [[4, 6, 4], [6, 9, 6], [4, 6, 4]]
+    # Energy (45 nm): 0.9 pJ per synaptic op, 4.6 pJ per MAC: (214 + 4) x 0.9 + 116 x 4.6 = 729.8 pJ per image
+    assert costs["groups"]["conv"]["energy_pj"] == pytest.approx(116 * 4.6)
+    assert costs["reconstruction_path"]["energy_pj"] == pytest.approx(729.8)
 
 
 def test_esvae_first_layer_and_readout_by_hand_and_synops_track_spikes():

@@ -9,6 +9,12 @@ split, whose statistics are computed once when the autoencoder is trained and st
 ``python -m esvae train-fad-autoencoder --dataset D --out DIR`` writes ``DIR/fad_autoencoder.pt``
 (weights, configuration, training record and the test-split code statistics), ``metrics.json`` and
 ``train.log``.
+
+The published variant (``fad_published``, docs/metrics.md section 6) uses instead the FSVAE authors'
+released autoencoders and test-split statistics, which make FAD values comparable with the papers'
+tables: :func:`load_published_autoencoder` reads their ``state_dict`` (only the encoder and its
+``latent_layer`` are used) and :func:`load_published_stats` their ``mu``/``sigma`` arrays. The user
+copies those files from the authors' repositories; this project never downloads or ships them.
 """
 from __future__ import annotations
 
@@ -16,8 +22,9 @@ import logging
 import math
 import os
 import time
+import zipfile
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -68,9 +75,10 @@ class FADAutoencoder(nn.Module):
 
 
 @torch.no_grad()
-def encode_all(model: FADAutoencoder, images: torch.Tensor, batch_size: int = 500,
+def encode_all(model: nn.Module, images: torch.Tensor, batch_size: int = 500,
                device: torch.device = torch.device("cpu")) -> torch.Tensor:
-    """Codes ``(N, D)`` of model-range images (float in [-1, 1]) or uint8 images, in eval mode."""
+    """Codes ``(N, D)`` of model-range images (float in [-1, 1]) or uint8 images, in eval mode, by
+    ``model.encode`` (our autoencoder or the published encoder)."""
     from ..data import to_model_range
     was_training = model.training
     model.eval()
@@ -183,3 +191,146 @@ def fad(model: FADAutoencoder, record: Dict, generated: torch.Tensor, device=tor
     stats = record["test_stats"]
     reference = GaussianStats(stats["mean"].double(), stats["cov"].double(), int(stats["n"]))
     return frechet_distance(GaussianStats.of(encode_all(model.to(device), generated, device=device)), reference)
+
+
+# --- the FSVAE authors' published autoencoders and statistics --------------------------------------
+
+# Per model dataset: the authors' file names (in their metrics/stat_checkpoints/ and metrics/stats/).
+PUBLISHED_FILES: Dict[str, Tuple[str, str]] = {
+    "mnist": ("stat_checkpoints/mnist_64.pth", "stats/mnist_test_64.npz"),
+    "fashion": ("stat_checkpoints/fashion_64.pth", "stats/fashion_test_64.npz"),
+    "cifar10": ("stat_checkpoints/cifar10_128.pth", "stats/cifar10_test_128.npz"),
+    "celeba": ("stat_checkpoints/celeba_128.pth", "stats/celeba_test_128.npz"),
+}
+# Keys of the authors' autoencoder that FAD does not use (its decoder half).
+PUBLISHED_DECODER_PREFIXES = ("decoder_input.", "decoder.", "final_layer.")
+
+
+class PublishedFADEncoder(nn.Module):
+    """The encoder half of the FSVAE authors' FAD autoencoder, in their key layout::
+
+        encoder.{i}   conv 3x3 s2 (keys .0.weight/.0.bias) -> BN (.1.*) -> LeakyReLU(0.01), i over the widths
+        latent_layer  Linear(last width x 2 x 2 -> code_dim)
+
+    widths [32, 64, 128, 256] (+512 for 64x64 images), code 64-d (greyscale) or 128-d (colour).
+    """
+
+    def __init__(self, in_channels: int, image_size: int, code_dim: int):
+        super().__init__()
+        dims = hidden_dims_for(image_size)
+        self.in_channels, self.image_size, self.code_dim = in_channels, image_size, code_dim
+        self.encoder = ann_encoder(in_channels, dims)
+        self.latent_layer = nn.Linear(dims[-1] * 4, code_dim)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``(N, C, S, S)`` in [-1, 1] -> codes ``(N, code_dim)``."""
+        if images.dim() != 4 or tuple(images.shape[1:]) != (self.in_channels, self.image_size, self.image_size):
+            raise ValueError(f"the published FAD autoencoder takes images (N, {self.in_channels}, {self.image_size}, "
+                             f"{self.image_size}), got {tuple(images.shape)}")
+        return self.latent_layer(self.encoder(images).flatten(1))
+
+    forward = encode
+
+
+def _model_dataset(dataset: str) -> str:
+    """A model configuration name (mnist, fashion, cifar10, celeba) or a data source (mnist5k -> mnist)."""
+    from ..data import SOURCES, data_source
+    return dataset if dataset in PUBLISHED_FILES else data_source(dataset).model_dataset if dataset in SOURCES \
+        else dataset
+
+
+def published_files(directory: os.PathLike, dataset: str) -> Tuple[Path, Path]:
+    """``(autoencoder, statistics)`` paths of ``dataset`` under a folder laid out like the authors'
+    ``metrics/`` folder (``stat_checkpoints/`` and ``stats/``)."""
+    name = _model_dataset(dataset)
+    if name not in PUBLISHED_FILES:
+        raise ConfigError(f"no published FAD autoencoder exists for {dataset!r}; the authors released "
+                          f"{', '.join(PUBLISHED_FILES)}")
+    ae, stats = PUBLISHED_FILES[name]
+    return Path(directory) / ae, Path(directory) / stats
+
+
+def _layout(encoder: PublishedFADEncoder) -> str:
+    dims = [encoder.encoder[i][0].out_channels for i in range(len(encoder.encoder))]
+    return (f"encoder.{{0..{len(dims) - 1}}}.0.weight/bias (conv 3x3 s2, widths {dims}, input {encoder.in_channels} "
+            f"channel{'s' if encoder.in_channels > 1 else ''}), encoder.{{i}}.1.* (BatchNorm2d), latent_layer.weight "
+            f"({encoder.code_dim}, {dims[-1] * 4}) and latent_layer.bias ({encoder.code_dim},)")
+
+
+def load_published_autoencoder(path: os.PathLike, dataset: str) -> PublishedFADEncoder:
+    """The authors' FAD autoencoder for ``dataset`` (eval mode, CPU) from its ``state_dict`` file.
+
+    ``encode(x)`` maps images ``(N, C, H, W)`` in [-1, 1] to codes ``(N, D)``. A missing, truncated or
+    foreign file, a missing key, a key of another model or a wrong shape raises
+    :class:`CheckpointError` with one line naming the problem and the layout expected.
+    """
+    from ..data import SOURCES
+    path = Path(path)
+    name = _model_dataset(dataset)
+    if name not in PUBLISHED_FILES:
+        known = ", ".join(sorted(set(PUBLISHED_FILES) | set(SOURCES)))
+        raise ConfigError(f"no published FAD autoencoder for dataset {dataset!r} (one of: {known})")
+    spec = dataset_spec(name)
+    encoder = PublishedFADEncoder(spec.in_channels, spec.image_size, fad_code_dim(name))
+    expected = encoder.state_dict()
+    what = f"the published {name} FAD autoencoder {path}"
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found (copy {PUBLISHED_FILES[name][0]} from the FSVAE/ESVAE authors' "
+                              "metrics/ folder)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = "truncated or corrupt" if isinstance(exc, (EOFError, RuntimeError, zipfile.BadZipFile)) else "unreadable"
+        raise CheckpointError(f"{what} is {reason} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        raise CheckpointError(f"{path} is this project's own FAD autoencoder: pass it with --fad-autoencoder, "
+                              "not as the published one")
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        raise CheckpointError(f"{path} is a checkpoint record, not the published autoencoder's state_dict "
+                              f"(expected {_layout(encoder)})")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{what} is not a state_dict of tensors (expected {_layout(encoder)})")
+    if state and all(k.startswith("module.") for k in state):      # saved from a DataParallel wrapper
+        state = {k[len("module."):]: v for k, v in state.items()}
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise CheckpointError(f"{what} lacks key{'s' if len(missing) > 1 else ''} {', '.join(missing[:4])}"
+                              f"{' ...' if len(missing) > 4 else ''}: not the published layout, which is {_layout(encoder)}")
+    foreign = [k for k in state if k not in expected and not k.startswith(PUBLISHED_DECODER_PREFIXES)]
+    if foreign:
+        raise CheckpointError(f"{what} has keys of another model ({', '.join(foreign[:4])}"
+                              f"{' ...' if len(foreign) > 4 else ''}); expected {_layout(encoder)} "
+                              f"and decoder keys {', '.join(p + '*' for p in PUBLISHED_DECODER_PREFIXES)}")
+    for key, want in expected.items():
+        if tuple(state[key].shape) != tuple(want.shape):
+            raise CheckpointError(f"{what}: {key} has shape {tuple(state[key].shape)}, the {name} layout needs "
+                                  f"{tuple(want.shape)} (a file for another dataset?)")
+    encoder.load_state_dict({k: state[k] for k in expected})
+    return encoder.eval()
+
+
+def load_published_stats(path: os.PathLike) -> GaussianStats:
+    """``mu``/``sigma`` of the authors' test-split codes (``.npz``) as float64 :class:`GaussianStats`
+    (``n`` unknown: the file does not record it)."""
+    import numpy as np
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"published FAD statistics {path} not found (copy the dataset's "
+                              "stats/<dataset>_test_<D>.npz from the authors' metrics/ folder)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as exc:
+        raise CheckpointError(f"published FAD statistics {path} are truncated or not an .npz file "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+    if "mu" not in arrays or "sigma" not in arrays:
+        raise CheckpointError(f"published FAD statistics {path} hold {sorted(arrays) or 'no arrays'}, "
+                              "expected arrays 'mu' (D,) and 'sigma' (D, D)")
+    mu, sigma = arrays["mu"], arrays["sigma"]
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise CheckpointError(f"published FAD statistics {path}: mu {mu.shape} and sigma {sigma.shape} do not "
+                              "form a (D,) mean and a (D, D) covariance")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise CheckpointError(f"published FAD statistics {path} contain non-finite values")
+    return GaussianStats(torch.from_numpy(mu.astype(np.float64)), torch.from_numpy(sigma.astype(np.float64)), None)
+

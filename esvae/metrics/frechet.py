@@ -9,6 +9,7 @@ of the square roots of the eigenvalues of the symmetric PSD matrix ``S_1^{1/2} S
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -17,7 +18,7 @@ import torch
 class GaussianStats:
     mean: torch.Tensor   # (D,) float64
     cov: torch.Tensor    # (D, D) float64, unbiased (divides by n - 1)
-    n: int
+    n: Optional[int]     # images behind the statistics; None when a published file does not say
 
     @classmethod
     def of(cls, features: torch.Tensor) -> "GaussianStats":

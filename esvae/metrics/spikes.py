@@ -16,6 +16,13 @@ The fan-out of each input element is computed exactly as the gradient of ``sum(l
 all-ones weights. The readout (a non-spiking weighted sum over T) is counted as MACs. Costs are
 per image, averaged over the batch; modules are grouped by the model's top-level children, and the
 reconstruction path (everything but the prior) is totalled separately from the prior.
+
+Energy per image (:func:`energy_pj`): the estimate every SNN paper reports, 0.9 pJ per synaptic
+operation (an accumulate) and 4.6 pJ per MAC, M. Horowitz's 45 nm CMOS figures for 32-bit floating
+point (add 0.9 pJ; multiply 3.7 pJ + add 0.9 pJ), "Computing's energy problem (and what we can do
+about it)", ISSCC 2014. Arithmetic only: memory access, data movement and neuron-state updates are
+not counted, and every operation of a kind costs the same; it compares models under those
+assumptions, not on any real chip (docs/metrics.md section 6).
 """
 from __future__ import annotations
 
@@ -30,6 +37,16 @@ from ..spiking import SpikingConv2d, SpikingConvTranspose2d, SpikingLinear
 
 SPIKING_LAYERS = (SpikingConv2d, SpikingConvTranspose2d, SpikingLinear)
 PRIOR_MODULES = ("prior", "prior_bottleneck")
+PJ_PER_SYNOP = 0.9      # 32-bit float add, 45 nm (Horowitz, ISSCC 2014)
+PJ_PER_MAC = 4.6        # 32-bit float multiply (3.7 pJ) + add (0.9 pJ), 45 nm
+ENERGY_ASSUMPTIONS = (f"{PJ_PER_SYNOP} pJ per synaptic operation (accumulate) + {PJ_PER_MAC} pJ per MAC, 45 nm "
+                      "CMOS 32-bit float (Horowitz, ISSCC 2014); arithmetic only (no memory access, data movement "
+                      "or neuron-state updates)")
+
+
+def energy_pj(synops: float, macs: float) -> float:
+    """Estimated energy in picojoules of ``synops`` accumulates and ``macs`` multiply-accumulates."""
+    return PJ_PER_SYNOP * synops + PJ_PER_MAC * macs
 
 
 def _dense_op(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -138,13 +155,17 @@ def spike_costs(model: nn.Module, images: torch.Tensor, generator: Optional[torc
     for entry in layers:
         groups[entry["group"]]["synops"] += entry["synops"]
         groups[entry["group"]]["macs"] += entry["macs"]
+    for totals in groups.values():
+        totals["energy_pj"] = energy_pj(totals["synops"], totals["macs"])
     recon = [g for g in groups if g not in PRIOR_MODULES]
+    recon_synops, recon_macs = sum(groups[g]["synops"] for g in recon), sum(groups[g]["macs"] for g in recon)
     spiking = [e for e in layers if e["firing_rate"] is not None]
     return {
         "layers": layers,
         "groups": dict(groups),
-        "reconstruction_path": {"modules": recon, "synops": sum(groups[g]["synops"] for g in recon),
-                                "macs": sum(groups[g]["macs"] for g in recon)},
+        "reconstruction_path": {"modules": recon, "synops": recon_synops, "macs": recon_macs,
+                                "energy_pj": energy_pj(recon_synops, recon_macs)},
+        "energy_assumptions": ENERGY_ASSUMPTIONS,
         "mean_firing_rate": (sum(e["firing_rate"] * e["neurons"] for e in spiking) / sum(e["neurons"] for e in spiking)
                              if spiking else None),
         "n_images": n, "timesteps": getattr(model.config, "timesteps", None),
