@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional
@@ -128,6 +129,11 @@ def validate_config(config: Mapping, schema_path: Optional[Path] = None) -> None
             else:
                 lines.append(f"config key {where}: {error.message}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+    published = config["evaluate"].get("fad_published_dir")
+    if published and not Path(published).is_dir():
+        raise ConfigError(f"config key evaluate.fad_published_dir: {published} is not a folder (copy the FSVAE/ESVAE "
+                          "authors' metrics/ folder there: stat_checkpoints/<dataset>_<D>.pth and "
+                          "stats/<dataset>_test_<D>.npz), or set it to null")
     from .models import model_entry
     for i, model in enumerate(config["ablation_timesteps"]["models"]):
         if not model_entry(model).samplers:
@@ -250,6 +256,25 @@ def train_cost(config: Mapping, point: RunPoint) -> int:
     weight = 1.5 if point.model in ("fsvae", "taid") else 1.0
     t = point.timesteps if model_entry(point.model).samplers else 1
     return min(100, int(epochs_for(config, point.model, point.timesteps, point.dataset) * t * weight))
+
+
+def published_fad_inputs(config: Mapping, dataset: str) -> List[str]:
+    """The published FAD files of ``dataset`` that exist under ``evaluate.fad_published_dir`` (rule
+    inputs, so that replacing them re-runs the evaluations); none when the key is unset."""
+    folder = config["evaluate"].get("fad_published_dir")
+    if not folder:
+        return []
+    from .data import data_source
+    from .metrics.fad import PUBLISHED_FILES, published_files
+    if data_source(dataset).model_dataset not in PUBLISHED_FILES:
+        return []
+    return [str(p) for p in published_files(folder, dataset) if p.is_file()]
+
+
+def published_fad_args(config: Mapping) -> str:
+    """``--fad-published-dir DIR`` when the preset names the authors' files (docs/metrics.md section 6)."""
+    folder = config["evaluate"].get("fad_published_dir")
+    return f"--fad-published-dir {shlex.quote(str(folder))}" if folder else ""
 
 
 def environment_args(config: Mapping) -> List[str]:

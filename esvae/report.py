@@ -25,6 +25,7 @@ from typing import Dict, List, Mapping, Optional
 from . import grid
 from .errors import EsvaeError
 from .files import read_result, write_text_atomic
+from .metrics.energy import ENERGY_ASSUMPTIONS, energy_pj
 
 log = logging.getLogger(__name__)
 PAPER_TABLE = Path(__file__).resolve().parent / "resources" / "paper_table1.csv"
@@ -113,11 +114,13 @@ def run_row(r: RunResults) -> Dict[str, object]:
     row["lr_rule"] = tr.get("lr_rule")
     row["device"] = tr.get("device_name") or tr.get("device")
     row["baseline_mse"] = _value(tr.get("baseline_mean_image_mse"))
-    for key in ("fid", "kid", "fad", "inception_score"):
+    for key in ("fid", "kid", "fad", "inception_score", "fid_clean", "fad_published"):
         row[key] = _value(ev.get(key))
     row["fid_n"] = (ev.get("fid") or {}).get("name")
     row["fid_ref"] = _ref(ev.get("fid"))
+    row["fid_clean_ref"] = _ref(ev.get("fid_clean"))
     row["fad_ref"] = _ref(ev.get("fad"))
+    row["fad_published_label"] = (ev.get("fad_published") or {}).get("label")
     kid = ev.get("kid") or {}
     row["kid_ref"] = f"{_ref(kid)}, subsets of {kid.get('subset_size')}" if _ref(kid) else None
     row["is_refused"] = bool((ev.get("inception_score") or {}).get("refused"))
@@ -128,6 +131,7 @@ def run_row(r: RunResults) -> Dict[str, object]:
     path = costs.get("reconstruction_path") or {}
     row["synops"] = path.get("synops", math.nan)
     row["macs"] = path.get("macs", math.nan)
+    row["energy_uj"] = energy_pj(row["synops"], row["macs"]) / 1e6   # NaN without counts
     row["spikes_split"] = costs.get("split")
     timing = ev.get("sampling_time") or {}
     row["sampling_ms"] = timing.get("milliseconds_per_image", math.nan)
@@ -152,7 +156,7 @@ def run_row(r: RunResults) -> Dict[str, object]:
 
 # -- formatting -----------------------------------------------------------------------------------
 
-DIGITS = {"mse_vs_mean_image": 3, "baseline_mse": 4, "steps": 0, "train_seconds": 0, "lr": 6, "mse": 4, "fid": 1, "kid": 3, "fad": 2, "inception_score": 2, "linear_probe": 3, "firing_rate": 3,
+DIGITS = {"fid_clean": 1, "fad_published": 2, "energy_uj": 3, "mse_vs_mean_image": 3, "baseline_mse": 4, "steps": 0, "train_seconds": 0, "lr": 6, "mse": 4, "fid": 1, "kid": 3, "fad": 2, "inception_score": 2, "linear_probe": 3, "firing_rate": 3,
           "mse_sampled": 4, "mse_deterministic": 4, "sampling_ms": 2, "parameters": 0, "synops": 0, "macs": 0}
 COUNTS = ("parameters", "synops", "macs", "steps", "batch_size")   # printed in full, without ± when fixed
 SETTINGS = ("lr", "baseline_mse")   # the same for every seed by construction: no ± when it does not vary
@@ -229,8 +233,10 @@ def machine_label(config: Mapping) -> str:
 
 # -- tables ---------------------------------------------------------------------------------------
 
-PAPER_CONDITIONS = ("published: MSE over the test split as the mean of per-batch means; FID over 5,000 samples "
-                    "vs the {ref}; IS from torchvision's ImageNet Inception on [0, 255] inputs (not torch-fidelity's)")
+PAPER_CONDITIONS = ("published: MSE over the test split as the mean of per-batch means; FID (clean-fid protocol, "
+                    "the FID-clean column) over 5,000 samples vs the {ref}; FAD with the FSVAE authors' autoencoder "
+                    "(the published-AE column); IS from torchvision's ImageNet Inception on [0, 255] inputs (not "
+                    "torch-fidelity's)")
 
 
 def paper_rows(datasets: List[str]):
@@ -243,8 +249,11 @@ def paper_rows(datasets: List[str]):
         note = PAPER_CONDITIONS.format(ref=ref) + ("; the paper's dataset is full MNIST" if dataset == "mnist5k" else "")
         for _, p in paper[paper["dataset"] == PAPER_DATASET[dataset]].iterrows():
             rows.append({"dataset": dataset, "model": p["model"], "source": f"paper ({p['source']})",
-                         "mse": p["reconstruction_mse"], "inception_score": p["inception_score"], "fid": p["fid"],
-                         "fad": p["fad"], "kid": math.nan, "conditions": note})
+                         "mse": p["reconstruction_mse"], "inception_score": p["inception_score"],
+                         # the paper's FID is clean-fid's protocol and its FAD the authors' autoencoder's: they
+                         # stand in the columns of those protocols, not beside torch-fidelity's FID or our FAD
+                         "fid": math.nan, "fid_clean": p["fid"], "fad": math.nan, "fad_published": p["fad"],
+                         "kid": math.nan, "conditions": note})
     return pd.DataFrame(rows)
 
 
@@ -257,7 +266,8 @@ def _conditions(group) -> str:
         return _distinct(group[column].map(lambda v: int(v) if v == v else None))
 
     parts = [f"MSE over {_distinct(group['mse_split'])}", f"FID: {_distinct(group['fid_ref'])}",
-             f"FAD: {_distinct(group['fad_ref'])}", f"KID: {_distinct(group['kid_ref'])}",
+             f"FID-clean: {_distinct(group['fid_clean_ref'])}", f"FAD: {_distinct(group['fad_ref'])}",
+             f"published-AE FAD: {_distinct(group['fad_published_label'])}", f"KID: {_distinct(group['kid_ref'])}",
              f"T={_distinct(group['T'])}",
              f"trained on {ints('train_images')} images x {ints('epochs')} epochs = {ints('steps')} steps of batch "
              f"{ints('batch_size')}, LR "
@@ -268,13 +278,26 @@ def _conditions(group) -> str:
     return ", ".join(parts)
 
 
+def published_fad_header(frame) -> str:
+    """The published-AE FAD column's header, naming each dataset's files by their SHA-256 prefixes."""
+    labels = {}
+    if len(frame) and "fad_published_label" in frame:
+        for dataset, label in zip(frame["dataset"], frame["fad_published_label"]):
+            if isinstance(label, str):
+                labels.setdefault(dataset, set()).add(label)
+    if not labels:
+        return "FAD (authors' AE; files not supplied)"
+    return "FAD (authors' AE: " + "; ".join(f"{d} {', '.join(sorted(v))}" for d, v in sorted(labels.items())) + ")"
+
+
 def table1(frame, preset: str, main_points):
     import pandas as pd
 
     keys = {p.key for p in main_points}
     ours = frame[frame["key"].isin(keys) & frame["mse"].notna()]
     datasets = sorted({p.dataset for p in main_points})
-    metric_cols = ["mse", "mse_vs_mean_image", "inception_score", "fid", "fad", "kid", "steps", "train_seconds"]
+    metric_cols = ["mse", "mse_vs_mean_image", "inception_score", "fid", "fid_clean", "fad", "fad_published", "kid",
+                   "steps", "train_seconds"]
     rows = []
     for (dataset, model), group in ours.groupby(["dataset", "model"], sort=True):
         seeds = sorted(group["seed"].unique())
@@ -402,9 +425,10 @@ def compile_report(results_dir: Path, tables_dir: Optional[Path] = None, figures
     t1 = table1(frame, preset, experiments["main"])
     t1_text = display(t1, {"dataset": "dataset", "model": "model", "source": "source", "mse": "MSE",
                            "mse_vs_mean_image": "MSE / mean-image MSE (training's test subset)",
-                           "inception_score": "IS", "fid": "FID",
-                           "fad": "FAD", "kid": "KID", "steps": "steps", "train_seconds": "train s",
-                           "conditions": "conditions"})
+                           "inception_score": "IS", "fid": "FID (torch-fidelity)",
+                           "fid_clean": "FID-clean (paper's protocol)", "fad": "FAD (our AE)",
+                           "fad_published": published_fad_header(frame), "kid": "KID", "steps": "steps",
+                           "train_seconds": "train s", "conditions": "conditions"})
     written["tables"] += write_table(t1, t1_text, tables_dir, "table1",
                                      f"Table I layout: published values (paper) next to this run's ({where}; N and "
                                      "seeds in 'source', splits and sample counts in 'conditions'; mean ± std over "
@@ -474,7 +498,7 @@ def compile_report(results_dir: Path, tables_dir: Optional[Path] = None, figures
                                      "is time-shuffled or each bit flipped with probability a; the ANN VAE has none). "
                                      "This project's protocol, not the paper's (experiments.md section 3).")
 
-    cost_cols = ["parameters", "firing_rate", "synops", "macs", "sampling_ms"]
+    cost_cols = ["parameters", "firing_rate", "synops", "macs", "energy_uj", "sampling_ms"]
     cost_part = frame[frame["synops"].notna()] if len(frame) else frame
     cost_labels = ["spikes_split", "sampling_n"]
     costs = aggregate(cost_part, probe_by, cost_cols, cost_labels) if len(cost_part) else \
@@ -482,14 +506,16 @@ def compile_report(results_dir: Path, tables_dir: Optional[Path] = None, figures
     written["tables"] += write_table(costs, display(costs, {**{b: b for b in probe_by}, "parameters": "parameters",
                                                             "firing_rate": "mean firing rate",
                                                             "synops": "synaptic ops / image", "macs": "MACs / image",
+                                                            "energy_uj": "energy / image (uJ, 45 nm estimate)",
                                                             "spikes_split": "spikes counted on",
                                                             "sampling_ms": "sampling ms / image",
                                                             "sampling_n": "images timed", "seeds": "seeds"}),
                                      tables_dir, "costs",
                                      f"model cost ({where}): trainable parameters of the modules used; firing rate and "
                                      "synaptic operations (input spikes x fan-out + bias adds) on the reconstruction "
-                                     "path, MACs for analog inputs and the readout, per image in eval mode; sampling "
-                                     "time per generated image on the machine that ran the evaluation.")
+                                     "path, MACs for analog inputs and the readout, per image in eval mode; energy: "
+                                     f"{ENERGY_ASSUMPTIONS}, so it compares models under these assumptions, not on a "
+                                     "chip; sampling time per generated image on the machine that ran the evaluation.")
 
     written["tables"] += write_claims(frame, experiments["main"], results_dir, config, where)
 

@@ -114,14 +114,15 @@ def stage_metrics(stage: str, m: Mapping) -> Dict[str, float]:
                 out[key] = m[key]
     elif stage == "evaluate":
         for key, name in (("reconstruction_mse", "eval_mse"), ("fid", "fid"), ("kid", "kid"), ("fad", "fad"),
-                          ("inception_score", "inception_score")):
+                          ("inception_score", "inception_score"), ("fid_clean", "fid_clean"),
+                          ("fad_published", "fad_published")):
             if isinstance(m.get(key), Mapping) and _finite(m[key].get("value")):
                 out[name] = m[key]["value"]
         costs = m.get("spike_costs") or {}
         if _finite(costs.get("mean_firing_rate")):
             out["mean_firing_rate"] = costs["mean_firing_rate"]
         path = costs.get("reconstruction_path") or {}
-        for k in ("synops", "macs"):
+        for k in ("synops", "macs", "energy_pj"):
             if _finite(path.get(k)):
                 out[f"{k}_per_image"] = path[k]
         timing = m.get("sampling_time") or {}
@@ -149,11 +150,14 @@ def stage_conditions(stage: str, m: Mapping) -> Dict[str, str]:
         mse = m.get("reconstruction_mse") or {}
         if mse:
             out["evaluate.mse"] = f"N={mse.get('n')} ({mse.get('split')})"
-        for key in ("fid", "kid", "fad"):
+        for key in ("fid", "kid", "fad", "fid_clean"):
             block = m.get(key) or {}
             if block.get("name"):
                 out[f"evaluate.{key}"] = (f"{block['name']} vs {block.get('reference_split')} "
                                           f"(N={block.get('n_reference')})")
+        published = m.get("fad_published") or {}
+        if published.get("label"):
+            out["evaluate.fad_published"] = f"{published['name']}, {published['label']}"
         weights = (m.get("fid") or {}).get("weights")
         if weights:
             out["evaluate.inception_weights"] = weights

@@ -242,3 +242,17 @@ def test_fid_clean_equals_clean_fids_compute_fid_with_our_inception(offline_ince
     assert fid_clean(a, test[900:920], weights, batch_size=20, reference_name="t", cache_dir=tmp_path) == \
         pytest.approx(ours, rel=1e-9)
 
+
+
+def test_preset_key_names_the_authors_folder(tmp_path):
+    from esvae import grid
+    from esvae.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"evaluate.fad_published_dir: .*none is not a folder"):
+        grid.resolve_config({"preset": "smoke", "evaluate": {"fad_published_dir": str(tmp_path / "none")}})
+    (tmp_path / "m" / "stat_checkpoints").mkdir(parents=True)
+    (tmp_path / "m" / "stat_checkpoints" / "fashion_64.pth").write_bytes(b"x")
+    config = grid.resolve_config({"preset": "smoke", "evaluate": {"fad_published_dir": str(tmp_path / "m")}})
+    # only the files that exist become inputs (the stats file is missing: the evaluation records a refusal)
+    assert grid.published_fad_inputs(config, "fashion") == [str(tmp_path / "m" / "stat_checkpoints" / "fashion_64.pth")]
+    assert grid.published_fad_args(config) == f"--fad-published-dir {tmp_path / 'm'}"
+    assert grid.published_fad_inputs(grid.resolve_config({"preset": "smoke"}), "fashion") == []

@@ -17,12 +17,7 @@ all-ones weights. The readout (a non-spiking weighted sum over T) is counted as 
 per image, averaged over the batch; modules are grouped by the model's top-level children, and the
 reconstruction path (everything but the prior) is totalled separately from the prior.
 
-Energy per image (:func:`energy_pj`): the estimate every SNN paper reports, 0.9 pJ per synaptic
-operation (an accumulate) and 4.6 pJ per MAC, M. Horowitz's 45 nm CMOS figures for 32-bit floating
-point (add 0.9 pJ; multiply 3.7 pJ + add 0.9 pJ), "Computing's energy problem (and what we can do
-about it)", ISSCC 2014. Arithmetic only: memory access, data movement and neuron-state updates are
-not counted, and every operation of a kind costs the same; it compares models under those
-assumptions, not on any real chip (docs/metrics.md section 6).
+Energy per image: :func:`esvae.metrics.energy.energy_pj` of the counts (45 nm estimate; assumptions there).
 """
 from __future__ import annotations
 
@@ -34,19 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..spiking import SpikingConv2d, SpikingConvTranspose2d, SpikingLinear
+from .energy import ENERGY_ASSUMPTIONS, PJ_PER_MAC, PJ_PER_SYNOP, energy_pj  # noqa: F401 (re-exported)
 
 SPIKING_LAYERS = (SpikingConv2d, SpikingConvTranspose2d, SpikingLinear)
 PRIOR_MODULES = ("prior", "prior_bottleneck")
-PJ_PER_SYNOP = 0.9      # 32-bit float add, 45 nm (Horowitz, ISSCC 2014)
-PJ_PER_MAC = 4.6        # 32-bit float multiply (3.7 pJ) + add (0.9 pJ), 45 nm
-ENERGY_ASSUMPTIONS = (f"{PJ_PER_SYNOP} pJ per synaptic operation (accumulate) + {PJ_PER_MAC} pJ per MAC, 45 nm "
-                      "CMOS 32-bit float (Horowitz, ISSCC 2014); arithmetic only (no memory access, data movement "
-                      "or neuron-state updates)")
-
-
-def energy_pj(synops: float, macs: float) -> float:
-    """Estimated energy in picojoules of ``synops`` accumulates and ``macs`` multiply-accumulates."""
-    return PJ_PER_SYNOP * synops + PJ_PER_MAC * macs
 
 
 def _dense_op(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
