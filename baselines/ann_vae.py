@@ -1,4 +1,4 @@
-"""The ANN VAE of Table I (method.md section 4): ESVAE's conv shapes with BatchNorm + LeakyReLU.
+"""The ANN VAE of Table I (docs/method.md section 4): ESVAE's conv shapes with BatchNorm + LeakyReLU.
 
 Shapes for 32x32 (64x64 adds a 512-channel stage on both sides)::
 
@@ -160,7 +160,7 @@ def ann_vae_paper_config(dataset: str) -> ANNVAEConfig:
 
 
 def ann_vae_paper_train(dataset: str) -> TrainConfig:
-    """FSVAE paper's ANN VAE: AdamW lr 0.001, batch 250, 150 epochs (method.md section 4).
+    """FSVAE paper's ANN VAE: AdamW lr 0.001, batch 250, 150 epochs (docs/method.md section 4).
 
     Weight decay is not given for the ANN VAE; FSVAE's 0.001 is used. No augmentation.
     """

@@ -1,5 +1,5 @@
 """FSVAE (Kamata, Mukuta, Harada, AAAI 2022): an autoregressive Bernoulli latent with k votes
-(method.md section 4). Same spiking encoder/decoder as ESVAE; time-first tensors.
+(docs/method.md section 4). Same spiking encoder/decoder as ESVAE; time-first tensors.
 
 Latent, per image, for L latent units and T steps::
 
@@ -301,7 +301,7 @@ def fsvae_paper_config(dataset: str) -> FSVAEConfig:
 
 
 def fsvae_paper_train(dataset: str) -> TrainConfig:
-    """AdamW lr 0.001, weight decay 0.001, batch 250, 150 epochs (method.md section 4); no augmentation."""
+    """AdamW lr 0.001, weight decay 0.001, batch 250, 150 epochs (docs/method.md section 4); no augmentation."""
     dataset_spec(dataset)
     return TrainConfig(epochs=150, batch_size=250, lr=0.001, prior_lr_multiplier=1.0, weight_decay=0.001,
                        lr_derivation="the FSVAE paper's setting (lr 0.001, batch 250)", hflip=False)

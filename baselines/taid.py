@@ -1,5 +1,5 @@
 """TAID (Qiu et al., ICLR 2023 Tiny Papers): FSVAE with temporal-attention image decoding
-(method.md section 4).
+(docs/method.md section 4).
 
 Only the readout changes. FSVAE (like ESVAE) reads the image out of the last layer's per-step
 outputs ``y_t (T, N, C, H, W)`` with fixed weights ``0.8^(T-1-t)``; TAID learns them per image and
@@ -10,7 +10,7 @@ channel::
     image  = tanh(sum_t w_{t,c} y_t)
 
 so the readout adds T*T parameters. The paper's adaptive-threshold LIF neuron is not implemented
-(method.md makes it optional); ``neuron`` is not a config field, so nobody can ask for it by mistake.
+(docs/method.md makes it optional); ``neuron`` is not a config field, so nobody can ask for it by mistake.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class TAIDConfig(FSVAEConfig):
 
 
 class TAID(FSVAE):
-    original_layout = None  # method.md specifies no layout for TAID's checkpoints: refused, not guessed
+    original_layout = None  # docs/method.md specifies no layout for TAID's checkpoints: refused, not guessed
 
     def __init__(self, config: TAIDConfig, sampler=None):
         super().__init__(config, sampler)
@@ -70,7 +70,7 @@ def taid_paper_config(dataset: str) -> TAIDConfig:
 
 
 def taid_paper_train(dataset: str) -> TrainConfig:
-    """FSVAE's settings (TAID is built on FSVAE's code; method.md gives no separate recipe)."""
+    """FSVAE's settings (TAID is built on FSVAE's code; docs/method.md gives no separate recipe)."""
     cfg = fsvae_paper_train(dataset)
     cfg.lr_derivation = "FSVAE's setting (lr 0.001, batch 250), which TAID builds on"
     return cfg

@@ -1,4 +1,4 @@
-"""Checkpoints: this project's own format, and the original authors' layout (method.md section 6).
+"""Checkpoints: this project's own format, and the original authors' layout (docs/method.md section 6).
 
 Own format (one ``torch.save`` dict, written atomically)::
 

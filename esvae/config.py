@@ -1,6 +1,6 @@
 """Paper configurations per dataset and the resolved model/training configs.
 
-The values are method.md section 3's table. The original code multiplies a configured LR by
+The values are docs/method.md section 3's table. The original code multiplies a configured LR by
 ``batch / 250``; this project stores and uses the resulting *effective* LR directly and shows how
 it was derived (``lr_derivation``), so nothing is rescaled silently.
 """
@@ -58,7 +58,7 @@ def hidden_dims_for(image_size: int) -> Tuple[int, ...]:
 
 @dataclass
 class SpikingVAEConfig:
-    """Architecture of a spiking conv VAE (method.md sections 1-3). Defaults are the paper's."""
+    """Architecture of a spiking conv VAE (docs/method.md sections 1-3). Defaults are the paper's."""
 
     in_channels: int = 1
     image_size: int = 32

@@ -1,6 +1,6 @@
 """Datasets as decoded uint8 tensors, cached once, batched without worker processes.
 
-Sources (experiments.md section 4), all under one data root (``--data-root``, else ``$ESVAE_DATA``,
+Sources (docs/metrics.md section 4), all under one data root (``--data-root``, else ``$ESVAE_DATA``,
 else ``./data``):
 
 * ``fashion`` -- Fashion-MNIST in torchvision's layout ``ROOT/FashionMNIST/raw/``. When it is not

@@ -4,7 +4,7 @@ Used by the Snakemake workflow (``workflow/rules/common.smk``) and by ``python -
 the runs the workflow plans and the runs the tables expect are the same list.
 
 A *run point* is one trained model: (dataset, model, sampler, T, seed). Its folder, under
-``results/runs/``, is ``{dataset}/{model}/{sampler}/T{timesteps}/seed{seed}`` -- the path grammar
+``results/<preset>/runs/``, is ``{dataset}/{model}/{sampler}/T{timesteps}/seed{seed}`` -- the path grammar
 the workflow's outputs, ``logs/`` and ``benchmarks/`` share. A point can belong to several
 experiments (the main table's ESVAE at T=16 is also the T ablation's T=16 point); it is trained once.
 """
@@ -38,7 +38,7 @@ class RunPoint:
 
     @property
     def key(self) -> str:
-        """``fashion/esvae/poisson/T16/seed0``: the folder under ``results/runs/`` (and logs/, benchmarks/)."""
+        """``fashion/esvae/poisson/T16/seed0``: the folder under ``results/<preset>/runs/`` (and logs/<preset>/, benchmarks/)."""
         return f"{self.dataset}/{self.model}/{self.sampler}/T{self.timesteps}/seed{self.seed}"
 
     @classmethod

@@ -1,4 +1,4 @@
-"""Distribution-matching losses between posterior and prior firing rates (method.md section 3)."""
+"""Distribution-matching losses between posterior and prior firing rates (docs/method.md section 3)."""
 from __future__ import annotations
 
 from typing import Callable, Dict

@@ -1,4 +1,4 @@
-"""``python -m esvae probe``: the paper's two qualitative claims, measured (experiments.md section 3).
+"""``python -m esvae probe``: the paper's two qualitative claims, measured (docs/metrics.md section 3).
 
 (a) Encoder information retention: a multinomial logistic regression on the posterior code
     (spiking models: firing rates; FSVAE: vote probabilities averaged over k and T; ANN VAE: mu),

@@ -1,13 +1,14 @@
-"""``python -m esvae report``: the paper's tables and figures from the files under ``results/``.
+"""``python -m esvae report``: the paper's tables and figures from the files under ``results/<preset>/``.
 
-Reads only ``results/config.json`` (the resolved preset the workflow ran), the run folders
-``results/runs/<dataset>/<model>/<sampler>/T<T>/seed<seed>/{train,evaluate,probe}/`` and the
+Reads only ``results/<preset>/config.json`` (the resolved preset the workflow ran), the run folders
+``results/<preset>/runs/<dataset>/<model>/<sampler>/T<T>/seed<seed>/{train,evaluate,probe}/`` and the
 published Table I shipped with the package (``esvae/resources/paper_table1.csv``). Writes
 
-* ``results/tables/``: ``table1`` (paper rows next to this run's rows), ``ablation_timesteps``,
-  ``ablation_sampler``, ``probes``, ``costs`` (parameters, firing rates, synaptic operations) and
+* ``results/<preset>/tables/``: ``table1`` (paper rows next to this run's rows), ``ablation_timesteps``,
+  ``ablation_sampler``, ``probes``, ``costs`` (parameters, firing rates, synaptic operations, energy),
+  ``training``, ``timings`` and
   ``runs`` (which planned runs have which results) -- each as ``.csv``, ``.md`` and ``.tex``;
-* ``results/figures/``: ``metrics_vs_timesteps.png``, ``sampler_ablation.png``, ``robustness.png``,
+* ``results/<preset>/figures/``: ``metrics_vs_timesteps.png``, ``sampler_ablation.png``, ``robustness.png``,
   ``probe_accuracy.png``, ``training_curves.png`` and ``grids_<dataset>.png``.
 
 Every table names its conditions (preset, N, split, seeds); numbers are the mean over seeds, with
@@ -496,7 +497,7 @@ def compile_report(results_dir: Path, tables_dir: Optional[Path] = None, figures
                                      "retention (linear-probe accuracy on the posterior code; MSE with the sampled and "
                                      "the deterministic code) and decoder robustness (MSE when the latent spike train "
                                      "is time-shuffled or each bit flipped with probability a; the ANN VAE has none). "
-                                     "This project's protocol, not the paper's (experiments.md section 3).")
+                                     "This project's protocol, not the paper's (docs/metrics.md section 3).")
 
     cost_cols = ["parameters", "firing_rate", "synops", "macs", "energy_uj", "sampling_ms"]
     cost_part = frame[frame["synops"].notna()] if len(frame) else frame

@@ -1,4 +1,4 @@
-"""Test helpers: the original code's checkpoint layout, built from method.md section 6 alone, and
+"""Test helpers: the original code's checkpoint layout, built from docs/method.md section 6 alone, and
 a naive time-last forward pass that reads those tensors directly (3-D ``(k, k, 1)`` convolutions,
 a per-step LIF loop). Nothing here imports the package's model code."""
 import torch

@@ -1,4 +1,4 @@
-"""The two LR rules at another batch size than the paper's (method.md's worked numbers)."""
+"""The two LR rules at another batch size than the paper's (docs/method.md's worked numbers)."""
 import pytest
 
 from esvae.cli import main

@@ -120,7 +120,7 @@ def test_unknown_sampler_lists_valid_ones():
 
 
 def _mmd_double_loop(x, y, num_kernels=5, mul=2.0):
-    """MMD^2 (V-statistic) evaluated element by element from method.md's formula."""
+    """MMD^2 (V-statistic) evaluated element by element from docs/method.md's formula."""
     z = torch.cat([x, y]).tolist()
     m, b = len(z), x.shape[0]
     dist = [[sum((p - q) ** 2 for p, q in zip(z[i], z[j])) for j in range(m)] for i in range(m)]

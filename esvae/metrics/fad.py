@@ -1,4 +1,4 @@
-"""FAD, the Frechet Autoencoder Distance of the FSVAE paper (experiments.md section 2).
+"""FAD, the Frechet Autoencoder Distance of the FSVAE paper (docs/metrics.md section 2).
 
 A deterministic ANN autoencoder per dataset, trained on its training split with MSE and AdamW
 (lr 1e-3): the conv stack of :mod:`esvae.models.ann_blocks`, a linear layer to the code (64-d for

@@ -1,4 +1,4 @@
-"""Spike statistics and operation counts per image (experiments.md section 2).
+"""Spike statistics and operation counts per image (docs/metrics.md section 2).
 
 For every spiking layer (conv, transposed conv or linear, each followed by tdBN and LIF) one
 forward pass records its input and output over the T steps:

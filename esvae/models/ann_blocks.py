@@ -1,6 +1,6 @@
 """Conventional (non-spiking) conv stacks with ESVAE's shapes: BatchNorm + LeakyReLU.
 
-Shared by the ANN VAE baseline and the FAD autoencoder (experiments.md section 2)::
+Shared by the ANN VAE baseline and the FAD autoencoder (docs/metrics.md section 2)::
 
     encoder      len(dims) x [conv 3x3 s2 -> BN -> LeakyReLU]        (N, C, S, S) -> (N, dims[-1], 2, 2)
     decoder      len(dims)-1 x [tconv 3x3 s2 -> BN -> LeakyReLU]      -> (N, dims[0], S/2, S/2)

@@ -1,4 +1,4 @@
-"""The spiking convolutional encoder/decoder shared by ESVAE and FSVAE (method.md section 2).
+"""The spiking convolutional encoder/decoder shared by ESVAE and FSVAE (docs/method.md section 2).
 
 Shapes for the base (32x32) network, time first::
 

@@ -25,7 +25,7 @@ import torch
 
 @dataclass(frozen=True)
 class OriginalLayout:
-    """How a checkpoint of the original authors' code maps onto a model (method.md section 6).
+    """How a checkpoint of the original authors' code maps onto a model (docs/method.md section 6).
 
     Beyond the shared rules (time-last kernels squeezed, ``.bn`` kept, the readout's
     ``membrane_output_layer.coef`` buffer checked then dropped):

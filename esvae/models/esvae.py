@@ -1,4 +1,4 @@
-"""ESVAE: spiking VAE with a Poisson latent and reparameterizable spike sampling (method.md section 3).
+"""ESVAE: spiking VAE with a Poisson latent and reparameterizable spike sampling (docs/method.md section 3).
 
 Names follow roles, not the original variable names (whose ``r_q``/``r_p`` are swapped with
 respect to the paper's Fig. 2): ``posterior_rate`` is the encoder's firing rate, ``prior_rate``

@@ -1,4 +1,4 @@
-"""Samplers for the sampler ablation (method.md section 5): same forward or no sampling at all,
+"""Samplers for the sampler ablation (docs/method.md section 5): same forward or no sampling at all,
 different gradient estimators, all behind the same interface as ESVAE's Poisson sampler."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""FSVAE's latent sampling step (method.md sections 4-5): one of k binary votes chosen uniformly."""
+"""FSVAE's latent sampling step (docs/method.md sections 4-5): one of k binary votes chosen uniformly."""
 from __future__ import annotations
 
 from typing import Optional, Sequence

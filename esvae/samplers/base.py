@@ -1,4 +1,4 @@
-"""The latent-sampler interface shared by every spiking VAE (method.md section 5).
+"""The latent-sampler interface shared by every spiking VAE (docs/method.md section 5).
 
 A sampler turns per-unit firing rates ``(N, L)`` in [0, 1] into a latent spike train
 ``(T, N, L)`` of 0/1 values. The model receives its sampler and never branches on its name.

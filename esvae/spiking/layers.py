@@ -1,6 +1,6 @@
 """Stateless layers on time-first spike trains, with time folded into the batch.
 
-Every hidden layer of the spiking models is ``weights -> tdBN -> LIF`` (method.md section 1).
+Every hidden layer of the spiking models is ``weights -> tdBN -> LIF`` (docs/method.md section 1).
 Convolutions, transposed convolutions, linear maps and batch norm do not depend on time, so they
 run once on ``(T * N, ...)``; only the neuron dynamics are sequential. The layers subclass the
 ``torch.nn`` weight layers and keep their batch norm as ``.bn``, so state-dict keys read

@@ -1,4 +1,4 @@
-"""Leaky integrate-and-fire neuron of ESVAE/FSVAE (method.md section 1).
+"""Leaky integrate-and-fire neuron of ESVAE/FSVAE (docs/method.md section 1).
 
 Per element, with ``u_0 = 0`` and ``o_0 = 0``, for t = 1..T::
 

@@ -2,7 +2,7 @@
 
 A surrogate is a function ``grad(u) -> dO/du`` evaluated at the *membrane potential* ``u``.
 The original ESVAE/FSVAE code centres its window at ``u = 0`` rather than at the threshold
-(method.md section 1, a documented quirk); the surrogate receives ``u`` itself, never ``u - V_th``,
+(docs/method.md section 1, a documented quirk); the surrogate receives ``u`` itself, never ``u - V_th``,
 so that quirk lives in one place: the neuron passes ``u``.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# Probes: encoder information retention and decoder robustness (experiments.md section 3).
+# Probes: encoder information retention and decoder robustness (docs/metrics.md section 3).
 
 
 rule probe:
