@@ -131,3 +131,21 @@ def test_markdown_lists_the_datasets_a_run_did_not_have_once_per_claim(fashion_r
     glance = [line for line in md.splitlines() if line.startswith("- **C")]
     assert sum("**supported**" in line for line in table) == sum(r["verdict"] == claims.SUPPORTED for r in out)
     assert len(glance) == sum(r["verdict"] != claims.NOT_TESTED for r in out)   # every tested pair, once
+
+
+def test_fid_and_fad_claims_use_the_papers_protocols_where_the_run_has_them(fashion_rows):
+    # Without fid_clean / fad_published: judged on torch-fidelity's FID and our FAD, and said so.
+    out = claims.evaluate_claims(fashion_rows, ["fashion"])
+    c5 = by_id(out, "C5")
+    assert c5["metric"] == "FID" and "the paper's was clean-fid's protocol" in c5["note"] and c5["verdict"] == claims.CONTRADICTED
+    assert c5["effect"] == pytest.approx((20 + 19 + 21) / 3)             # FSVAE - ESVAE on torch-fidelity's FID
+    # With them: the paper's protocols decide (here reversing the FID claim's sign), with no fallback note.
+    clean = {"esvae": [130.0, 131.0, 132.0], "fsvae": [120.0, 121.0, 125.0]}
+    published = {"esvae": [5.0, 6.0, 7.0], "fsvae": [9.0, 9.0, 9.0], "ann_vae": [8.0, 8.5, 9.0], "taid": [7.5, 8.0, 9.0]}
+    rows = [dict(r, fid_clean=clean.get(r["model"], [math.nan] * 3)[r["seed"]],
+                 fad_published=published[r["model"]][r["seed"]]) for r in fashion_rows]
+    out = claims.evaluate_claims(rows, ["fashion"])
+    c5, c3 = by_id(out, "C5"), by_id(out, "C3")
+    assert c5["metric"] == "FID-clean (the paper's clean-fid protocol)" and "clean-fid" not in c5["note"]
+    assert c5["effect"] == pytest.approx(-(10 + 10 + 7) / 3) and c5["verdict"] == claims.SUPPORTED
+    assert c3["metric"] == "FAD (the authors' published autoencoder)" and c3["model_mean"] == pytest.approx(6.0)
