@@ -160,7 +160,7 @@ def run_row(r: RunResults) -> Dict[str, object]:
 DIGITS = {"fid_clean": 1, "fad_published": 2, "energy_uj": 3, "mse_vs_mean_image": 3, "baseline_mse": 4, "steps": 0, "train_seconds": 0, "lr": 6, "mse": 4, "fid": 1, "kid": 3, "fad": 2, "inception_score": 2, "linear_probe": 3, "firing_rate": 3,
           "mse_sampled": 4, "mse_deterministic": 4, "sampling_ms": 2, "parameters": 0, "synops": 0, "macs": 0}
 COUNTS = ("parameters", "synops", "macs", "steps", "batch_size")   # printed in full, without ± when fixed
-SETTINGS = ("lr", "baseline_mse")   # the same for every seed by construction: no ± when it does not vary
+SETTINGS = ("lr", "baseline_mse", "energy_uj")   # no ± when it does not vary (the ANN VAE's energy: a MAC count)
 
 
 def _fmt(mean, std, digits: int, count: bool = False) -> str:
@@ -249,12 +249,14 @@ def paper_rows(datasets: List[str]):
         ref = "validation split" if dataset == "celeba" else "test split"
         note = PAPER_CONDITIONS.format(ref=ref) + ("; the paper's dataset is full MNIST" if dataset == "mnist5k" else "")
         for _, p in paper[paper["dataset"] == PAPER_DATASET[dataset]].iterrows():
+            quoted = "quoted" in str(p["source"])
+            row_note = note + ("; quoted by the ESVAE paper from its source, whose own protocol may differ" if quoted else "")
             rows.append({"dataset": dataset, "model": p["model"], "source": f"paper ({p['source']})",
                          "mse": p["reconstruction_mse"], "inception_score": p["inception_score"],
                          # the paper's FID is clean-fid's protocol and its FAD the authors' autoencoder's: they
                          # stand in the columns of those protocols, not beside torch-fidelity's FID or our FAD
                          "fid": math.nan, "fid_clean": p["fid"], "fad": math.nan, "fad_published": p["fad"],
-                         "kid": math.nan, "conditions": note})
+                         "kid": math.nan, "conditions": row_note})
     return pd.DataFrame(rows)
 
 
