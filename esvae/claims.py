@@ -251,8 +251,11 @@ def _metric_for(claim: Claim, rows: Sequence[Mapping], ds) -> Tuple[str, str, st
     label = claim.metric_label or claim.metric
     if not claim.paper_metric:
         return claim.metric, label, ""
-    if ds is not None and any(r["dataset"] == ds and r["model"] == claim.model and _finite(r.get(claim.paper_metric))
-                              for r in rows):
+    def has(model):
+        return any(r["dataset"] == ds and r["model"] == model and _finite(r.get(claim.paper_metric)) for r in rows)
+
+    # both sides of at least one comparison must have it (runs evaluated before it existed lack it)
+    if ds is not None and has(claim.model) and any(has(o) for o in claim.others):
         return claim.paper_metric, claim.paper_metric_label, ""
     return claim.metric, label, claim.fallback_note
 

@@ -358,7 +358,7 @@ def summary_line(result: dict) -> str:
     if "fad_published" in result:
         m = result["fad_published"]
         parts.append(f"{m['name']} {m['value']:.4f} ({m['label']})" if m["value"] is not None
-                     else "published FAD refused (files not supplied)")
+                     else f"published FAD refused ({m['refused'].split(':')[0]})")
     if "inception_score" in result:
         m = result["inception_score"]
         parts.append(f"{m['name']} {m['value']:.3f}" if m["value"] is not None else "IS refused (needs the official weights)")

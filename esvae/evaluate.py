@@ -237,7 +237,7 @@ def _inception_metrics(result, generated, source, wanted, weights, num_samples, 
     from .metrics.fidelity import (fidelity_metrics, inception_score_splits, reference_cache_name, to_uint8,
                                    torch_fidelity_version)
 
-    generated = to_uint8(generated)
+    generated_float, generated = generated, to_uint8(generated)
     common = {"weights": weights.label(), "weights_file": str(weights.path),
               "torch_fidelity_version": torch_fidelity_version(), "n_generated": num_samples,
               "preprocessing": "generated images in [-1, 1] -> uint8 [0, 255]; greyscale repeated to 3 channels; "
@@ -263,12 +263,14 @@ def _inception_metrics(result, generated, source, wanted, weights, num_samples, 
     name = reference_cache_name(source.name, split, reference, weights)
     ref = {"n_reference": reference.shape[0], "reference_split": split, "reference_cache_name": name}
     if "fid_clean" in wanted:
-        from .metrics.clean_fid import PREPROCESSING, fid_clean
+        from .metrics.clean_fid import PREPROCESSING, fid_clean, to_255
         start = time.perf_counter()
-        value = fid_clean(generated, reference, weights, reference_name=name, cache_dir=cache_dir,
+        # clean-fid's generator path, as the authors called it: (x + 1) / 2 * 255 in float, not rounded
+        value = fid_clean(to_255(generated_float), reference, weights, reference_name=name, cache_dir=cache_dir,
                           batch_size=batch_size, device=dev, progress=progress)
         result["fid_clean"] = {"value": value, "name": f"FID-clean@{num_samples}", **common,
-                               "preprocessing": "generated images in [-1, 1] -> uint8 [0, 255]; " + PREPROCESSING,
+                               "preprocessing": "generated images in [-1, 1] -> (x + 1) / 2 * 255 in float, not rounded "
+                                                "(the authors' call of clean-fid); reference images uint8; " + PREPROCESSING,
                                "protocol": "clean-fid 'clean' mode, the ESVAE paper's FID protocol", **ref}
         log.info("FID-clean@%d %.4f (vs %s, N=%d; %.1f s)", num_samples, value, split, reference.shape[0],
                  time.perf_counter() - start)
@@ -295,7 +297,8 @@ def _open_published_fad(source: DataSource, autoencoder, stats, directory) -> Di
     """The published FAD files for ``source``: ``{"encoder", "stats", paths and hashes}``, or
     ``{"refused": reason}`` when none were supplied. Files named explicitly must load (else
     :class:`CheckpointError`); a folder without this dataset's files is a refusal."""
-    from .metrics.fad import PUBLISHED_FILES, load_published_autoencoder, load_published_stats, published_files
+    from .metrics.fad import (PUBLISHED_FILES, _named_for_another_dataset, load_published_autoencoder,
+                              load_published_stats, published_files)
     from .metrics.inception import sha256_of
     if (autoencoder is None) != (stats is None):
         raise ConfigError("--fad-published-autoencoder and --fad-published-stats go together (the codes' reference "
@@ -318,6 +321,9 @@ def _open_published_fad(source: DataSource, autoencoder, stats, directory) -> Di
         if absent:
             return {"refused": f"published FAD files for {source.label} not found: {', '.join(absent)}"}
     encoder = load_published_autoencoder(autoencoder, source.model_dataset)
+    other = _named_for_another_dataset(Path(stats), source.model_dataset, 1)
+    if other:
+        raise CheckpointError(f"{stats} is named as the authors' {other} statistics, not {source.model_dataset}'s")
     reference = load_published_stats(stats)
     if reference.mean.shape[0] != encoder.code_dim:
         raise CheckpointError(f"published FAD statistics {stats} are {reference.mean.shape[0]}-d, the autoencoder "
@@ -335,9 +341,9 @@ def _published_fad_entry(published: Dict, generated, num_samples: int, source: D
     if "refused" in published:
         log.warning("published FAD not computed: %s", published["refused"])
         return {"value": None, "refused": published["refused"]}
-    from .metrics.fad import encode_all
+    from .metrics.fad import PUBLISHED_BATCH_NORM, published_codes
     from .metrics.frechet import GaussianStats, frechet_distance
-    codes = encode_all(published["encoder"], generated, device=dev)
+    codes = published_codes(published["encoder"], generated, device=dev)
     value = frechet_distance(GaussianStats.of(codes), published["stats"])
     entry = {"value": value, "name": f"FAD@{num_samples}", "n_generated": num_samples,
              "autoencoder": published["autoencoder"], "autoencoder_sha256": published["autoencoder_sha256"],
@@ -345,7 +351,7 @@ def _published_fad_entry(published: Dict, generated, num_samples: int, source: D
              "code_dim": published["encoder"].code_dim,
              "reference": f"the authors' published statistics of the {source.model_dataset} test split's codes "
                           "(N not recorded in the file)",
-             "inputs": "generated images in [-1, 1] at native resolution"}
+             "inputs": "generated images in [-1, 1] at native resolution", "batch_norm": PUBLISHED_BATCH_NORM}
     if source.name != source.model_dataset:
         entry["note"] = (f"the generator was trained on {source.label}; the reference statistics are of the full "
                          f"{source.model_dataset} test split")

@@ -121,7 +121,9 @@ def run_row(r: RunResults) -> Dict[str, object]:
     row["fid_ref"] = _ref(ev.get("fid"))
     row["fid_clean_ref"] = _ref(ev.get("fid_clean"))
     row["fad_ref"] = _ref(ev.get("fad"))
-    row["fad_published_label"] = (ev.get("fad_published") or {}).get("label")
+    published = ev.get("fad_published") or {}
+    row["fad_published_label"] = published.get("label") or (
+        f"refused ({published['refused'].split(':')[0]})" if published.get("refused") else None)
     kid = ev.get("kid") or {}
     row["kid_ref"] = f"{_ref(kid)}, subsets of {kid.get('subset_size')}" if _ref(kid) else None
     row["is_refused"] = bool((ev.get("inception_score") or {}).get("refused"))
@@ -283,14 +285,16 @@ def _conditions(group) -> str:
 
 def published_fad_header(frame) -> str:
     """The published-AE FAD column's header, naming each dataset's files by their SHA-256 prefixes."""
-    labels = {}
+    labels, datasets = {}, sorted(set(frame["dataset"])) if len(frame) else []
     if len(frame) and "fad_published_label" in frame:
         for dataset, label in zip(frame["dataset"], frame["fad_published_label"]):
-            if isinstance(label, str):
+            if isinstance(label, str) and label.startswith("published AE"):
                 labels.setdefault(dataset, set()).add(label)
     if not labels:
         return "FAD (authors' AE; files not supplied)"
-    return "FAD (authors' AE: " + "; ".join(f"{d} {', '.join(sorted(v))}" for d, v in sorted(labels.items())) + ")"
+    missing = [d for d in datasets if d not in labels]
+    return ("FAD (authors' AE: " + "; ".join(f"{d} {', '.join(sorted(v))}" for d, v in sorted(labels.items()))
+            + (f"; {', '.join(missing)}: not supplied" if missing else "") + ")")
 
 
 def table1(frame, preset: str, main_points):

@@ -158,6 +158,9 @@ def stage_conditions(stage: str, m: Mapping) -> Dict[str, str]:
         published = m.get("fad_published") or {}
         if published.get("label"):
             out["evaluate.fad_published"] = f"{published['name']}, {published['label']}"
+        for key in ("fad_published", "fid_clean", "fid", "fad"):       # a refusal is said, not left blank
+            if (m.get(key) or {}).get("refused"):
+                out[f"evaluate.{key}"] = "refused: " + m[key]["refused"]
         weights = (m.get("fid") or {}).get("weights")
         if weights:
             out["evaluate.inception_weights"] = weights

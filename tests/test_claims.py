@@ -149,3 +149,7 @@ def test_fid_and_fad_claims_use_the_papers_protocols_where_the_run_has_them(fash
     assert c5["metric"] == "FID-clean (the paper's clean-fid protocol)" and "clean-fid" not in c5["note"]
     assert c5["effect"] == pytest.approx(-(10 + 10 + 7) / 3) and c5["verdict"] == claims.SUPPORTED
     assert c3["metric"] == "FAD (the authors' published autoencoder)" and c3["model_mean"] == pytest.approx(6.0)
+    # Only ESVAE evaluated with FID-clean (the others before it existed): the claim falls back to FID.
+    partial = [dict(r, fid_clean=130.0) if r["model"] == "esvae" else r for r in fashion_rows]
+    c5 = by_id(claims.evaluate_claims(partial, ["fashion"]), "C5")
+    assert c5["metric"] == "FID" and c5["n_seeds"] == 3

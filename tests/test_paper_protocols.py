@@ -40,11 +40,15 @@ def _published_state(in_channels=1, widths=(32, 64, 128, 256), code=64, seed=0):
     return state
 
 
-def _codes_by_hand(state, x, layers=4):
-    """conv -> eval-mode BN (eps 1e-5) -> LeakyReLU(0.01) per layer, flatten, linear: functional ops."""
+def _codes_by_hand(state, x, layers=4, batch=128):
+    """The authors' protocol by hand: per batch of ``batch`` images, conv -> BN with the batch's own
+    mean and biased variance (eps 1e-5; their code never calls eval()) -> LeakyReLU(0.01), flatten,
+    linear."""
+    if x.shape[0] > batch:
+        return torch.cat([_codes_by_hand(state, x[i:i + batch], layers, batch) for i in range(0, x.shape[0], batch)])
     for i in range(layers):
         x = F.conv2d(x, state[f"encoder.{i}.0.weight"], state[f"encoder.{i}.0.bias"], stride=2, padding=1)
-        mean, var = state[f"encoder.{i}.1.running_mean"], state[f"encoder.{i}.1.running_var"]
+        mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
         x = (x - mean[:, None, None]) / torch.sqrt(var[:, None, None] + 1e-5)
         x = x * state[f"encoder.{i}.1.weight"][:, None, None] + state[f"encoder.{i}.1.bias"][:, None, None]
         x = torch.where(x > 0, x, 0.01 * x)
@@ -55,15 +59,21 @@ def test_published_autoencoder_computes_the_documented_codes(tmp_path):
     state = _published_state()
     torch.save(state, tmp_path / "fashion_64.pth")
     encoder = load_published_autoencoder(tmp_path / "fashion_64.pth", "fashion")
-    x = torch.rand(5, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    x = torch.rand(300, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
     assert not encoder.training and encoder.code_dim == 64
-    assert torch.allclose(encoder.encode(x), _codes_by_hand(state, x), atol=1e-5)
+    from esvae.metrics.fad import published_codes
+    assert torch.allclose(published_codes(encoder, x), _codes_by_hand(state, x), atol=1e-5)   # batches 128, 128, 44
+    assert not torch.allclose(encoder.encode(x[:10]), encoder.encode(x[:20])[:10], atol=1e-4)  # batch statistics
+    assert torch.equal(encoder.encoder[0][1].running_mean, state["encoder.0.1.running_mean"])  # never updated
     # CelebA's 64x64 layout has a fifth (512) layer and 128-d codes; MNIST-5k runs use MNIST's file.
     big = _published_state(3, (32, 64, 128, 256, 512), 128)
     torch.save(big, tmp_path / "celeba_128.pth")
     y = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 2 - 1
     assert torch.allclose(load_published_autoencoder(tmp_path / "celeba_128.pth", "celeba").encode(y),
                           _codes_by_hand(big, y, layers=5), atol=1e-5)
+    torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "dp.pth")   # saved from DataParallel
+    assert torch.equal(load_published_autoencoder(tmp_path / "dp.pth", "fashion").latent_layer.bias,
+                       state["latent_layer.bias"])
     assert published_files("/x", "mnist5k") == (Path("/x/stat_checkpoints/mnist_64.pth"), Path("/x/stats/mnist_test_64.npz"))
 
 
@@ -107,6 +117,21 @@ def _write_bad(kind, ae, stats, tmp_path):
     if kind == "project's own autoencoder":
         torch.save({"format": "esvae-fad-autoencoder", "state_dict": {}}, bad)
         return bad, stats, "this project's own FAD autoencoder"
+    if kind == "empty file":
+        bad.write_bytes(b"")
+        return bad, stats, "is truncated or corrupt"
+    if kind == "another dataset's name":                       # MNIST and Fashion files have the same shapes
+        named = tmp_path / "mnist_64.pth"
+        named.write_bytes(ae.read_bytes())
+        return named, stats, "is named as the authors' mnist autoencoder, not fashion's"
+    if kind == "text stats":
+        bad_stats = tmp_path / "bad.npz"
+        np.savez(bad_stats, mu=np.array(["a"] * 64), sigma=np.eye(64))
+        return ae, bad_stats, "must be numeric arrays"
+    if kind == "asymmetric sigma":
+        bad_stats = tmp_path / "bad.npz"
+        np.savez(bad_stats, mu=np.zeros(64), sigma=np.triu(np.ones((64, 64))))
+        return ae, bad_stats, "sigma is not symmetric"
     if kind == "truncated stats":
         data = stats.read_bytes()
         bad_stats = tmp_path / "bad.npz"
@@ -123,8 +148,9 @@ def _write_bad(kind, ae, stats, tmp_path):
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["missing key", "wrong shape", "truncated", "other model", "project's own autoencoder",
-                                  "truncated stats", "stats without sigma", "stats of another dataset"])
+@pytest.mark.parametrize("kind", ["missing key", "wrong shape", "truncated", "empty file", "other model",
+                                  "project's own autoencoder", "another dataset's name", "truncated stats",
+                                  "stats without sigma", "text stats", "asymmetric sigma", "stats of another dataset"])
 def test_bad_published_files_are_one_line_and_exit_2(kind, published_pair, short_run, tmp_path, capsys):
     ae, stats, fragment = _write_bad(kind, *published_pair[:2], tmp_path)
     out = tmp_path / "eval"
@@ -150,6 +176,7 @@ def test_evaluate_fad_published_is_the_frechet_distance_of_the_codes(published_p
     m = json.loads((out / "metrics.json").read_text())
     entry = m["fad_published"]
     assert entry["name"] == "FAD@80" and entry["code_dim"] == 64 and entry["n_generated"] == 80
+    assert "batch statistics over batches of 128" in entry["batch_norm"]
     import hashlib
     assert entry["autoencoder_sha256"] == hashlib.sha256(ae.read_bytes()).hexdigest()
     assert entry["label"] == f"published AE {entry['autoencoder_sha256'][:8]}, stats {entry['stats_sha256'][:8]}"
@@ -219,29 +246,38 @@ def test_pool3_on_299_images_equals_torch_fidelity(offline_inception, data_root)
 
 
 def test_fid_clean_equals_clean_fids_compute_fid_with_our_inception(offline_inception, data_root, tmp_path):
+    """clean-fid's generator path (float images on the 0-255 scale, as the ESVAE authors called it)
+    against a folder of real uint8 test images, with our Inception as its feature extractor."""
     from PIL import Image
     from cleanfid import fid as cleanfid_fid
-    from esvae.metrics.clean_fid import Pool3, fid_clean
+    from esvae.metrics.clean_fid import Pool3, fid_clean, to_255
     from esvae.metrics.inception import resolve_inception_weights
     weights = resolve_inception_weights()
     test = load_split("fashion", "test", data_root).images
-    a, b = test[:20], test[500:520]
-    ours = fid_clean(a, b, weights, batch_size=20)
-    for name, images in (("a", a), ("b", b)):
-        (tmp_path / name).mkdir()
-        for i, image in enumerate(images):
-            Image.fromarray(image[0].numpy()).save(tmp_path / name / f"{i:03d}.png")
-    theirs = cleanfid_fid.compute_fid(str(tmp_path / "a"), str(tmp_path / "b"), mode="clean",
-                                      custom_feat_extractor=Pool3(weights), num_workers=0, batch_size=20,
-                                      device=torch.device("cpu"), verbose=False)
+    generated = (test[:20].float() / 127.5 - 1) * 0.9 + 0.013       # model-range, off the uint8 grid
+    reference = test[500:520]
+    ours = fid_clean(to_255(generated), reference, weights, batch_size=20)
+    (tmp_path / "ref").mkdir()
+    for i, image in enumerate(reference):
+        Image.fromarray(image[0].numpy()).save(tmp_path / "ref" / f"{i:03d}.png")
+    as_255 = to_255(generated).repeat(1, 3, 1, 1)
+    theirs = cleanfid_fid.compute_fid(gen=lambda z: as_255[: z.shape[0]], fdir2=str(tmp_path / "ref"), mode="clean",
+                                      custom_feat_extractor=Pool3(weights), num_gen=20, batch_size=20, z_dim=2,
+                                      num_workers=0, device=torch.device("cpu"), verbose=False)
     assert ours == pytest.approx(theirs, rel=1e-6) and ours > 0
+    # rounding the generated images first (a uint8 detour) is a different number: the float path matters
+    from esvae.metrics.fidelity import to_uint8
+    assert fid_clean(to_uint8(generated), reference, weights, batch_size=20) != pytest.approx(ours, rel=1e-6)
     # The reference statistics are cached under their name (which the caller derives from the images'
-    # hash) and read back: a second call under the same name does not recompute them.
-    cached = fid_clean(a, b, weights, batch_size=20, reference_name="t", cache_dir=tmp_path)
-    assert (tmp_path / "clean-fid" / "t-clean-pil-bicubic-299.pt").is_file() and cached == pytest.approx(ours, rel=1e-9)
-    assert fid_clean(a, test[900:920], weights, batch_size=20, reference_name="t", cache_dir=tmp_path) == \
-        pytest.approx(ours, rel=1e-9)
-
+    # hash) and read back; an unreadable cache file is recomputed, not trusted.
+    cached = fid_clean(to_255(generated), reference, weights, batch_size=20, reference_name="t", cache_dir=tmp_path)
+    cache = tmp_path / "clean-fid" / "t-clean-pil-bicubic-299.pt"
+    assert cache.is_file() and cached == pytest.approx(ours, rel=1e-9)
+    assert fid_clean(to_255(generated), test[900:920], weights, batch_size=20, reference_name="t",
+                     cache_dir=tmp_path) == pytest.approx(ours, rel=1e-9)          # read back, not recomputed
+    cache.write_bytes(b"broken")
+    assert fid_clean(to_255(generated), reference, weights, batch_size=20, reference_name="t",
+                     cache_dir=tmp_path) == pytest.approx(ours, rel=1e-9)
 
 
 def test_preset_key_names_the_authors_folder(tmp_path):

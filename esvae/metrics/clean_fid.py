@@ -1,8 +1,9 @@
 """``fid_clean``: FID in the protocol the ESVAE paper used, clean-fid's "clean" mode (docs/metrics.md
 section 6).
 
-Preprocessing, as clean-fid 0.1.35's ``make_resizer("PIL", False, "bicubic", (299, 299))``: uint8
-images on the 0-255 scale, each channel converted to a float32 PIL image (mode ``F``), resized with
+Preprocessing, as clean-fid 0.1.35's ``make_resizer("PIL", False, "bicubic", (299, 299))``: images
+on the 0-255 scale (reference images uint8; generated ones in float, ``(x + 1) / 2 * 255`` unrounded,
+as the ESVAE authors passed them to clean-fid's generator path), each channel converted to a float32 PIL image (mode ``F``), resized with
 PIL's bicubic filter to 299x299 and clipped to [0, 255], never quantised again (greyscale images
 are repeated to 3 channels, as clean-fid's RGB conversion does). Features: the pool3 (2048-d)
 activations of the same Inception-v3 network and weights as our torch-fidelity FID, fed the float
@@ -29,16 +30,22 @@ from .inception import InceptionWeights, default_cache_dir
 log = logging.getLogger(__name__)
 
 SIZE = 299
-PREPROCESSING = ("uint8 [0, 255] -> per channel float32 PIL bicubic resize to 299x299, clipped to [0, 255], "
+PREPROCESSING = ("0-255 scale -> per channel float32 PIL bicubic resize to 299x299, clipped to [0, 255], "
                  "not re-quantised (clean-fid 0.1.35 'clean' mode); greyscale repeated to 3 channels; "
                  "Inception-v3 pool3 features")
 
 
+def to_255(images: torch.Tensor) -> torch.Tensor:
+    """Model-range images in [-1, 1] -> float32 on the 0-255 scale, ``(x + 1) / 2 * 255``, not rounded
+    (how the ESVAE authors handed generated images to clean-fid)."""
+    return ((images.detach().float().clamp(-1, 1) + 1) / 2 * 255).cpu()
+
+
 def clean_resize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``(N, C, H, W)`` (C = 1 or 3) -> float32 ``(N, 3, 299, 299)`` on the 0-255 scale."""
+    """uint8, or float on the 0-255 scale, ``(N, C, H, W)`` (C = 1 or 3) -> float32 ``(N, 3, 299, 299)``."""
     from PIL import Image
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"expected uint8 images (N, 1 or 3, H, W), got {images.dtype} {tuple(images.shape)}")
+    if images.dtype not in (torch.uint8, torch.float32) or images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected uint8 or float32 images (N, 1 or 3, H, W), got {images.dtype} {tuple(images.shape)}")
     arrays = images.cpu().numpy().astype(np.float32)
     out = np.empty((images.shape[0], images.shape[1], SIZE, SIZE), dtype=np.float32)
     for i in range(arrays.shape[0]):
@@ -81,7 +88,7 @@ class Pool3(nn.Module):
 
 def clean_features(images: torch.Tensor, extractor: Pool3, batch_size: int = 64,
                    device: torch.device = torch.device("cpu"), progress: bool = False) -> torch.Tensor:
-    """Pool3 features ``(N, 2048)`` float32 of uint8 images after the clean resize, in batches."""
+    """Pool3 features ``(N, 2048)`` float32 of uint8 (or 0-255 float) images after the clean resize."""
     from tqdm import tqdm
     extractor = extractor.to(device)
     out = []
@@ -120,7 +127,8 @@ def reference_stats(reference: torch.Tensor, extractor: Pool3, reference_name: O
 def fid_clean(generated: torch.Tensor, reference: torch.Tensor, weights: InceptionWeights, *,
               reference_name: Optional[str] = None, cache_dir: Optional[os.PathLike] = None, batch_size: int = 64,
               device: torch.device = torch.device("cpu"), progress: bool = False) -> float:
-    """FID between uint8 ``generated`` and ``reference`` images in clean-fid's protocol."""
+    """FID between ``generated`` and ``reference`` images (uint8, or float32 on the 0-255 scale) in
+    clean-fid's protocol."""
     extractor = Pool3(weights)
     ref = reference_stats(reference, extractor, reference_name, cache_dir, batch_size, device, progress)
     gen = GaussianStats.of(clean_features(generated, extractor, batch_size, device, progress))

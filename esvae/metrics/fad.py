@@ -204,6 +204,12 @@ PUBLISHED_FILES: Dict[str, Tuple[str, str]] = {
 }
 # Keys of the authors' autoencoder that FAD does not use (its decoder half).
 PUBLISHED_DECODER_PREFIXES = ("decoder_input.", "decoder.", "final_layer.")
+# The authors' FAD code encodes generated images in batches of 128 and never switches the autoencoder
+# to eval mode: its batch norms normalise with each batch's own statistics (their published test
+# statistics were made the same way). The published variant follows that protocol.
+PUBLISHED_BATCH = 128
+PUBLISHED_BATCH_NORM = (f"batch statistics over batches of {PUBLISHED_BATCH} images (the authors' FAD code never calls "
+                        "eval(); their published test statistics were made the same way)")
 
 
 class PublishedFADEncoder(nn.Module):
@@ -213,6 +219,10 @@ class PublishedFADEncoder(nn.Module):
         latent_layer  Linear(last width x 2 x 2 -> code_dim)
 
     widths [32, 64, 128, 256] (+512 for 64x64 images), code 64-d (greyscale) or 128-d (colour).
+    As in the authors' code, each batch norm normalises with the statistics of the batch it is given
+    (:data:`PUBLISHED_BATCH_NORM`), in eval mode too; the running statistics are loaded, never used
+    or updated. So the codes of an image depend on its batch: encode in batches of
+    :data:`PUBLISHED_BATCH`, as :func:`published_codes` does.
     """
 
     def __init__(self, in_channels: int, image_size: int, code_dim: int):
@@ -227,9 +237,19 @@ class PublishedFADEncoder(nn.Module):
         if images.dim() != 4 or tuple(images.shape[1:]) != (self.in_channels, self.image_size, self.image_size):
             raise ValueError(f"the published FAD autoencoder takes images (N, {self.in_channels}, {self.image_size}, "
                              f"{self.image_size}), got {tuple(images.shape)}")
-        return self.latent_layer(self.encoder(images).flatten(1))
+        x = images
+        for conv, bn, activation in self.encoder:
+            x = activation(F.batch_norm(conv(x), None, None, bn.weight, bn.bias, training=True, eps=bn.eps))
+        return self.latent_layer(x.flatten(1))
 
     forward = encode
+
+
+@torch.no_grad()
+def published_codes(encoder: PublishedFADEncoder, images: torch.Tensor,
+                    device: torch.device = torch.device("cpu")) -> torch.Tensor:
+    """Codes of model-range images in the authors' protocol: batches of :data:`PUBLISHED_BATCH`."""
+    return encode_all(encoder.to(device), images, batch_size=PUBLISHED_BATCH, device=device)
 
 
 def _model_dataset(dataset: str) -> str:
@@ -248,6 +268,19 @@ def published_files(directory: os.PathLike, dataset: str) -> Tuple[Path, Path]:
                           f"{', '.join(PUBLISHED_FILES)}")
     ae, stats = PUBLISHED_FILES[name]
     return Path(directory) / ae, Path(directory) / stats
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or ["(no message)"])[0][:160]
+
+
+def _named_for_another_dataset(path: Path, name: str, column: int) -> Optional[str]:
+    """The dataset whose published file name ``path`` carries, when it is not ``name``'s (MNIST's and
+    Fashion-MNIST's files have the same shapes: their names are what tells them apart)."""
+    for other, files in PUBLISHED_FILES.items():
+        if other != name and path.name == Path(files[column]).name:
+            return other
+    return None
 
 
 def _layout(encoder: PublishedFADEncoder) -> str:
@@ -274,6 +307,10 @@ def load_published_autoencoder(path: os.PathLike, dataset: str) -> PublishedFADE
     encoder = PublishedFADEncoder(spec.in_channels, spec.image_size, fad_code_dim(name))
     expected = encoder.state_dict()
     what = f"the published {name} FAD autoencoder {path}"
+    other = _named_for_another_dataset(path, name, 0)
+    if other:
+        raise CheckpointError(f"{path} is named as the authors' {other} autoencoder, not {name}'s "
+                              f"({Path(PUBLISHED_FILES[name][0]).name})")
     if not path.is_file():
         raise CheckpointError(f"{what} not found (copy {PUBLISHED_FILES[name][0]} from the FSVAE/ESVAE authors' "
                               "metrics/ folder)")
@@ -281,7 +318,7 @@ def load_published_autoencoder(path: os.PathLike, dataset: str) -> PublishedFADE
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         reason = "truncated or corrupt" if isinstance(exc, (EOFError, RuntimeError, zipfile.BadZipFile)) else "unreadable"
-        raise CheckpointError(f"{what} is {reason} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+        raise CheckpointError(f"{what} is {reason} ({type(exc).__name__}: {_first_line(exc)})") from None
     if isinstance(state, dict) and state.get("format") == FORMAT:
         raise CheckpointError(f"{path} is this project's own FAD autoencoder: pass it with --fad-autoencoder, "
                               "not as the published one")
@@ -322,15 +359,20 @@ def load_published_stats(path: os.PathLike) -> GaussianStats:
             arrays = {k: data[k] for k in data.files}
     except Exception as exc:
         raise CheckpointError(f"published FAD statistics {path} are truncated or not an .npz file "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+                              f"({type(exc).__name__}: {_first_line(exc)})") from None
     if "mu" not in arrays or "sigma" not in arrays:
         raise CheckpointError(f"published FAD statistics {path} hold {sorted(arrays) or 'no arrays'}, "
                               "expected arrays 'mu' (D,) and 'sigma' (D, D)")
     mu, sigma = arrays["mu"], arrays["sigma"]
+    if mu.dtype.kind not in "fiu" or sigma.dtype.kind not in "fiu":
+        raise CheckpointError(f"published FAD statistics {path}: mu ({mu.dtype}) and sigma ({sigma.dtype}) must be "
+                              "numeric arrays")
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise CheckpointError(f"published FAD statistics {path}: mu {mu.shape} and sigma {sigma.shape} do not "
                               "form a (D,) mean and a (D, D) covariance")
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise CheckpointError(f"published FAD statistics {path} contain non-finite values")
+    if not np.allclose(sigma, sigma.T, rtol=1e-5, atol=1e-6 * max(float(np.abs(sigma).max()), 1e-30)):
+        raise CheckpointError(f"published FAD statistics {path}: sigma is not symmetric, so it is no covariance")
     return GaussianStats(torch.from_numpy(mu.astype(np.float64)), torch.from_numpy(sigma.astype(np.float64)), None)
 
