@@ -298,7 +298,7 @@ def _open_published_fad(source: DataSource, autoencoder, stats, directory) -> Di
     ``{"refused": reason}`` when none were supplied. Files named explicitly must load (else
     :class:`CheckpointError`); a folder without this dataset's files is a refusal."""
     from .metrics.fad import (PUBLISHED_FILES, _named_for_another_dataset, load_published_autoencoder,
-                              load_published_stats, published_files)
+                              load_published_stats, published_dataset, published_files)
     from .metrics.inception import sha256_of
     if (autoencoder is None) != (stats is None):
         raise ConfigError("--fad-published-autoencoder and --fad-published-stats go together (the codes' reference "
@@ -314,7 +314,7 @@ def _open_published_fad(source: DataSource, autoencoder, stats, directory) -> Di
     if directory is not None:
         if not Path(directory).is_dir():
             raise ConfigError(f"--fad-published-dir {directory} is not a folder")
-        if source.model_dataset not in PUBLISHED_FILES:
+        if published_dataset(source.name) is None:
             return {"refused": f"the authors published no FAD autoencoder for {source.label}"}
         autoencoder, stats = published_files(directory, source.model_dataset)
         absent = [str(p) for p in (autoencoder, stats) if not p.is_file()]

@@ -264,9 +264,8 @@ def published_fad_inputs(config: Mapping, dataset: str) -> List[str]:
     folder = config["evaluate"].get("fad_published_dir")
     if not folder:
         return []
-    from .data import data_source
-    from .metrics.fad import PUBLISHED_FILES, published_files
-    if data_source(dataset).model_dataset not in PUBLISHED_FILES:
+    from .metrics.fad import published_dataset, published_files
+    if published_dataset(dataset) is None:
         return []
     return [str(p) for p in published_files(folder, dataset) if p.is_file()]
 

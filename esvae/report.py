@@ -287,8 +287,8 @@ def published_fad_header(frame) -> str:
     """The published-AE FAD column's header, naming each dataset's files by their SHA-256 prefixes."""
     labels, datasets = {}, sorted(set(frame["dataset"])) if len(frame) else []
     if len(frame) and "fad_published_label" in frame:
-        for dataset, label in zip(frame["dataset"], frame["fad_published_label"]):
-            if isinstance(label, str) and label.startswith("published AE"):
+        for dataset, label, value in zip(frame["dataset"], frame["fad_published_label"], frame["fad_published"]):
+            if value == value:   # a computed value (NaN when refused): its label names the files
                 labels.setdefault(dataset, set()).add(label)
     if not labels:
         return "FAD (authors' AE; files not supplied)"

@@ -252,21 +252,26 @@ def published_codes(encoder: PublishedFADEncoder, images: torch.Tensor,
     return encode_all(encoder.to(device), images, batch_size=PUBLISHED_BATCH, device=device)
 
 
-def _model_dataset(dataset: str) -> str:
-    """A model configuration name (mnist, fashion, cifar10, celeba) or a data source (mnist5k -> mnist)."""
-    from ..data import SOURCES, data_source
-    return dataset if dataset in PUBLISHED_FILES else data_source(dataset).model_dataset if dataset in SOURCES \
-        else dataset
+def published_dataset(dataset: str) -> Optional[str]:
+    """The authors' dataset name whose published files serve ``dataset`` (a data source such as
+    ``mnist5k`` -> ``mnist``, or a model configuration name), or None when they published none."""
+    from ..data import SOURCES
+    name = SOURCES[dataset].model_dataset if dataset in SOURCES else dataset
+    return name if name in PUBLISHED_FILES else None
+
+
+def _published_or_refuse(dataset: str) -> str:
+    name = published_dataset(dataset)
+    if name is None:
+        raise ConfigError(f"no published FAD autoencoder exists for {dataset!r}; the authors released "
+                          f"{', '.join(PUBLISHED_FILES)}")
+    return name
 
 
 def published_files(directory: os.PathLike, dataset: str) -> Tuple[Path, Path]:
     """``(autoencoder, statistics)`` paths of ``dataset`` under a folder laid out like the authors'
     ``metrics/`` folder (``stat_checkpoints/`` and ``stats/``)."""
-    name = _model_dataset(dataset)
-    if name not in PUBLISHED_FILES:
-        raise ConfigError(f"no published FAD autoencoder exists for {dataset!r}; the authors released "
-                          f"{', '.join(PUBLISHED_FILES)}")
-    ae, stats = PUBLISHED_FILES[name]
+    ae, stats = PUBLISHED_FILES[_published_or_refuse(dataset)]
     return Path(directory) / ae, Path(directory) / stats
 
 
@@ -297,12 +302,8 @@ def load_published_autoencoder(path: os.PathLike, dataset: str) -> PublishedFADE
     foreign file, a missing key, a key of another model or a wrong shape raises
     :class:`CheckpointError` with one line naming the problem and the layout expected.
     """
-    from ..data import SOURCES
     path = Path(path)
-    name = _model_dataset(dataset)
-    if name not in PUBLISHED_FILES:
-        known = ", ".join(sorted(set(PUBLISHED_FILES) | set(SOURCES)))
-        raise ConfigError(f"no published FAD autoencoder for dataset {dataset!r} (one of: {known})")
+    name = _published_or_refuse(dataset)
     spec = dataset_spec(name)
     encoder = PublishedFADEncoder(spec.in_channels, spec.image_size, fad_code_dim(name))
     expected = encoder.state_dict()

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..spiking import SpikingConv2d, SpikingConvTranspose2d, SpikingLinear
-from .energy import ENERGY_ASSUMPTIONS, PJ_PER_MAC, PJ_PER_SYNOP, energy_pj  # noqa: F401 (re-exported)
+from .energy import ENERGY_ASSUMPTIONS, energy_pj
 
 SPIKING_LAYERS = (SpikingConv2d, SpikingConvTranspose2d, SpikingLinear)
 PRIOR_MODULES = ("prior", "prior_bottleneck")
