@@ -76,8 +76,7 @@ class SpikingConvBackbone(nn.Module):
         h_seq = self.decoder_input(latent_spikes)                          # (T, N, 4 C')
         h_seq = h_seq.unflatten(2, (self.bottom_channels, 2, 2))           # (T, N, C', 2, 2)
         if self.readout_first and type(self.readout) is MembraneReadout:
-            spikes = self.final_layer[0](self.decoder(h_seq))              # (T, N, C0, H, W)
-            return torch.tanh(self._last_layer_after_readout(spikes))      # (N, C, H, W)
+            return torch.tanh(self._last_layer_after_readout(self.decoder(h_seq)))  # (N, C, H, W)
         y_seq = self.final_layer(self.decoder(h_seq))                      # (T, N, C, H, W)
         return torch.tanh(self.readout(y_seq))                             # (N, C, H, W)
 
@@ -87,10 +86,13 @@ class SpikingConvBackbone(nn.Module):
     # Layer-by-layer cost accounting (esvae.metrics.spikes) switches this off.
     readout_first = True
 
-    def _last_layer_after_readout(self, spikes: torch.Tensor) -> torch.Tensor:
+    def _last_layer_after_readout(self, h_seq: torch.Tensor) -> torch.Tensor:
+        """final_layer.1(readout(final_layer.0(h_seq))) with the readout moved before the last layer;
+        final_layer.0's spikes are summed over time as they are made (never stored, see
+        :func:`esvae.spiking.layers.tdbn_lif_readout`)."""
         last = self.final_layer[1]
-        weights = self.readout.weights(spikes.shape[0], spikes.device, spikes.dtype)
-        mixed = torch.tensordot(weights, spikes, dims=([0], [0]))          # (N, C0, H, W)
+        weights = self.readout.weights(h_seq.shape[0], h_seq.device, h_seq.dtype)
+        mixed = self.final_layer[0].forward_readout(h_seq, weights)         # (N, C0, H, W)
         bias = last.bias * weights.sum() if last.bias is not None else None
         return F.conv_transpose2d(mixed, last.weight, bias, last.stride, last.padding, last.output_padding,
                                   last.groups, last.dilation)

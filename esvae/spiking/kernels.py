@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import namedtuple
+from typing import Optional
 
 import torch
 
@@ -55,27 +56,62 @@ def _compile(cache: bool = True):
                     spikes[t, p, k] = zero if u <= threshold else one
 
     @jit
-    def backward(x, grad_spikes, scale, shift, params, out):  # (T, N, K); out: dL/dI
-        tau, threshold, one, zero, half = params[0], params[1], params[2], params[3], params[4]
+    def forward_readout(x, scale, shift, params, weights, mixed):  # x (T, N, K); mixed (N, K)
+        # The forward above with the spikes summed over time as they are made, sum_t w_t o_t,
+        # instead of stored: the membrane readout of the last spiking layer.
+        tau, threshold, one, zero = params[0], params[1], params[2], params[3]
         steps, images, width = x.shape
         for p in numba.prange(images):
-            for k in range(width):  # replay the forward, u_t into out
-                out[0, p, k] = x[0, p, k] * scale[k] + shift[k]
+            membrane = np.empty(width, dtype=x.dtype)
+            for k in range(width):
+                u = x[0, p, k] * scale[k] + shift[k]
+                membrane[k] = u
+                mixed[p, k] = zero if u <= threshold else weights[0]
             for t in range(1, steps):
+                w = weights[t]
                 for k in range(width):
-                    previous = out[t - 1, p, k]
+                    previous = membrane[k]
                     keep = one if previous <= threshold else zero
-                    out[t, p, k] = (x[t, p, k] * scale[k] + shift[k]) + tau * (previous * keep)
-            grad_next = np.zeros(width, dtype=x.dtype)
-            for t in range(steps - 1, -1, -1):
+                    u = (x[t, p, k] * scale[k] + shift[k]) + tau * (previous * keep)
+                    membrane[k] = u
+                    mixed[p, k] += zero if u <= threshold else w
+
+    @jit
+    def backward(x, grad_spikes, weights, params, scale, shift, chunks, out, part):
+        # x (T, N, K); out: dL/dI (T, N, K). dL/do_t = weights[t] * grad_spikes[t] with a grad_spikes
+        # of T steps (weights all 1: exact), or weights[t] * grad_spikes[0] with one step (the
+        # readout's gradient, formed on the fly). part (chunks, 2, K) receives per-element sums of
+        # dL/dI and dL/dI * x over each chunk of images: batch norm's backward needs no pass of its own.
+        tau, threshold, one, zero, half = params[0], params[1], params[2], params[3], params[4]
+        steps, images, width = x.shape
+        step_of_grad = 1 if grad_spikes.shape[0] == steps else 0
+        per = (images + chunks - 1) // chunks
+        for j in numba.prange(chunks):
+            grad_next = np.empty(width, dtype=x.dtype)
+            for p in range(j * per, min(images, (j + 1) * per)):
+                for k in range(width):  # replay the forward, u_t into out
+                    out[0, p, k] = x[0, p, k] * scale[k] + shift[k]
+                for t in range(1, steps):
+                    for k in range(width):
+                        previous = out[t - 1, p, k]
+                        keep = one if previous <= threshold else zero
+                        out[t, p, k] = (x[t, p, k] * scale[k] + shift[k]) + tau * (previous * keep)
                 for k in range(width):
-                    u = out[t, p, k]
-                    keep = one if u <= threshold else zero
-                    grad_spike = grad_spikes[t, p, k] - (tau * u) * grad_next[k]
-                    window = one if abs(u) < half else zero
-                    grad = grad_spike * window + tau * (keep * grad_next[k])
-                    out[t, p, k] = grad
-                    grad_next[k] = grad
+                    grad_next[k] = zero
+                for t in range(steps - 1, -1, -1):
+                    w = weights[t]
+                    tg = t * step_of_grad
+                    for k in range(width):
+                        u = out[t, p, k]
+                        keep = one if u <= threshold else zero
+                        grad_spike = w * grad_spikes[tg, p, k] - (tau * u) * grad_next[k]
+                        window = one if abs(u) < half else zero
+                        grad = grad_spike * window + tau * (keep * grad_next[k])
+                        out[t, p, k] = grad
+                        grad_next[k] = grad
+                        g64 = np.float64(grad)
+                        part[j, 0, k] += g64
+                        part[j, 1, k] += g64 * np.float64(x[t, p, k])
 
     @jit
     def channel_sums(a, b, out):  # a, b (R, C, Q) -> out[c] = (sum a, sum a*b) in float64
@@ -105,22 +141,25 @@ def _compile(cache: bool = True):
             out[c, 1] = (p0 + p1) + (p2 + p3)
 
     @jit
-    def column_sums(a, b, out):  # a, b (R, C) -> out[c] = (sum a, sum a*b) in float64
+    def row_sums(a, b, chunks, out):  # a, b (R, C) -> out[c] = (sum a, sum a*b) in float64
+        # Rows split into a fixed number of chunks (not one per thread), each summed in order and the
+        # chunk sums added in order: the result does not depend on the thread count.
         rows, channels = a.shape
-        block = 256
-        for cb in numba.prange((channels + block - 1) // block):
-            lo = cb * block
-            hi = min(lo + block, channels)
-            s = np.zeros(hi - lo)
-            prod = np.zeros(hi - lo)
-            for r in range(rows):
-                for c in range(lo, hi):
+        part = np.zeros((chunks, 2, channels))
+        per = (rows + chunks - 1) // chunks
+        for j in numba.prange(chunks):
+            for r in range(j * per, min(rows, (j + 1) * per)):
+                for c in range(channels):
                     v = np.float64(a[r, c])
-                    s[c - lo] += v
-                    prod[c - lo] += v * np.float64(b[r, c])
-            for c in range(lo, hi):
-                out[c, 0] = s[c - lo]
-                out[c, 1] = prod[c - lo]
+                    part[j, 0, c] += v
+                    part[j, 1, c] += v * np.float64(b[r, c])
+        for c in range(channels):
+            s = p = 0.0
+            for j in range(chunks):
+                s += part[j, 0, c]
+                p += part[j, 1, c]
+            out[c, 0] = s
+            out[c, 1] = p
 
     @jit
     def batch_norm_grad(g, x, coef):  # in place: g = (g - coef0 - (x - coef1) * coef2) * coef3, per channel
@@ -131,10 +170,18 @@ def _compile(cache: bool = True):
                 for q in range(inner):
                     g[r, c, q] = (g[r, c, q] - a - (x[r, c, q] - m) * b) * k
 
-    return _Kernels(forward, backward, channel_sums, column_sums, batch_norm_grad)
+    @jit
+    def batch_norm_grad_rows(g, x, coef):  # (R, C), channel last: the same per-channel formula
+        rows, channels = g.shape
+        for r in numba.prange(rows):
+            for c in range(channels):
+                g[r, c] = (g[r, c] - coef[c, 0] - (x[r, c] - coef[c, 1]) * coef[c, 2]) * coef[c, 3]
+
+    return _Kernels(forward, forward_readout, backward, channel_sums, row_sums, batch_norm_grad, batch_norm_grad_rows)
 
 
-_Kernels = namedtuple("_Kernels", "forward backward channel_sums column_sums batch_norm_grad")
+_Kernels = namedtuple("_Kernels", "forward forward_readout backward channel_sums row_sums batch_norm_grad batch_norm_grad_rows")
+ROW_CHUNKS = 16
 _KERNELS = None
 _TRIED = False
 
@@ -158,11 +205,19 @@ def _kernels():
     return _KERNELS
 
 
+def channels_last(x: torch.Tensor) -> bool:
+    """Whether a 4-D ``x`` is stored channels last (NHWC) rather than contiguous (NCHW). Where both
+    hold (C = 1 or H = W = 1) the two orders are the same memory and the NCHW reading is used."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def usable(x: torch.Tensor, surrogate) -> bool:
-    """Whether the compiled kernels handle ``x`` (CPU, float32/float64, rectangle surrogate)."""
+    """Whether the compiled kernels handle ``x`` (CPU, float32/float64, rectangle surrogate, stored
+    contiguous or, if 4-D, channels last)."""
     from .surrogate import rectangle
     return (numba is not None and os.environ.get("ESVAE_NO_NUMBA") != "1" and surrogate is rectangle
-            and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and _kernels() is not None)
+            and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and (x.is_contiguous() or channels_last(x)) and _kernels() is not None)
 
 
 def _params(dtype: torch.dtype, tau: float, v_threshold: float):
@@ -179,57 +234,132 @@ def _threads() -> None:
         torch.set_num_threads(wanted)
 
 
+def _memory_order(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (``(R, C, ...)``, contiguous or channels last) as the view whose dimensions follow its
+    memory: itself, or ``(R, H, W, C)`` for channels last."""
+    return x.permute(0, 2, 3, 1) if channels_last(x) else x
+
+
 def _per_element(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Per-channel values ``(C,)`` spread over one image's ``(C, ...)`` elements, flattened."""
-    return values.to(like.dtype).view(-1, *([1] * (like.dim() - 2))).expand(like.shape[1:]).reshape(-1).contiguous()
+    """Per-channel values ``(C,)`` spread over one image's elements in ``like``'s memory order, flattened."""
+    values = values.to(like.dtype)
+    if channels_last(like):
+        return values.repeat(like.shape[2] * like.shape[3]).contiguous()
+    return values.view(-1, *([1] * (like.dim() - 2))).expand(like.shape[1:]).reshape(-1).contiguous()
 
 
 def _rows(x: torch.Tensor, timesteps: int) -> torch.Tensor:
-    """``(T*N, C, ...)`` -> ``(T, N, C*...)`` as a numpy view (x contiguous)."""
-    return x.detach().view(timesteps, -1, x[0].numel()).numpy()
+    """``(T*N, C, ...)`` -> ``(T, N, C*...)`` in memory order, as a numpy view."""
+    return _memory_order(x.detach()).view(timesteps, -1, x[0].numel()).numpy()
+
+
+def _empty_spikes(x: torch.Tensor, timesteps: int) -> torch.Tensor:
+    """An uninitialised ``(T, N, C, ...)`` tensor stored in ``x``'s order (``x`` is ``(T*N, C, ...)``)."""
+    if channels_last(x):
+        n, c, h, w = x.shape
+        return torch.empty((timesteps, n // timesteps, h, w, c), dtype=x.dtype).permute(0, 1, 4, 2, 3)
+    return torch.empty((timesteps, x.shape[0] // timesteps, *x.shape[1:]), dtype=x.dtype)
+
+
+def _time_rows(seq: torch.Tensor, like: torch.Tensor, timesteps: int) -> torch.Tensor:
+    """``(T, N, C, ...)`` (any strides) as a ``(T, N, C*...)`` numpy array in ``like``'s memory order
+    (a view where the strides already match, else a copy)."""
+    seq = seq.detach()
+    if channels_last(like):
+        seq = seq.permute(0, 1, 3, 4, 2)
+    return seq.reshape(timesteps, -1, like[0].numel()).numpy()
 
 
 def lif_forward(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, timesteps: int,
                 tau: float, v_threshold: float) -> torch.Tensor:
     """Spikes of the LIF driven by the currents ``x * scale + shift`` (per channel, axis 1).
 
-    ``x`` is ``(T*N, C, ...)`` with time folded into the batch, contiguous; the currents are
-    computed on the fly and never stored. Returns spikes ``(T, N, C, ...)``."""
-    spikes = torch.empty((timesteps, x.shape[0] // timesteps, *x.shape[1:]), dtype=x.dtype)
+    ``x`` is ``(T*N, C, ...)`` with time folded into the batch, contiguous or channels last; the
+    currents are computed on the fly and never stored. Returns spikes ``(T, N, C, ...)`` stored in
+    the same order as ``x``."""
+    spikes = _empty_spikes(x, timesteps)
     _threads()
     _kernels().forward(_rows(x, timesteps), _per_element(scale, x).numpy(), _per_element(shift, x).numpy(),
-                  _params(x.dtype, tau, v_threshold), spikes.view(timesteps, -1, x[0].numel()).numpy())
+                       _params(x.dtype, tau, v_threshold), _time_rows(spikes, x, timesteps))
     return spikes
 
 
-def lif_backward(x: torch.Tensor, grad_spikes: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
-                 timesteps: int, tau: float, v_threshold: float) -> torch.Tensor:
-    """dL/dI ``(T*N, C, ...)`` for the LIF driven by ``x * scale + shift``, given dL/do ``(T, N, C, ...)``
-    (any strides): the forward is replayed from ``x``, bit for bit, then swept back in time."""
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    grad = grad_spikes.detach().reshape(timesteps, -1, x[0].numel())
+def lif_forward_readout(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, weights: torch.Tensor,
+                        timesteps: int, tau: float, v_threshold: float) -> torch.Tensor:
+    """``sum_t weights[t] * o_t`` ``(N, C, ...)`` of the LIF driven by ``x * scale + shift``, stored
+    like ``x``; the spikes themselves are never stored."""
+    n = x.shape[0] // timesteps
+    if channels_last(x):
+        mixed = torch.empty((n, x.shape[2], x.shape[3], x.shape[1]), dtype=x.dtype).permute(0, 3, 1, 2)
+    else:
+        mixed = torch.empty((n, *x.shape[1:]), dtype=x.dtype)
     _threads()
-    _kernels().backward(_rows(x, timesteps), grad.numpy(), _per_element(scale, x).numpy(), _per_element(shift, x).numpy(),
-                  _params(x.dtype, tau, v_threshold), out.view(timesteps, -1, x[0].numel()).numpy())
-    return out
+    _kernels().forward_readout(_rows(x, timesteps), _per_element(scale, x).numpy(), _per_element(shift, x).numpy(),
+                               _params(x.dtype, tau, v_threshold), weights.to(x.dtype).contiguous().numpy(),
+                               _memory_order(mixed).view(n, -1).numpy())
+    return mixed
+
+
+def _channel_of_elements(part: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-element partial sums ``(chunks, 2, K)`` (K in ``like``'s memory order) -> per channel ``(C, 2)``."""
+    total = part.sum(0)                                   # (2, K), chunks added in a fixed order
+    c = like.shape[1]
+    if channels_last(like):
+        return total.view(2, -1, c).sum(1).t().contiguous()
+    return total.view(2, c, -1).sum(2).t().contiguous()
+
+
+def lif_backward(x: torch.Tensor, grad_spikes: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                 timesteps: int, tau: float, v_threshold: float, readout: Optional[torch.Tensor] = None,
+                 sums: bool = False):
+    """dL/dI ``(T*N, C, ...)``, stored like ``x``, for the LIF driven by ``x * scale + shift``: the
+    forward is replayed from ``x``, bit for bit, then swept back in time.
+
+    ``grad_spikes`` is dL/do ``(T, N, C, ...)`` (any strides), or, with ``readout`` (weights
+    ``(T,)``), dL/d(sum_t w_t o_t) ``(N, C, ...)``, from which dL/do_t = w_t * grad is formed in the
+    kernel. With ``sums`` also returns ``(C, 2)`` float64 ``[sum dL/dI, sum dL/dI * x]`` per channel,
+    accumulated in the same pass (in a fixed order: independent of the thread count)."""
+    out = torch.empty_like(x)  # keeps x's memory order (contiguous or channels last)
+    if readout is None:
+        grad = _time_rows(grad_spikes, x, timesteps)
+        weights = np.ones(timesteps, dtype=grad.dtype)
+    else:
+        grad = _time_rows(grad_spikes.unsqueeze(0), x, 1)
+        weights = readout.to(x.dtype).contiguous().numpy()
+    images = x.shape[0] // timesteps
+    chunks = max(1, min(ROW_CHUNKS, images))
+    part = torch.zeros(chunks, 2, x[0].numel(), dtype=torch.float64)
+    _threads()
+    _kernels().backward(_rows(x, timesteps), grad, weights, _params(x.dtype, tau, v_threshold),
+                        _per_element(scale, x).numpy(), _per_element(shift, x).numpy(), chunks,
+                        _rows(out, timesteps), part.numpy())
+    return (out, _channel_of_elements(part, x)) if sums else out
 
 
 def channel_sums(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per channel (axis 1) of ``(R, C, ...)`` tensors: ``[sum a, sum a * b]`` in float64, ``(C, 2)``."""
+    """Per channel (axis 1) of ``(R, C, ...)`` tensors stored alike (contiguous, or channels last):
+    ``[sum a, sum a * b]`` in float64, ``(C, 2)``."""
     out = torch.empty(a.shape[1], 2, dtype=torch.float64)
     _threads()
-    if a.dim() == 2:
-        _kernels().column_sums(a.detach().contiguous().numpy(), b.detach().contiguous().numpy(), out.numpy())
+    if a.dim() == 2 or channels_last(a):
+        rows_a = _memory_order(a.detach()).reshape(-1, a.shape[1])
+        rows_b = _memory_order(b.detach()).reshape(-1, a.shape[1])
+        _kernels().row_sums(rows_a.numpy(), rows_b.numpy(), ROW_CHUNKS, out.numpy())
         return out
     _kernels().channel_sums(a.detach().reshape(a.shape[0], a.shape[1], -1).numpy(),
-                  b.detach().reshape(b.shape[0], b.shape[1], -1).numpy(), out.numpy())
+                            b.detach().reshape(b.shape[0], b.shape[1], -1).numpy(), out.numpy())
     return out
 
 
 def batch_norm_grad_(g: torch.Tensor, x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-    """In place over ``g`` (contiguous ``(R, C, ...)``): ``(g - c0 - (x - c1) * c2) * c3`` with
-    ``coef`` ``(C, 4)`` per channel; returns ``g``."""
+    """In place over ``g`` (``(R, C, ...)``, stored like ``x``: contiguous or channels last):
+    ``(g - c0 - (x - c1) * c2) * c3`` with ``coef`` ``(C, 4)`` per channel; returns ``g``."""
     _threads()
-    _kernels().batch_norm_grad(g.view(g.shape[0], g.shape[1], -1).numpy(), x.detach().reshape(x.shape[0], x.shape[1], -1).numpy(),
-                  coef.to(g.dtype).contiguous().numpy())
+    coef = coef.to(g.dtype).contiguous().numpy()
+    if g.dim() == 2 or channels_last(g):
+        _kernels().batch_norm_grad_rows(_memory_order(g).view(-1, g.shape[1]).numpy(),
+                                        _memory_order(x.detach()).reshape(-1, g.shape[1]).numpy(), coef)
+        return g
+    _kernels().batch_norm_grad(g.view(g.shape[0], g.shape[1], -1).numpy(),
+                               x.detach().reshape(x.shape[0], x.shape[1], -1).numpy(), coef)
     return g
