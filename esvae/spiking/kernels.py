@@ -148,18 +148,23 @@ def _compile(cache: bool = True):
         part = np.zeros((chunks, 2, channels))
         per = (rows + chunks - 1) // chunks
         for j in numba.prange(chunks):
+            s = np.zeros(channels)
+            prod = np.zeros(channels)
             for r in range(j * per, min(rows, (j + 1) * per)):
                 for c in range(channels):
                     v = np.float64(a[r, c])
-                    part[j, 0, c] += v
-                    part[j, 1, c] += v * np.float64(b[r, c])
+                    s[c] += v
+                    prod[c] += v * np.float64(b[r, c])
+            for c in range(channels):
+                part[j, 0, c] = s[c]
+                part[j, 1, c] = prod[c]
         for c in range(channels):
-            s = p = 0.0
+            s0 = p0 = 0.0
             for j in range(chunks):
-                s += part[j, 0, c]
-                p += part[j, 1, c]
-            out[c, 0] = s
-            out[c, 1] = p
+                s0 += part[j, 0, c]
+                p0 += part[j, 1, c]
+            out[c, 0] = s0
+            out[c, 1] = p0
 
     @jit
     def batch_norm_grad(g, x, coef):  # in place: g = (g - coef0 - (x - coef1) * coef2) * coef3, per channel
@@ -171,11 +176,12 @@ def _compile(cache: bool = True):
                     g[r, c, q] = (g[r, c, q] - a - (x[r, c, q] - m) * b) * k
 
     @jit
-    def batch_norm_grad_rows(g, x, coef):  # (R, C), channel last: the same per-channel formula
+    def batch_norm_grad_rows(g, x, coef):  # (R, C), channel last: the same formula; coef (4, C)
         rows, channels = g.shape
+        a, m, b, k = coef[0], coef[1], coef[2], coef[3]
         for r in numba.prange(rows):
             for c in range(channels):
-                g[r, c] = (g[r, c] - coef[c, 0] - (x[r, c] - coef[c, 1]) * coef[c, 2]) * coef[c, 3]
+                g[r, c] = (g[r, c] - a[c] - (x[r, c] - m[c]) * b[c]) * k[c]
 
     return _Kernels(forward, forward_readout, backward, channel_sums, row_sums, batch_norm_grad, batch_norm_grad_rows)
 
@@ -355,11 +361,12 @@ def batch_norm_grad_(g: torch.Tensor, x: torch.Tensor, coef: torch.Tensor) -> to
     """In place over ``g`` (``(R, C, ...)``, stored like ``x``: contiguous or channels last):
     ``(g - c0 - (x - c1) * c2) * c3`` with ``coef`` ``(C, 4)`` per channel; returns ``g``."""
     _threads()
-    coef = coef.to(g.dtype).contiguous().numpy()
+    coef = coef.to(g.dtype)
     if g.dim() == 2 or channels_last(g):
         _kernels().batch_norm_grad_rows(_memory_order(g).view(-1, g.shape[1]).numpy(),
-                                        _memory_order(x.detach()).reshape(-1, g.shape[1]).numpy(), coef)
+                                        _memory_order(x.detach()).reshape(-1, g.shape[1]).numpy(),
+                                        coef.t().contiguous().numpy())
         return g
     _kernels().batch_norm_grad(g.view(g.shape[0], g.shape[1], -1).numpy(),
-                               x.detach().reshape(x.shape[0], x.shape[1], -1).numpy(), coef)
+                               x.detach().reshape(x.shape[0], x.shape[1], -1).numpy(), coef.contiguous().numpy())
     return g
