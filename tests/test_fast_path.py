@@ -72,6 +72,74 @@ def test_channel_sums_and_batch_norm_gradient_kernels():
         torch.testing.assert_close(kernels.batch_norm_grad_(a.clone(), b, coef), want, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_channels_last_and_readout_kernels_equal_the_contiguous_ones(dtype):
+    """The kernels on NHWC-stored input give the contiguous kernels' values, stored NHWC; the readout
+    kernels equal sum_t w_t o_t of the plain ones and the plain backward fed w_t * grad; the sums
+    from the backward pass equal channel_sums(dL/dI, x); none depends on the thread count."""
+    T, n, c, h, w = 4, 3, 5, 4, 6
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(T * n, c, h, w, generator=gen, dtype=dtype) * 0.8 + 0.2
+    scale = torch.linspace(0.5, 1.5, c, dtype=dtype)
+    shift = torch.linspace(-0.1, 0.2, c, dtype=dtype)
+    grad = torch.randn(T, n, c, h, w, generator=gen, dtype=dtype)
+    weights = 0.8 ** torch.arange(T - 1, -1, -1, dtype=dtype)
+    spikes = kernels.lif_forward(x, scale, shift, T, 0.25, 0.2)
+    dI, sums = kernels.lif_backward(x, grad, scale, shift, T, 0.25, 0.2, sums=True)
+    assert 0 < spikes.mean() < 1
+    torch.testing.assert_close(sums, kernels.channel_sums(dI, x), rtol=1e-12, atol=1e-12)
+    xl = x.contiguous(memory_format=torch.channels_last)
+    spikes_l = kernels.lif_forward(xl, scale, shift, T, 0.25, 0.2)
+    assert torch.equal(spikes_l, spikes) and spikes_l.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+    dI_l, sums_l = kernels.lif_backward(xl, grad.contiguous(memory_format=torch.contiguous_format), scale, shift, T,
+                                        0.25, 0.2, sums=True)
+    assert torch.equal(dI_l, dI) and kernels.channels_last(dI_l)
+    torch.testing.assert_close(sums_l, sums, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(kernels.channel_sums(xl, xl), kernels.channel_sums(x, x), rtol=1e-12, atol=1e-12)
+    coef = torch.randn(c, 4, generator=gen, dtype=torch.float64)
+    want = kernels.batch_norm_grad_(dI.clone(), x, coef)
+    got = kernels.batch_norm_grad_(dI_l.clone(), xl, coef)
+    assert kernels.channels_last(got) and torch.equal(got, want)
+    for layout in (x, xl):
+        mixed = kernels.lif_forward_readout(layout, scale, shift, weights, T, 0.25, 0.2)
+        torch.testing.assert_close(mixed, torch.tensordot(weights, spikes, dims=([0], [0])), rtol=0,
+                                   atol=1e-6 if dtype == torch.float32 else 1e-15)
+        gm = torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(13), dtype=dtype)
+        via_readout, s_r = kernels.lif_backward(layout, gm, scale, shift, T, 0.25, 0.2, readout=weights, sums=True)
+        full, s_f = kernels.lif_backward(layout, weights.view(-1, 1, 1, 1, 1) * gm, scale, shift, T, 0.25, 0.2,
+                                         sums=True)
+        assert torch.equal(via_readout, full)
+        torch.testing.assert_close(s_r, s_f, rtol=1e-12, atol=1e-12)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(kernels.lif_backward(xl, grad, scale, shift, T, 0.25, 0.2, sums=True)[1], sums_l)
+        assert torch.equal(kernels.channel_sums(xl, xl), kernels.channel_sums(xl, xl).clone())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_transposed_convolution_gradients_equal_autograd():
+    """The channels-last transposed convolution (its weight gradient taken as the equivalent
+    convolution's) against autograd through F.conv_transpose2d on contiguous tensors, float64."""
+    import torch.nn.functional as F
+    from esvae.spiking import SpikingConvTranspose2d
+    torch.manual_seed(0)
+    layer = SpikingConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1, bn_alpha=None).double()
+    x = (torch.rand(5, 6, 7, 7, dtype=torch.float64) < 0.3).double()
+    g = torch.randn(5, 4, 14, 14, dtype=torch.float64)
+    xl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = layer._weights_forward(xl)
+    assert out.grad_fn is not None and "TransposedConvolution" in type(out.grad_fn).__name__
+    got = torch.autograd.grad(out, [xl, layer.weight, layer.bias], g)
+    xr = x.clone().requires_grad_()
+    ref_out = F.conv_transpose2d(xr, layer.weight, layer.bias, 2, 1, 1)
+    want = torch.autograd.grad(ref_out, [xr, layer.weight, layer.bias], g)
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("T", [1, 3, 8])
 def test_torch_op_sweeps_match_the_reference(T):
     x = _currents(T).requires_grad_()
@@ -99,9 +167,9 @@ def test_recomputed_currents_are_batch_norm_and_deterministic():
 
 
 @pytest.mark.parametrize("T", [1, 4, 7])
-@pytest.mark.parametrize("shape", [(5, 6), (5, 3, 4, 4)])
+@pytest.mark.parametrize("shape,layout", [((5, 6), None), ((5, 3, 4, 4), None), ((5, 3, 4, 4), "channels_last")])
 @pytest.mark.parametrize("training", [True, False])
-def test_fused_tdbn_lif_matches_batch_norm_then_reference_lif(backend, T, shape, training):
+def test_fused_tdbn_lif_matches_batch_norm_then_reference_lif(backend, T, shape, layout, training):
     torch.manual_seed(0)
     bn_fast, bn_ref = TDBatchNorm(shape[1], alpha=2.0), TDBatchNorm(shape[1], alpha=2.0)
     with torch.no_grad():
@@ -111,7 +179,11 @@ def test_fused_tdbn_lif_matches_batch_norm_then_reference_lif(backend, T, shape,
             bn.running_mean.fill_(0.1)
             bn.running_var.fill_(2.0)
     bn_fast.train(training), bn_ref.train(training)
-    x = (torch.randn(T * shape[0], *shape[1:], generator=torch.Generator().manual_seed(4)) * 2).requires_grad_()
+    x = torch.randn(T * shape[0], *shape[1:], generator=torch.Generator().manual_seed(4)) * 2
+    if layout == "channels_last":  # as the convolutions hand it over: stored NHWC
+        x = x.contiguous(memory_format=torch.channels_last)
+        assert kernels.channels_last(x)
+    x.requires_grad_()
     g = torch.randn(T, *shape, generator=torch.Generator().manual_seed(5))
     fast = tdbn_lif(x, bn_fast, LIF(), T)
     ref = lif_multistep_reference(bn_ref(x).unflatten(0, (T, -1)))
@@ -266,8 +338,18 @@ def test_bench_command_writes_a_checked_report(tmp_path, capsys):
                 assert row["speedup"][allocator][mode] == pytest.approx(s["naive"][mode] / s["ours"][mode])
         assert row["memory_ratio"]["train"] == pytest.approx(row["peak_bytes"]["ours"]["train"]
                                                              / row["peak_bytes"]["naive"]["train"])
+        for allocator in ("default", "tuned"):  # peak resident memory, a fresh process per measurement
+            hwm = {i: row["peak_rss_bytes"][allocator][i]["train"] for i in ("naive", "ours")}
+            assert all(v["vmhwm_bytes"] >= v["rss_before_bytes"] > 100 * 2**20 for v in hwm.values())
+            assert row["rss_ratio"][allocator]["train"] == pytest.approx(hwm["ours"]["vmhwm_bytes"] / hwm["naive"]["vmhwm_bytes"])
+        for mode in ("train", "eval", "sample"):
+            bound = report["machine"]["dense_flops_per_second"] / row["flops_per_image"][mode]
+            assert row["flop_bound_images_per_s"][mode] == pytest.approx(bound)
+            assert row["fraction_of_flop_bound"][mode] == pytest.approx(row["images_per_s"]["tuned"]["ours"][mode] / bound)
+        assert row["flops_per_image"]["train"] > 2 * row["flops_per_image"]["eval"]   # backward: about twice forward
     table = capsys.readouterr().out
     assert "| esvae | 2 | train |" in table and "| fsvae | 2 | sample |" in table and "same: 0 spikes differ" in table
+    assert "Peak resident memory (VmHWM" in table and "FLOP bound of esvae T=2" in table
 
 
 def test_bench_refuses_an_unavailable_device(monkeypatch, capsys):

@@ -31,6 +31,7 @@ import torch
 from ..runtime import cpu_name
 
 MODES = ("train", "eval", "sample")
+RSS_MODES = ("train",)  # a fresh process per measurement: the training step, where memory matters
 IMPLS = ("naive", "ours")
 ALLOCATORS = ("default", "tuned")
 ALLOCATOR_LABELS = {
@@ -251,6 +252,27 @@ def check_numerics(pair: Pair, check_batch: Optional[int] = None) -> Dict[str, o
     return {"ok": strict["ok"], "images": x.shape[0], "float64": strict, "float32": info}
 
 
+def flops_per_image(fn: Callable[[], object], batch: int) -> float:
+    """Floating-point operations of one call per image, counted from the shapes of the matrix
+    products and convolutions it runs (forward and backward), by torch's FlopCounterMode; the
+    neuron, batch-norm and other elementwise work is not counted (it is memory-bound, not FLOP-bound)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / batch
+
+
+def dense_flops_per_second(device: torch.device = torch.device("cpu"), size: int = 4096, repeats: int = 3) -> float:
+    """This machine's dense float32 throughput: the median of ``repeats`` ``size`` x ``size`` matrix
+    products (after one warm-up), in FLOP/s: the ceiling a dense implementation of the network's
+    products and convolutions could reach."""
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, generator=g, device=device)
+    b = torch.randn(size, size, generator=g, device=device)
+    times = time_interleaved({"mm": lambda: a @ b}, repeats, device)["mm"]
+    return 2 * size ** 3 / statistics.median(times)
+
+
 def profile_call(fn: Callable[[], object], top: int = 12) -> Dict[str, object]:
     """Where one call spends its time: the profiler's self CPU time per operator (top ``top``) and
     grouped into convolutions, batch norm, the fused tdBN + LIF op (its own code: the LIF
@@ -283,7 +305,7 @@ def profile_call(fn: Callable[[], object], top: int = 12) -> Dict[str, object]:
 def run_bench(models: Sequence[str] = ("esvae", "fsvae"), timesteps: Sequence[int] = (4, 8, 16), batch: int = 64,
               dataset: str = "fashion", repeats: int = 3, allocators: Sequence[str] = ALLOCATORS,
               memory: bool = True, overrides: Optional[dict] = None, check_batch: Optional[int] = 16,
-              profile: bool = False, device: str = "cpu",
+              profile: bool = False, device: str = "cpu", rss: bool = True,
               progress: Callable[[str], None] = lambda msg: None) -> Dict[str, object]:
     """Check and time every (model, T); returns the JSON-able report (see the module docstring).
 
@@ -327,6 +349,25 @@ def run_bench(models: Sequence[str] = ("esvae", "fsvae"), timesteps: Sequence[in
                 for mode in MODES:
                     progress(f"peak memory {pair.model_name} T={pair.timesteps} {mode} {impl}")
                     row["peak_bytes"].setdefault(impl, {})[mode] = peak_memory_bytes(pair.call(impl, mode), pair.device)
+    if memory and rss and dev.type == "cpu":
+        from .rss import peak_rss
+        for pair in pairs:
+            if pair.timesteps != max(timesteps):
+                continue
+            row = rows[(pair.model_name, pair.timesteps)]
+            for allocator in allocators:
+                for impl in IMPLS:
+                    for mode in RSS_MODES:
+                        progress(f"peak resident memory {pair.model_name} T={pair.timesteps} {mode} {impl} "
+                                 f"(allocator {allocator}, a fresh process)")
+                        row.setdefault("peak_rss_bytes", {}).setdefault(allocator, {}).setdefault(impl, {})[mode] = \
+                            peak_rss(pair.model_name, dataset, pair.timesteps, batch, impl, mode, allocator,
+                                     overrides=overrides)
+    dense = dense_flops_per_second(dev)
+    for pair in pairs:
+        row = rows[(pair.model_name, pair.timesteps)]
+        row["flops_per_image"] = {mode: flops_per_image(pair.call("ours", mode), batch) for mode in MODES}
+        row["flop_bound_images_per_s"] = {mode: dense / f for mode, f in row["flops_per_image"].items()}
     if profile:
         for pair in pairs:
             if pair.timesteps == max(timesteps):
@@ -343,6 +384,15 @@ def run_bench(models: Sequence[str] = ("esvae", "fsvae"), timesteps: Sequence[in
                 m: row["seconds"]["default"]["naive"][m] / row["seconds"]["tuned"]["ours"][m] for m in MODES}
         if memory:
             row["memory_ratio"] = {m: row["peak_bytes"]["ours"][m] / max(row["peak_bytes"]["naive"][m], 1) for m in MODES}
+        if "peak_rss_bytes" in row:
+            hwm = {a: {i: {m: v["vmhwm_bytes"] for m, v in modes.items()} for i, modes in impls.items()}
+                   for a, impls in row["peak_rss_bytes"].items()}
+            row["rss_ratio"] = {a: {m: hwm[a]["ours"][m] / hwm[a]["naive"][m] for m in RSS_MODES} for a in hwm}
+            if "tuned" in hwm and "default" in hwm:
+                row["rss_ratio"]["ours_tuned_vs_naive_default"] = {
+                    m: hwm["tuned"]["ours"][m] / hwm["default"]["naive"][m] for m in RSS_MODES}
+        fastest = row["seconds"].get("tuned", row["seconds"].get(allocators[0]))["ours"]
+        row["fraction_of_flop_bound"] = {m: (batch / fastest[m]) / row["flop_bound_images_per_s"][m] for m in MODES}
     return {
         "what": ("images/s of one training step (forward, loss, backward, AdamW), the evaluation forward and "
                  "generation, ours vs a naive port of the original approach, same weights and draws"),
@@ -360,10 +410,19 @@ def run_bench(models: Sequence[str] = ("esvae", "fsvae"), timesteps: Sequence[in
                             "PyTorch CPU allocations minus frees during one call (profiler memory events; "
                             "the compiled kernels' per-image scratch rows, numpy arrays under 1 MB, are not seen)"),
             "allocators": {a: ALLOCATOR_LABELS[a] for a in allocators},
+            "peak_rss": ("VmHWM of a fresh process per (implementation, allocator) that builds both models "
+                         "and runs 3 training steps, at the largest T; rss_before_bytes is its VmRSS just before the first "
+                         "call (Python, torch, the models: the same for both implementations)"),
+            "flop_bound": ("flops_per_image: the FLOPs of our call's matrix products and convolutions, forward and "
+                           "backward, from their shapes (torch FlopCounterMode); flop_bound_images_per_s: the "
+                           "machine's dense float32 matrix-product rate (dense_flops_per_second, measured in this "
+                           "process) divided by them; fraction_of_flop_bound: our images/s (heap kept where timed) "
+                           "over that bound"),
         },
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "torch": str(torch.__version__), "python": platform.python_version(),
-                    "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"},
+                    "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+                    "dense_flops_per_second": dense},
         "numerics_ok": all(r["numerics"]["ok"] for r in rows.values()),
         "rows": list(rows.values()),
     }
@@ -402,6 +461,27 @@ def format_table(report: Dict[str, object]) -> str:
                           f"{r['memory_ratio'][mode]:.2f}"]
             cells.append(check)
             lines.append("| " + " | ".join(cells) + " |")
+    for r in report["rows"]:
+        if "peak_rss_bytes" in r:
+            lines.append("")
+            parts = []
+            for a, impls in r["peak_rss_bytes"].items():
+                for m in RSS_MODES:
+                    parts.append(f"{m} ({a}) naive {impls['naive'][m]['vmhwm_bytes'] / 2**20:.0f} MB, "
+                                 f"ours {impls['ours'][m]['vmhwm_bytes'] / 2**20:.0f} MB "
+                                 f"({r['rss_ratio'][a][m]:.2f})")
+            cross = r["rss_ratio"].get("ours_tuned_vs_naive_default")
+            before = next(iter(r["peak_rss_bytes"].values()))["ours"]["train"]["rss_before_bytes"]
+            lines.append(f"Peak resident memory (VmHWM, fresh process each, {before / 2**20:.0f} MB resident before "
+                         f"the first call) of {r['model']} T={r['timesteps']}: " + "; ".join(parts)
+                         + (f"; ours heap kept / naive glibc defaults, train {cross['train']:.2f}." if cross else "."))
+    for r in report["rows"]:
+        if "flops_per_image" in r:
+            f, b, frac = r["flops_per_image"], r["flop_bound_images_per_s"], r["fraction_of_flop_bound"]
+            lines.append("")
+            lines.append(f"FLOP bound of {r['model']} T={r['timesteps']}: " + "; ".join(
+                f"{m} {f[m] / 1e9:.3f} GFLOP/image, bound {b[m]:.0f} img/s, ours at {frac[m]:.0%}" for m in MODES)
+                + f" (dense float32 matrix products at {report['machine']['dense_flops_per_second'] / 1e9:.0f} GFLOP/s).")
     for r in report["rows"]:
         if "profile_train_ours" in r:
             prof = r["profile_train_ours"]

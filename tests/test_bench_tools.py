@@ -1,0 +1,94 @@
+"""The benchmark's measuring tools: FLOPs from layer shapes, peak resident memory in a fresh
+process, the device check against the CPU reference, and benchmarks/gpu_check.sh (run on CPU)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import esvae
+from esvae.bench import flops_per_image
+from esvae.bench.devices import compare_with_cpu
+from esvae.bench.rss import peak_rss
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_flops_of_a_matrix_product_by_hand():
+    a, b = torch.ones(4, 3), torch.ones(3, 5)
+    assert flops_per_image(lambda: a @ b, batch=2) == 2 * 4 * 3 * 5 / 2
+
+
+@pytest.mark.parametrize("T", [1, 3])
+def test_esvae_evaluation_flops_equal_the_layer_shapes(T):
+    """Multiply-accumulates per image of the evaluation forward, from the architecture (docs/method.md
+    section 2): the first convolution runs once (its input is the same at every step), the last
+    layer once after the readout, every other layer T times; the prior's bottleneck once."""
+    model = esvae.build_model("esvae", "fashion", timesteps=T).eval()
+    L = model.config.latent_dim
+    conv = lambda pixels, c_in, c_out: pixels * c_in * c_out * 9   # noqa: E731  (per image, 3x3 kernels)
+    once = conv(16 * 16, 1, 32) + conv(32 * 32, 32, 1) + L * L
+    per_step = (conv(8 * 8, 32, 64) + conv(4 * 4, 64, 128) + conv(2 * 2, 128, 256)       # encoder 1-3
+                + 1024 * L + L * 1024                                                   # latent, decoder input
+                + conv(2 * 2, 256, 128) + conv(4 * 4, 128, 64) + conv(8 * 8, 64, 32)    # transposed: input pixels
+                + conv(16 * 16, 32, 32))                                                # final_layer.0
+    x = torch.rand(2, 1, 32, 32)
+
+    def call():
+        with torch.no_grad():
+            model(x, torch.Generator().manual_seed(0))
+    assert flops_per_image(call, batch=2) == 2 * (once + T * per_step)
+
+
+def test_peak_rss_sees_the_memory_a_call_holds():
+    """A fresh process's VmHWM rises over its resident set before the calls by at least the tensors
+    the naive training step holds at once (which must all be resident while written)."""
+    from esvae.bench import build_pair, peak_memory_bytes
+    pair = build_pair("esvae", "fashion", 4, 16)
+    tensors = peak_memory_bytes(pair.call("naive", "train"))
+    out = peak_rss("esvae", "fashion", 4, 16, "naive", "train", "default", calls=1)
+    assert out["vmhwm_bytes"] - out["rss_before_bytes"] >= 0.9 * tensors > 20 * 2**20
+
+
+def test_peak_rss_failure_is_one_line():
+    with pytest.raises(RuntimeError, match="peak-memory process for nosuchmodel"):
+        peak_rss("nosuchmodel", "fashion", 2, 2, "ours", "train", "default", calls=1)
+
+
+@pytest.mark.parametrize("model_name", ["esvae", "fsvae"])
+def test_device_check_passes_for_the_torch_op_path_and_catches_a_wrong_one(model_name, monkeypatch):
+    """On CPU the device side runs the torch-op path a GPU runs: float64 equal to the compiled
+    kernels; a leakier neuron in that path is caught."""
+    report = compare_with_cpu(model_name, "fashion", 3, 4, "cpu", torch.float64)
+    assert report["ok"] and report["train"]["spikes_compared"] > 0 and report["eval"]["output_std"] > 0.01
+    import esvae.spiking.layers as layers
+    original = layers.lif_forward_sweep
+    monkeypatch.setattr(layers, "lif_forward_sweep", lambda current, tau, *a, **k: original(current, 0.3, *a, **k))
+    broken = compare_with_cpu(model_name, "fashion", 3, 4, "cpu", torch.float64)
+    assert not broken["ok"] and broken["train"]["spike_mismatches"] > 0
+
+
+def test_gpu_check_script_runs_on_cpu(tmp_path, data_root):
+    """benchmarks/gpu_check.sh end to end with --device cpu --smoke (what a lent GPU runs at full size)."""
+    env = dict(os.environ, PYTHON=sys.executable, ESVAE_DATA=data_root)
+    out = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--device", "cpu", "--smoke",
+                          "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    numerics = json.loads((tmp_path / "numerics.json").read_text())
+    assert numerics["ok"] and {r["dtype"] for r in numerics["rows"]} == {"float64", "float32"}
+    benches = sorted(tmp_path.glob("bench_batch*.json"))
+    assert [p.name for p in benches] == ["bench_batch4.json", "bench_batch8.json"]
+    for path in benches:
+        rep = json.loads(path.read_text())
+        assert rep["numerics_ok"] and [r["model"] for r in rep["rows"]] == ["esvae", "fsvae"]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "SMOKE RUN" in summary and "float64: same" in summary and "| fsvae | 2 | 8 | train |" in summary
+    assert "training images/s" in summary and "nan" not in summary
+    bad = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--frobnicate"], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "unknown argument" in bad.stderr
