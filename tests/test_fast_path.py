@@ -130,7 +130,7 @@ def test_transposed_convolution_gradients_equal_autograd():
     g = torch.randn(5, 4, 14, 14, dtype=torch.float64)
     xl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
     out = layer._weights_forward(xl)
-    assert out.grad_fn is not None and "TransposedConvolution" in type(out.grad_fn).__name__
+    assert out.grad_fn is not None and "SpikeConvolution" in type(out.grad_fn).__name__
     got = torch.autograd.grad(out, [xl, layer.weight, layer.bias], g)
     xr = x.clone().requires_grad_()
     ref_out = F.conv_transpose2d(xr, layer.weight, layer.bias, 2, 1, 1)

@@ -114,6 +114,62 @@ def _compile(cache: bool = True):
                         part[j, 1, k] += g64 * np.float64(x[t, p, k])
 
     @jit
+    def backward_in_place(x, grad_spikes, weights, params, scale, shift, coef, chunks, scratch, part, apply):
+        # The in-place form of backward, run twice by lif_backward_in_place. Pass 1 (apply 0) only
+        # accumulates part (as backward does); pass 2 (apply 1) recomputes dL/dI, the same bits, and
+        # writes batch norm's input gradient (dL/dI - c0 - (x - c1) * c2) * c3 (per element) over x,
+        # which nothing needs afterwards: no (T, N, K) buffer besides x. The replayed u_t of an image
+        # go to scratch[thread] (T, K).
+        tau, threshold, one, zero, half = params[0], params[1], params[2], params[3], params[4]
+        steps, images, width = x.shape
+        step_of_grad = 1 if grad_spikes.shape[0] == steps else 0
+        per = (images + chunks - 1) // chunks
+        c0, c1, c2, c3 = coef[0], coef[1], coef[2], coef[3]
+        for j in numba.prange(chunks):
+            tid = numba.get_thread_id()
+            grad_next = np.empty(width, dtype=x.dtype)
+            for p in range(j * per, min(images, (j + 1) * per)):
+                for k in range(width):  # replay the forward
+                    scratch[tid, 0, k] = x[0, p, k] * scale[k] + shift[k]
+                for t in range(1, steps):
+                    for k in range(width):
+                        previous = scratch[tid, t - 1, k]
+                        keep = one if previous <= threshold else zero
+                        scratch[tid, t, k] = (x[t, p, k] * scale[k] + shift[k]) + tau * (previous * keep)
+                for k in range(width):
+                    grad_next[k] = zero
+                for t in range(steps - 1, -1, -1):
+                    w = weights[t]
+                    tg = t * step_of_grad
+                    for k in range(width):
+                        v = scratch[tid, t, k]
+                        keep = one if v <= threshold else zero
+                        grad_spike = w * grad_spikes[tg, p, k] - (tau * v) * grad_next[k]
+                        window = one if abs(v) < half else zero
+                        grad = grad_spike * window + tau * (keep * grad_next[k])
+                        grad_next[k] = grad
+                        if apply:
+                            x[t, p, k] = (grad - c0[k] - (x[t, p, k] - c1[k]) * c2[k]) * c3[k]
+                        else:
+                            g64 = np.float64(grad)
+                            part[j, 0, k] += g64
+                            part[j, 1, k] += g64 * np.float64(x[t, p, k])
+
+    @jit
+    def pack_binary(x, out, chunks):  # x (M,) float -> out (M,) uint8; False (out partial) unless all in {0, 1}
+        size = x.shape[0]
+        per = (size + chunks - 1) // chunks
+        bad = np.zeros(chunks, dtype=np.int64)
+        for j in numba.prange(chunks):
+            count = 0
+            for i in range(j * per, min(size, (j + 1) * per)):
+                v = x[i]
+                out[i] = np.uint8(v)
+                count += (v != 0.0) & (v != 1.0)
+            bad[j] = count
+        return bad.sum() == 0
+
+    @jit
     def channel_sums(a, b, out):  # a, b (R, C, Q) -> out[c] = (sum a, sum a*b) in float64
         rows, channels, inner = a.shape
         for c in numba.prange(channels):
@@ -183,10 +239,10 @@ def _compile(cache: bool = True):
             for c in range(channels):
                 g[r, c] = (g[r, c] - a[c] - (x[r, c] - m[c]) * b[c]) * k[c]
 
-    return _Kernels(forward, forward_readout, backward, channel_sums, row_sums, batch_norm_grad, batch_norm_grad_rows)
+    return _Kernels(forward, forward_readout, backward, backward_in_place, pack_binary, channel_sums, row_sums, batch_norm_grad, batch_norm_grad_rows)
 
 
-_Kernels = namedtuple("_Kernels", "forward forward_readout backward channel_sums row_sums batch_norm_grad batch_norm_grad_rows")
+_Kernels = namedtuple("_Kernels", "forward forward_readout backward backward_in_place pack_binary channel_sums row_sums batch_norm_grad batch_norm_grad_rows")
 ROW_CHUNKS = 16
 _KERNELS = None
 _TRIED = False
@@ -215,6 +271,12 @@ def channels_last(x: torch.Tensor) -> bool:
     """Whether a 4-D ``x`` is stored channels last (NHWC) rather than contiguous (NCHW). Where both
     hold (C = 1 or H = W = 1) the two orders are the same memory and the NCHW reading is used."""
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def rectangle_surrogate():
+    """The surrogate the kernels implement (:func:`esvae.spiking.surrogate.rectangle`)."""
+    from .surrogate import rectangle
+    return rectangle
 
 
 def usable(x: torch.Tensor, surrogate) -> bool:
@@ -340,6 +402,58 @@ def lif_backward(x: torch.Tensor, grad_spikes: torch.Tensor, scale: torch.Tensor
                         _per_element(scale, x).numpy(), _per_element(shift, x).numpy(), chunks,
                         _rows(out, timesteps), part.numpy())
     return (out, _channel_of_elements(part, x)) if sums else out
+
+
+class InPlaceBackward:
+    """dL/dI of the LIF driven by ``x * scale + shift`` in two passes that need no buffer of x's size:
+    :meth:`sums` (per channel ``[sum dL/dI, sum dL/dI * x]``, float64, as :func:`lif_backward`
+    returns them), then :meth:`apply`, which recomputes dL/dI (the same bits) and overwrites ``x``
+    with ``(dL/dI - c0 - (x - c1) * c2) * c3`` for per-channel coefficients ``coef`` ``(C, 4)`` --
+    batch norm's input gradient, equal bit for bit to :func:`batch_norm_grad_` over
+    :func:`lif_backward`'s output. ``grad_spikes``/``readout`` as in :func:`lif_backward`."""
+
+    def __init__(self, x: torch.Tensor, grad_spikes: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                 timesteps: int, tau: float, v_threshold: float, readout: Optional[torch.Tensor] = None):
+        self.x, self.timesteps = x, timesteps
+        if readout is None:
+            self.grad = _time_rows(grad_spikes, x, timesteps)
+            self.weights = np.ones(timesteps, dtype=self.grad.dtype)
+        else:
+            self.grad = _time_rows(grad_spikes.unsqueeze(0), x, 1)
+            self.weights = readout.to(x.dtype).contiguous().numpy()
+        self.chunks = max(1, min(ROW_CHUNKS, x.shape[0] // timesteps))
+        self.scale, self.shift = _per_element(scale, x).numpy(), _per_element(shift, x).numpy()
+        self.params = _params(x.dtype, tau, v_threshold)
+        _threads()
+        self.scratch = np.empty((numba.get_num_threads(), timesteps, x[0].numel()), dtype=self.grad.dtype)
+
+    def _run(self, coef: np.ndarray, part: np.ndarray, apply: int) -> None:
+        _kernels().backward_in_place(_rows(self.x, self.timesteps), self.grad, self.weights, self.params, self.scale,
+                                     self.shift, coef, self.chunks, self.scratch, part, apply)
+
+    def sums(self) -> torch.Tensor:
+        part = torch.zeros(self.chunks, 2, self.x[0].numel(), dtype=torch.float64)
+        self._run(np.zeros((4, 1), dtype=self.grad.dtype), part.numpy(), 0)
+        return _channel_of_elements(part, self.x)
+
+    def apply(self, coef: torch.Tensor) -> torch.Tensor:
+        per = np.stack([_per_element(coef[:, i], self.x).numpy() for i in range(4)])
+        self._run(per, np.zeros((1, 2, 1)), 1)
+        torch.autograd.graph.increment_version(self.x)  # written through numpy: autograd must know
+        return self.x
+
+
+def pack_binary(x: torch.Tensor) -> Optional[torch.Tensor]:
+    """``x`` (CPU, contiguous or channels last) as uint8, stored alike, when every value is 0 or 1
+    (spikes: exact in a byte, a quarter of float32's memory); None otherwise."""
+    flat = _memory_order(x.detach())
+    if not flat.is_contiguous():
+        return None
+    out = torch.empty(flat.shape, dtype=torch.uint8)
+    _threads()
+    if not _kernels().pack_binary(flat.reshape(-1).numpy(), out.view(-1).numpy(), ROW_CHUNKS):
+        return None
+    return out.permute(0, 3, 1, 2) if channels_last(x) else out
 
 
 def channel_sums(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

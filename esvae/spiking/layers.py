@@ -125,13 +125,13 @@ class _TDBNThenLIF(torch.autograd.Function):
         return mean64.to(x.dtype), torch.rsqrt(var64 + bn.eps).to(x.dtype)
 
     @staticmethod
-    def forward(ctx, x, weight, bias, bn, lif, timesteps, readout=None):
+    def forward(ctx, x, weight, bias, bn, lif, timesteps, readout=None, consume_input=False):
         training = bn.training
         if training:
             bn.num_batches_tracked.add_(1)
         ctx.bn, ctx.lif, ctx.timesteps, ctx.training = bn, lif, timesteps, training
         ctx.compiled = kernels.usable(x, lif.surrogate)
-        ctx.readout = readout
+        ctx.readout, ctx.consume_input = readout, consume_input
         if ctx.compiled:
             mean, invstd = _TDBNThenLIF._kernel_statistics(x, bn, training)
             ctx.save_for_backward(x, weight, bias, mean, invstd)
@@ -158,8 +158,14 @@ class _TDBNThenLIF(torch.autograd.Function):
         factor = bn.gain
         if ctx.compiled:
             scale, shift = _TDBNThenLIF._affine(weight, bias, bn, mean, invstd)
-            grad, sums = kernels.lif_backward(x, grad_spikes, scale, shift, ctx.timesteps, lif.tau,
-                                              lif.v_threshold, readout=ctx.readout, sums=True)
+            in_place = ctx.consume_input and ctx.needs_input_grad[0]
+            if in_place:  # dL/dx written over x in a second pass: no buffer of x's size
+                passes = kernels.InPlaceBackward(x, grad_spikes, scale, shift, ctx.timesteps, lif.tau,
+                                                 lif.v_threshold, readout=ctx.readout)
+                sums = passes.sums()
+            else:
+                grad, sums = kernels.lif_backward(x, grad_spikes, scale, shift, ctx.timesteps, lif.tau,
+                                                  lif.v_threshold, readout=ctx.readout, sums=True)
             # grad: dL/dI (T*N, C, ...); sums: sum g, sum g x per channel (float64), from the same pass
             sum_g, sum_gx = sums[:, 0], sums[:, 1]
             mean64, invstd64 = mean.double(), invstd.double()
@@ -167,14 +173,20 @@ class _TDBNThenLIF(torch.autograd.Function):
             grad_w = (sum_g_xhat * factor).to(x.dtype) if ctx.needs_input_grad[1] else None
             grad_b = sum_g.to(x.dtype) if ctx.needs_input_grad[2] else None
             if not ctx.needs_input_grad[0]:
-                return None, grad_w, grad_b, None, None, None, None
+                return None, grad_w, grad_b, None, None, None, None, None
             if training:  # dx = w invstd (g - mean(g) - xhat mean(g xhat))
                 n = x.numel() // x.shape[1]
                 coef = torch.stack([sum_g / n, mean64, invstd64 * sum_g_xhat / n,
                                     (weight.double() * factor) * invstd64], 1)
-                return kernels.batch_norm_grad_(grad, x, coef), grad_w, grad_b, None, None, None, None
+                if in_place:
+                    return passes.apply(coef), grad_w, grad_b, None, None, None, None, None
+                return kernels.batch_norm_grad_(grad, x, coef), grad_w, grad_b, None, None, None, None, None
+            if in_place:  # (g - 0 - x * 0) * scale = g * scale, the same bits
+                zero = torch.zeros_like(mean64)
+                return (passes.apply(torch.stack([zero, zero, zero, scale.double()], 1)), grad_w, grad_b,
+                        None, None, None, None, None)
             shape = (1, -1) + (1,) * (x.dim() - 2)
-            return grad.mul_(scale.view(shape)), grad_w, grad_b, None, None, None, None
+            return grad.mul_(scale.view(shape)), grad_w, grad_b, None, None, None, None, None
         if training:
             out = _TDBNThenLIF._currents(x, weight, bn, mean, invstd, bias)
         else:
@@ -188,16 +200,22 @@ class _TDBNThenLIF(torch.autograd.Function):
         grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
             grad_current.flatten(0, 1), x, weight * factor, *running, mean, invstd, training, bn.eps,
             list(ctx.needs_input_grad[:3]))
-        return grad_x, (grad_w * factor if grad_w is not None else None), grad_b, None, None, None, None
+        return grad_x, (grad_w * factor if grad_w is not None else None), grad_b, None, None, None, None, None
 
 
-def tdbn_lif(y: torch.Tensor, bn: TDBatchNorm, lif: LIF, timesteps: int) -> torch.Tensor:
-    """``lif(unfold_time(bn(y)))`` as one op (:class:`_TDBNThenLIF`); ``(T*N, ...) -> (T, N, ...)``."""
+def tdbn_lif(y: torch.Tensor, bn: TDBatchNorm, lif: LIF, timesteps: int, consume_input: bool = False) -> torch.Tensor:
+    """``lif(unfold_time(bn(y)))`` as one op (:class:`_TDBNThenLIF`); ``(T*N, ...) -> (T, N, ...)``.
+
+    ``consume_input=True`` lets backward (compiled kernels) write the input gradient over ``y``
+    instead of a new buffer: for a ``y`` nobody else reads, such as the output of the layer's own
+    weights, it saves a buffer of ``y``'s size. The graph can then be run backward once only
+    (a second pass fails with autograd's in-place error instead of giving wrong gradients)."""
     bn._check_input_dim(y)
-    return _TDBNThenLIF.apply(y, bn.weight, bn.bias, bn, lif, timesteps)
+    return _TDBNThenLIF.apply(y, bn.weight, bn.bias, bn, lif, timesteps, None, consume_input)
 
 
-def tdbn_lif_readout(y: torch.Tensor, bn: TDBatchNorm, lif: LIF, timesteps: int, weights: torch.Tensor) -> torch.Tensor:
+def tdbn_lif_readout(y: torch.Tensor, bn: TDBatchNorm, lif: LIF, timesteps: int, weights: torch.Tensor,
+                     consume_input: bool = False) -> torch.Tensor:
     """``sum_t weights[t] * lif(unfold_time(bn(y)))_t``: ``(T*N, ...) -> (N, ...)``.
 
     With the compiled kernels one op that never stores the spikes (the sum is taken as they are
@@ -206,8 +224,8 @@ def tdbn_lif_readout(y: torch.Tensor, bn: TDBatchNorm, lif: LIF, timesteps: int,
     gradient, and holding them. Otherwise :func:`tdbn_lif`, then :func:`weighted_time_sum`."""
     bn._check_input_dim(y)
     if kernels.usable(y, lif.surrogate):
-        return _TDBNThenLIF.apply(y, bn.weight, bn.bias, bn, lif, timesteps, weights.detach())
-    return weighted_time_sum(weights, tdbn_lif(y, bn, lif, timesteps))
+        return _TDBNThenLIF.apply(y, bn.weight, bn.bias, bn, lif, timesteps, weights.detach(), consume_input)
+    return weighted_time_sum(weights, tdbn_lif(y, bn, lif, timesteps, consume_input))
 
 
 def _conv_layout(x: torch.Tensor) -> torch.Tensor:
@@ -218,43 +236,67 @@ def _conv_layout(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
-class _TransposedConvolution(torch.autograd.Function):
-    """``conv_transpose2d`` with a faster weight gradient for channels-last input on CPU.
+class _SpikeConvolution(torch.autograd.Function):
+    """A convolution or transposed convolution of (channels-last, CPU) spike trains that keeps its
+    input for the weight gradient as bytes.
 
-    oneDNN's weight gradient of a transposed convolution with NHWC tensors is several times slower
-    than NCHW (about 170 ms against 60 for the 32 -> 32 layer at 32x32, 1024 images). The same
-    numbers come from the weight gradient of the ordinary convolution that maps the output
-    gradient back to the input grid: ``dL/dW[i, o, k] = sum x[i, p] dL/dy[o, 2p - 1 + k]`` is the
-    weight gradient of ``conv2d(dL/dy) -> x`` with weight shape ``(in, out, k, k)``, which oneDNN
-    runs fast in NHWC (about 40 ms; equal bits in the measurement above). The input gradient is
-    the ordinary convolution of dL/dy, as autograd's."""
+    * Memory: a layer's input spikes are saved as uint8 (0/1 are exact in a byte; checked while
+      packing, other input is saved as it is), a quarter of float32 -- about 90 MB less held through
+      ESVAE's backward at T = 16, batch 64; the float copy is rebuilt for the weight gradient.
+    * Speed: oneDNN's weight gradient of a *transposed* convolution with NHWC tensors is several
+      times slower than NCHW (about 170 ms against 60 for the 32 -> 32 layer at 32x32, 1024
+      images). The same numbers come from the weight gradient of the ordinary convolution that maps
+      the output gradient back to the input grid: ``dL/dW[i, o, k] = sum x[i, p] dL/dy[o, 2p - 1 + k]``
+      is the weight gradient of ``conv2d(dL/dy) -> x`` with weight shape ``(in, out, k, k)``, which
+      oneDNN runs fast in NHWC (about 40 ms, equal bits). Input gradients are autograd's."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, output_padding, dilation, groups):
-        ctx.save_for_backward(x, weight)
-        ctx.conf = (stride, padding, output_padding, dilation, groups)
+    def forward(ctx, x, weight, bias, transposed, stride, padding, output_padding, dilation, groups):
+        packed = kernels.pack_binary(x)
+        ctx.save_for_backward(packed if packed is not None else x, weight)
+        ctx.packed, ctx.dtype = packed is not None, x.dtype
+        ctx.conf = (transposed, stride, padding, output_padding, dilation, groups)
         ctx.has_bias = bias is not None
-        return F.conv_transpose2d(x, weight, bias, stride, padding, output_padding, groups, dilation)
+        return torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
-        stride, padding, output_padding, dilation, groups = ctx.conf
+        transposed, stride, padding, output_padding, dilation, groups = ctx.conf
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)
         grad_x = grad_w = grad_b = None
+        if ctx.packed:
+            x = x.to(ctx.dtype)  # keeps the channels-last strides
         if need_x:
             grad_x = torch.ops.aten.convolution_backward(
-                grad_out, x, weight, None, stride, padding, dilation, True, output_padding, groups,
+                grad_out, x, weight, None, stride, padding, dilation, transposed, output_padding, groups,
                 [True, False, False])[0]
         if need_w:
-            grad_w = torch.ops.aten.convolution_backward(
-                x, grad_out, weight, None, stride, padding, dilation, False, [0, 0], groups,
-                [False, True, False])[1]
+            if transposed:
+                grad_w = torch.ops.aten.convolution_backward(
+                    x, grad_out, weight, None, stride, padding, dilation, False, [0, 0], groups,
+                    [False, True, False])[1]
+            else:
+                grad_w = torch.ops.aten.convolution_backward(
+                    grad_out, x, weight, None, stride, padding, dilation, False, output_padding, groups,
+                    [False, True, False])[1]
         if need_b and ctx.has_bias:
             grad_b = grad_out.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None
+
+
+def _spike_convolution(layer, x: torch.Tensor, transposed: bool) -> Optional[torch.Tensor]:
+    """``layer``'s convolution through :class:`_SpikeConvolution` where it applies (CPU, 4-D
+    channels-last input with the compiled kernels, zero padding, no groups), else None."""
+    if not (x.device.type == "cpu" and x.dim() == 4 and kernels.channels_last(x) and layer.groups == 1
+            and layer.padding_mode == "zeros" and isinstance(layer.padding, tuple)
+            and kernels.usable(x, kernels.rectangle_surrogate())):
+        return None
+    output_padding = list(layer.output_padding) if transposed else [0, 0]
+    return _SpikeConvolution.apply(x, layer.weight, layer.bias, transposed, list(layer.stride), list(layer.padding),
+                                   output_padding, list(layer.dilation), layer.groups)
 
 
 class _TimeFolded:
@@ -283,7 +325,8 @@ class _TimeFolded:
         if self.bn is None or self.lif is None or self.lif.backend != "fused":
             return weighted_time_sum(weights, self.forward(x_seq))
         timesteps = x_seq.shape[0]
-        return tdbn_lif_readout(self._weights_before_bn(x_seq), self.bn, self.lif, timesteps, weights)
+        return tdbn_lif_readout(self._weights_before_bn(x_seq), self.bn, self.lif, timesteps, weights,
+                                consume_input=True)  # the weights' output: read by nothing else
 
     def _weights_before_bn(self, x_seq: torch.Tensor) -> torch.Tensor:
         """The weight layer on ``(T, N, ...)``, time folded: ``(T*N, ...)``."""
@@ -300,7 +343,7 @@ class _TimeFolded:
         timesteps = x_seq.shape[0]
         y = self._weights_before_bn(x_seq)
         if self.bn is not None and self.lif is not None and self.lif.backend == "fused":
-            return tdbn_lif(y, self.bn, self.lif, timesteps)
+            return tdbn_lif(y, self.bn, self.lif, timesteps, consume_input=True)  # y: read by nothing else
         if self.bn is not None:
             y = self.bn(y)
         y = unfold_time(y, timesteps)
@@ -314,6 +357,13 @@ class SpikingConv2d(_TimeFolded, nn.Conv2d):
                  bn_alpha: Optional[float] = 1.0, lif: Optional[LIF] = None):
         nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=True)
         self._attach(out_channels, bn_alpha, lif)
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return _TimeFolded.forward(self, x_seq)
+
+    def _weights_forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = _spike_convolution(self, x, transposed=False)
+        return out if out is not None else nn.Conv2d.forward(self, x)
 
 
 class SpikingConvTranspose2d(_TimeFolded, nn.ConvTranspose2d):
@@ -329,11 +379,8 @@ class SpikingConvTranspose2d(_TimeFolded, nn.ConvTranspose2d):
         return _TimeFolded.forward(self, x_seq)
 
     def _weights_forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and x.dim() == 4 and kernels.channels_last(x) and self.groups == 1
-                and self.padding_mode == "zeros"):
-            return _TransposedConvolution.apply(x, self.weight, self.bias, list(self.stride), list(self.padding),
-                                                list(self.output_padding), list(self.dilation), self.groups)
-        return nn.ConvTranspose2d.forward(self, x)
+        out = _spike_convolution(self, x, transposed=True)
+        return out if out is not None else nn.ConvTranspose2d.forward(self, x)
 
 
 class SpikingLinear(_TimeFolded, nn.Linear):
