@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import os
 import sys
 from pathlib import Path
@@ -179,8 +178,9 @@ def main(argv=None) -> int:
         return 2
     report = run(args.models, args.dataset, args.timesteps, args.batch, args.device)
     if args.json:
+        from ..files import write_json
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1))
+        write_json(Path(args.json), report)
     print(format_rows(report))
     return 0 if report["ok"] else 1
 

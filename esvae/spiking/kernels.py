@@ -6,11 +6,20 @@ bound by memory traffic. These kernels implement tdBN + LIF (:class:`esvae.spiki
 in few passes, working image by image (threads over images) with each image's state in cache:
 
 * :func:`lif_forward` reads the batch norm's input once, forms the currents ``x * scale + shift``
-  on the fly and writes the spikes once (the currents are never stored);
-* :func:`lif_backward` replays that forward from ``x`` (the same bits), storing ``u_t``, then runs
-  the reverse-time recursion of :func:`esvae.spiking.neuron.lif_backward_sweep`, writing dL/dI;
-* :func:`channel_sums` (batch statistics, and the two sums batch norm's backward needs, in
-  float64) and :func:`batch_norm_grad_` (batch norm's input gradient, in place) finish the op.
+  on the fly and writes the spikes once (the currents are never stored); :func:`lif_forward_readout`
+  instead sums ``w_t o_t`` over time as the spikes are made (the decoder's last spiking layer,
+  whose spikes only feed the membrane readout, so they are never stored);
+* :func:`lif_backward` replays that forward from ``x`` (the same bits), then runs the reverse-time
+  recursion of :func:`esvae.spiking.neuron.lif_backward_sweep`, writing dL/dI and accumulating the
+  two per-channel sums batch norm's backward needs in the same pass; :class:`InPlaceBackward` does
+  it in two passes that write batch norm's input gradient over ``x`` itself (no buffer of its size);
+* :func:`channel_sums` (batch statistics in float64) and :func:`batch_norm_grad_` (batch norm's
+  input gradient, in place) finish the op; :func:`pack_binary` stores spikes as bytes.
+
+Tensors are read in their memory order: contiguous ``(T*N, C, ...)`` or, for images, channels last
+(NHWC, the layout the convolutions run in); an input that is the same at every step (the first
+layer's) may be passed once and is read T times. Sums run over a fixed number of chunks in a fixed
+order, so results do not depend on the thread count.
 
 The LIF arithmetic is the reference's, in the input's precision (float32 or float64):
 ``u_t = I_t + tau * (u_{t-1} * keep_{t-1})`` with ``keep = 1[u <= V_th]``, ``o_t = 1 - keep_t``,
@@ -39,8 +48,10 @@ def _compile(cache: bool = True):
 
     @jit
     def forward(x, scale, shift, params, spikes):  # x, spikes (T, N, K); scale, shift (K,)
+        # x may also be (1, N, K): the same input at every step (the first layer's), read T times.
         tau, threshold, one, zero = params[0], params[1], params[2], params[3]
-        steps, images, width = x.shape
+        steps, images, width = spikes.shape
+        tx = 1 if x.shape[0] == steps else 0
         for p in numba.prange(images):
             membrane = np.empty(width, dtype=x.dtype)
             for k in range(width):
@@ -51,16 +62,18 @@ def _compile(cache: bool = True):
                 for k in range(width):
                     previous = membrane[k]
                     keep = one if previous <= threshold else zero
-                    u = (x[t, p, k] * scale[k] + shift[k]) + tau * (previous * keep)
+                    u = (x[t * tx, p, k] * scale[k] + shift[k]) + tau * (previous * keep)
                     membrane[k] = u
                     spikes[t, p, k] = zero if u <= threshold else one
 
     @jit
-    def forward_readout(x, scale, shift, params, weights, mixed):  # x (T, N, K); mixed (N, K)
+    def forward_readout(x, scale, shift, params, weights, mixed):  # x (T or 1, N, K); mixed (N, K)
         # The forward above with the spikes summed over time as they are made, sum_t w_t o_t,
         # instead of stored: the membrane readout of the last spiking layer.
         tau, threshold, one, zero = params[0], params[1], params[2], params[3]
-        steps, images, width = x.shape
+        steps = weights.shape[0]
+        images, width = mixed.shape
+        tx = 1 if x.shape[0] == steps else 0
         for p in numba.prange(images):
             membrane = np.empty(width, dtype=x.dtype)
             for k in range(width):
@@ -72,7 +85,7 @@ def _compile(cache: bool = True):
                 for k in range(width):
                     previous = membrane[k]
                     keep = one if previous <= threshold else zero
-                    u = (x[t, p, k] * scale[k] + shift[k]) + tau * (previous * keep)
+                    u = (x[t * tx, p, k] * scale[k] + shift[k]) + tau * (previous * keep)
                     membrane[k] = u
                     mixed[p, k] += zero if u <= threshold else w
 
@@ -83,7 +96,9 @@ def _compile(cache: bool = True):
         # readout's gradient, formed on the fly). part (chunks, 2, K) receives per-element sums of
         # dL/dI and dL/dI * x over each chunk of images: batch norm's backward needs no pass of its own.
         tau, threshold, one, zero, half = params[0], params[1], params[2], params[3], params[4]
-        steps, images, width = x.shape
+        steps = weights.shape[0]
+        images, width = x.shape[1], x.shape[2]
+        tx = 1 if x.shape[0] == steps else 0
         step_of_grad = 1 if grad_spikes.shape[0] == steps else 0
         per = (images + chunks - 1) // chunks
         for j in numba.prange(chunks):
@@ -95,7 +110,7 @@ def _compile(cache: bool = True):
                     for k in range(width):
                         previous = out[t - 1, p, k]
                         keep = one if previous <= threshold else zero
-                        out[t, p, k] = (x[t, p, k] * scale[k] + shift[k]) + tau * (previous * keep)
+                        out[t, p, k] = (x[t * tx, p, k] * scale[k] + shift[k]) + tau * (previous * keep)
                 for k in range(width):
                     grad_next[k] = zero
                 for t in range(steps - 1, -1, -1):
@@ -111,17 +126,20 @@ def _compile(cache: bool = True):
                         grad_next[k] = grad
                         g64 = np.float64(grad)
                         part[j, 0, k] += g64
-                        part[j, 1, k] += g64 * np.float64(x[t, p, k])
+                        part[j, 1, k] += g64 * np.float64(x[t * tx, p, k])
 
     @jit
-    def backward_in_place(x, grad_spikes, weights, params, scale, shift, coef, chunks, scratch, part, apply):
+    def backward_in_place(x, grad_spikes, weights, params, scale, shift, coef, chunks, scratch, part, apply, out):
         # The in-place form of backward, run twice by lif_backward_in_place. Pass 1 (apply 0) only
         # accumulates part (as backward does); pass 2 (apply 1) recomputes dL/dI, the same bits, and
         # writes batch norm's input gradient (dL/dI - c0 - (x - c1) * c2) * c3 (per element) over x,
         # which nothing needs afterwards: no (T, N, K) buffer besides x. The replayed u_t of an image
-        # go to scratch[thread] (T, K).
+        # go to scratch[thread] (T, K). With x (1, N, K), the same input at every step, pass 2 adds
+        # the steps' gradients into out (N, K) instead.
         tau, threshold, one, zero, half = params[0], params[1], params[2], params[3], params[4]
-        steps, images, width = x.shape
+        steps = weights.shape[0]
+        images, width = x.shape[1], x.shape[2]
+        tx = 1 if x.shape[0] == steps else 0
         step_of_grad = 1 if grad_spikes.shape[0] == steps else 0
         per = (images + chunks - 1) // chunks
         c0, c1, c2, c3 = coef[0], coef[1], coef[2], coef[3]
@@ -135,9 +153,12 @@ def _compile(cache: bool = True):
                     for k in range(width):
                         previous = scratch[tid, t - 1, k]
                         keep = one if previous <= threshold else zero
-                        scratch[tid, t, k] = (x[t, p, k] * scale[k] + shift[k]) + tau * (previous * keep)
+                        scratch[tid, t, k] = (x[t * tx, p, k] * scale[k] + shift[k]) + tau * (previous * keep)
                 for k in range(width):
                     grad_next[k] = zero
+                if apply and not tx:
+                    for k in range(width):
+                        out[p, k] = zero
                 for t in range(steps - 1, -1, -1):
                     w = weights[t]
                     tg = t * step_of_grad
@@ -149,11 +170,15 @@ def _compile(cache: bool = True):
                         grad = grad_spike * window + tau * (keep * grad_next[k])
                         grad_next[k] = grad
                         if apply:
-                            x[t, p, k] = (grad - c0[k] - (x[t, p, k] - c1[k]) * c2[k]) * c3[k]
+                            dx = (grad - c0[k] - (x[t * tx, p, k] - c1[k]) * c2[k]) * c3[k]
+                            if tx:
+                                x[t, p, k] = dx
+                            else:
+                                out[p, k] += dx
                         else:
                             g64 = np.float64(grad)
                             part[j, 0, k] += g64
-                            part[j, 1, k] += g64 * np.float64(x[t, p, k])
+                            part[j, 1, k] += g64 * np.float64(x[t * tx, p, k])
 
     @jit
     def pack_binary(x, out, chunks):  # x (M,) float -> out (M,) uint8; False (out partial) unless all in {0, 1}
@@ -321,12 +346,19 @@ def _rows(x: torch.Tensor, timesteps: int) -> torch.Tensor:
     return _memory_order(x.detach()).view(timesteps, -1, x[0].numel()).numpy()
 
 
-def _empty_spikes(x: torch.Tensor, timesteps: int) -> torch.Tensor:
-    """An uninitialised ``(T, N, C, ...)`` tensor stored in ``x``'s order (``x`` is ``(T*N, C, ...)``)."""
+def _images(x: torch.Tensor, timesteps: int, repeated: bool) -> int:
+    """Images N of ``x``: ``(T*N, ...)``, or ``(N, ...)`` when ``repeated`` (the same input at every step)."""
+    return x.shape[0] if repeated else x.shape[0] // timesteps
+
+
+def _empty_spikes(x: torch.Tensor, timesteps: int, repeated: bool = False) -> torch.Tensor:
+    """An uninitialised ``(T, N, C, ...)`` tensor stored in ``x``'s order (``x`` is ``(T*N, C, ...)``,
+    or ``(N, C, ...)`` when ``repeated``)."""
+    n = _images(x, timesteps, repeated)
     if channels_last(x):
-        n, c, h, w = x.shape
-        return torch.empty((timesteps, n // timesteps, h, w, c), dtype=x.dtype).permute(0, 1, 4, 2, 3)
-    return torch.empty((timesteps, x.shape[0] // timesteps, *x.shape[1:]), dtype=x.dtype)
+        _, c, h, w = x.shape
+        return torch.empty((timesteps, n, h, w, c), dtype=x.dtype).permute(0, 1, 4, 2, 3)
+    return torch.empty((timesteps, n, *x.shape[1:]), dtype=x.dtype)
 
 
 def _time_rows(seq: torch.Tensor, like: torch.Tensor, timesteps: int) -> torch.Tensor:
@@ -339,30 +371,30 @@ def _time_rows(seq: torch.Tensor, like: torch.Tensor, timesteps: int) -> torch.T
 
 
 def lif_forward(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, timesteps: int,
-                tau: float, v_threshold: float) -> torch.Tensor:
+                tau: float, v_threshold: float, repeated: bool = False) -> torch.Tensor:
     """Spikes of the LIF driven by the currents ``x * scale + shift`` (per channel, axis 1).
 
-    ``x`` is ``(T*N, C, ...)`` with time folded into the batch, contiguous or channels last; the
-    currents are computed on the fly and never stored. Returns spikes ``(T, N, C, ...)`` stored in
-    the same order as ``x``."""
-    spikes = _empty_spikes(x, timesteps)
+    ``x`` is ``(T*N, C, ...)`` with time folded into the batch, contiguous or channels last (with
+    ``repeated``, ``(N, C, ...)``: the same input at every step); the currents are computed on the
+    fly and never stored. Returns spikes ``(T, N, C, ...)`` stored in the same order as ``x``."""
+    spikes = _empty_spikes(x, timesteps, repeated)
     _threads()
-    _kernels().forward(_rows(x, timesteps), _per_element(scale, x).numpy(), _per_element(shift, x).numpy(),
+    _kernels().forward(_rows(x, 1 if repeated else timesteps), _per_element(scale, x).numpy(), _per_element(shift, x).numpy(),
                        _params(x.dtype, tau, v_threshold), _time_rows(spikes, x, timesteps))
     return spikes
 
 
 def lif_forward_readout(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, weights: torch.Tensor,
-                        timesteps: int, tau: float, v_threshold: float) -> torch.Tensor:
+                        timesteps: int, tau: float, v_threshold: float, repeated: bool = False) -> torch.Tensor:
     """``sum_t weights[t] * o_t`` ``(N, C, ...)`` of the LIF driven by ``x * scale + shift``, stored
-    like ``x``; the spikes themselves are never stored."""
-    n = x.shape[0] // timesteps
+    like ``x``; the spikes themselves are never stored. ``repeated`` as in :func:`lif_forward`."""
+    n = _images(x, timesteps, repeated)
     if channels_last(x):
         mixed = torch.empty((n, x.shape[2], x.shape[3], x.shape[1]), dtype=x.dtype).permute(0, 3, 1, 2)
     else:
         mixed = torch.empty((n, *x.shape[1:]), dtype=x.dtype)
     _threads()
-    _kernels().forward_readout(_rows(x, timesteps), _per_element(scale, x).numpy(), _per_element(shift, x).numpy(),
+    _kernels().forward_readout(_rows(x, 1 if repeated else timesteps), _per_element(scale, x).numpy(), _per_element(shift, x).numpy(),
                                _params(x.dtype, tau, v_threshold), weights.to(x.dtype).contiguous().numpy(),
                                _memory_order(mixed).view(n, -1).numpy())
     return mixed
@@ -413,32 +445,40 @@ class InPlaceBackward:
     :func:`lif_backward`'s output. ``grad_spikes``/``readout`` as in :func:`lif_backward`."""
 
     def __init__(self, x: torch.Tensor, grad_spikes: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
-                 timesteps: int, tau: float, v_threshold: float, readout: Optional[torch.Tensor] = None):
-        self.x, self.timesteps = x, timesteps
+                 timesteps: int, tau: float, v_threshold: float, readout: Optional[torch.Tensor] = None,
+                 repeated: bool = False):
+        self.x, self.timesteps, self.repeated = x, timesteps, repeated
         if readout is None:
             self.grad = _time_rows(grad_spikes, x, timesteps)
             self.weights = np.ones(timesteps, dtype=self.grad.dtype)
         else:
             self.grad = _time_rows(grad_spikes.unsqueeze(0), x, 1)
             self.weights = readout.to(x.dtype).contiguous().numpy()
-        self.chunks = max(1, min(ROW_CHUNKS, x.shape[0] // timesteps))
+        self.chunks = max(1, min(ROW_CHUNKS, _images(x, timesteps, repeated)))
         self.scale, self.shift = _per_element(scale, x).numpy(), _per_element(shift, x).numpy()
         self.params = _params(x.dtype, tau, v_threshold)
         _threads()
         self.scratch = np.empty((numba.get_num_threads(), timesteps, x[0].numel()), dtype=self.grad.dtype)
 
-    def _run(self, coef: np.ndarray, part: np.ndarray, apply: int) -> None:
-        _kernels().backward_in_place(_rows(self.x, self.timesteps), self.grad, self.weights, self.params, self.scale,
-                                     self.shift, coef, self.chunks, self.scratch, part, apply)
+    def _run(self, coef: np.ndarray, part: np.ndarray, apply: int, out: np.ndarray) -> None:
+        _kernels().backward_in_place(_rows(self.x, 1 if self.repeated else self.timesteps), self.grad, self.weights,
+                                     self.params, self.scale, self.shift, coef, self.chunks, self.scratch, part,
+                                     apply, out)
 
     def sums(self) -> torch.Tensor:
         part = torch.zeros(self.chunks, 2, self.x[0].numel(), dtype=torch.float64)
-        self._run(np.zeros((4, 1), dtype=self.grad.dtype), part.numpy(), 0)
+        self._run(np.zeros((4, 1), dtype=self.grad.dtype), part.numpy(), 0, np.zeros((1, 1), dtype=self.grad.dtype))
         return _channel_of_elements(part, self.x)
 
     def apply(self, coef: torch.Tensor) -> torch.Tensor:
+        """The input gradient: over ``x`` (returned), or with ``repeated`` a new ``(N, ...)`` tensor
+        stored like ``x`` holding the sum over the steps (the gradient of the repeated input)."""
         per = np.stack([_per_element(coef[:, i], self.x).numpy() for i in range(4)])
-        self._run(per, np.zeros((1, 2, 1)), 1)
+        if self.repeated:
+            out = torch.empty_like(self.x)
+            self._run(per, np.zeros((1, 2, 1)), 1, _memory_order(out).reshape(out.shape[0], -1).numpy())
+            return out
+        self._run(per, np.zeros((1, 2, 1)), 1, np.zeros((1, 1), dtype=self.grad.dtype))
         torch.autograd.graph.increment_version(self.x)  # written through numpy: autograd must know
         return self.x
 

@@ -109,15 +109,17 @@ class _TDBNThenLIF(torch.autograd.Function):
         return torch.addcmul(shift.view(shape), x, scale.view(shape), out=out)
 
     @staticmethod
-    def _kernel_statistics(x, bn, training):
+    def _kernel_statistics(x, bn, training, repeats=1):
         """(mean, invstd) for the compiled path; in training from float64 batch sums, updating the
-        running statistics like PyTorch's batch norm."""
+        running statistics like PyTorch's batch norm. ``repeats``: ``x`` stands for itself repeated
+        that many times (the same mean and variance; the running variance's n - 1 counts them)."""
         if not training:  # copies: backward must see these values even if the buffers change meanwhile
             return bn.running_mean.to(x.dtype, copy=True), torch.rsqrt(bn.running_var.to(x.dtype) + bn.eps)
-        n = x.numel() // x.shape[1]
+        n0 = x.numel() // x.shape[1]
+        n = n0 * repeats
         sums = kernels.channel_sums(x, x)                        # (C, 2): sum x, sum x^2
-        mean64 = sums[:, 0] / n
-        var64 = (sums[:, 1] / n - mean64 * mean64).clamp_min(0.0)  # biased, as batch norm normalises
+        mean64 = sums[:, 0] / n0
+        var64 = (sums[:, 1] / n0 - mean64 * mean64).clamp_min(0.0)  # biased, as batch norm normalises
         with torch.no_grad():
             m = bn.momentum
             bn.running_mean.copy_((1 - m) * bn.running_mean.double() + m * mean64)
@@ -125,22 +127,23 @@ class _TDBNThenLIF(torch.autograd.Function):
         return mean64.to(x.dtype), torch.rsqrt(var64 + bn.eps).to(x.dtype)
 
     @staticmethod
-    def forward(ctx, x, weight, bias, bn, lif, timesteps, readout=None, consume_input=False):
+    def forward(ctx, x, weight, bias, bn, lif, timesteps, readout=None, consume_input=False, repeated=False):
         training = bn.training
         if training:
             bn.num_batches_tracked.add_(1)
         ctx.bn, ctx.lif, ctx.timesteps, ctx.training = bn, lif, timesteps, training
         ctx.compiled = kernels.usable(x, lif.surrogate)
-        ctx.readout, ctx.consume_input = readout, consume_input
+        ctx.readout, ctx.consume_input, ctx.repeated = readout, consume_input, repeated
         if ctx.compiled:
-            mean, invstd = _TDBNThenLIF._kernel_statistics(x, bn, training)
+            mean, invstd = _TDBNThenLIF._kernel_statistics(x, bn, training, timesteps if repeated else 1)
             ctx.save_for_backward(x, weight, bias, mean, invstd)
             scale, shift = _TDBNThenLIF._affine(weight, bias, bn, mean, invstd)
             if readout is not None:
-                return kernels.lif_forward_readout(x, scale, shift, readout, timesteps, lif.tau, lif.v_threshold)
-            return kernels.lif_forward(x, scale, shift, timesteps, lif.tau, lif.v_threshold)
-        if readout is not None:
-            raise RuntimeError("the fused readout needs the compiled kernels (see tdbn_lif_readout)")
+                return kernels.lif_forward_readout(x, scale, shift, readout, timesteps, lif.tau, lif.v_threshold,
+                                                   repeated)
+            return kernels.lif_forward(x, scale, shift, timesteps, lif.tau, lif.v_threshold, repeated)
+        if readout is not None or repeated:
+            raise RuntimeError("the fused readout and repeated input need the compiled kernels (see tdbn_lif)")
         out, mean, invstd = _TDBNThenLIF._normalise(x, weight, bias, bn, training, update=training)
         if training:  # the currents from the formula backward recomputes them with (see _currents)
             _TDBNThenLIF._currents(x, weight, bn, mean, invstd, bias, out=out)
@@ -158,10 +161,10 @@ class _TDBNThenLIF(torch.autograd.Function):
         factor = bn.gain
         if ctx.compiled:
             scale, shift = _TDBNThenLIF._affine(weight, bias, bn, mean, invstd)
-            in_place = ctx.consume_input and ctx.needs_input_grad[0]
-            if in_place:  # dL/dx written over x in a second pass: no buffer of x's size
+            in_place = (ctx.consume_input or ctx.repeated) and ctx.needs_input_grad[0]
+            if in_place or ctx.repeated:  # dL/dx written over x in a second pass: no buffer of x's size
                 passes = kernels.InPlaceBackward(x, grad_spikes, scale, shift, ctx.timesteps, lif.tau,
-                                                 lif.v_threshold, readout=ctx.readout)
+                                                 lif.v_threshold, readout=ctx.readout, repeated=ctx.repeated)
                 sums = passes.sums()
             else:
                 grad, sums = kernels.lif_backward(x, grad_spikes, scale, shift, ctx.timesteps, lif.tau,
@@ -173,20 +176,20 @@ class _TDBNThenLIF(torch.autograd.Function):
             grad_w = (sum_g_xhat * factor).to(x.dtype) if ctx.needs_input_grad[1] else None
             grad_b = sum_g.to(x.dtype) if ctx.needs_input_grad[2] else None
             if not ctx.needs_input_grad[0]:
-                return None, grad_w, grad_b, None, None, None, None, None
+                return None, grad_w, grad_b, None, None, None, None, None, None
             if training:  # dx = w invstd (g - mean(g) - xhat mean(g xhat))
-                n = x.numel() // x.shape[1]
+                n = x.numel() // x.shape[1] * (ctx.timesteps if ctx.repeated else 1)
                 coef = torch.stack([sum_g / n, mean64, invstd64 * sum_g_xhat / n,
                                     (weight.double() * factor) * invstd64], 1)
                 if in_place:
-                    return passes.apply(coef), grad_w, grad_b, None, None, None, None, None
-                return kernels.batch_norm_grad_(grad, x, coef), grad_w, grad_b, None, None, None, None, None
+                    return passes.apply(coef), grad_w, grad_b, None, None, None, None, None, None
+                return kernels.batch_norm_grad_(grad, x, coef), grad_w, grad_b, None, None, None, None, None, None
             if in_place:  # (g - 0 - x * 0) * scale = g * scale, the same bits
                 zero = torch.zeros_like(mean64)
                 return (passes.apply(torch.stack([zero, zero, zero, scale.double()], 1)), grad_w, grad_b,
-                        None, None, None, None, None)
+                        None, None, None, None, None, None)
             shape = (1, -1) + (1,) * (x.dim() - 2)
-            return grad.mul_(scale.view(shape)), grad_w, grad_b, None, None, None, None, None
+            return grad.mul_(scale.view(shape)), grad_w, grad_b, None, None, None, None, None, None
         if training:
             out = _TDBNThenLIF._currents(x, weight, bn, mean, invstd, bias)
         else:
@@ -200,22 +203,37 @@ class _TDBNThenLIF(torch.autograd.Function):
         grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
             grad_current.flatten(0, 1), x, weight * factor, *running, mean, invstd, training, bn.eps,
             list(ctx.needs_input_grad[:3]))
-        return grad_x, (grad_w * factor if grad_w is not None else None), grad_b, None, None, None, None, None
+        return grad_x, (grad_w * factor if grad_w is not None else None), grad_b, None, None, None, None, None, None
 
 
-def tdbn_lif(y: torch.Tensor, bn: TDBatchNorm, lif: LIF, timesteps: int, consume_input: bool = False) -> torch.Tensor:
+def _repeat(y: torch.Tensor, timesteps: int) -> torch.Tensor:
+    """``(N, ...) -> (T*N, ...)``, ``y`` at every step, stored like ``y`` (one copy)."""
+    if kernels.channels_last(y):
+        z = y.permute(0, 2, 3, 1)
+        return z.unsqueeze(0).expand(timesteps, *z.shape).flatten(0, 1).permute(0, 3, 1, 2)
+    return y.unsqueeze(0).expand(timesteps, *y.shape).flatten(0, 1)
+
+
+def tdbn_lif(y: torch.Tensor, bn: TDBatchNorm, lif: LIF, timesteps: int, consume_input: bool = False,
+             repeated: bool = False) -> torch.Tensor:
     """``lif(unfold_time(bn(y)))`` as one op (:class:`_TDBNThenLIF`); ``(T*N, ...) -> (T, N, ...)``.
 
     ``consume_input=True`` lets backward (compiled kernels) write the input gradient over ``y``
     instead of a new buffer: for a ``y`` nobody else reads, such as the output of the layer's own
     weights, it saves a buffer of ``y``'s size. The graph can then be run backward once only
-    (a second pass fails with autograd's in-place error instead of giving wrong gradients)."""
+    (a second pass fails with autograd's in-place error instead of giving wrong gradients).
+
+    ``repeated=True``: ``y`` is ``(N, ...)``, the input of every step (the first layer's, whose
+    input images are the same at each step); with the compiled kernels it is read T times and
+    never copied (its gradient is the sum over the steps, formed in the kernel), else repeated."""
     bn._check_input_dim(y)
-    return _TDBNThenLIF.apply(y, bn.weight, bn.bias, bn, lif, timesteps, None, consume_input)
+    if repeated and not kernels.usable(y, lif.surrogate):
+        return _TDBNThenLIF.apply(_repeat(y, timesteps), bn.weight, bn.bias, bn, lif, timesteps, None, consume_input)
+    return _TDBNThenLIF.apply(y, bn.weight, bn.bias, bn, lif, timesteps, None, consume_input, repeated)
 
 
 def tdbn_lif_readout(y: torch.Tensor, bn: TDBatchNorm, lif: LIF, timesteps: int, weights: torch.Tensor,
-                     consume_input: bool = False) -> torch.Tensor:
+                     consume_input: bool = False, repeated: bool = False) -> torch.Tensor:
     """``sum_t weights[t] * lif(unfold_time(bn(y)))_t``: ``(T*N, ...) -> (N, ...)``.
 
     With the compiled kernels one op that never stores the spikes (the sum is taken as they are
@@ -224,8 +242,9 @@ def tdbn_lif_readout(y: torch.Tensor, bn: TDBatchNorm, lif: LIF, timesteps: int,
     gradient, and holding them. Otherwise :func:`tdbn_lif`, then :func:`weighted_time_sum`."""
     bn._check_input_dim(y)
     if kernels.usable(y, lif.surrogate):
-        return _TDBNThenLIF.apply(y, bn.weight, bn.bias, bn, lif, timesteps, weights.detach(), consume_input)
-    return weighted_time_sum(weights, tdbn_lif(y, bn, lif, timesteps, consume_input))
+        return _TDBNThenLIF.apply(y, bn.weight, bn.bias, bn, lif, timesteps, weights.detach(), consume_input,
+                                  repeated)
+    return weighted_time_sum(weights, tdbn_lif(y, bn, lif, timesteps, consume_input, repeated))
 
 
 def _conv_layout(x: torch.Tensor) -> torch.Tensor:
@@ -325,6 +344,9 @@ class _TimeFolded:
         if self.bn is None or self.lif is None or self.lif.backend != "fused":
             return weighted_time_sum(weights, self.forward(x_seq))
         timesteps = x_seq.shape[0]
+        if timesteps > 1 and x_seq.stride(0) == 0:
+            return tdbn_lif_readout(self._weights_forward(_conv_layout(x_seq[0])), self.bn, self.lif, timesteps,
+                                    weights, consume_input=True, repeated=True)
         return tdbn_lif_readout(self._weights_before_bn(x_seq), self.bn, self.lif, timesteps, weights,
                                 consume_input=True)  # the weights' output: read by nothing else
 
@@ -332,15 +354,15 @@ class _TimeFolded:
         """The weight layer on ``(T, N, ...)``, time folded: ``(T*N, ...)``."""
         timesteps = x_seq.shape[0]
         if timesteps > 1 and x_seq.stride(0) == 0:
-            y = self._weights_forward(_conv_layout(x_seq[0]))
-            if y.dim() == 4:  # repeated in channels-last order, one copy
-                y = y.permute(0, 2, 3, 1)
-                return y.unsqueeze(0).expand(timesteps, *y.shape).flatten(0, 1).permute(0, 3, 1, 2)
-            return y.unsqueeze(0).expand(timesteps, *y.shape).flatten(0, 1)
+            return _repeat(self._weights_forward(_conv_layout(x_seq[0])), timesteps)
         return self._weights_forward(_conv_layout(fold_time(x_seq)))
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:  # (T, N, ...) -> (T, N, ...)
         timesteps = x_seq.shape[0]
+        fused = self.bn is not None and self.lif is not None and self.lif.backend == "fused"
+        if fused and timesteps > 1 and x_seq.stride(0) == 0:  # the same input at every step: not copied
+            return tdbn_lif(self._weights_forward(_conv_layout(x_seq[0])), self.bn, self.lif, timesteps,
+                            consume_input=True, repeated=True)
         y = self._weights_before_bn(x_seq)
         if self.bn is not None and self.lif is not None and self.lif.backend == "fused":
             return tdbn_lif(y, self.bn, self.lif, timesteps, consume_input=True)  # y: read by nothing else
