@@ -130,7 +130,7 @@ def _compile(cache: bool = True):
 
     @jit
     def backward_in_place(x, grad_spikes, weights, params, scale, shift, coef, chunks, scratch, part, apply, out):
-        # The in-place form of backward, run twice by lif_backward_in_place. Pass 1 (apply 0) only
+        # The in-place form of backward, run twice by InPlaceBackward. Pass 1 (apply 0) only
         # accumulates part (as backward does); pass 2 (apply 1) recomputes dL/dI, the same bits, and
         # writes batch norm's input gradient (dL/dI - c0 - (x - c1) * c2) * c3 (per element) over x,
         # which nothing needs afterwards: no (T, N, K) buffer besides x. The replayed u_t of an image
