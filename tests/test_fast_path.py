@@ -119,6 +119,28 @@ def test_channels_last_and_readout_kernels_equal_the_contiguous_ones(dtype):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("T", [1, 3])
+def test_an_input_repeated_over_time_is_the_same_as_its_copy(backend, T):
+    """tdbn_lif(y, repeated=True) (y read T times, never copied) equals tdbn_lif on y repeated T
+    times: spikes, running statistics, and y's gradient (the sum over steps), in float64."""
+    from esvae.spiking.layers import _repeat
+    torch.manual_seed(0)
+    bn_a, bn_b = TDBatchNorm(3, alpha=2.0).double(), TDBatchNorm(3, alpha=2.0).double()
+    y = (torch.randn(4, 3, 5, 5, dtype=torch.float64) * 2).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(T, 4, 3, 5, 5, dtype=torch.float64)
+    ya, yb = y.clone().requires_grad_(), y.clone().requires_grad_()
+    # as the first layer calls it (T > 1); with T = 1 a repeated input is the plain one, which consuming would overwrite
+    a = tdbn_lif(ya, bn_a, LIF(), T, consume_input=T > 1, repeated=True)
+    b = tdbn_lif(_repeat(yb, T), bn_b, LIF(), T)
+    assert torch.equal(a, b) and 0 < a.mean() < 1
+    ga, = torch.autograd.grad(a, ya, g)
+    gb, = torch.autograd.grad(b, yb, g)
+    torch.testing.assert_close(ga, gb, rtol=1e-12, atol=1e-12)
+    assert torch.equal(ya.detach(), y)                    # the caller's input is left as it was
+    torch.testing.assert_close(bn_a.running_var, bn_b.running_var, rtol=1e-12, atol=1e-12)
+    assert "decay=0.8" in repr(esvae.spiking.MembraneReadout(0.8))
+
+
 def test_transposed_convolution_gradients_equal_autograd():
     """The channels-last transposed convolution (its weight gradient taken as the equivalent
     convolution's) against autograd through F.conv_transpose2d on contiguous tensors, float64."""

@@ -350,7 +350,7 @@ def run_bench(models: Sequence[str] = ("esvae", "fsvae"), timesteps: Sequence[in
                     progress(f"peak memory {pair.model_name} T={pair.timesteps} {mode} {impl}")
                     row["peak_bytes"].setdefault(impl, {})[mode] = peak_memory_bytes(pair.call(impl, mode), pair.device)
     if memory and rss and dev.type == "cpu":
-        from .rss import peak_rss
+        from .rss import MeasurementError, peak_rss
         for pair in pairs:
             if pair.timesteps != max(timesteps):
                 continue
@@ -360,9 +360,14 @@ def run_bench(models: Sequence[str] = ("esvae", "fsvae"), timesteps: Sequence[in
                     for mode in RSS_MODES:
                         progress(f"peak resident memory {pair.model_name} T={pair.timesteps} {mode} {impl} "
                                  f"(allocator {allocator}, a fresh process)")
-                        row.setdefault("peak_rss_bytes", {}).setdefault(allocator, {}).setdefault(impl, {})[mode] = \
-                            peak_rss(pair.model_name, dataset, pair.timesteps, batch, impl, mode, allocator,
-                                     overrides=overrides)
+                        try:
+                            measured = peak_rss(pair.model_name, dataset, pair.timesteps, batch, impl, mode,
+                                                allocator, overrides=overrides)
+                        except MeasurementError as exc:  # the timings stay; the report says why
+                            row["peak_rss_error"] = str(exc)
+                            progress(f"peak resident memory not measured: {exc}")
+                            continue
+                        row.setdefault("peak_rss_bytes", {}).setdefault(allocator, {}).setdefault(impl, {})[mode] = measured
     dense = dense_flops_per_second(dev)
     for pair in pairs:
         row = rows[(pair.model_name, pair.timesteps)]
@@ -384,7 +389,7 @@ def run_bench(models: Sequence[str] = ("esvae", "fsvae"), timesteps: Sequence[in
                 m: row["seconds"]["default"]["naive"][m] / row["seconds"]["tuned"]["ours"][m] for m in MODES}
         if memory:
             row["memory_ratio"] = {m: row["peak_bytes"]["ours"][m] / max(row["peak_bytes"]["naive"][m], 1) for m in MODES}
-        if "peak_rss_bytes" in row:
+        if "peak_rss_bytes" in row and "peak_rss_error" not in row:
             hwm = {a: {i: {m: v["vmhwm_bytes"] for m, v in modes.items()} for i, modes in impls.items()}
                    for a, impls in row["peak_rss_bytes"].items()}
             row["rss_ratio"] = {a: {m: hwm[a]["ours"][m] / hwm[a]["naive"][m] for m in RSS_MODES} for a in hwm}
@@ -462,7 +467,9 @@ def format_table(report: Dict[str, object]) -> str:
             cells.append(check)
             lines.append("| " + " | ".join(cells) + " |")
     for r in report["rows"]:
-        if "peak_rss_bytes" in r:
+        if "peak_rss_error" in r:
+            lines += ["", f"Peak resident memory of {r['model']} T={r['timesteps']} not measured: {r['peak_rss_error']}"]
+        elif "peak_rss_bytes" in r:
             lines.append("")
             parts = []
             for a, impls in r["peak_rss_bytes"].items():

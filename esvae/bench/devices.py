@@ -169,9 +169,20 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--json", default=None, help="write the report here as JSON")
     args = parser.parse_args(argv)
-    dev = torch.device(args.device)
+    try:
+        dev = torch.device(args.device)
+    except RuntimeError:
+        print(f"esvae.bench.devices: error: unknown device {args.device!r} (cpu, cuda or cuda:N)", file=sys.stderr)
+        return 2
+    if dev.type not in ("cpu", "cuda"):
+        print(f"esvae.bench.devices: error: device {args.device!r}: only cpu and cuda are supported", file=sys.stderr)
+        return 2
     if dev.type == "cuda" and not torch.cuda.is_available():
         print(f"esvae.bench.devices: error: device {args.device!r} requested but CUDA is not available", file=sys.stderr)
+        return 2
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        print(f"esvae.bench.devices: error: device {args.device!r}: this machine has {torch.cuda.device_count()} "
+              "CUDA device(s)", file=sys.stderr)
         return 2
     if args.timesteps < 1 or args.batch < 2:
         print("esvae.bench.devices: error: --timesteps must be >= 1 and --batch >= 2", file=sys.stderr)

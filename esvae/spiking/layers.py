@@ -227,6 +227,7 @@ def tdbn_lif(y: torch.Tensor, bn: TDBatchNorm, lif: LIF, timesteps: int, consume
     input images are the same at each step); with the compiled kernels it is read T times and
     never copied (its gradient is the sum over the steps, formed in the kernel), else repeated."""
     bn._check_input_dim(y)
+    repeated = repeated and timesteps > 1  # one step: y already is the (T*N, ...) input
     if repeated and not kernels.usable(y, lif.surrogate):
         return _TDBNThenLIF.apply(_repeat(y, timesteps), bn.weight, bn.bias, bn, lif, timesteps, None, consume_input)
     return _TDBNThenLIF.apply(y, bn.weight, bn.bias, bn, lif, timesteps, None, consume_input, repeated)
@@ -241,6 +242,7 @@ def tdbn_lif_readout(y: torch.Tensor, bn: TDBatchNorm, lif: LIF, timesteps: int,
     last spiking layer, the largest, that saves writing and re-reading its spikes and their
     gradient, and holding them. Otherwise :func:`tdbn_lif`, then :func:`weighted_time_sum`."""
     bn._check_input_dim(y)
+    repeated = repeated and timesteps > 1
     if kernels.usable(y, lif.surrogate):
         return _TDBNThenLIF.apply(y, bn.weight, bn.bias, bn, lif, timesteps, weights.detach(), consume_input,
                                   repeated)
@@ -271,7 +273,7 @@ class _SpikeConvolution(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, transposed, stride, padding, output_padding, dilation, groups):
-        packed = kernels.pack_binary(x)
+        packed = kernels.pack_binary(x) if any(ctx.needs_input_grad[:2]) else None  # nothing to keep otherwise
         ctx.save_for_backward(packed if packed is not None else x, weight)
         ctx.packed, ctx.dtype = packed is not None, x.dtype
         ctx.conf = (transposed, stride, padding, output_padding, dilation, groups)
@@ -432,6 +434,9 @@ class MembraneReadout(nn.Module):
         w = self.weights(y_seq.shape[0], y_seq.device, y_seq.dtype)
         return weighted_time_sum(w, y_seq)
 
+    def extra_repr(self) -> str:
+        return f"decay={self.decay}"
+
 
 def weighted_time_sum(w: torch.Tensor, y_seq: torch.Tensor) -> torch.Tensor:
     """``sum_t w_t y_t`` over the leading axis of ``(T, N, C, H, W)`` (or any ``(T, ...)``), read in
@@ -440,6 +445,3 @@ def weighted_time_sum(w: torch.Tensor, y_seq: torch.Tensor) -> torch.Tensor:
     if y_seq.dim() == 5 and not y_seq.is_contiguous() and y_seq.permute(0, 1, 3, 4, 2).is_contiguous():
         return torch.tensordot(w, y_seq.permute(0, 1, 3, 4, 2), dims=([0], [0])).permute(0, 3, 1, 2)
     return torch.tensordot(w, y_seq, dims=([0], [0]))
-
-    def extra_repr(self) -> str:
-        return f"decay={self.decay}"
