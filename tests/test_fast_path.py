@@ -369,9 +369,13 @@ def test_bench_command_writes_a_checked_report(tmp_path, capsys):
             assert row["flop_bound_images_per_s"][mode] == pytest.approx(bound)
             assert row["fraction_of_flop_bound"][mode] == pytest.approx(row["images_per_s"]["tuned"]["ours"][mode] / bound)
         assert row["flops_per_image"]["train"] > 2 * row["flops_per_image"]["eval"]   # backward: about twice forward
+        spikes = row["spike_inputs"]["train"]  # 7 convolutions on spikes (all but the first); 1 for the readout-first tconv: none
+        assert spikes["convolutions_on_spikes"] == 7 and 0 <= spikes["spike_driven"] <= 7
+        assert 0 < spikes["firing_rate"] < 1
     table = capsys.readouterr().out
     assert "| esvae | 2 | train |" in table and "| fsvae | 2 | sample |" in table and "same: 0 spikes differ" in table
     assert "Peak resident memory (VmHWM" in table and "FLOP bound of esvae T=2" in table
+    assert "Convolutions on spikes, esvae T=2: train" in table
 
 
 def test_bench_refuses_an_unavailable_device(monkeypatch, capsys):

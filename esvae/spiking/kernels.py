@@ -269,27 +269,30 @@ def _compile(cache: bool = True):
 
 _Kernels = namedtuple("_Kernels", "forward forward_readout backward backward_in_place pack_binary channel_sums row_sums batch_norm_grad batch_norm_grad_rows")
 ROW_CHUNKS = 16
-_KERNELS = None
-_TRIED = False
+_LOADED: dict = {}
 
 
-def _kernels():
-    """The compiled kernels, cached on disk next to this file (or numba's user cache). Where no
-    cache location is writable they compile in memory each process; where even that fails the
-    process uses the torch-op path and says so once (None)."""
-    global _KERNELS, _TRIED
-    if not _TRIED:
-        _TRIED = True
+def load_compiled(build, what: str):
+    """``build(cache)`` (a module's numba kernels), once per process: cached on disk next to the
+    module (or numba's user cache); where no cache location is writable they compile in memory;
+    where even that fails the process uses the torch-op path and says so once (None)."""
+    if build not in _LOADED:
+        _LOADED[build] = None
         errors = []
         for cache in (True, False):
             try:
-                _KERNELS = _compile(cache)
+                _LOADED[build] = build(cache)
                 break
             except Exception as exc:  # e.g. "cannot cache function ...: no locator available"
                 errors.append(f"{type(exc).__name__}: {exc}")
         else:
-            logging.getLogger(__name__).warning("compiled LIF kernels unavailable (%s); using torch ops", errors[-1])
-    return _KERNELS
+            logging.getLogger(__name__).warning("compiled %s unavailable (%s); using torch ops", what, errors[-1])
+    return _LOADED[build]
+
+
+def _kernels():
+    """The compiled tdBN + LIF kernels (:func:`load_compiled`), or None."""
+    return load_compiled(_compile, "LIF kernels")
 
 
 def channels_last(x: torch.Tensor) -> bool:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import kernels
+from . import kernels, spike_conv
 from .neuron import LIF, V_THRESHOLD, lif_backward_sweep, lif_forward_sweep
 
 
@@ -258,54 +258,80 @@ def _conv_layout(x: torch.Tensor) -> torch.Tensor:
 
 
 class _SpikeConvolution(torch.autograd.Function):
-    """A convolution or transposed convolution of (channels-last, CPU) spike trains that keeps its
-    input for the weight gradient as bytes.
+    """A convolution or transposed convolution of (channels-last, CPU) spike trains.
 
-    * Memory: a layer's input spikes are saved as uint8 (0/1 are exact in a byte; checked while
-      packing, other input is saved as it is), a quarter of float32 -- about 90 MB less held through
-      ESVAE's backward at T = 16, batch 64; the float copy is rebuilt for the weight gradient.
-    * Speed: oneDNN's weight gradient of a *transposed* convolution with NHWC tensors is several
-      times slower than NCHW (about 170 ms against 60 for the 32 -> 32 layer at 32x32, 1024
-      images). The same numbers come from the weight gradient of the ordinary convolution that maps
-      the output gradient back to the input grid: ``dL/dW[i, o, k] = sum x[i, p] dL/dy[o, 2p - 1 + k]``
-      is the weight gradient of ``conv2d(dL/dy) -> x`` with weight shape ``(in, out, k, k)``, which
-      oneDNN runs fast in NHWC (about 40 ms, equal bits). Input gradients are autograd's."""
+    * Spike-driven (:mod:`esvae.spiking.spike_conv`): where the input is 0/1 and at most
+      ``spike_conv.MAX_DENSITY`` of it fired, the forward and the weight gradient are computed from
+      the spikes that fired (each output is its bias plus the weight rows of the spikes it sees),
+      and the backward keeps that spike index instead of the input. The input gradient is the
+      dense convolution of the output gradient (it needs no input).
+    * Otherwise oneDNN runs. A 0/1 input is saved as uint8 (exact; a quarter of float32) and
+      rebuilt for the weight gradient. A *transposed* convolution's weight gradient with NHWC
+      tensors is several times slower in oneDNN than NCHW (about 170 ms against 60 for the 32 -> 32
+      layer at 32x32, 1024 images); the same numbers come from the weight gradient of the ordinary
+      convolution that maps the output gradient back to the input grid:
+      ``dL/dW[i, o, k] = sum x[i, p] dL/dy[o, 2p - 1 + k]`` is the weight gradient of
+      ``conv2d(dL/dy) -> x`` with weight shape ``(in, out, k, k)``, which runs fast in NHWC (about
+      40 ms, equal bits)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, transposed, stride, padding, output_padding, dilation, groups):
-        packed = kernels.pack_binary(x) if any(ctx.needs_input_grad[:2]) else None  # nothing to keep otherwise
-        ctx.save_for_backward(packed if packed is not None else x, weight)
-        ctx.packed, ctx.dtype = packed is not None, x.dtype
         ctx.conf = (transposed, stride, padding, output_padding, dilation, groups)
-        ctx.has_bias = bias is not None
+        ctx.has_bias, ctx.dtype, ctx.input_shape = bias is not None, x.dtype, tuple(x.shape)
+        wanted = any(ctx.needs_input_grad[:2])
+        index = spike_conv.spike_index(x) if list(dilation) == [1, 1] and groups == 1 else None
+        if index is not None:
+            ctx.index = index if ctx.needs_input_grad[1] else None
+            ctx.save_for_backward(weight)
+            return spike_conv.forward(index, weight, bias, transposed, stride, padding, output_padding)
+        ctx.index = None
+        packed = kernels.pack_binary(x) if wanted else None  # nothing to keep otherwise
+        ctx.save_for_backward(weight, packed if packed is not None else x)
+        ctx.packed = packed is not None
         return torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
+        weight, *saved = ctx.saved_tensors
         transposed, stride, padding, output_padding, dilation, groups = ctx.conf
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)
         grad_x = grad_w = grad_b = None
-        if ctx.packed:
-            x = x.to(ctx.dtype)  # keeps the channels-last strides
-        if need_x:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad_out, x, weight, None, stride, padding, dilation, transposed, output_padding, groups,
-                [True, False, False])[0]
-        if need_w:
-            if transposed:
-                grad_w = torch.ops.aten.convolution_backward(
-                    x, grad_out, weight, None, stride, padding, dilation, False, [0, 0], groups,
-                    [False, True, False])[1]
-            else:
-                grad_w = torch.ops.aten.convolution_backward(
-                    grad_out, x, weight, None, stride, padding, dilation, False, output_padding, groups,
-                    [False, True, False])[1]
+        if not saved:  # spike-driven forward: the index for the weight gradient, no input
+            if need_x:
+                grad_x = _input_grad(grad_out, weight, ctx.input_shape, transposed, stride, padding)
+            if need_w:
+                grad_w = spike_conv.weight_grad(ctx.index, grad_out, weight.shape, transposed, stride, padding)
+        else:
+            x = saved[0].to(ctx.dtype) if ctx.packed else saved[0]  # keeps the channels-last strides
+            if need_x:
+                grad_x = torch.ops.aten.convolution_backward(
+                    grad_out, x, weight, None, stride, padding, dilation, transposed, output_padding, groups,
+                    [True, False, False])[0]
+            if need_w:
+                if transposed:
+                    grad_w = torch.ops.aten.convolution_backward(
+                        x, grad_out, weight, None, stride, padding, dilation, False, [0, 0], groups,
+                        [False, True, False])[1]
+                else:
+                    grad_w = torch.ops.aten.convolution_backward(
+                        grad_out, x, weight, None, stride, padding, dilation, False, output_padding, groups,
+                        [False, True, False])[1]
         if need_b and ctx.has_bias:
             grad_b = grad_out.sum((0, 2, 3))
+        ctx.index = None
         return grad_x, grad_w, grad_b, None, None, None, None, None, None
+
+
+def _input_grad(grad_out: torch.Tensor, weight: torch.Tensor, input_shape, transposed: bool, stride, padding):
+    """dL/dx of a (transposed) convolution with dilation 1 and one group: the adjoint operation on
+    the output gradient, the input's size restored through the output padding."""
+    if transposed:
+        return torch.nn.functional.conv2d(grad_out, weight, None, stride, padding)
+    extra = [input_shape[2 + d] - spike_conv.output_size(grad_out.shape[2 + d], weight.shape[2 + d], stride[d],
+                                                         padding[d], 0, True) for d in range(2)]
+    return torch.nn.functional.conv_transpose2d(grad_out, weight, None, stride, padding, extra)
 
 
 def _spike_convolution(layer, x: torch.Tensor, transposed: bool) -> Optional[torch.Tensor]:

@@ -1,0 +1,239 @@
+"""Spike-driven convolutions on CPU: the forward and the weight gradient of a convolution or
+transposed convolution whose input is binary spikes, computed from the spikes that fired only.
+
+With a 0/1 input the products of a convolution are selections: each output pixel is its bias plus
+the weight rows ``W[kh, kw, ci, :]`` of the input spikes it sees, and the weight gradient row
+``dW[kh, kw, ci, :]`` is the sum of the output-gradient rows that spike feeds. At the 13-20% firing
+rates of these networks that is 5-8x fewer additions than the dense product (and no
+multiplications); oneDNN's dense kernels are well vectorised, so the gain in time is smaller and
+depends on the layer (measured in ``benchmarks/speed/README.md``). The input gradient needs no
+input (it is the dense convolution of the output gradient with the weights) and stays with oneDNN.
+
+* :func:`spike_index` turns a channels-last (NHWC) spike tensor into, per pixel, the list of its
+  channels that fired (``idx (B, H, W, C)`` bytes, first ``count[b, h, w]`` entries valid) and
+  checks that every value is 0 or 1 (None otherwise: the dense path runs). The index is also what
+  the backward keeps instead of the spikes (about the memory of the uint8 copy it replaces).
+* :func:`forward` scatters each spike's weight rows into the outputs it feeds, image by image
+  (threads over images, so no two threads write the same output).
+* :func:`weight_grad` accumulates the output-gradient rows into per-chunk weight gradients (a
+  fixed number of chunks of images, summed in a fixed order: the result does not depend on the
+  thread count).
+
+Which output a tap feeds is precomputed per row and column (``taps``: ordinary convolution
+``o = (i + p - k) / s`` where integral, transposed ``o = i s - p + k``), so the kernels do no
+division. Dilation 1 and one group only (the callers check). The sums run in a different order
+from the dense kernels': float64 agrees to rounding (the tests and the bench's float64 check),
+float32 to float32 rounding.
+"""
+from __future__ import annotations
+
+from collections import namedtuple
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import kernels
+
+CHUNKS = 16  # weight-gradient partial sums: fixed, so results do not depend on the thread count
+MAX_DENSITY = 0.35  # above this firing rate the dense kernels are faster (measured: 14% -> 2x, 50% -> 0.7x)
+
+
+def _compile(cache: bool = True):
+    numba = kernels.numba
+    jit = numba.njit(parallel=True, cache=cache, nogil=True)
+
+    @jit
+    def index(x, idx, count, chunks):  # x (P, C) float; idx (P, C) ints; count (P,) -> fired total, or -1 if not binary
+        rows, width = x.shape
+        per = (rows + chunks - 1) // chunks
+        fired = np.zeros(chunks, dtype=np.int64)
+        bad = np.zeros(chunks, dtype=np.int64)
+        for j in numba.prange(chunks):
+            total = 0
+            wrong = 0
+            for p in range(j * per, min(rows, (j + 1) * per)):
+                n = 0
+                for c in range(width):
+                    v = x[p, c]
+                    if v != 0.0:
+                        idx[p, n] = c
+                        n += 1
+                        wrong += v != 1.0
+                count[p] = n
+                total += n
+            fired[j] = total
+            bad[j] = wrong
+        return -1 if bad.sum() > 0 else fired.sum()
+
+    @jit
+    def forward(idx, count, wt, bias, out_row, out_col, out):
+        # idx (B, H, W, C), count (B, H, W); wt (KH, KW, Ci, Co); out (B, OH, OW, Co);
+        # out_row (H, KH) / out_col (W, KW): the output row / column input i feeds through tap k, or -1.
+        images, height, width, _ = idx.shape
+        taps_h, taps_w, _, channels = wt.shape
+        _, out_h, out_w, _ = out.shape
+        for b in numba.prange(images):
+            for oh in range(out_h):
+                for ow in range(out_w):
+                    for co in range(channels):
+                        out[b, oh, ow, co] = bias[co]
+            for ih in range(height):
+                for iw in range(width):
+                    for j in range(count[b, ih, iw]):
+                        ci = idx[b, ih, iw, j]
+                        for kh in range(taps_h):
+                            oh = out_row[ih, kh]
+                            if oh < 0:
+                                continue
+                            for kw in range(taps_w):
+                                ow = out_col[iw, kw]
+                                if ow < 0:
+                                    continue
+                                for co in range(channels):
+                                    out[b, oh, ow, co] += wt[kh, kw, ci, co]
+
+    @jit
+    def weight_grad(idx, count, grad, out_row, out_col, part):  # grad (B, OH, OW, Co); part (chunks, KH, KW, Ci, Co) zeroed
+        images, height, width, _ = idx.shape
+        channels = grad.shape[3]
+        chunks, taps_h, taps_w, _, _ = part.shape
+        per = (images + chunks - 1) // chunks
+        for q in numba.prange(chunks):
+            for b in range(q * per, min(images, (q + 1) * per)):
+                for ih in range(height):
+                    for iw in range(width):
+                        for j in range(count[b, ih, iw]):
+                            ci = idx[b, ih, iw, j]
+                            for kh in range(taps_h):
+                                oh = out_row[ih, kh]
+                                if oh < 0:
+                                    continue
+                                for kw in range(taps_w):
+                                    ow = out_col[iw, kw]
+                                    if ow < 0:
+                                        continue
+                                    for co in range(channels):
+                                        part[q, kh, kw, ci, co] += grad[b, oh, ow, co]
+
+    @jit
+    def sum_chunks(part, out):  # part (chunks, M) -> out (M,): chunk 0 + chunk 1 + ..., in that order
+        chunks, size = part.shape
+        block = 4096
+        for q in numba.prange((size + block - 1) // block):
+            for i in range(q * block, min(size, (q + 1) * block)):
+                s = part[0, i]
+                for j in range(1, chunks):
+                    s += part[j, i]
+                out[i] = s
+
+    return namedtuple("_SpikeConvKernels", "index forward weight_grad sum_chunks")(index, forward, weight_grad, sum_chunks)
+
+
+def _kernels():
+    return kernels.load_compiled(_compile, "spike-driven convolution kernels")
+
+
+# Counters over the process (the bench reads and resets them): spike inputs seen, how many of them
+# ran spike-driven, and their fired / total values (the firing rate the speed depends on).
+STATS = {"inputs": 0, "spike_driven": 0, "fired": 0, "values": 0}
+
+
+def reset_stats() -> None:
+    for key in STATS:
+        STATS[key] = 0
+
+
+SpikeIndex = namedtuple("SpikeIndex", "idx count shape fired")
+
+
+def spike_index(x: torch.Tensor, max_density: Optional[float] = None) -> Optional[SpikeIndex]:
+    """The fired channels of each pixel of a channels-last ``(B, C, H, W)`` CPU tensor, or None when
+    a value is not 0/1 or more than ``max_density`` (default :data:`MAX_DENSITY`) of them fired (the
+    dense path is faster there)."""
+    max_density = MAX_DENSITY if max_density is None else max_density
+    if max_density <= 0 or _kernels() is None:
+        return None
+    rows = x.detach().permute(0, 2, 3, 1)  # (B, H, W, C), contiguous for channels-last x
+    if not rows.is_contiguous():
+        return None
+    b, h, w, c = rows.shape
+    idx = torch.empty((b, h, w, c), dtype=torch.uint8 if c <= 256 else torch.int16)
+    count = torch.empty((b, h, w), dtype=torch.int32)
+    kernels._threads()
+    fired = _kernels().index(rows.reshape(-1, c).numpy(), idx.view(-1, c).numpy(), count.view(-1).numpy(), CHUNKS)
+    if fired < 0:
+        return None
+    STATS["inputs"] += 1
+    STATS["fired"] += int(fired)
+    STATS["values"] += x.numel()
+    if fired > max_density * x.numel():
+        return None
+    STATS["spike_driven"] += 1
+    return SpikeIndex(idx, count, tuple(x.shape), int(fired))
+
+
+def taps(size_out: int, size_in: int, kernel: int, stride: int, padding: int, transposed: bool) -> np.ndarray:
+    """``(size_in, kernel)``: the output position input position ``i`` feeds through tap ``k`` along
+    one axis, or -1 where it feeds none."""
+    out = np.full((size_in, kernel), -1, dtype=np.int64)
+    for i in range(size_in):
+        for k in range(kernel):
+            if transposed:
+                o = i * stride - padding + k
+            else:
+                o, rem = divmod(i + padding - k, stride)
+                if rem or i + padding - k < 0:
+                    continue
+            if 0 <= o < size_out:
+                out[i, k] = o
+    return out
+
+
+def output_size(size_in: int, kernel: int, stride: int, padding: int, output_padding: int, transposed: bool) -> int:
+    if transposed:
+        return (size_in - 1) * stride - 2 * padding + kernel + output_padding
+    return (size_in + 2 * padding - kernel) // stride + 1
+
+
+def _geometry(index: SpikeIndex, weight: torch.Tensor, transposed: bool, stride: Sequence[int],
+              padding: Sequence[int], output_padding: Sequence[int]):
+    _, _, h, w = index.shape
+    kh, kw = weight.shape[2:]
+    oh = output_size(h, kh, stride[0], padding[0], output_padding[0], transposed)
+    ow = output_size(w, kw, stride[1], padding[1], output_padding[1], transposed)
+    return oh, ow, taps(oh, h, kh, stride[0], padding[0], transposed), taps(ow, w, kw, stride[1], padding[1], transposed)
+
+
+def forward(index: SpikeIndex, weight: torch.Tensor, bias: Optional[torch.Tensor], transposed: bool,
+            stride: Sequence[int], padding: Sequence[int], output_padding: Sequence[int]) -> torch.Tensor:
+    """The convolution (``weight (Co, Ci, kh, kw)``) or transposed convolution (``(Ci, Co, kh, kw)``)
+    of the indexed spikes: ``(B, Co, OH, OW)``, channels last."""
+    oh, ow, rows, cols = _geometry(index, weight, transposed, stride, padding, output_padding)
+    w = weight.detach()
+    wt = (w.permute(2, 3, 0, 1) if transposed else w.permute(2, 3, 1, 0)).contiguous()  # (kh, kw, Ci, Co)
+    channels = wt.shape[3]
+    b = bias.detach().contiguous() if bias is not None else torch.zeros(channels, dtype=w.dtype)
+    out = torch.empty((index.shape[0], channels, oh, ow), dtype=w.dtype, memory_format=torch.channels_last)
+    kernels._threads()
+    _kernels().forward(index.idx.numpy(), index.count.numpy(), wt.numpy(), b.numpy(), rows, cols,
+                       out.permute(0, 2, 3, 1).numpy())  # the NHWC view of out's memory
+    return out
+
+
+def weight_grad(index: SpikeIndex, grad_out: torch.Tensor, weight_shape: Sequence[int], transposed: bool,
+                stride: Sequence[int], padding: Sequence[int]) -> torch.Tensor:
+    """dL/dW of :func:`forward` for the output gradient ``grad_out (B, Co, OH, OW)`` (any layout)."""
+    grad = grad_out.permute(0, 2, 3, 1).contiguous()  # (B, OH, OW, Co): free for channels-last grad_out
+    _, _, h, w = index.shape
+    kh, kw = weight_shape[2:]
+    rows = taps(grad.shape[1], h, kh, stride[0], padding[0], transposed)
+    cols = taps(grad.shape[2], w, kw, stride[1], padding[1], transposed)
+    ci, co = index.shape[1], grad.shape[3]
+    part = torch.zeros((CHUNKS, kh, kw, ci, co), dtype=grad.dtype)
+    out = torch.empty((kh, kw, ci, co), dtype=grad.dtype)
+    kernels._threads()
+    k = _kernels()
+    k.weight_grad(index.idx.numpy(), index.count.numpy(), grad.numpy(), rows, cols, part.numpy())
+    k.sum_chunks(part.view(CHUNKS, -1).numpy(), out.view(-1).numpy())
+    return (out.permute(2, 3, 0, 1) if transposed else out.permute(3, 2, 0, 1)).contiguous()
