@@ -53,13 +53,13 @@ def _compile(cache: bool = True):
             total = 0
             wrong = 0
             for p in range(j * per, min(rows, (j + 1) * per)):
-                n = 0
                 for c in range(width):
                     v = x[p, c]
-                    if v != 0.0:
-                        idx[p, n] = c
-                        n += 1
-                        wrong += v != 1.0
+                    wrong += (v != 0.0) & (v != 1.0)
+                n = 0
+                for c in range(width):  # branch-free: write every channel, keep it if it fired
+                    idx[p, n] = c
+                    n += x[p, c] != 0.0
                 count[p] = n
                 total += n
             fired[j] = total
