@@ -6,7 +6,8 @@ the weight rows ``W[kh, kw, ci, :]`` of the input spikes it sees, and the weight
 ``dW[kh, kw, ci, :]`` is the sum of the output-gradient rows that spike feeds. At the 13-20% firing
 rates of these networks that is 5-8x fewer additions than the dense product (and no
 multiplications); oneDNN's dense kernels are well vectorised, so the gain in time is smaller and
-depends on the layer (measured in ``benchmarks/speed/README.md``). The input gradient needs no
+depends on the layer and the firing rate (measured in the README, section Performance: about even
+near 30% firing, hence :data:`MAX_DENSITY`). The input gradient needs no
 input (it is the dense convolution of the output gradient with the weights) and stays with oneDNN.
 
 * :func:`spike_index` turns a channels-last (NHWC) spike tensor into, per pixel, the list of its
