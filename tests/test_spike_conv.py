@@ -9,17 +9,26 @@ import torch
 from esvae.spiking import SpikingConv2d, SpikingConvTranspose2d, spike_conv
 from esvae.spiking.layers import _SpikeConvolution
 
-# (transposed, in channels, out channels, kernel, stride, padding, output padding, height, width)
+# (transposed, in channels, out channels, kernel, stride, padding, output padding, height, width);
+# a pair is (along H, along W)
 GEOMETRIES = [
     (False, 3, 5, 3, 2, 1, 0, 9, 8),     # the encoder's convolutions (odd size: a partial last window)
     (False, 4, 6, 3, 1, 1, 0, 7, 7),
     (False, 2, 3, 3, 2, 0, 0, 8, 9),     # no padding
     (False, 3, 4, 2, 2, 0, 0, 6, 6),     # even kernel
+    (False, 3, 4, (3, 2), (2, 1), (1, 0), 0, 7, 6),  # axes differ: kernel, stride, padding
+    (False, 300, 2, 3, 2, 1, 0, 4, 4),   # channel numbers past a byte (two-byte index)
     (True, 4, 6, 3, 2, 1, 1, 5, 6),      # the decoder's transposed convolutions
     (True, 3, 2, 3, 1, 1, 0, 6, 7),      # the last layer's
     (True, 5, 3, 3, 2, 0, 1, 4, 4),
     (True, 2, 3, 4, 2, 1, 0, 3, 5),
+    (True, 3, 4, (2, 3), (1, 2), (0, 1), (0, 1), 5, 4),  # axes differ
+    (True, 256, 1, 3, 2, 1, 1, 3, 3),    # channel 255 (the largest byte), one output channel
 ]
+
+
+def _pair(v):
+    return list(v) if isinstance(v, tuple) else [v, v]
 
 
 def _spikes(shape, density=0.25, dtype=torch.float64, seed=0):
@@ -29,7 +38,8 @@ def _spikes(shape, density=0.25, dtype=torch.float64, seed=0):
 
 def _weights(transposed, cin, cout, k, dtype=torch.float64, seed=1):
     g = torch.Generator().manual_seed(seed)
-    shape = (cin, cout, k, k) if transposed else (cout, cin, k, k)
+    k = tuple(_pair(k))
+    shape = (cin, cout, *k) if transposed else (cout, cin, *k)
     return torch.randn(shape, generator=g, dtype=dtype), torch.randn(cout, generator=g, dtype=dtype)
 
 
@@ -51,42 +61,76 @@ def test_non_binary_or_dense_input_is_left_to_the_dense_kernels():
     assert spike_conv.spike_index(x, max_density=0.0) is None                # switched off
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("geometry", GEOMETRIES)
-def test_forward_and_weight_gradient_equal_the_dense_convolution(geometry):
+def test_forward_and_weight_gradient_equal_the_dense_convolution(geometry, dtype):
     transposed, cin, cout, k, s, p, op, h, w = geometry
-    x = _spikes((3, cin, h, w))
-    weight, bias = _weights(transposed, cin, cout, k)
+    s, p, op = _pair(s), _pair(p), _pair(op)
+    x = _spikes((3, cin, h, w), dtype=dtype)
+    weight, bias = _weights(transposed, cin, cout, k, dtype=dtype)
     index = spike_conv.spike_index(x, max_density=1.0)
-    ref = torch.ops.aten.convolution(x, weight, bias, [s, s], [p, p], [1, 1], transposed, [op, op], 1)
-    out = spike_conv.forward(index, weight, bias, transposed, [s, s], [p, p], [op, op])
+    assert index is not None and index.fired == int(x.sum())
+    ref = torch.ops.aten.convolution(x, weight, bias, s, p, [1, 1], transposed, op, 1)
+    out = spike_conv.forward(index, weight, bias, transposed, s, p, op)
     assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
-    grad = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    want = torch.ops.aten.convolution_backward(grad, x, weight, None, [s, s], [p, p], [1, 1], transposed,
-                                               [op, op], 1, [False, True, False])[1]
-    got = spike_conv.weight_grad(index, grad, weight.shape, transposed, [s, s], [p, p])
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    tol = dict(rtol=0, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out, ref, **tol)
+    grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+    want = torch.ops.aten.convolution_backward(grad, x, weight, None, s, p, [1, 1], transposed,
+                                               op, 1, [False, True, False])[1]
+    got = spike_conv.weight_grad(index, grad, weight.shape, transposed, s, p)
+    torch.testing.assert_close(got, want, **tol)
 
 
-@pytest.mark.parametrize("geometry", [GEOMETRIES[0], GEOMETRIES[4], GEOMETRIES[7]])
+@pytest.mark.parametrize("geometry", [GEOMETRIES[0], GEOMETRIES[4], GEOMETRIES[6], GEOMETRIES[10]])
 def test_the_autograd_op_gives_the_dense_gradients(geometry):
     """_SpikeConvolution (spike-driven: no input kept, the input gradient from the output
-    gradient alone, the size restored by the output padding) against F.conv2d's autograd."""
+    gradient alone, the size restored by the output padding) against aten's autograd; a retained
+    graph gives the same gradients a second time."""
     transposed, cin, cout, k, s, p, op, h, w = geometry
+    s, p, op = _pair(s), _pair(p), _pair(op)
     x = _spikes((2, cin, h, w)).requires_grad_()
     weight, bias = (t.requires_grad_() for t in _weights(transposed, cin, cout, k))
-    args = (transposed, [s, s], [p, p], [op, op] if transposed else [0, 0], [1, 1], 1)
+    args = (transposed, s, p, op if transposed else [0, 0], [1, 1], 1)
     spike_conv.reset_stats()
     out = _SpikeConvolution.apply(x, weight, bias, *args)
     assert spike_conv.STATS["spike_driven"] == 1 and spike_conv.STATS["fired"] == int(x.sum())
-    ref = torch.ops.aten.convolution(x, weight, bias, [s, s], [p, p], [1, 1], transposed, args[3], 1)
+    ref = torch.ops.aten.convolution(x, weight, bias, s, p, [1, 1], transposed, args[3], 1)
     grad = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    got = torch.autograd.grad(out, (x, weight, bias), grad)
+    got = torch.autograd.grad(out, (x, weight, bias), grad, retain_graph=True)
+    again = torch.autograd.grad(out, (x, weight, bias), grad)
     want = torch.autograd.grad(ref, (x, weight, bias), grad)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
-    for a, b in zip(got, want):
+    for a, b, c in zip(got, want, again):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        assert torch.equal(a, c)
+
+
+def test_only_the_gradients_asked_for_are_formed():
+    """Input without gradient (a frozen encoder's spikes) or weights frozen: the other gradients
+    are still the dense ones."""
+    transposed, cin, cout, k, s, p, op, h, w = GEOMETRIES[6]
+    weight, bias = _weights(transposed, cin, cout, k)
+    args = (transposed, [s, s], [p, p], [op, op], [1, 1], 1)
+    grad = torch.randn(2, cout, (h - 1) * s - 2 * p + k + op, (w - 1) * s - 2 * p + k + op, dtype=torch.float64)
+    x = _spikes((2, cin, h, w))
+    for need_x, need_w in ((False, True), (True, False)):
+        xi, wi = x.clone().requires_grad_(need_x), weight.clone().requires_grad_(need_w)
+        wanted = [t for t in (xi, wi) if t.requires_grad]
+        got = torch.autograd.grad(_SpikeConvolution.apply(xi, wi, bias, *args), wanted, grad)
+        ref = torch.autograd.grad(torch.ops.aten.convolution(xi, wi, bias, [s, s], [p, p], [1, 1], True, [op, op], 1),
+                                  wanted, grad)
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_mixed_precision_input_is_left_to_the_dense_kernels():
+    """Spikes in float64 into float32 weights: aten refuses it, and so must this op (no silent cast)."""
+    transposed, cin, cout, k, s, p, op, h, w = GEOMETRIES[6]
+    weight, bias = _weights(transposed, cin, cout, k, dtype=torch.float32)
+    with pytest.raises(RuntimeError):
+        _SpikeConvolution.apply(_spikes((2, cin, h, w)), weight, bias, transposed, [s, s], [p, p], [op, op], [1, 1], 1)
 
 
 def test_weight_gradient_does_not_depend_on_the_thread_count():
@@ -95,6 +139,9 @@ def test_weight_gradient_does_not_depend_on_the_thread_count():
     x = _spikes((40, 8, 8, 8), density=0.2, dtype=torch.float32)
     index = spike_conv.spike_index(x)
     grad = torch.randn(40, 8, 16, 16).contiguous(memory_format=torch.channels_last)
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has one thread here (NUMBA_NUM_THREADS): nothing to compare")
     threads = torch.get_num_threads()
     try:
         results = []

@@ -279,12 +279,16 @@ class _SpikeConvolution(torch.autograd.Function):
         ctx.conf = (transposed, stride, padding, output_padding, dilation, groups)
         ctx.has_bias, ctx.dtype, ctx.input_shape = bias is not None, x.dtype, tuple(x.shape)
         wanted = any(ctx.needs_input_grad[:2])
-        index = spike_conv.spike_index(x) if list(dilation) == [1, 1] and groups == 1 else None
+        simple = list(dilation) == [1, 1] and groups == 1 and x.dtype == weight.dtype
+        index = spike_conv.spike_index(x) if simple else None
+        ctx.spike_driven = index is not None
         if index is not None:
-            ctx.index = index if ctx.needs_input_grad[1] else None
-            ctx.save_for_backward(weight)
+            if ctx.needs_input_grad[1]:  # saved tensors: kept for a retained graph, freed after backward
+                ctx.save_for_backward(weight, index.idx, index.count)
+                ctx.index_shape, ctx.fired = index.shape, index.fired
+            else:
+                ctx.save_for_backward(weight)
             return spike_conv.forward(index, weight, bias, transposed, stride, padding, output_padding)
-        ctx.index = None
         packed = kernels.pack_binary(x) if wanted else None  # nothing to keep otherwise
         ctx.save_for_backward(weight, packed if packed is not None else x)
         ctx.packed = packed is not None
@@ -298,11 +302,12 @@ class _SpikeConvolution(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)
         grad_x = grad_w = grad_b = None
-        if not saved:  # spike-driven forward: the index for the weight gradient, no input
+        if ctx.spike_driven:  # the index of the fired channels for the weight gradient, no input
             if need_x:
                 grad_x = _input_grad(grad_out, weight, ctx.input_shape, transposed, stride, padding)
             if need_w:
-                grad_w = spike_conv.weight_grad(ctx.index, grad_out, weight.shape, transposed, stride, padding)
+                index = spike_conv.SpikeIndex(saved[0], saved[1], ctx.index_shape, ctx.fired)
+                grad_w = spike_conv.weight_grad(index, grad_out, weight.shape, transposed, stride, padding)
         else:
             x = saved[0].to(ctx.dtype) if ctx.packed else saved[0]  # keeps the channels-last strides
             if need_x:
@@ -320,7 +325,6 @@ class _SpikeConvolution(torch.autograd.Function):
                         [False, True, False])[1]
         if need_b and ctx.has_bias:
             grad_b = grad_out.sum((0, 2, 3))
-        ctx.index = None
         return grad_x, grad_w, grad_b, None, None, None, None, None, None
 
 

@@ -13,7 +13,8 @@ input (it is the dense convolution of the output gradient with the weights) and 
 * :func:`spike_index` turns a channels-last (NHWC) spike tensor into, per pixel, the list of its
   channels that fired (``idx (B, H, W, C)`` bytes, first ``count[b, h, w]`` entries valid) and
   checks that every value is 0 or 1 (None otherwise: the dense path runs). The index is also what
-  the backward keeps instead of the spikes (about the memory of the uint8 copy it replaces).
+  the backward keeps instead of the spikes (for up to 256 channels about the memory of the uint8
+  copy it replaces; twice that above, where channel numbers need two bytes).
 * :func:`forward` scatters each spike's weight rows into the outputs it feeds, image by image
   (threads over images, so no two threads write the same output).
 * :func:`weight_grad` accumulates the output-gradient rows into per-chunk weight gradients (a
@@ -159,7 +160,7 @@ def spike_index(x: torch.Tensor, max_density: Optional[float] = None) -> Optiona
     if not rows.is_contiguous():
         return None
     b, h, w, c = rows.shape
-    idx = torch.empty((b, h, w, c), dtype=torch.uint8 if c <= 256 else torch.int16)
+    idx = torch.empty((b, h, w, c), dtype=torch.uint8 if c <= 256 else torch.int16 if c <= 32768 else torch.int32)
     count = torch.empty((b, h, w), dtype=torch.int32)
     kernels._threads()
     fired = _kernels().index(rows.reshape(-1, c).numpy(), idx.view(-1, c).numpy(), count.view(-1).numpy(), CHUNKS)
