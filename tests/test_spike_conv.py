@@ -177,3 +177,21 @@ def test_spiking_layers_give_the_same_result_with_and_without_the_spike_path(lay
     results = [r[:-1] for r in results]
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+
+
+def test_wide_layers_use_fewer_partial_sums_with_the_same_result(monkeypatch):
+    """A layer whose 16 partial weight gradients would pass PART_BYTES uses fewer (never under 2);
+    the gradient stays the dense one."""
+    assert spike_conv.partial_sums(4 * 512 * 512 * 9) == 7 and spike_conv.partial_sums(4 * 128 * 256 * 9) == 16
+    assert spike_conv.partial_sums(10 * spike_conv.PART_BYTES) == 2
+    transposed, cin, cout, k, s, p, op, h, w = GEOMETRIES[6]
+    x = _spikes((5, cin, h, w))
+    weight, _ = _weights(transposed, cin, cout, k)
+    index = spike_conv.spike_index(x, max_density=1.0)
+    grad = torch.randn(5, cout, (h - 1) * s - 2 * p + k + op, (w - 1) * s - 2 * p + k + op, dtype=torch.float64)
+    want = torch.ops.aten.convolution_backward(grad, x, weight, None, [s, s], [p, p], [1, 1], True, [op, op], 1,
+                                               [False, True, False])[1]
+    monkeypatch.setattr(spike_conv, "PART_BYTES", 3 * weight.numel() * 8)  # 3 partial sums
+    assert spike_conv.partial_sums(weight.numel() * 8) == 3
+    torch.testing.assert_close(spike_conv.weight_grad(index, grad, weight.shape, True, [s, s], [p, p]), want,
+                               rtol=0, atol=1e-12)

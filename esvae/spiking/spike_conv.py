@@ -38,6 +38,7 @@ import torch
 from . import kernels
 
 CHUNKS = 16  # weight-gradient partial sums: fixed, so results do not depend on the thread count
+PART_BYTES = 64 * 2**20  # ... fewer (at least 2) where 16 copies of a layer's weights would pass this
 MAX_DENSITY = 0.35  # above this firing rate the dense kernels are faster (measured: 14% -> 2x, 50% -> 0.7x)
 
 
@@ -223,6 +224,14 @@ def forward(index: SpikeIndex, weight: torch.Tensor, bias: Optional[torch.Tensor
     return out
 
 
+def partial_sums(weight_bytes: int) -> int:
+    """How many partial weight gradients the weight gradient accumulates (threads take chunks of
+    images): :data:`CHUNKS`, fewer for wide layers so that they hold at most about
+    :data:`PART_BYTES` (a 512 x 512 x 3 x 3 layer: 7); it depends on the layer only, never on the
+    thread count."""
+    return max(2, min(CHUNKS, PART_BYTES // max(weight_bytes, 1)))
+
+
 def weight_grad(index: SpikeIndex, grad_out: torch.Tensor, weight_shape: Sequence[int], transposed: bool,
                 stride: Sequence[int], padding: Sequence[int]) -> torch.Tensor:
     """dL/dW of :func:`forward` for the output gradient ``grad_out (B, Co, OH, OW)`` (any layout)."""
@@ -232,10 +241,11 @@ def weight_grad(index: SpikeIndex, grad_out: torch.Tensor, weight_shape: Sequenc
     rows = taps(grad.shape[1], h, kh, stride[0], padding[0], transposed)
     cols = taps(grad.shape[2], w, kw, stride[1], padding[1], transposed)
     ci, co = index.shape[1], grad.shape[3]
-    part = torch.zeros((CHUNKS, kh, kw, ci, co), dtype=grad.dtype)
+    chunks = partial_sums(kh * kw * ci * co * grad.element_size())
+    part = torch.zeros((chunks, kh, kw, ci, co), dtype=grad.dtype)
     out = torch.empty((kh, kw, ci, co), dtype=grad.dtype)
     kernels._threads()
     k = _kernels()
     k.weight_grad(index.idx.numpy(), index.count.numpy(), grad.numpy(), rows, cols, part.numpy())
-    k.sum_chunks(part.view(CHUNKS, -1).numpy(), out.view(-1).numpy())
+    k.sum_chunks(part.view(chunks, -1).numpy(), out.view(-1).numpy())
     return (out.permute(2, 3, 0, 1) if transposed else out.permute(3, 2, 0, 1)).contiguous()
