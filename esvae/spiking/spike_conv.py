@@ -199,20 +199,20 @@ def output_size(size_in: int, kernel: int, stride: int, padding: int, output_pad
     return (size_in + 2 * padding - kernel) // stride + 1
 
 
-def _geometry(index: SpikeIndex, weight: torch.Tensor, transposed: bool, stride: Sequence[int],
-              padding: Sequence[int], output_padding: Sequence[int]):
-    _, _, h, w = index.shape
-    kh, kw = weight.shape[2:]
-    oh = output_size(h, kh, stride[0], padding[0], output_padding[0], transposed)
-    ow = output_size(w, kw, stride[1], padding[1], output_padding[1], transposed)
-    return oh, ow, taps(oh, h, kh, stride[0], padding[0], transposed), taps(ow, w, kw, stride[1], padding[1], transposed)
+def _tap_tables(index: SpikeIndex, kernel: Sequence[int], out_size: Sequence[int], stride: Sequence[int],
+                padding: Sequence[int], transposed: bool):
+    """:func:`taps` along the rows and the columns of the indexed input."""
+    return tuple(taps(out_size[d], index.shape[2 + d], kernel[d], stride[d], padding[d], transposed) for d in range(2))
 
 
 def forward(index: SpikeIndex, weight: torch.Tensor, bias: Optional[torch.Tensor], transposed: bool,
             stride: Sequence[int], padding: Sequence[int], output_padding: Sequence[int]) -> torch.Tensor:
     """The convolution (``weight (Co, Ci, kh, kw)``) or transposed convolution (``(Ci, Co, kh, kw)``)
     of the indexed spikes: ``(B, Co, OH, OW)``, channels last."""
-    oh, ow, rows, cols = _geometry(index, weight, transposed, stride, padding, output_padding)
+    kernel = weight.shape[2:]
+    oh, ow = (output_size(index.shape[2 + d], kernel[d], stride[d], padding[d], output_padding[d], transposed)
+              for d in range(2))
+    rows, cols = _tap_tables(index, kernel, (oh, ow), stride, padding, transposed)
     w = weight.detach()
     wt = (w.permute(2, 3, 0, 1) if transposed else w.permute(2, 3, 1, 0)).contiguous()  # (kh, kw, Ci, Co)
     channels = wt.shape[3]
@@ -236,10 +236,8 @@ def weight_grad(index: SpikeIndex, grad_out: torch.Tensor, weight_shape: Sequenc
                 stride: Sequence[int], padding: Sequence[int]) -> torch.Tensor:
     """dL/dW of :func:`forward` for the output gradient ``grad_out (B, Co, OH, OW)`` (any layout)."""
     grad = grad_out.permute(0, 2, 3, 1).contiguous()  # (B, OH, OW, Co): free for channels-last grad_out
-    _, _, h, w = index.shape
     kh, kw = weight_shape[2:]
-    rows = taps(grad.shape[1], h, kh, stride[0], padding[0], transposed)
-    cols = taps(grad.shape[2], w, kw, stride[1], padding[1], transposed)
+    rows, cols = _tap_tables(index, (kh, kw), grad.shape[1:3], stride, padding, transposed)
     ci, co = index.shape[1], grad.shape[3]
     chunks = partial_sums(kh * kw * ci * co * grad.element_size())
     part = torch.zeros((chunks, kh, kw, ci, co), dtype=grad.dtype)
