@@ -37,7 +37,7 @@ from esvae.errors import ConfigError
 from esvae.models.backbone import SpikingConvBackbone
 from esvae.models.base import OriginalLayout, VAEProtocolMixin
 from esvae.samplers import LatentSampler, VoteSelectionSampler, build_sampler
-from esvae.spiking import LIF, SpikingLinear, lif_step_inference
+from esvae.spiking import LIF, SpikingLinear, tdbn_lif_step
 
 
 @dataclass
@@ -116,18 +116,18 @@ class VotingMLP(nn.Sequential):
 
         In eval mode tdBN uses running statistics, so a step does not depend on the others and this
         equals ``forward`` on the whole prefix taken at its last step, at one step's cost instead
-        of t + 1. In training, tdBN normalises with the statistics of the whole input, so stepping
-        is refused there.
+        of t + 1 (each layer: its weights, then :func:`esvae.spiking.tdbn_lif_step`, one pass with
+        the compiled kernels). In training, tdBN normalises with the statistics of the whole input,
+        so stepping is refused there.
         """
         if self.training:
             raise RuntimeError("VotingMLP.step needs eval mode: in training tdBN uses the statistics of the whole sequence")
         state = state or [None] * len(self)
         new_state, h = [], x_t
         for layer, layer_state in zip(self, state):
-            current = layer.bn(F.linear(h, layer.weight, layer.bias))
-            layer_state = lif_step_inference(current, layer_state, layer.lif.tau, layer.lif.v_threshold)
+            layer_state = tdbn_lif_step(F.linear(h, layer.weight, layer.bias), layer.bn, layer.lif, layer_state)
             new_state.append(layer_state)
-            h = layer_state[1]
+            h = layer_state.spikes
         return h.unflatten(-1, (self.latent_dim, self.votes)), new_state
 
 
@@ -158,13 +158,15 @@ class FSVAEPosterior(nn.Module):
         z_shifted = latent_spikes.new_zeros(1, N, L)                           # [z_{-1} = 0]
         if self.stepwise and not self.layers.training:
             state, step_votes = None, []
+            step_input = latent_spikes.new_zeros(N, 2 * L)                      # [x_t, z_{t-1}]
+            z_shifted = latent_spikes.new_zeros(T + 1, N, L)
             for t in range(T):
-                votes_t, state = self.layers.step(torch.cat([x_seq[t], z_shifted[t]], dim=-1), state)
+                step_input[:, :L] = x_seq[t]
+                votes_t, state = self.layers.step(step_input, state)
                 step_votes.append(votes_t)
-                z_shifted = torch.cat([z_shifted, select(votes_t, choice[t]).unsqueeze(0)])
-            if not torch.is_grad_enabled():
-                votes = torch.stack(step_votes)                                 # nothing to differentiate
-                return select(votes, choice), votes
+                z_shifted[t + 1] = step_input[:, L:] = select(votes_t, choice[t])
+            if not torch.is_grad_enabled():                                     # nothing to differentiate
+                return z_shifted[1:], torch.stack(step_votes)                   # = select(votes, choice)
             z_shifted = z_shifted[:-1]
         else:
             with torch.no_grad():

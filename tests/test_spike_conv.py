@@ -195,3 +195,36 @@ def test_wide_layers_use_fewer_partial_sums_with_the_same_result(monkeypatch):
     assert spike_conv.partial_sums(weight.numel() * 8) == 3
     torch.testing.assert_close(spike_conv.weight_grad(index, grad, weight.shape, True, [s, s], [p, p]), want,
                                rtol=0, atol=1e-12)
+
+
+def test_the_per_pixel_formulation_is_chosen_by_the_share_of_taps_that_feed_an_output():
+    """Golden shares: a 3x3 stride-2 convolution with padding 1 on 16 pixels uses 23 of the 48
+    (input, tap) pairs per axis (even inputs one tap, odd ones two, the last odd one's first tap
+    falls off): (23/48)^2 = 0.23; the decoder's stride-2 transposed convolution (output padding 1)
+    loses only input 0's first tap: (47/48)^2 = 0.96; a stride-1 convolution on 7: (19/21)^2."""
+    conv = [spike_conv.taps(8, 16, 3, 2, 1, False)] * 2
+    tconv = [spike_conv.taps(32, 16, 3, 2, 1, True)] * 2
+    same = [spike_conv.taps(7, 7, 3, 1, 1, False)] * 2
+    assert [int((t >= 0).sum()) for t in (conv[0], tconv[0], same[0])] == [23, 47, 19]
+    assert not spike_conv.by_pixel(*conv) and spike_conv.by_pixel(*tconv) and spike_conv.by_pixel(*same)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_both_formulations_give_the_same_forward_and_weight_gradient(geometry, monkeypatch):
+    """Per spike and tap, or per pixel (all taps' rows summed first), forced either way: the same
+    values to float64 rounding, on every geometry."""
+    transposed, cin, cout, k, s, p, op, h, w = geometry
+    s, p, op = _pair(s), _pair(p), _pair(op)
+    x = _spikes((3, cin, h, w), density=0.4, seed=4)
+    weight, bias = _weights(transposed, cin, cout, k, seed=5)
+    index = spike_conv.spike_index(x, max_density=1.0)
+    out_shape = torch.ops.aten.convolution(x, weight, bias, s, p, [1, 1], transposed, op, 1).shape
+    grad = torch.randn(out_shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    results = []
+    for share in (0.0, 2.0):   # every layer per pixel; none
+        monkeypatch.setattr(spike_conv, "PIXEL_MIN_TAPS", share)
+        results.append((spike_conv.forward(index, weight, bias, transposed, s, p, op),
+                        spike_conv.weight_grad(index, grad, weight.shape, transposed, s, p)))
+    for a, b in zip(*results):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

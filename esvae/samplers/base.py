@@ -19,7 +19,10 @@ class RateOutOfRangeError(ValueError):
 
 def check_rates(rate: torch.Tensor) -> None:
     """Raise :class:`RateOutOfRangeError` unless every rate lies in [0, 1] (NaN included)."""
-    if not bool(((rate >= 0) & (rate <= 1)).all()):
+    if rate.numel() == 0:
+        return
+    low, high = torch.aminmax(rate)  # one pass; a NaN makes both NaN, which fails the test below
+    if not (bool(low >= 0) and bool(high <= 1)):
         bad = rate[~((rate >= 0) & (rate <= 1))]
         raise RateOutOfRangeError(f"firing rates must lie in [0, 1]; got {bad.numel()} value(s) outside, e.g. {bad.flatten()[0].item()}")
 

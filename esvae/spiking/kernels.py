@@ -8,7 +8,8 @@ in few passes, working image by image (threads over images) with each image's st
 * :func:`lif_forward` reads the batch norm's input once, forms the currents ``x * scale + shift``
   on the fly and writes the spikes once (the currents are never stored); :func:`lif_forward_readout`
   instead sums ``w_t o_t`` over time as the spikes are made (the decoder's last spiking layer,
-  whose spikes only feed the membrane readout, so they are never stored);
+  whose spikes only feed the membrane readout, so they are never stored); :func:`lif_step` is one
+  step of it, for networks stepped one time step at a time (FSVAE's voting MLPs in evaluation);
 * :func:`lif_backward` replays that forward from ``x`` (the same bits), then runs the reverse-time
   recursion of :func:`esvae.spiking.neuron.lif_backward_sweep`, writing dL/dI and accumulating the
   two per-channel sums batch norm's backward needs in the same pass; :class:`InPlaceBackward` does
@@ -32,7 +33,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import namedtuple
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -65,6 +66,21 @@ def _compile(cache: bool = True):
                     u = (x[t * tx, p, k] * scale[k] + shift[k]) + tau * (previous * keep)
                     membrane[k] = u
                     spikes[t, p, k] = zero if u <= threshold else one
+
+    @jit
+    def step(x, scale, shift, params, membrane, spikes, first):  # x, membrane, spikes (N, K): one step of forward
+        # The same arithmetic as forward's step t (first: t = 0); membrane is read, then overwritten.
+        tau, threshold, one, zero = params[0], params[1], params[2], params[3]
+        rows, width = x.shape
+        for p in numba.prange(rows):
+            for k in range(width):
+                u = x[p, k] * scale[k] + shift[k]
+                if not first:
+                    previous = membrane[p, k]
+                    keep = one if previous <= threshold else zero
+                    u = u + tau * (previous * keep)
+                membrane[p, k] = u
+                spikes[p, k] = zero if u <= threshold else one
 
     @jit
     def forward_readout(x, scale, shift, params, weights, mixed):  # x (T or 1, N, K); mixed (N, K)
@@ -264,10 +280,10 @@ def _compile(cache: bool = True):
             for c in range(channels):
                 g[r, c] = (g[r, c] - a[c] - (x[r, c] - m[c]) * b[c]) * k[c]
 
-    return _Kernels(forward, forward_readout, backward, backward_in_place, pack_binary, channel_sums, row_sums, batch_norm_grad, batch_norm_grad_rows)
+    return _Kernels(forward, step, forward_readout, backward, backward_in_place, pack_binary, channel_sums, row_sums, batch_norm_grad, batch_norm_grad_rows)
 
 
-_Kernels = namedtuple("_Kernels", "forward forward_readout backward backward_in_place pack_binary channel_sums row_sums batch_norm_grad batch_norm_grad_rows")
+_Kernels = namedtuple("_Kernels", "forward step forward_readout backward backward_in_place pack_binary channel_sums row_sums batch_norm_grad batch_norm_grad_rows")
 ROW_CHUNKS = 16
 _LOADED: dict = {}
 
@@ -385,6 +401,20 @@ def lif_forward(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, times
     _kernels().forward(_rows(x, 1 if repeated else timesteps), _per_element(scale, x).numpy(), _per_element(shift, x).numpy(),
                        _params(x.dtype, tau, v_threshold), _time_rows(spikes, x, timesteps))
     return spikes
+
+
+def lif_step(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, tau: float, v_threshold: float,
+             membrane: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One time step of :func:`lif_forward` (the same arithmetic, so the same bits) on ``x (N, K)``,
+    contiguous: ``membrane`` is ``u_{t-1}`` (None at t = 0) and is overwritten with ``u_t``;
+    returns ``(u_t, o_t)``, ``o_t`` a new tensor. ``scale`` and ``shift`` are per-column ``(K,)``."""
+    first = membrane is None
+    membrane = torch.empty_like(x) if first else membrane
+    spikes = torch.empty_like(x)
+    _threads()
+    _kernels().step(x.detach().numpy(), scale.to(x.dtype).contiguous().numpy(), shift.to(x.dtype).contiguous().numpy(),
+                    _params(x.dtype, tau, v_threshold), membrane.numpy(), spikes.numpy(), first)
+    return membrane, spikes
 
 
 def lif_forward_readout(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, weights: torch.Tensor,

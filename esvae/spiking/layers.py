@@ -9,6 +9,7 @@ run once on ``(T * N, ...)``; only the neuron dynamics are sequential. The layer
 """
 from __future__ import annotations
 
+from collections import namedtuple
 from typing import Optional
 
 import torch
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels, spike_conv
-from .neuron import LIF, V_THRESHOLD, lif_backward_sweep, lif_forward_sweep
+from .neuron import LIF, V_THRESHOLD, lif_backward_sweep, lif_forward_sweep, lif_step_inference
 
 
 def fold_time(x: torch.Tensor) -> torch.Tensor:
@@ -231,6 +232,32 @@ def tdbn_lif(y: torch.Tensor, bn: TDBatchNorm, lif: LIF, timesteps: int, consume
     if repeated and not kernels.usable(y, lif.surrogate):
         return _TDBNThenLIF.apply(_repeat(y, timesteps), bn.weight, bn.bias, bn, lif, timesteps, None, consume_input)
     return _TDBNThenLIF.apply(y, bn.weight, bn.bias, bn, lif, timesteps, None, consume_input, repeated)
+
+
+StepState = namedtuple("StepState", "membrane spikes scale shift")
+
+
+def tdbn_lif_step(y: torch.Tensor, bn: TDBatchNorm, lif: LIF, state: Optional[StepState] = None) -> StepState:
+    """One time step of :func:`tdbn_lif` in evaluation mode (running statistics) on ``y (N, C)``:
+    pass the returned state (``spikes``: this step's ``o_t``) to the next step's call, None at
+    t = 0. With the compiled kernels it is one pass (:func:`esvae.spiking.kernels.lif_step`, the
+    fused op's arithmetic; the per-channel affine is formed once, at t = 0), else batch norm and
+    :func:`esvae.spiking.neuron.lif_step_inference`. Either way the spikes equal step t of
+    ``tdbn_lif`` on the whole sequence given the same ``y``."""
+    if bn.training:
+        raise RuntimeError("tdbn_lif_step needs eval mode: in training tdBN uses the statistics of the whole sequence")
+    if kernels.usable(y, lif.surrogate) and y.dim() == 2 and (state is None or state.scale is not None):
+        if state is None:
+            mean, invstd = _TDBNThenLIF._kernel_statistics(y, bn, training=False)
+            scale, shift = _TDBNThenLIF._affine(bn.weight.detach(), bn.bias.detach(), bn, mean, invstd)
+            membrane = None
+        else:
+            membrane, scale, shift = state.membrane, state.scale, state.shift
+        membrane, spikes = kernels.lif_step(y.contiguous(), scale, shift, lif.tau, lif.v_threshold, membrane)
+        return StepState(membrane, spikes, scale, shift)
+    previous = None if state is None else (state.membrane, state.spikes)
+    membrane, spikes = lif_step_inference(bn(y), previous, lif.tau, lif.v_threshold)
+    return StepState(membrane, spikes, None, None)
 
 
 def tdbn_lif_readout(y: torch.Tensor, bn: TDBatchNorm, lif: LIF, timesteps: int, weights: torch.Tensor,
