@@ -404,23 +404,30 @@ class _TimeFolded:
             return weighted_time_sum(weights, self.forward(x_seq))
         timesteps = x_seq.shape[0]
         if timesteps > 1 and x_seq.stride(0) == 0:
-            return tdbn_lif_readout(self._weights_forward(_conv_layout(x_seq[0])), self.bn, self.lif, timesteps,
+            return tdbn_lif_readout(self._step_weights(x_seq[0]), self.bn, self.lif, timesteps,
                                     weights, consume_input=True, repeated=True)
         return tdbn_lif_readout(self._weights_before_bn(x_seq), self.bn, self.lif, timesteps, weights,
                                 consume_input=True)  # the weights' output: read by nothing else
+
+    def _step_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight layer on one step's input ``(N, ...)``, its output channels last (a 4-D input
+        with one channel, such as Fashion-MNIST's images, is both NCHW and NHWC, and oneDNN then
+        answers in NCHW; converting these N images here saves converting the T x N spikes the LIF
+        makes from them before the next convolution, and their gradient back)."""
+        return _conv_layout(self._weights_forward(_conv_layout(x)))
 
     def _weights_before_bn(self, x_seq: torch.Tensor) -> torch.Tensor:
         """The weight layer on ``(T, N, ...)``, time folded: ``(T*N, ...)``."""
         timesteps = x_seq.shape[0]
         if timesteps > 1 and x_seq.stride(0) == 0:
-            return _repeat(self._weights_forward(_conv_layout(x_seq[0])), timesteps)
+            return _repeat(self._step_weights(x_seq[0]), timesteps)
         return self._weights_forward(_conv_layout(fold_time(x_seq)))
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:  # (T, N, ...) -> (T, N, ...)
         timesteps = x_seq.shape[0]
         fused = self.bn is not None and self.lif is not None and self.lif.backend == "fused"
         if fused and timesteps > 1 and x_seq.stride(0) == 0:  # the same input at every step: not copied
-            return tdbn_lif(self._weights_forward(_conv_layout(x_seq[0])), self.bn, self.lif, timesteps,
+            return tdbn_lif(self._step_weights(x_seq[0]), self.bn, self.lif, timesteps,
                             consume_input=True, repeated=True)
         y = self._weights_before_bn(x_seq)
         if self.bn is not None and self.lif is not None and self.lif.backend == "fused":
