@@ -155,11 +155,10 @@ class FSVAEPosterior(nn.Module):
         select = self.sampler.select
         choice = self.sampler.choices((T, N, L), self.layers.votes, latent_spikes, generator)
         x_seq = latent_spikes.detach()
-        z_shifted = latent_spikes.new_zeros(1, N, L)                           # [z_{-1} = 0]
         if self.stepwise and not self.layers.training:
             state, step_votes = None, []
             step_input = latent_spikes.new_zeros(N, 2 * L)                      # [x_t, z_{t-1}]
-            z_shifted = latent_spikes.new_zeros(T + 1, N, L)
+            z_shifted = latent_spikes.new_zeros(T + 1, N, L)                    # [z_{-1} = 0, z_0, ...]
             for t in range(T):
                 step_input[:, :L] = x_seq[t]
                 votes_t, state = self.layers.step(step_input, state)
@@ -169,6 +168,7 @@ class FSVAEPosterior(nn.Module):
                 return z_shifted[1:], torch.stack(step_votes)                   # = select(votes, choice)
             z_shifted = z_shifted[:-1]
         else:
+            z_shifted = latent_spikes.new_zeros(1, N, L)                       # [z_{-1} = 0]
             with torch.no_grad():
                 for t in range(T - 1):
                     votes_t = self.layers(torch.cat([x_seq[:t + 1], z_shifted], dim=-1))[-1]  # (N, L, k), prefix pass

@@ -77,18 +77,22 @@ def _compile(cache: bool = True):
             bad[j] = wrong
         return -1 if bad.sum() > 0 else fired.sum()
 
+    @numba.njit(cache=cache, nogil=True)
+    def fill_bias(image, bias):  # image (OH, OW, Co): every output starts at its channel's bias
+        out_h, out_w, channels = image.shape
+        for oh in range(out_h):
+            for ow in range(out_w):
+                for co in range(channels):
+                    image[oh, ow, co] = bias[co]
+
     @jit
     def forward(idx, count, wt, bias, out_row, out_col, out):
         # idx (B, H, W, C), count (B, H, W); wt (KH, KW, Ci, Co); out (B, OH, OW, Co);
         # out_row (H, KH) / out_col (W, KW): the output row / column input i feeds through tap k, or -1.
         images, height, width, _ = idx.shape
         taps_h, taps_w, _, channels = wt.shape
-        _, out_h, out_w, _ = out.shape
         for b in numba.prange(images):
-            for oh in range(out_h):
-                for ow in range(out_w):
-                    for co in range(channels):
-                        out[b, oh, ow, co] = bias[co]
+            fill_bias(out[b], bias)
             for ih in range(height):
                 for iw in range(width):
                     for j in range(count[b, ih, iw]):
@@ -110,14 +114,11 @@ def _compile(cache: bool = True):
         # are summed into s (one long contiguous loop per spike), then s is added tap by tap.
         images, height, width, _ = idx.shape
         taps_h, taps_w = out_row.shape[1], out_col.shape[1]
-        _, out_h, out_w, channels = out.shape
+        channels = out.shape[3]
         span = wp.shape[1]
         for b in numba.prange(images):
             s = np.empty(span, dtype=out.dtype)
-            for oh in range(out_h):
-                for ow in range(out_w):
-                    for co in range(channels):
-                        out[b, oh, ow, co] = bias[co]
+            fill_bias(out[b], bias)
             for ih in range(height):
                 for iw in range(width):
                     n = count[b, ih, iw]
@@ -336,9 +337,10 @@ def weight_grad(index: SpikeIndex, grad_out: torch.Tensor, weight_shape: Sequenc
     chunks = partial_sums(kh * kw * ci * co * grad.element_size())
     kernels._threads()
     k = _kernels()
-    if by_pixel(rows, cols):  # partial sums (chunks, Ci, kh, kw, Co)
-        part = torch.zeros((chunks, ci, kh * kw * co), dtype=grad.dtype)
-        k.weight_grad_pixels(index.idx.numpy(), index.count.numpy(), grad.numpy(), rows, cols, part.numpy())
+    if by_pixel(rows, cols):  # partial sums (chunks, Ci, kh, kw, Co); the kernel sees (chunks, Ci, kh kw Co)
+        part = torch.zeros((chunks, ci, kh, kw, co), dtype=grad.dtype)
+        k.weight_grad_pixels(index.idx.numpy(), index.count.numpy(), grad.numpy(), rows, cols,
+                             part.view(chunks, ci, -1).numpy())
         order = (0, 3, 1, 2) if transposed else (3, 0, 1, 2)
     else:  # partial sums (chunks, kh, kw, Ci, Co)
         part = torch.zeros((chunks, kh, kw, ci, co), dtype=grad.dtype)
@@ -346,5 +348,4 @@ def weight_grad(index: SpikeIndex, grad_out: torch.Tensor, weight_shape: Sequenc
         order = (2, 3, 0, 1) if transposed else (3, 2, 0, 1)
     out = torch.empty(part.shape[1:], dtype=grad.dtype)
     k.sum_chunks(part.view(chunks, -1).numpy(), out.view(-1).numpy())
-    out = out.view(ci, kh, kw, co) if part.dim() == 3 else out
     return out.permute(*order).contiguous()
