@@ -383,3 +383,40 @@ def test_bench_refuses_an_unavailable_device(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["bench", "--device", "cuda", "--timesteps", "2"]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_backward_kernels_do_not_depend_on_the_block_size(monkeypatch, dtype):
+    """The backward kernels take each image a block of elements at a time: any block size (one that
+    leaves a ragged last block, one element, a whole image) gives the same bits; the in-place form's
+    two passes equal lif_backward's sums and batch norm's input gradient over its output, bit for
+    bit, for an input of T steps and for one repeated over time (the steps' gradients summed)."""
+    T, n, c, h, w = 5, 3, 5, 4, 6                                     # 120 elements per image
+    gen = torch.Generator().manual_seed(21)
+    x = (torch.randn(T * n, c, h, w, generator=gen, dtype=dtype) * 0.8 + 0.2).contiguous(
+        memory_format=torch.channels_last)
+    y = x[:n].clone(memory_format=torch.channels_last)                  # one input for every step
+    scale = torch.linspace(0.5, 1.5, c, dtype=dtype)
+    shift = torch.linspace(-0.1, 0.2, c, dtype=dtype)
+    grad = torch.randn(T, n, c, h, w, generator=gen, dtype=dtype)
+    coef = torch.randn(c, 4, generator=gen, dtype=torch.float64)
+
+    def run():
+        dI, sums = kernels.lif_backward(x, grad, scale, shift, T, 0.25, 0.2, sums=True)
+        passes = kernels.InPlaceBackward(x.clone(memory_format=torch.channels_last), grad, scale, shift, T, 0.25, 0.2)
+        sums_ip = passes.sums()
+        rep = kernels.InPlaceBackward(y, grad, scale, shift, T, 0.25, 0.2, repeated=True)
+        return dI, sums, sums_ip, passes.apply(coef), rep.sums(), rep.apply(coef)
+
+    dI, sums, sums_ip, dx, sums_rep, dy = want = run()
+    assert torch.equal(sums_ip, sums) and (dI != 0).float().mean() > 0.2
+    assert torch.equal(dx, kernels.batch_norm_grad_(dI.clone(), x, coef))
+    repeated = y.unsqueeze(0).expand(T, *y.shape).flatten(0, 1).contiguous(memory_format=torch.channels_last)
+    dI_rep, s_rep = kernels.lif_backward(repeated, grad, scale, shift, T, 0.25, 0.2, sums=True)
+    torch.testing.assert_close(sums_rep, s_rep, rtol=1e-12, atol=1e-12)
+    steps = kernels.batch_norm_grad_(dI_rep, repeated, coef).unflatten(0, (T, n)).sum(0)
+    torch.testing.assert_close(dy, steps, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-6)
+    for block in (7, 1, 120, 10_000):
+        monkeypatch.setattr(kernels, "BLOCK", block)
+        for a, b in zip(run(), want):
+            assert torch.equal(a, b), block

@@ -3,7 +3,9 @@
 The torch-op path (native batch norm, then the sweeps of :mod:`esvae.spiking.neuron`, 2 elementwise
 ops per time step forward and 5 backward) reads and writes whole tensors many times; on CPU it is
 bound by memory traffic. These kernels implement tdBN + LIF (:class:`esvae.spiking.layers._TDBNThenLIF`)
-in few passes, working image by image (threads over images) with each image's state in cache:
+in few passes, working image by image (threads over images) with each image's state in cache (the
+backward kernels take an image :data:`BLOCK` elements at a time, so the block's T membranes stay in
+cache between the replay and the sweep back; the result does not depend on the block size):
 
 * :func:`lif_forward` reads the batch norm's input once, forms the currents ``x * scale + shift``
   on the fly and writes the spikes once (the currents are never stored); :func:`lif_forward_readout`
@@ -105,96 +107,133 @@ def _compile(cache: bool = True):
                     membrane[k] = u
                     mixed[p, k] += zero if u <= threshold else w
 
+    @numba.njit(cache=cache, nogil=True, inline='always')
+    def replay(x, p, k0, n, tx, scale, shift, tau, threshold, one, zero, u):
+        # u[t, :n] = u_t of elements k0 .. k0 + n of image p, as forward computes them (the same bits)
+        sc, sh = scale[k0:k0 + n], shift[k0:k0 + n]
+        xr, u0 = x[0, p, k0:k0 + n], u[0]
+        for k in range(n):
+            u0[k] = xr[k] * sc[k] + sh[k]
+        for t in range(1, u.shape[0]):
+            xr, ut, up = x[t * tx, p, k0:k0 + n], u[t], u[t - 1]
+            for k in range(n):
+                previous = up[k]
+                keep = one if previous <= threshold else zero
+                ut[k] = (xr[k] * sc[k] + sh[k]) + tau * (previous * keep)
+
     @jit
-    def backward(x, grad_spikes, weights, params, scale, shift, chunks, out, part):
+    def backward(x, grad_spikes, weights, params, scale, shift, chunks, out, part, block):
         # x (T, N, K); out: dL/dI (T, N, K). dL/do_t = weights[t] * grad_spikes[t] with a grad_spikes
         # of T steps (weights all 1: exact), or weights[t] * grad_spikes[0] with one step (the
         # readout's gradient, formed on the fly). part (chunks, 2, K) receives per-element sums of
         # dL/dI and dL/dI * x over each chunk of images: batch norm's backward needs no pass of its own.
+        # Each image is taken block elements at a time: the block's T membranes, inputs and partial
+        # sums stay in cache between the replay and the sweep back (every element still sees its
+        # images in order and its steps from last to first: the same sums, bit for bit).
         tau, threshold, one, zero, half = params[0], params[1], params[2], params[3], params[4]
         steps = weights.shape[0]
         images, width = x.shape[1], x.shape[2]
         tx = 1 if x.shape[0] == steps else 0
         step_of_grad = 1 if grad_spikes.shape[0] == steps else 0
         per = (images + chunks - 1) // chunks
+        block = max(1, min(block, width))
         for j in numba.prange(chunks):
-            grad_next = np.empty(width, dtype=x.dtype)
+            u = np.empty((steps, block), dtype=x.dtype)
+            grad_next = np.empty(block, dtype=x.dtype)
             for p in range(j * per, min(images, (j + 1) * per)):
-                for k in range(width):  # replay the forward, u_t into out
-                    out[0, p, k] = x[0, p, k] * scale[k] + shift[k]
-                for t in range(1, steps):
-                    for k in range(width):
-                        previous = out[t - 1, p, k]
-                        keep = one if previous <= threshold else zero
-                        out[t, p, k] = (x[t * tx, p, k] * scale[k] + shift[k]) + tau * (previous * keep)
-                for k in range(width):
-                    grad_next[k] = zero
-                for t in range(steps - 1, -1, -1):
-                    w = weights[t]
-                    tg = t * step_of_grad
-                    for k in range(width):
-                        u = out[t, p, k]
-                        keep = one if u <= threshold else zero
-                        grad_spike = w * grad_spikes[tg, p, k] - (tau * u) * grad_next[k]
-                        window = one if abs(u) < half else zero
-                        grad = grad_spike * window + tau * (keep * grad_next[k])
-                        out[t, p, k] = grad
-                        grad_next[k] = grad
-                        g64 = np.float64(grad)
-                        part[j, 0, k] += g64
-                        part[j, 1, k] += g64 * np.float64(x[t * tx, p, k])
+                for k0 in range(0, width, block):
+                    n = min(block, width - k0)
+                    replay(x, p, k0, n, tx, scale, shift, tau, threshold, one, zero, u)
+                    for k in range(n):
+                        grad_next[k] = zero
+                    for t in range(steps - 1, -1, -1):
+                        w = weights[t]
+                        gs, ut, o = grad_spikes[t * step_of_grad, p, k0:k0 + n], u[t], out[t, p, k0:k0 + n]
+                        for k in range(n):
+                            v = ut[k]
+                            keep = one if v <= threshold else zero
+                            grad_spike = w * gs[k] - (tau * v) * grad_next[k]
+                            window = one if abs(v) < half else zero
+                            grad = grad_spike * window + tau * (keep * grad_next[k])
+                            o[k] = grad
+                            grad_next[k] = grad
+                    # summed apart from the sweep (it vectorises better so), steps from last to first
+                    sum_g, sum_gx = part[j, 0, k0:k0 + n], part[j, 1, k0:k0 + n]
+                    for t in range(steps - 1, -1, -1):
+                        xr, o = x[t * tx, p, k0:k0 + n], out[t, p, k0:k0 + n]
+                        for k in range(n):
+                            g64 = np.float64(o[k])
+                            sum_g[k] += g64
+                            sum_gx[k] += g64 * np.float64(xr[k])
 
     @jit
-    def backward_in_place(x, grad_spikes, weights, params, scale, shift, coef, chunks, scratch, part, apply, out):
+    def backward_in_place(x, grad_spikes, weights, params, scale, shift, coef, chunks, part, apply, out, block):
         # The in-place form of backward, run twice by InPlaceBackward. Pass 1 (apply 0) only
         # accumulates part (as backward does); pass 2 (apply 1) recomputes dL/dI, the same bits, and
         # writes batch norm's input gradient (dL/dI - c0 - (x - c1) * c2) * c3 (per element) over x,
-        # which nothing needs afterwards: no (T, N, K) buffer besides x. The replayed u_t of an image
-        # go to scratch[thread] (T, K). With x (1, N, K), the same input at every step, pass 2 adds
-        # the steps' gradients into out (N, K) instead.
+        # which nothing needs afterwards: no (T, N, K) buffer besides x (a block's replayed u_t are
+        # read before its x is overwritten). With x (1, N, K), the same input at every step, pass 2
+        # adds the steps' gradients into out (N, K) instead. Blocks as in backward.
         tau, threshold, one, zero, half = params[0], params[1], params[2], params[3], params[4]
         steps = weights.shape[0]
         images, width = x.shape[1], x.shape[2]
         tx = 1 if x.shape[0] == steps else 0
         step_of_grad = 1 if grad_spikes.shape[0] == steps else 0
         per = (images + chunks - 1) // chunks
-        c0, c1, c2, c3 = coef[0], coef[1], coef[2], coef[3]
+        block = max(1, min(block, width))
         for j in numba.prange(chunks):
-            tid = numba.get_thread_id()
-            grad_next = np.empty(width, dtype=x.dtype)
+            u = np.empty((steps, block), dtype=x.dtype)
+            grad_next = np.empty(block, dtype=x.dtype)
             for p in range(j * per, min(images, (j + 1) * per)):
-                for k in range(width):  # replay the forward
-                    scratch[tid, 0, k] = x[0, p, k] * scale[k] + shift[k]
-                for t in range(1, steps):
-                    for k in range(width):
-                        previous = scratch[tid, t - 1, k]
-                        keep = one if previous <= threshold else zero
-                        scratch[tid, t, k] = (x[t * tx, p, k] * scale[k] + shift[k]) + tau * (previous * keep)
-                for k in range(width):
-                    grad_next[k] = zero
-                if apply and not tx:
-                    for k in range(width):
-                        out[p, k] = zero
-                for t in range(steps - 1, -1, -1):
-                    w = weights[t]
-                    tg = t * step_of_grad
-                    for k in range(width):
-                        v = scratch[tid, t, k]
-                        keep = one if v <= threshold else zero
-                        grad_spike = w * grad_spikes[tg, p, k] - (tau * v) * grad_next[k]
-                        window = one if abs(v) < half else zero
-                        grad = grad_spike * window + tau * (keep * grad_next[k])
-                        grad_next[k] = grad
-                        if apply:
-                            dx = (grad - c0[k] - (x[t * tx, p, k] - c1[k]) * c2[k]) * c3[k]
-                            if tx:
-                                x[t, p, k] = dx
-                            else:
-                                out[p, k] += dx
-                        else:
-                            g64 = np.float64(grad)
-                            part[j, 0, k] += g64
-                            part[j, 1, k] += g64 * np.float64(x[t * tx, p, k])
+                for k0 in range(0, width, block):
+                    n = min(block, width - k0)
+                    replay(x, p, k0, n, tx, scale, shift, tau, threshold, one, zero, u)
+                    c0, c1, c2, c3 = coef[0, k0:k0 + n], coef[1, k0:k0 + n], coef[2, k0:k0 + n], coef[3, k0:k0 + n]
+                    for k in range(n):
+                        grad_next[k] = zero
+                    if apply and not tx:
+                        acc = out[p, k0:k0 + n]
+                        for k in range(n):
+                            acc[k] = zero
+                    for t in range(steps - 1, -1, -1):
+                        w = weights[t]
+                        gs, xr, ut = grad_spikes[t * step_of_grad, p, k0:k0 + n], x[t * tx, p, k0:k0 + n], u[t]
+                        if apply and tx:  # each case its own loop: a branch inside would stop vectorisation
+                            for k in range(n):
+                                v = ut[k]
+                                keep = one if v <= threshold else zero
+                                grad_spike = w * gs[k] - (tau * v) * grad_next[k]
+                                window = one if abs(v) < half else zero
+                                grad = grad_spike * window + tau * (keep * grad_next[k])
+                                grad_next[k] = grad
+                                xr[k] = (grad - c0[k] - (xr[k] - c1[k]) * c2[k]) * c3[k]
+                        elif apply:
+                            acc = out[p, k0:k0 + n]
+                            for k in range(n):
+                                v = ut[k]
+                                keep = one if v <= threshold else zero
+                                grad_spike = w * gs[k] - (tau * v) * grad_next[k]
+                                window = one if abs(v) < half else zero
+                                grad = grad_spike * window + tau * (keep * grad_next[k])
+                                grad_next[k] = grad
+                                acc[k] += (grad - c0[k] - (xr[k] - c1[k]) * c2[k]) * c3[k]
+                        else:  # dL/dI_t over u_t (read first): summed below, apart from the sweep
+                            for k in range(n):
+                                v = ut[k]
+                                keep = one if v <= threshold else zero
+                                grad_spike = w * gs[k] - (tau * v) * grad_next[k]
+                                window = one if abs(v) < half else zero
+                                grad = grad_spike * window + tau * (keep * grad_next[k])
+                                grad_next[k] = grad
+                                ut[k] = grad
+                    if not apply:  # the same order as in backward: steps from last to first
+                        sum_g, sum_gx = part[j, 0, k0:k0 + n], part[j, 1, k0:k0 + n]
+                        for t in range(steps - 1, -1, -1):
+                            xr, gt = x[t * tx, p, k0:k0 + n], u[t]
+                            for k in range(n):
+                                g64 = np.float64(gt[k])
+                                sum_g[k] += g64
+                                sum_gx[k] += g64 * np.float64(xr[k])
 
     @jit
     def pack_binary(x, out, chunks):  # x (M,) float -> out (M,) uint8; False (out partial) unless all in {0, 1}
@@ -285,6 +324,7 @@ def _compile(cache: bool = True):
 
 _Kernels = namedtuple("_Kernels", "forward step forward_readout backward backward_in_place pack_binary channel_sums row_sums batch_norm_grad batch_norm_grad_rows")
 ROW_CHUNKS = 16
+BLOCK = 2048  # elements of an image the backward kernels take at a time: T x BLOCK membranes stay in cache
 _LOADED: dict = {}
 
 
@@ -465,7 +505,7 @@ def lif_backward(x: torch.Tensor, grad_spikes: torch.Tensor, scale: torch.Tensor
     _threads()
     _kernels().backward(_rows(x, timesteps), grad, weights, _params(x.dtype, tau, v_threshold),
                         _per_element(scale, x).numpy(), _per_element(shift, x).numpy(), chunks,
-                        _rows(out, timesteps), part.numpy())
+                        _rows(out, timesteps), part.numpy(), BLOCK)
     return (out, _channel_of_elements(part, x)) if sums else out
 
 
@@ -491,12 +531,10 @@ class InPlaceBackward:
         self.scale, self.shift = _per_element(scale, x).numpy(), _per_element(shift, x).numpy()
         self.params = _params(x.dtype, tau, v_threshold)
         _threads()
-        self.scratch = np.empty((numba.get_num_threads(), timesteps, x[0].numel()), dtype=self.grad.dtype)
 
     def _run(self, coef: np.ndarray, part: np.ndarray, apply: int, out: np.ndarray) -> None:
         _kernels().backward_in_place(_rows(self.x, 1 if self.repeated else self.timesteps), self.grad, self.weights,
-                                     self.params, self.scale, self.shift, coef, self.chunks, self.scratch, part,
-                                     apply, out)
+                                     self.params, self.scale, self.shift, coef, self.chunks, part, apply, out, BLOCK)
 
     def sums(self) -> torch.Tensor:
         part = torch.zeros(self.chunks, 2, self.x[0].numel(), dtype=torch.float64)
