@@ -89,24 +89,33 @@ def _compile(cache: bool = True):
     def forward(idx, count, wt, bias, out_row, out_col, out):
         # idx (B, H, W, C), count (B, H, W); wt (KH, KW, Ci, Co); out (B, OH, OW, Co);
         # out_row (H, KH) / out_col (W, KW): the output row / column input i feeds through tap k, or -1.
+        # Per pixel, tap by tap: the tap's output row stays in cache while the fired channels' weight
+        # rows are added to it. An output sees each input pixel through one tap only, so its sum runs
+        # over pixels in order, then fired channels in order, whatever the loop order over taps.
         images, height, width, _ = idx.shape
         taps_h, taps_w, _, channels = wt.shape
         for b in numba.prange(images):
-            fill_bias(out[b], bias)
+            image = out[b]
+            fill_bias(image, bias)
             for ih in range(height):
                 for iw in range(width):
-                    for j in range(count[b, ih, iw]):
-                        ci = idx[b, ih, iw, j]
-                        for kh in range(taps_h):
-                            oh = out_row[ih, kh]
-                            if oh < 0:
+                    n = count[b, ih, iw]
+                    if n == 0:
+                        continue
+                    fired = idx[b, ih, iw]
+                    for kh in range(taps_h):
+                        oh = out_row[ih, kh]
+                        if oh < 0:
+                            continue
+                        for kw in range(taps_w):
+                            ow = out_col[iw, kw]
+                            if ow < 0:
                                 continue
-                            for kw in range(taps_w):
-                                ow = out_col[iw, kw]
-                                if ow < 0:
-                                    continue
+                            row, tap = image[oh, ow], wt[kh, kw]
+                            for j in range(n):
+                                w = tap[fired[j]]
                                 for co in range(channels):
-                                    out[b, oh, ow, co] += wt[kh, kw, ci, co]
+                                    row[co] += w[co]
 
     @jit
     def forward_pixels(idx, count, wp, bias, out_row, out_col, out):
@@ -118,19 +127,21 @@ def _compile(cache: bool = True):
         span = wp.shape[1]
         for b in numba.prange(images):
             s = np.empty(span, dtype=out.dtype)
-            fill_bias(out[b], bias)
+            image = out[b]
+            fill_bias(image, bias)
             for ih in range(height):
                 for iw in range(width):
                     n = count[b, ih, iw]
                     if n == 0:
                         continue
-                    ci = idx[b, ih, iw, 0]
+                    fired = idx[b, ih, iw]
+                    w = wp[fired[0]]
                     for c in range(span):
-                        s[c] = wp[ci, c]
+                        s[c] = w[c]
                     for j in range(1, n):
-                        ci = idx[b, ih, iw, j]
+                        w = wp[fired[j]]
                         for c in range(span):
-                            s[c] += wp[ci, c]
+                            s[c] += w[c]
                     for kh in range(taps_h):
                         oh = out_row[ih, kh]
                         if oh < 0:
@@ -140,8 +151,9 @@ def _compile(cache: bool = True):
                             if ow < 0:
                                 continue
                             base = (kh * taps_w + kw) * channels
+                            row, tap = image[oh, ow], s[base:base + channels]  # views: no per-element index checks
                             for co in range(channels):
-                                out[b, oh, ow, co] += s[base + co]
+                                row[co] += tap[co]
 
     @jit
     def weight_grad_pixels(idx, count, grad, out_row, out_col, part):  # part (chunks, Ci, KH*KW*Co) zeroed
@@ -154,6 +166,7 @@ def _compile(cache: bool = True):
         per = (images + chunks - 1) // chunks
         for q in numba.prange(chunks):
             g = np.empty(span, dtype=grad.dtype)
+            acc = part[q]
             for b in range(q * per, min(images, (q + 1) * per)):
                 for ih in range(height):
                     for iw in range(width):
@@ -165,19 +178,24 @@ def _compile(cache: bool = True):
                             for kw in range(taps_w):
                                 ow = out_col[iw, kw]
                                 base = (kh * taps_w + kw) * channels
+                                tap = g[base:base + channels]
                                 if oh < 0 or ow < 0:
                                     for co in range(channels):
-                                        g[base + co] = 0.0
+                                        tap[co] = 0.0
                                 else:
+                                    row = grad[b, oh, ow]
                                     for co in range(channels):
-                                        g[base + co] = grad[b, oh, ow, co]
+                                        tap[co] = row[co]
+                        fired = idx[b, ih, iw]
                         for j in range(n):
-                            ci = idx[b, ih, iw, j]
+                            row = acc[fired[j]]
                             for c in range(span):
-                                part[q, ci, c] += g[c]
+                                row[c] += g[c]
 
     @jit
     def weight_grad(idx, count, grad, out_row, out_col, part):  # grad (B, OH, OW, Co); part (chunks, KH, KW, Ci, Co) zeroed
+        # Per pixel, tap by tap: the tap's output-gradient row is added to each fired channel's row
+        # (each weight's sum still runs over the pixels in order).
         images, height, width, _ = idx.shape
         channels = grad.shape[3]
         chunks, taps_h, taps_w, _, _ = part.shape
@@ -186,18 +204,23 @@ def _compile(cache: bool = True):
             for b in range(q * per, min(images, (q + 1) * per)):
                 for ih in range(height):
                     for iw in range(width):
-                        for j in range(count[b, ih, iw]):
-                            ci = idx[b, ih, iw, j]
-                            for kh in range(taps_h):
-                                oh = out_row[ih, kh]
-                                if oh < 0:
+                        n = count[b, ih, iw]
+                        if n == 0:
+                            continue
+                        fired = idx[b, ih, iw]
+                        for kh in range(taps_h):
+                            oh = out_row[ih, kh]
+                            if oh < 0:
+                                continue
+                            for kw in range(taps_w):
+                                ow = out_col[iw, kw]
+                                if ow < 0:
                                     continue
-                                for kw in range(taps_w):
-                                    ow = out_col[iw, kw]
-                                    if ow < 0:
-                                        continue
+                                g, tap = grad[b, oh, ow], part[q, kh, kw]
+                                for j in range(n):
+                                    row = tap[fired[j]]
                                     for co in range(channels):
-                                        part[q, kh, kw, ci, co] += grad[b, oh, ow, co]
+                                        row[co] += g[co]
 
     @jit
     def sum_chunks(part, out):  # part (chunks, M) -> out (M,): chunk 0 + chunk 1 + ..., in that order
