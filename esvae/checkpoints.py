@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, EsvaeError
-from .files import atomic_torch_save
+from .files import atomic_torch_save, zip_damage
 from .models.base import OriginalLayout
 from .models.registry import MODELS, build_model
 
@@ -97,19 +97,10 @@ def save_checkpoint(path: os.PathLike, model: nn.Module, *, optimizer: Optional[
 
 
 def _check_integrity(path: Path) -> None:
-    """torch.save writes a zip whose entries carry CRC-32s, but torch.load does not check them
-    (flipped bits in a tensor load silently): check every entry first (about 3 ms per MB)."""
-    import zipfile
-    if not zipfile.is_zipfile(path):
-        return   # a legacy pickle, a truncated file or garbage: torch.load tells which
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except Exception as exc:  # a damaged header or compressed stream: zipfile, zlib, struct errors
-        raise CheckpointError(f"checkpoint {path} is corrupt: {type(exc).__name__}: {exc}") from None
-    if bad is not None:
-        raise CheckpointError(f"checkpoint {path} is corrupt: its entry {bad!r} fails its CRC-32 check "
-                              "(damaged on disk or in transfer)")
+    """Refuse a checkpoint whose zip entries fail their CRC-32 (:func:`esvae.files.zip_damage`)."""
+    damage = zip_damage(path)
+    if damage is not None:
+        raise CheckpointError(f"checkpoint {path} is corrupt: {damage}")
 
 
 def _read(path: os.PathLike, map_location) -> Any:

@@ -17,7 +17,8 @@ else ``./data``):
 
 Preprocessing is the original code's: MNIST/Fashion resized 28 -> 32 (bilinear, PIL), CelebA
 center-cropped to 148 and resized to 64, CIFAR-10 as is; then ``ToTensor`` and ``2x - 1``. The
-PIL steps run once and the uint8 result is cached under ``ROOT/esvae_cache/``; batches are
+PIL steps run once and the uint8 result is cached under ``ROOT/esvae_cache/`` (checked on every
+read: a truncated or damaged cache, one whose zip entries fail their CRC-32, is rebuilt); batches are
 converted to float in [-1, 1] on the fly (:func:`to_model_range`).
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Dict, Iterator, Optional, Tuple
 import numpy as np
 import torch
 
-from .files import atomic_path, atomic_torch_save
+from .files import atomic_path, atomic_torch_save, zip_damage
 from .errors import ConfigError, DatasetNotFoundError
 
 log = logging.getLogger(__name__)
@@ -250,11 +251,15 @@ def load_split(dataset: str, split: str, root: Optional[os.PathLike] = None, dow
     root = Path(root) if root is not None else default_data_root()
     cache = root / "esvae_cache" / f"{dataset}-{split}-v{CACHE_VERSION}.pt"
     if use_cache and cache.is_file():
-        try:
-            blob = torch.load(cache, weights_only=True)
-            return ImageSplit(blob["images"], blob["labels"], dataset, split, source.label)
-        except Exception as exc:  # a truncated cache is rebuilt, not trusted
-            log.warning("ignoring unreadable dataset cache %s (%s); rebuilding it", cache, exc)
+        damage = zip_damage(cache)  # torch.load alone would load a flipped byte silently
+        if damage is not None:
+            log.warning("ignoring damaged dataset cache %s (%s); rebuilding it", cache, damage)
+        else:
+            try:
+                blob = torch.load(cache, weights_only=True)
+                return ImageSplit(blob["images"], blob["labels"], dataset, split, source.label)
+            except Exception as exc:  # a truncated cache is rebuilt, not trusted
+                log.warning("ignoring unreadable dataset cache %s (%s); rebuilding it", cache, exc)
     if dataset in ("mnist", "fashion"):
         images, labels = _read_mnist_family(dataset, root, split, download)
     elif dataset == "mnist5k":

@@ -130,3 +130,26 @@ def test_unwritable_cache_does_not_stop_loading(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="esvae"):
         data = load_split("mnist5k", "test", tmp_path)
     assert len(data) == 1000 and "continuing without it" in caplog.text
+
+
+def test_a_flipped_byte_in_the_dataset_cache_is_detected_and_rebuilt(tmp_path, caplog):
+    import zipfile
+    from esvae.files import zip_damage
+    first = load_split("mnist5k", "test", tmp_path)
+    cache = tmp_path / "esvae_cache" / "mnist5k-test-v1.pt"
+    with zipfile.ZipFile(cache) as archive:  # the largest entry is the images' bytes
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    raw = bytearray(cache.read_bytes())
+    local = raw[info.header_offset:info.header_offset + 30]
+    start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+    raw[start + info.file_size // 2] ^= 0x01
+    cache.write_bytes(bytes(raw))
+    silently = torch.load(cache, weights_only=True)["images"]           # what torch.load alone returns
+    assert not torch.equal(silently, first.images)
+    assert zip_damage(cache) and "CRC-32" in zip_damage(cache)
+    with caplog.at_level("WARNING", logger="esvae"):
+        again = load_split("mnist5k", "test", tmp_path)
+    assert "damaged dataset cache" in caplog.text and str(cache) in caplog.text
+    assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
+    assert zip_damage(cache) is None                                    # rebuilt
+    assert torch.equal(torch.load(cache, weights_only=True)["images"], first.images)
