@@ -166,7 +166,6 @@ def _compile(cache: bool = True):
         per = (images + chunks - 1) // chunks
         for q in numba.prange(chunks):
             g = np.empty(span, dtype=grad.dtype)
-            acc = part[q]
             for b in range(q * per, min(images, (q + 1) * per)):
                 for ih in range(height):
                     for iw in range(width):
@@ -178,19 +177,16 @@ def _compile(cache: bool = True):
                             for kw in range(taps_w):
                                 ow = out_col[iw, kw]
                                 base = (kh * taps_w + kw) * channels
-                                tap = g[base:base + channels]
                                 if oh < 0 or ow < 0:
                                     for co in range(channels):
-                                        tap[co] = 0.0
+                                        g[base + co] = 0.0
                                 else:
-                                    row = grad[b, oh, ow]
                                     for co in range(channels):
-                                        tap[co] = row[co]
-                        fired = idx[b, ih, iw]
+                                        g[base + co] = grad[b, oh, ow, co]
                         for j in range(n):
-                            row = acc[fired[j]]
+                            ci = idx[b, ih, iw, j]
                             for c in range(span):
-                                row[c] += g[c]
+                                part[q, ci, c] += g[c]
 
     @jit
     def weight_grad(idx, count, grad, out_row, out_col, part):  # grad (B, OH, OW, Co); part (chunks, KH, KW, Ci, Co) zeroed
