@@ -121,6 +121,14 @@ def _compile(cache: bool = True):
                 keep = one if previous <= threshold else zero
                 ut[k] = (xr[k] * sc[k] + sh[k]) + tau * (previous * keep)
 
+    @numba.njit(cache=cache, nogil=True, inline='always')
+    def sweep_back(v, grad_out, grad_next, tau, threshold, one, zero, half):
+        # dL/dI_t from u_t = v, dL/do_t = grad_out and dL/dI_{t+1} = grad_next: the reverse-time
+        # step of the reference's sweep, with the rectangle surrogate 1[|u| < 0.5]
+        keep = one if v <= threshold else zero
+        window = one if abs(v) < half else zero
+        return (grad_out - (tau * v) * grad_next) * window + tau * (keep * grad_next)
+
     @jit
     def backward(x, grad_spikes, weights, params, scale, shift, chunks, out, part, block):
         # x (T, N, K); out: dL/dI (T, N, K). dL/do_t = weights[t] * grad_spikes[t] with a grad_spikes
@@ -150,11 +158,7 @@ def _compile(cache: bool = True):
                         w = weights[t]
                         gs, ut, o = grad_spikes[t * step_of_grad, p, k0:k0 + n], u[t], out[t, p, k0:k0 + n]
                         for k in range(n):
-                            v = ut[k]
-                            keep = one if v <= threshold else zero
-                            grad_spike = w * gs[k] - (tau * v) * grad_next[k]
-                            window = one if abs(v) < half else zero
-                            grad = grad_spike * window + tau * (keep * grad_next[k])
+                            grad = sweep_back(ut[k], w * gs[k], grad_next[k], tau, threshold, one, zero, half)
                             o[k] = grad
                             grad_next[k] = grad
                     # summed apart from the sweep (it vectorises better so), steps from last to first
@@ -200,30 +204,18 @@ def _compile(cache: bool = True):
                         gs, xr, ut = grad_spikes[t * step_of_grad, p, k0:k0 + n], x[t * tx, p, k0:k0 + n], u[t]
                         if apply and tx:  # each case its own loop: a branch inside would stop vectorisation
                             for k in range(n):
-                                v = ut[k]
-                                keep = one if v <= threshold else zero
-                                grad_spike = w * gs[k] - (tau * v) * grad_next[k]
-                                window = one if abs(v) < half else zero
-                                grad = grad_spike * window + tau * (keep * grad_next[k])
+                                grad = sweep_back(ut[k], w * gs[k], grad_next[k], tau, threshold, one, zero, half)
                                 grad_next[k] = grad
                                 xr[k] = (grad - c0[k] - (xr[k] - c1[k]) * c2[k]) * c3[k]
                         elif apply:
                             acc = out[p, k0:k0 + n]
                             for k in range(n):
-                                v = ut[k]
-                                keep = one if v <= threshold else zero
-                                grad_spike = w * gs[k] - (tau * v) * grad_next[k]
-                                window = one if abs(v) < half else zero
-                                grad = grad_spike * window + tau * (keep * grad_next[k])
+                                grad = sweep_back(ut[k], w * gs[k], grad_next[k], tau, threshold, one, zero, half)
                                 grad_next[k] = grad
                                 acc[k] += (grad - c0[k] - (xr[k] - c1[k]) * c2[k]) * c3[k]
                         else:  # dL/dI_t over u_t (read first): summed below, apart from the sweep
                             for k in range(n):
-                                v = ut[k]
-                                keep = one if v <= threshold else zero
-                                grad_spike = w * gs[k] - (tau * v) * grad_next[k]
-                                window = one if abs(v) < half else zero
-                                grad = grad_spike * window + tau * (keep * grad_next[k])
+                                grad = sweep_back(ut[k], w * gs[k], grad_next[k], tau, threshold, one, zero, half)
                                 grad_next[k] = grad
                                 ut[k] = grad
                     if not apply:  # the same order as in backward: steps from last to first
