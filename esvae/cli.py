@@ -77,8 +77,6 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data-root", default=None, help="data folder (default: $ESVAE_DATA or ./data)")
         p.add_argument("--download", action="store_true", help=download_help)
         p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-        p.add_argument("--threads", type=positive_int, default=None,
-                       help="CPU threads for torch (default: torch's choice, all cores)")
 
     t = sub.add_parser("train", help="train a model; writes checkpoint, history, metrics and image grids")
     add_model_args(t)
@@ -189,7 +187,6 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     b.add_argument("--profile", action="store_true",
                    help="also profile our training step at the largest T (where the remaining time goes)")
-    b.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
     b.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     b.add_argument("--json", default="benchmarks/speed/bench.json", help="where to write the report (JSON)")
 
@@ -197,6 +194,9 @@ def _build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--results", default="results", help="the workflow's results folder (holds config.json, runs/)")
     rp.add_argument("--tables", default=None, help="default: RESULTS/tables")
     rp.add_argument("--figures", default=None, help="default: RESULTS/figures")
+    for command in sub.choices.values():  # every command takes --threads (the workflow passes each rule's)
+        command.add_argument("--threads", type=positive_int, default=None,
+                             help="CPU threads for torch (default: torch's own choice; bench: all cores)")
     return parser
 
 

@@ -105,6 +105,28 @@ def test_describe_prints_resolved_config_and_parameter_count(capsys):
     assert report["paper_train_config"]["lr"] == pytest.approx(0.0006144)
 
 
+def test_every_command_takes_threads_and_the_workflow_passes_each_rules(capsys):
+    from esvae.cli import _build_parser
+    parser = _build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    assert {"train", "describe", "evaluate", "probe", "track", "report", "bench", "prepare-data"} <= set(commands)
+    lacking = [name for name, p in commands.items() if "--threads" not in p._option_string_actions]
+    assert lacking == []
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        code, _, _ = _run_main(["describe", "--model", "esvae", "--dataset", "fashion", "--threads", "1"], capsys)
+        assert code == 0 and torch.get_num_threads() == 1   # applied before the command runs
+    finally:
+        torch.set_num_threads(before)
+    # Every rule that declares threads hands them to the command it runs.
+    rules = Path(__file__).resolve().parents[1] / "workflow" / "rules"
+    for smk in sorted(rules.glob("*.smk")):
+        for block in smk.read_text().split("\nrule ")[1:]:
+            if "    threads:" in block and "python -m esvae" in block:
+                assert "--threads {threads}" in block, f"{smk.name}: rule {block.split(':')[0]} drops its threads"
+
+
 @pytest.mark.parametrize("model_name", ["fsvae", "taid"])
 def test_describe_fsvae_family_with_its_flags(model_name, capsys):
     code, out, _ = _run_main(["describe", "--model", model_name, "--dataset", "fashion", "--votes", "4",

@@ -14,7 +14,7 @@ rule prepare_data:
     resources:
         **resources_of("light"),
     shell:
-        "python -m esvae prepare-data --dataset {wildcards.dataset} --out {output} {params.env} > {log} 2>&1"
+        "python -m esvae prepare-data --dataset {wildcards.dataset} --out {output} --threads {threads} {params.env} > {log} 2>&1"
 
 
 rule write_config:
