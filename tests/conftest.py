@@ -12,6 +12,15 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SMOKE_COMMAND = ".venv/bin/snakemake --cores all --config preset=smoke"
+# The workflow lane (`pytest -m workflow`): the tests that run Snakemake, its SLURM executor or the
+# MLflow UI; everything else is the fast lane (`pytest -m "not workflow"`), for every change.
+WORKFLOW_FILES = ("test_workflow.py", "test_pipeline_smoke.py", "test_slurm_cluster.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in WORKFLOW_FILES:
+            item.add_marker(pytest.mark.workflow)
 
 
 def workflow_env(data_root, inception_cache):

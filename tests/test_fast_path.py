@@ -345,7 +345,7 @@ def test_bench_command_writes_a_checked_report(tmp_path, capsys):
     from pathlib import Path
     from esvae.cli import main
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    (command,) = re.findall(r"^python -m esvae bench --timesteps 2 .*$", readme, flags=re.M)
+    (command,) = re.findall(r"^\.venv/bin/python -m esvae bench --timesteps 2 .*$", readme, flags=re.M)
     out = tmp_path / "bench.json"
     rc = main(shlex.split(command)[3:] + ["--threads", "1", "--json", str(out)])
     assert rc == 0

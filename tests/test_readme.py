@@ -41,3 +41,35 @@ def test_ci_runs_the_readme_test_command():
     main_command = next(b for b in bash_blocks if "snakemake" in b)
     # the main job is the pipeline with its default preset (cpu), run by the setup's environment
     assert main_command == "bash scripts/setup.sh && .venv/bin/snakemake --cores all"
+
+
+def test_readme_is_short_and_every_command_in_it_is_run_by_a_test():
+    """At most 150 lines; its code blocks are exactly the ones the tests run: the main job and the test
+    command (checked above and run by CI), the smoke preset (conftest.smoke_dir runs it), the quick
+    bench (test_fast_path runs it) and the Python block (run above)."""
+    from conftest import SMOKE_COMMAND
+    assert len(README.splitlines()) <= 150
+    blocks = re.findall(r"```(\w*)\n(.*?)```", README, flags=re.S)
+    assert {lang for lang, _ in blocks} <= {"bash", "python", ""}
+    bash = [b.strip() for lang, b in blocks if lang == "bash"]
+    assert bash[0] == "bash scripts/setup.sh && .venv/bin/snakemake --cores all"
+    assert "pytest" in bash[1] and bash[2] == SMOKE_COMMAND
+    assert bash[3].startswith(".venv/bin/python -m esvae bench --timesteps 2 ") and len(bash) == 4
+    fast_lane = re.findall(r"`(\.venv/bin/python -m pytest[^`]*)`", README)
+    assert fast_lane and all(cmd in bash[1] for cmd in fast_lane)
+
+
+def test_readme_links_resolve_and_nothing_refers_outside_the_clone():
+    """Every relative link of the README and docs/ names a file of the repository, and no tracked text
+    file points at a folder a clone does not have (the spec folder beside the development checkout)."""
+    import subprocess
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#]+)\)", doc.read_text()):
+            if "://" not in target:
+                assert (doc.parent / target).resolve().exists(), f"{doc.name}: broken link {target}"
+    outside = "../" + "shared"
+    for name in files:
+        path = REPO / name
+        if path.suffix in {".py", ".md", ".yaml", ".yml", ".toml", ".sh", ".smk", ".rst", ".txt", ".cfg"} or name in {"Snakefile", ".ci/run"}:
+            assert outside not in path.read_text(errors="ignore"), f"{name} refers to {outside}"

@@ -1,4 +1,4 @@
-"""A real SLURM cluster: the README's cluster block, run as written. It brings up a single-node
+"""A real SLURM cluster: docs/slurm.md's cluster block, run as written. It brings up a single-node
 cluster on this machine (scripts/cluster/slurm_local.sh; root, Debian's slurm-wlm and munge,
 installed by the script when missing), runs the smoke preset through profiles/slurm with the
 Snakemake SLURM executor plugin, and brings the cluster down again by process id. Then: every job
@@ -36,7 +36,7 @@ if os.geteuid() != 0 and not REQUIRED:
                 "run 'sudo ESVAE_REQUIRE_SLURM=1 .venv/bin/python -m pytest tests/test_slurm_cluster.py'",
                 allow_module_level=True)
 
-README = (REPO / "README.md").read_text()
+SLURM_DOC = (REPO / "docs" / "slurm.md").read_text()
 STATE = Path(os.environ.get("ESVAE_SLURM_DIR", "/tmp/esvae-slurm"))
 DAEMONS = ("munged", "slurmctld", "slurmd")
 POINTS = grid.all_points(grid.resolve_config({"preset": "smoke"}))
@@ -47,8 +47,8 @@ TIMING = {"seconds", "seconds_all", "sampling_time", "epoch_seconds", "train_ima
 
 
 def cluster_block():
-    """The README's cluster commands: bring-up, the snakemake command, bring-down."""
-    (block,) = [b for b in re.findall(r"```bash\n(.*?)```", README, flags=re.S) if "slurm_local.sh up" in b]
+    """docs/slurm.md's cluster commands: bring-up, the snakemake command, bring-down."""
+    (block,) = [b for b in re.findall(r"```bash\n(.*?)```", SLURM_DOC, flags=re.S) if "slurm_local.sh up" in b]
     up, run, down = block.strip().splitlines()
     assert up == "bash scripts/cluster/slurm_local.sh up" and down == "bash scripts/cluster/slurm_local.sh down"
     assert run.startswith(".venv/bin/snakemake --profile profiles/slurm ") and "preset=smoke" in run
@@ -94,7 +94,7 @@ def slurm_run(tmp_path_factory, smoke_dir, data_root, inception_cache):
         pids = _daemon_pids()
         assert out.returncode == 0, f"the cluster did not come up:\n{out.stdout}{out.stderr}"
         assert sorted(pids) == sorted(DAEMONS), (pids, out.stderr)
-        # The README's command in a fresh folder: the Snakefile and profile of this checkout, the
+        # docs/slurm.md's command in a fresh folder: the Snakefile and profile of this checkout, the
         # interpreter running the tests.
         args = [str(REPO / a) if a == "profiles/slurm" else a for a in run.split()[1:]]
         cmd = [str(BIN / "snakemake"), *args, "-s", str(REPO / "Snakefile"), "--directory", str(work)]
