@@ -12,6 +12,7 @@ Shapes for 32x32 (64x64 adds a 512-channel stage on both sides)::
 Loss: ``MSE + w * KLD`` with ``KLD = mean_n -1/2 sum_l (1 + logvar - mu^2 - exp(logvar))`` and
 ``w = 1 / (batches per epoch)``, derived from the data by :meth:`ANNVAE.configure_training`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,7 +26,7 @@ from torch import nn
 from esvae.config import TrainConfig, dataset_spec, hidden_dims_for
 from esvae.errors import ConfigError
 from esvae.models.ann_blocks import ann_decoder, ann_encoder, ann_final_layer
-from esvae.models.base import VAEProtocolMixin
+from esvae.models.base import VAEModel
 
 
 @dataclass
@@ -34,9 +35,9 @@ class ANNVAEConfig:
     image_size: int = 32
     latent_dim: int = 128
     hidden_dims: Tuple[int, ...] = (32, 64, 128, 256)
-    leaky_slope: float = 0.01             # LeakyReLU negative slope (PyTorch's default)
-    kld_weight: Optional[float] = None    # None: 1 / (batches per epoch), set when training starts
-    timesteps: int = 1                    # no time axis; kept so every model reports T
+    leaky_slope: float = 0.01  # LeakyReLU negative slope (PyTorch's default)
+    kld_weight: Optional[float] = None  # None: 1 / (batches per epoch), set when training starts
+    timesteps: int = 1  # no time axis; kept so every model reports T
 
     def validate(self) -> "ANNVAEConfig":
         for key in ("in_channels", "latent_dim"):
@@ -46,7 +47,9 @@ class ANNVAEConfig:
         if self.timesteps != 1:
             raise ConfigError(f"the ANN VAE has no time steps; timesteps must be 1, got {self.timesteps}")
         if tuple(self.hidden_dims) != hidden_dims_for(self.image_size):
-            raise ConfigError(f"hidden_dims for image_size {self.image_size} must be {list(hidden_dims_for(self.image_size))}")
+            raise ConfigError(
+                f"hidden_dims for image_size {self.image_size} must be {list(hidden_dims_for(self.image_size))}"
+            )
         if self.kld_weight is not None and self.kld_weight < 0:
             raise ConfigError(f"kld_weight must be >= 0, got {self.kld_weight}")
         return self
@@ -60,12 +63,12 @@ class ANNVAEConfig:
 @dataclass
 class ANNVAEOutput:
     reconstruction: torch.Tensor  # (N, C, H, W) in [-1, 1]
-    mu: torch.Tensor              # (N, L)
-    logvar: torch.Tensor          # (N, L)
-    latent: torch.Tensor          # (N, L) the sampled z
+    mu: torch.Tensor  # (N, L)
+    logvar: torch.Tensor  # (N, L)
+    latent: torch.Tensor  # (N, L) the sampled z
 
 
-class ANNVAE(VAEProtocolMixin, nn.Module):
+class ANNVAE(VAEModel, nn.Module):
     loss_terms = ("loss", "mse", "kld")
     stat_names = ("mu_abs", "sigma")
     spiking_latent = False
@@ -124,14 +127,16 @@ class ANNVAE(VAEProtocolMixin, nn.Module):
     @property
     def kld_weight(self) -> float:
         if self._kld_weight is None:
-            raise ConfigError("the ANN VAE's KLD weight is 1 / (batches per epoch): call "
-                              "configure_training(steps_per_epoch) or build it with kld_weight=...")
+            raise ConfigError(
+                "the ANN VAE's KLD weight is 1 / (batches per epoch): call "
+                "configure_training(steps_per_epoch) or build it with kld_weight=..."
+            )
         return self._kld_weight
 
     def configure_training(self, steps_per_epoch: int) -> Dict[str, float]:
         if self.config.kld_weight is None:
             self._kld_weight = 1.0 / steps_per_epoch
-        return {"kld_weight": self._kld_weight}
+        return {"kld_weight": self.kld_weight}
 
     def loss(self, images: torch.Tensor, out: ANNVAEOutput) -> Dict[str, torch.Tensor]:
         mse = F.mse_loss(out.reconstruction, images)
@@ -149,14 +154,19 @@ class ANNVAE(VAEProtocolMixin, nn.Module):
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Decode ``n`` draws of ``z ~ N(0, I)`` (in the model's current mode; call ``eval()`` first)."""
         weight = self.decoder_input.weight
-        return self.decode(torch.randn(n, self.config.latent_dim, generator=generator, device=weight.device,
-                                       dtype=weight.dtype))
+        return self.decode(
+            torch.randn(n, self.config.latent_dim, generator=generator, device=weight.device, dtype=weight.dtype)
+        )
 
 
 def ann_vae_paper_config(dataset: str) -> ANNVAEConfig:
     spec = dataset_spec(dataset)
-    return ANNVAEConfig(in_channels=spec.in_channels, image_size=spec.image_size, latent_dim=128,
-                        hidden_dims=hidden_dims_for(spec.image_size))
+    return ANNVAEConfig(
+        in_channels=spec.in_channels,
+        image_size=spec.image_size,
+        latent_dim=128,
+        hidden_dims=hidden_dims_for(spec.image_size),
+    )
 
 
 def ann_vae_paper_train(dataset: str) -> TrainConfig:
@@ -165,5 +175,12 @@ def ann_vae_paper_train(dataset: str) -> TrainConfig:
     Weight decay is not given for the ANN VAE; FSVAE's 0.001 is used. No augmentation.
     """
     dataset_spec(dataset)
-    return TrainConfig(epochs=150, batch_size=250, lr=0.001, prior_lr_multiplier=1.0, weight_decay=0.001,
-                       lr_derivation="the FSVAE paper's ANN VAE setting (lr 0.001, batch 250)", hflip=False)
+    return TrainConfig(
+        epochs=150,
+        batch_size=250,
+        lr=0.001,
+        prior_lr_multiplier=1.0,
+        weight_decay=0.001,
+        lr_derivation="the FSVAE paper's ANN VAE setting (lr 0.001, batch 250)",
+        hflip=False,
+    )

@@ -23,6 +23,7 @@ Faithful to the original code, including two quirks:
   replaces the posterior's z_t as the prior's input; p grows linearly from 0.1 to 0.3 over the
   epochs (``start_epoch``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from torch import nn
 from esvae.config import SpikingVAEConfig, TrainConfig, dataset_spec, hidden_dims_for
 from esvae.errors import ConfigError
 from esvae.models.backbone import SpikingConvBackbone
-from esvae.models.base import OriginalLayout, VAEProtocolMixin
+from esvae.models.base import OriginalLayout, VAEModel
 from esvae.samplers import LatentSampler, VoteSelectionSampler, build_sampler
 from esvae.spiking import LIF, SpikingLinear, tdbn_lif_step
 
@@ -44,15 +45,15 @@ from esvae.spiking import LIF, SpikingLinear, tdbn_lif_step
 class FSVAEConfig(SpikingVAEConfig):
     latent_dim: int = 128
     sampler: str = "fsvae_autoregressive"
-    votes: int = 20                      # k
-    mlp_bn_alpha: float = 2.0            # tdBN alpha in the prior/posterior MLPs
-    loss: str = "mmd"                    # "mmd" (PSP distance, weight 1) or "kld" (Bernoulli KL)
+    votes: int = 20  # k
+    mlp_bn_alpha: float = 2.0  # tdBN alpha in the prior/posterior MLPs
+    loss: str = "mmd"  # "mmd" (PSP distance, weight 1) or "kld" (Bernoulli KL)
     kld_weight: float = 1e-4
-    psp_tau: float = 2.0                 # PSP filter s_t = s_{t-1} + (x_t - s_{t-1}) / tau
+    psp_tau: float = 2.0  # PSP filter s_t = s_{t-1} + (x_t - s_{t-1}) / tau
     scheduled_sampling: bool = True
     scheduled_p_start: float = 0.1
     scheduled_p_end: float = 0.3
-    scheduled_from_step: int = 5         # 0-based step from which the prior's guess may be used
+    scheduled_from_step: int = 5  # 0-based step from which the prior's guess may be used
     guess_noise: float = 1e-3
 
     # Inherited fields this model ignores: they must keep these values (and the CLI refuses their flags).
@@ -80,7 +81,12 @@ class FSVAEConfig(SpikingVAEConfig):
             raise ConfigError(f"scheduled_from_step must be a non-negative integer, got {step!r}")
         for key in ("psp_tau", "kld_weight", "guess_noise"):
             value = getattr(self, key)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0 or (key == "psp_tau" and value < 1):
+            if (
+                not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or not value >= 0
+                or (key == "psp_tau" and value < 1)
+            ):
                 bound = ">= 1 (the filter's step is 1/tau)" if key == "psp_tau" else ">= 0"
                 raise ConfigError(f"{key} must be a number {bound}, got {value!r}")
         return self
@@ -100,14 +106,26 @@ class VotingMLP(nn.Sequential):
     """Three spiking linear layers (tdBN alpha, LIF); ``(T, N, in) -> votes (T, N, L, k)``."""
 
     def __init__(self, widths, latent_dim: int, votes: int, config: SpikingVAEConfig, bn_alpha: float):
-        layers = [SpikingLinear(a, b, bn_alpha=bn_alpha,
-                                lif=LIF(config.tau, config.v_threshold, config.surrogate, backend=config.lif_backend))
-                  for a, b in zip(widths[:-1], widths[1:])]
+        layers = [
+            SpikingLinear(
+                a,
+                b,
+                bn_alpha=bn_alpha,
+                lif=LIF(config.tau, config.v_threshold, config.surrogate, backend=config.lif_backend),
+            )
+            for a, b in zip(widths[:-1], widths[1:])
+        ]
         super().__init__(*layers)
         self.latent_dim, self.votes = latent_dim, votes
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         return super().forward(x_seq).unflatten(-1, (self.latent_dim, self.votes))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        first = self[0]
+        assert isinstance(first, SpikingLinear)
+        return first.weight.dtype
 
     @torch.no_grad()
     def step(self, x_t: torch.Tensor, state: Optional[List] = None) -> Tuple[torch.Tensor, List]:
@@ -121,10 +139,13 @@ class VotingMLP(nn.Sequential):
         so stepping is refused there.
         """
         if self.training:
-            raise RuntimeError("VotingMLP.step needs eval mode: in training tdBN uses the statistics of the whole sequence")
+            raise RuntimeError(
+                "VotingMLP.step needs eval mode: in training tdBN uses the statistics of the whole sequence"
+            )
         state = state or [None] * len(self)
         new_state, h = [], x_t
         for layer, layer_state in zip(self, state):
+            assert isinstance(layer, SpikingLinear) and layer.bn is not None and layer.lif is not None
             layer_state = tdbn_lif_step(F.linear(h, layer.weight, layer.bias), layer.bn, layer.lif, layer_state)
             new_state.append(layer_state)
             h = layer_state.spikes
@@ -143,37 +164,38 @@ class FSVAEPosterior(nn.Module):
 
     stepwise = True
 
-    def __init__(self, config: FSVAEConfig, sampler: LatentSampler):
+    def __init__(self, config: FSVAEConfig, sampler: VoteSelectionSampler):
         super().__init__()
         L, k = config.latent_dim, config.votes
         self.layers = VotingMLP((2 * L, 2 * L, 4 * L, k * L), L, k, config, config.mlp_bn_alpha)
         self.sampler = sampler
 
-    def forward(self, latent_spikes: torch.Tensor, generator: Optional[torch.Generator] = None
-                ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, latent_spikes: torch.Tensor, generator: Optional[torch.Generator] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         T, N, L = latent_spikes.shape
         select = self.sampler.select
         choice = self.sampler.choices((T, N, L), self.layers.votes, latent_spikes, generator)
         x_seq = latent_spikes.detach()
         if self.stepwise and not self.layers.training:
             state, step_votes = None, []
-            step_input = latent_spikes.new_zeros(N, 2 * L)                      # [x_t, z_{t-1}]
-            z_shifted = latent_spikes.new_zeros(T + 1, N, L)                    # [z_{-1} = 0, z_0, ...]
+            step_input = latent_spikes.new_zeros(N, 2 * L)  # [x_t, z_{t-1}]
+            z_shifted = latent_spikes.new_zeros(T + 1, N, L)  # [z_{-1} = 0, z_0, ...]
             for t in range(T):
                 step_input[:, :L] = x_seq[t]
                 votes_t, state = self.layers.step(step_input, state)
                 step_votes.append(votes_t)
                 z_shifted[t + 1] = step_input[:, L:] = select(votes_t, choice[t])
-            if not torch.is_grad_enabled():                                     # nothing to differentiate
-                return z_shifted[1:], torch.stack(step_votes)                   # = select(votes, choice)
+            if not torch.is_grad_enabled():  # nothing to differentiate
+                return z_shifted[1:], torch.stack(step_votes)  # = select(votes, choice)
             z_shifted = z_shifted[:-1]
         else:
-            z_shifted = latent_spikes.new_zeros(1, N, L)                       # [z_{-1} = 0]
+            z_shifted = latent_spikes.new_zeros(1, N, L)  # [z_{-1} = 0]
             with torch.no_grad():
                 for t in range(T - 1):
-                    votes_t = self.layers(torch.cat([x_seq[:t + 1], z_shifted], dim=-1))[-1]  # (N, L, k), prefix pass
+                    votes_t = self.layers(torch.cat([x_seq[: t + 1], z_shifted], dim=-1))[-1]  # (N, L, k), prefix pass
                     z_shifted = torch.cat([z_shifted, select(votes_t, choice[t]).unsqueeze(0)])
-        votes = self.layers(torch.cat([latent_spikes, z_shifted], dim=-1))   # (T, N, L, k), with gradient
+        votes = self.layers(torch.cat([latent_spikes, z_shifted], dim=-1))  # (T, N, L, k), with gradient
         return select(votes, choice), votes
 
 
@@ -183,14 +205,15 @@ class FSVAEPrior(nn.Module):
 
     stepwise = True
 
-    def __init__(self, config: FSVAEConfig, sampler: LatentSampler):
+    def __init__(self, config: FSVAEConfig, sampler: VoteSelectionSampler):
         super().__init__()
         L, k = config.latent_dim, config.votes
         self.layers = VotingMLP((L, 2 * L, 4 * L, k * L), L, k, config, config.mlp_bn_alpha)
         self.config, self.sampler = config, sampler
 
-    def forward(self, z: torch.Tensor, scheduled_p: Optional[float] = None,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def forward(
+        self, z: torch.Tensor, scheduled_p: Optional[float] = None, generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
         """Votes ``(T, N, L, k)`` for the posterior's ``z (T, N, L)`` shifted by one step (detached)."""
         z = z.detach()
         T, N, L = z.shape
@@ -202,7 +225,7 @@ class FSVAEPrior(nn.Module):
             for t in range(T - 1):
                 coin = torch.rand((), generator=generator, device=z.device) if t >= cfg.scheduled_from_step else None
                 if coin is not None and coin.item() < scheduled_p:
-                    votes_t = self.layers(z_shifted)[-1]                                # (N, L, k)
+                    votes_t = self.layers(z_shifted)[-1]  # (N, L, k)
                     noise = torch.randn(N, L, generator=generator, device=z.device, dtype=z.dtype)
                     z_t = (votes_t.mean(-1) + cfg.guess_noise * noise > 0.5).to(z.dtype)
                 else:
@@ -213,31 +236,33 @@ class FSVAEPrior(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, timesteps: int, device=None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Run the prior autoregressively: ``z (T, n, L)``, one random vote per unit and step."""
-        z_shifted = torch.zeros(1, n, self.layers.latent_dim, device=device, dtype=self.layers[0].weight.dtype)
+        z_shifted = torch.zeros(1, n, self.layers.latent_dim, device=device, dtype=self.layers.dtype)
         state = None
         for t in range(timesteps):
             if self.stepwise and not self.layers.training:
-                votes_t, state = self.layers.step(z_shifted[t], state)                # (n, L, k), one step
+                votes_t, state = self.layers.step(z_shifted[t], state)  # (n, L, k), one step
             else:
-                votes_t = self.layers(z_shifted)[-1]                                  # prefix pass
+                votes_t = self.layers(z_shifted)[-1]  # prefix pass
             z_shifted = torch.cat([z_shifted, self.sampler.draw(votes_t, generator).unsqueeze(0)])
         return z_shifted[1:]
 
 
 @dataclass
 class FSVAEOutput:
-    reconstruction: torch.Tensor   # (N, C, H, W)
-    latent_spikes: torch.Tensor    # (T, N, L) encoder spikes x_e
-    sampled_spikes: torch.Tensor   # (T, N, L) z fed to the decoder
+    reconstruction: torch.Tensor  # (N, C, H, W)
+    latent_spikes: torch.Tensor  # (T, N, L) encoder spikes x_e
+    sampled_spikes: torch.Tensor  # (T, N, L) z fed to the decoder
     posterior_votes: torch.Tensor  # (T, N, L, k)
-    prior_votes: torch.Tensor      # (T, N, L, k)
+    prior_votes: torch.Tensor  # (T, N, L, k)
 
 
-class FSVAE(VAEProtocolMixin, SpikingConvBackbone):
+class FSVAE(VAEModel, SpikingConvBackbone):
     stat_names = ("posterior_rate", "prior_rate")
     # The original's prior/posterior keys (prior.layers.{0,1,2}.*, posterior.layers.*) match ours;
     # their initial_input buffers are the constant z_{-1} = 0, shape (1, L, 1).
-    original_layout = OriginalLayout(zero_buffers=("prior.initial_input", "posterior.initial_input"))
+    original_layout: Optional[OriginalLayout] = OriginalLayout(
+        zero_buffers=("prior.initial_input", "posterior.initial_input")
+    )
 
     def __init__(self, config: FSVAEConfig, sampler: Optional[LatentSampler] = None):
         super().__init__(config)
@@ -252,17 +277,20 @@ class FSVAE(VAEProtocolMixin, SpikingConvBackbone):
     def start_epoch(self, epoch_index: int, total_epochs: int) -> Dict[str, float]:
         """Scheduled-sampling probability ``p = p0 + (p1 - p0) * epoch / epochs`` (epoch from 0)."""
         cfg = self.config
-        self.scheduled_p = cfg.scheduled_p_start + (cfg.scheduled_p_end - cfg.scheduled_p_start) * epoch_index / max(total_epochs, 1)
+        self.scheduled_p = cfg.scheduled_p_start + (cfg.scheduled_p_end - cfg.scheduled_p_start) * epoch_index / max(
+            total_epochs, 1
+        )
         return {"scheduled_p": self.scheduled_p}
 
     def forward(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> FSVAEOutput:
-        latent_spikes = self.encode(images)                                       # (T, N, L)
+        latent_spikes = self.encode(images)  # (T, N, L)
         z, q_votes = self.posterior(latent_spikes, generator)
         p_votes = self.prior(z, self.scheduled_p if self.config.scheduled_sampling else None, generator)
         return FSVAEOutput(self.decode(z), latent_spikes, z, q_votes, p_votes)
 
-    latent_code_label = ("posterior vote probabilities averaged over k and T (the z fed back inside the "
-                         "posterior is still drawn)")
+    latent_code_label = (
+        "posterior vote probabilities averaged over k and T (the z fed back inside the posterior is still drawn)"
+    )
 
     def latent_code(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Posterior rates ``(N, L)``: the posterior's vote probabilities averaged over k and T."""
@@ -270,13 +298,14 @@ class FSVAE(VAEProtocolMixin, SpikingConvBackbone):
 
     def loss(self, images: torch.Tensor, out: FSVAEOutput) -> Dict[str, torch.Tensor]:
         mse = F.mse_loss(out.reconstruction, images)
-        q_bar, p_bar = out.posterior_votes.mean(-1), out.prior_votes.mean(-1)   # (T, N, L)
+        q_bar, p_bar = out.posterior_votes.mean(-1), out.prior_votes.mean(-1)  # (T, N, L)
         if self.config.loss == "mmd":
             term = (psp(q_bar, self.config.psp_tau) - psp(p_bar, self.config.psp_tau)).pow(2).mean()
             return {"loss": mse + term, "mse": mse, "mmd": term}
-        kl = (q_bar * torch.log((q_bar + 1e-2) / (p_bar + 1e-2))
-              + (1 - q_bar) * torch.log((1 - q_bar + 1e-2) / (1 - p_bar + 1e-2)))
-        term = kl.sum(dim=(0, 2)).mean()                                          # sum over T and L, mean over N
+        kl = q_bar * torch.log((q_bar + 1e-2) / (p_bar + 1e-2)) + (1 - q_bar) * torch.log(
+            (1 - q_bar + 1e-2) / (1 - p_bar + 1e-2)
+        )
+        term = kl.sum(dim=(0, 2)).mean()  # sum over T and L, mean over N
         return {"loss": mse + self.config.kld_weight * term, "mse": mse, "kld": term}
 
     def batch_stats(self, out: FSVAEOutput) -> Dict[str, torch.Tensor]:
@@ -290,20 +319,34 @@ class FSVAE(VAEProtocolMixin, SpikingConvBackbone):
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Generate ``n`` images by running the prior autoregressively; needs eval mode."""
         if self.training:
-            raise RuntimeError("FSVAE.sample needs eval mode (in training tdBN would normalise the prior's prefixes "
-                               "with batch statistics and update its running statistics); call model.eval() first")
+            raise RuntimeError(
+                "FSVAE.sample needs eval mode (in training tdBN would normalise the prior's prefixes "
+                "with batch statistics and update its running statistics); call model.eval() first"
+            )
         device = self.prior.layers[0].weight.device
         return self.decode(self.prior.sample(n, self.timesteps, device, generator))
 
 
 def fsvae_paper_config(dataset: str) -> FSVAEConfig:
     spec = dataset_spec(dataset)
-    return FSVAEConfig(in_channels=spec.in_channels, image_size=spec.image_size, latent_dim=128, timesteps=16,
-                       hidden_dims=hidden_dims_for(spec.image_size))
+    return FSVAEConfig(
+        in_channels=spec.in_channels,
+        image_size=spec.image_size,
+        latent_dim=128,
+        timesteps=16,
+        hidden_dims=hidden_dims_for(spec.image_size),
+    )
 
 
 def fsvae_paper_train(dataset: str) -> TrainConfig:
     """AdamW lr 0.001, weight decay 0.001, batch 250, 150 epochs (docs/method.md section 4); no augmentation."""
     dataset_spec(dataset)
-    return TrainConfig(epochs=150, batch_size=250, lr=0.001, prior_lr_multiplier=1.0, weight_decay=0.001,
-                       lr_derivation="the FSVAE paper's setting (lr 0.001, batch 250)", hflip=False)
+    return TrainConfig(
+        epochs=150,
+        batch_size=250,
+        lr=0.001,
+        prior_lr_multiplier=1.0,
+        weight_decay=0.001,
+        lr_derivation="the FSVAE paper's setting (lr 0.001, batch 250)",
+        hflip=False,
+    )

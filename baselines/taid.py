@@ -12,15 +12,17 @@ channel::
 so the readout adds T*T parameters. The paper's adaptive-threshold LIF neuron is not implemented
 (docs/method.md makes it optional); ``neuron`` is not a config field, so nobody can ask for it by mistake.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Dict
+from typing import ClassVar, Dict, Optional
 
 import torch
 from torch import nn
 
 from esvae.config import TrainConfig, dataset_spec, hidden_dims_for
+from esvae.models.base import OriginalLayout
 
 from .fsvae import FSVAE, FSVAEConfig, fsvae_paper_train
 
@@ -37,8 +39,8 @@ class TemporalAttentionReadout(nn.Module):
         """The attention weights ``(T, N, C)``, each in (0, 1)."""
         if y_seq.shape[0] != self.timesteps:
             raise ValueError(f"TAID's temporal attention was built for T={self.timesteps} steps; got {y_seq.shape[0]}")
-        summary = y_seq.flatten(3).mean(-1).transpose(0, 1)            # (N, T, C): Conv1d channels = steps
-        return torch.sigmoid(self.attention(summary)).transpose(0, 1)   # (T, N, C)
+        summary = y_seq.flatten(3).mean(-1).transpose(0, 1)  # (N, T, C): Conv1d channels = steps
+        return torch.sigmoid(self.attention(summary)).transpose(0, 1)  # (T, N, C)
 
     def forward(self, y_seq: torch.Tensor) -> torch.Tensor:
         w = self.weights(y_seq)
@@ -56,7 +58,9 @@ class TAIDConfig(FSVAEConfig):
 
 
 class TAID(FSVAE):
-    original_layout = None  # docs/method.md specifies no layout for TAID's checkpoints: refused, not guessed
+    original_layout: Optional[OriginalLayout] = (
+        None  # docs/method.md specifies no layout for TAID's checkpoints: refused, not guessed
+    )
 
     def __init__(self, config: TAIDConfig, sampler=None):
         super().__init__(config, sampler)
@@ -65,8 +69,13 @@ class TAID(FSVAE):
 
 def taid_paper_config(dataset: str) -> TAIDConfig:
     spec = dataset_spec(dataset)
-    return TAIDConfig(in_channels=spec.in_channels, image_size=spec.image_size, latent_dim=128, timesteps=16,
-                      hidden_dims=hidden_dims_for(spec.image_size))
+    return TAIDConfig(
+        in_channels=spec.in_channels,
+        image_size=spec.image_size,
+        latent_dim=128,
+        timesteps=16,
+        hidden_dims=hidden_dims_for(spec.image_size),
+    )
 
 
 def taid_paper_train(dataset: str) -> TrainConfig:

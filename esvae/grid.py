@@ -8,6 +8,7 @@ A *run point* is one trained model: (dataset, model, sampler, T, seed). Its fold
 the workflow's outputs, ``logs/`` and ``benchmarks/`` share. A point can belong to several
 experiments (the main table's ESVAE at T=16 is also the T ablation's T=16 point); it is trained once.
 """
+
 from __future__ import annotations
 
 import copy
@@ -24,8 +25,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PRESETS_DIR = REPO_ROOT / "config" / "presets"
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 EXPERIMENTS = ("main", "ablation_timesteps", "ablation_sampler")
-ANN_LATENT = "gaussian"   # the sampler wildcard of models without a pluggable spike sampler
-RUN_PATTERN = re.compile(r"^(?P<dataset>[^/]+)/(?P<model>[^/]+)/(?P<sampler>[^/]+)/T(?P<timesteps>\d+)/seed(?P<seed>\d+)$")
+ANN_LATENT = "gaussian"  # the sampler wildcard of models without a pluggable spike sampler
+RUN_PATTERN = re.compile(
+    r"^(?P<dataset>[^/]+)/(?P<model>[^/]+)/(?P<sampler>[^/]+)/T(?P<timesteps>\d+)/seed(?P<seed>\d+)$"
+)
 
 
 @dataclass(frozen=True, order=True)
@@ -38,7 +41,8 @@ class RunPoint:
 
     @property
     def key(self) -> str:
-        """``fashion/esvae/poisson/T16/seed0``: the folder under ``results/<preset>/runs/`` (and logs/<preset>/, benchmarks/)."""
+        """``fashion/esvae/poisson/T16/seed0``: the folder under ``results/<preset>/runs/``
+        (and ``logs/<preset>/``, ``benchmarks/``)."""
         return f"{self.dataset}/{self.model}/{self.sampler}/T{self.timesteps}/seed{self.seed}"
 
     @classmethod
@@ -50,14 +54,21 @@ class RunPoint:
         return cls(g["dataset"], g["model"], g["sampler"], int(g["timesteps"]), int(g["seed"]))
 
     def wildcards(self) -> Dict[str, str]:
-        return {"dataset": self.dataset, "model": self.model, "sampler": self.sampler,
-                "timesteps": str(self.timesteps), "seed": str(self.seed)}
+        return {
+            "dataset": self.dataset,
+            "model": self.model,
+            "sampler": self.sampler,
+            "timesteps": str(self.timesteps),
+            "seed": str(self.seed),
+        }
 
 
 # -- presets and validation -------------------------------------------------------------------------
 
+
 def _yaml():
     import yaml
+
     return yaml
 
 
@@ -69,8 +80,10 @@ def load_preset(name: str, presets_dir: Optional[Path] = None) -> dict:
     presets_dir = Path(presets_dir or PRESETS_DIR)
     path = presets_dir / f"{name}.yaml"
     if not path.is_file():
-        raise ConfigError(f"config key 'preset': unknown preset {name!r}; expected one of: "
-                          f"{', '.join(preset_names(presets_dir))} (files in {presets_dir})")
+        raise ConfigError(
+            f"config key 'preset': unknown preset {name!r}; expected one of: "
+            f"{', '.join(preset_names(presets_dir))} (files in {presets_dir})"
+        )
     with open(path) as fh:
         return _yaml().safe_load(fh) or {}
 
@@ -117,50 +130,62 @@ def validate_config(config: Mapping, schema_path: Optional[Path] = None) -> None
     with open(schema_path or SCHEMA_PATH) as fh:
         schema = _yaml().safe_load(fh)
     validator = jsonschema.Draft202012Validator(schema)
-    as_json = json.loads(json.dumps(dict(config)))   # YAML's integer keys (epochs per T) as JSON's strings
+    as_json = json.loads(json.dumps(dict(config)))  # YAML's integer keys (epochs per T) as JSON's strings
     errors = sorted(validator.iter_errors(as_json), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         lines = []
         for error in errors[:10]:
             where = _key_path(error.absolute_path)
             if error.validator == "additionalProperties":
-                lines.append(f"config key {where}: {error.message} (allowed: "
-                             f"{', '.join(sorted(error.schema.get('properties', {})))})")
+                lines.append(
+                    f"config key {where}: {error.message} (allowed: "
+                    f"{', '.join(sorted(error.schema.get('properties', {})))})"
+                )
             else:
                 lines.append(f"config key {where}: {error.message}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
     published = config["evaluate"].get("fad_published_dir")
     if published and not Path(published).is_dir():
-        raise ConfigError(f"config key evaluate.fad_published_dir: {published} is not a folder (copy the FSVAE/ESVAE "
-                          "authors' metrics/ folder there: stat_checkpoints/<dataset>_<D>.pth and "
-                          "stats/<dataset>_test_<D>.npz), or set it to null")
+        raise ConfigError(
+            f"config key evaluate.fad_published_dir: {published} is not a folder (copy the FSVAE/ESVAE "
+            "authors' metrics/ folder there: stat_checkpoints/<dataset>_<D>.pth and "
+            "stats/<dataset>_test_<D>.npz), or set it to null"
+        )
     from .models import model_entry
+
     for i, model in enumerate(config["ablation_timesteps"]["models"]):
         if not model_entry(model).samplers:
-            raise ConfigError(f"config key ablation_timesteps.models[{i}]: {model!r} has no time axis (T is 1); "
-                              "leave it out of the T ablation")
+            raise ConfigError(
+                f"config key ablation_timesteps.models[{i}]: {model!r} has no time axis (T is 1); "
+                "leave it out of the T ablation"
+            )
     for model in config["ablation_sampler"]["models"]:
         if not model_entry(model).samplers:
             raise ConfigError(f"config key ablation_sampler.models: {model!r} has no pluggable latent sampler")
     accepted = {s for m in config["ablation_sampler"]["models"] for s in model_entry(m).samplers}
     for i, sampler in enumerate(config["ablation_sampler"]["samplers"]):
         if sampler not in accepted:
-            raise ConfigError(f"config key ablation_sampler.samplers[{i}]: no model in ablation_sampler.models "
-                              f"({', '.join(config['ablation_sampler']['models'])}) takes the sampler {sampler!r}")
+            raise ConfigError(
+                f"config key ablation_sampler.samplers[{i}]: no model in ablation_sampler.models "
+                f"({', '.join(config['ablation_sampler']['models'])}) takes the sampler {sampler!r}"
+            )
 
 
 # -- the grid -----------------------------------------------------------------------------------------
 
+
 def default_sampler(model: str) -> str:
     """The model's paper latent: its first registered sampler, ``gaussian`` for the ANN VAE."""
     from .models import model_entry
+
     samplers = model_entry(model).samplers
     return samplers[0] if samplers else ANN_LATENT
 
 
 def _timesteps_for(model: str, timesteps: int) -> int:
     from .models import model_entry
-    return timesteps if model_entry(model).samplers else 1   # the ANN VAE has no time axis (T=1)
+
+    return timesteps if model_entry(model).samplers else 1  # the ANN VAE has no time axis (T=1)
 
 
 def seeds_for(config: Mapping, experiment: str, dataset: str) -> List[int]:
@@ -175,6 +200,7 @@ def seeds_for(config: Mapping, experiment: str, dataset: str) -> List[int]:
 def experiment_points(config: Mapping) -> Dict[str, List[RunPoint]]:
     """Run points per experiment (``main``, ``ablation_timesteps``, ``ablation_sampler``), sorted."""
     from .models import model_entry
+
     out: Dict[str, set] = {name: set() for name in EXPERIMENTS}
     main = config["main"]
     for d in main["datasets"]:
@@ -236,10 +262,22 @@ def batch_size_for(config: Mapping, model: str) -> Optional[int]:
 def train_args(config: Mapping, point: RunPoint) -> List[str]:
     """Arguments of ``python -m esvae train`` for ``point`` (output folder and environment excluded)."""
     from .models import model_entry
+
     train = config["train"]
-    args = ["--model", point.model, "--dataset", point.dataset, "--seed", str(point.seed),
-            "--epochs", str(epochs_for(config, point.model, point.timesteps, point.dataset)),
-            "--train-subset", str(train["train_subset"]), "--test-subset", str(train["test_subset"])]
+    args = [
+        "--model",
+        point.model,
+        "--dataset",
+        point.dataset,
+        "--seed",
+        str(point.seed),
+        "--epochs",
+        str(epochs_for(config, point.model, point.timesteps, point.dataset)),
+        "--train-subset",
+        str(train["train_subset"]),
+        "--test-subset",
+        str(train["test_subset"]),
+    ]
     if model_entry(point.model).samplers:
         args += ["--timesteps", str(point.timesteps), "--sampler", point.sampler]
     batch = batch_size_for(config, point.model)
@@ -253,6 +291,7 @@ def train_cost(config: Mapping, point: RunPoint) -> int:
     """A rough relative cost of training ``point`` (for the scheduler's longest-first order, 0-100):
     epochs x T, FSVAE/TAID counted 1.5x for their posterior/prior networks, the ANN VAE as T = 1."""
     from .models import model_entry
+
     weight = 1.5 if point.model in ("fsvae", "taid") else 1.0
     t = point.timesteps if model_entry(point.model).samplers else 1
     return min(100, int(epochs_for(config, point.model, point.timesteps, point.dataset) * t * weight))
@@ -265,6 +304,7 @@ def published_fad_inputs(config: Mapping, dataset: str) -> List[str]:
     if not folder:
         return []
     from .metrics.fad import published_dataset, published_files
+
     if published_dataset(dataset) is None:
         return []
     return [str(p) for p in published_files(folder, dataset) if p.is_file()]
@@ -288,10 +328,15 @@ def expected_train_settings(config: Mapping, point: RunPoint) -> Dict[str, objec
     """What ``train_config`` / ``model_config`` of a run's ``config.json`` must hold for ``point``
     under ``config`` (keys as stored there)."""
     from .models import model_entry
+
     train = config["train"]
-    out = {"train_config.epochs": epochs_for(config, point.model, point.timesteps, point.dataset), "train_config.seed": point.seed,
-           "train_config.train_subset": train["train_subset"], "train_config.test_subset": train["test_subset"],
-           "train_config.lr_rule": train.get("lr_rule", "paper_effective")}
+    out = {
+        "train_config.epochs": epochs_for(config, point.model, point.timesteps, point.dataset),
+        "train_config.seed": point.seed,
+        "train_config.train_subset": train["train_subset"],
+        "train_config.test_subset": train["test_subset"],
+        "train_config.lr_rule": train.get("lr_rule", "paper_effective"),
+    }
     batch = batch_size_for(config, point.model)
     if batch:
         out["train_config.batch_size"] = batch
@@ -308,7 +353,7 @@ def settings_mismatch(config: Mapping, point: RunPoint, run_config: Mapping) -> 
     for dotted, want in expected_train_settings(config, point).items():
         section, key = dotted.split(".")
         have = (run_config.get(section) or {}).get(key)
-        if key == "lr_rule" and have is None:   # runs from before the rule existed used the paper's effective LR
+        if key == "lr_rule" and have is None:  # runs from before the rule existed used the paper's effective LR
             have = "paper_effective"
         if have != want:
             diffs.append(f"{dotted}={have!r} (preset: {want!r})")
@@ -321,8 +366,9 @@ def export_job_environment(repo: Path, uri: str, config: Mapping) -> None:
     """Environment variables every job inherits (locally and through SLURM), set by the workflow:
     the interpreter running snakemake first on PATH (it has esvae installed), the repository on
     PYTHONPATH (for --use-conda envs, which do not install esvae), the MLflow store, experiment and
-    preset for ``esvae track``, the checkpoint interval of ``esvae train``, and the data root. Environment, not rule params: Snakemake re-runs a
-    job whose params change, and none of these changes a result."""
+    preset for ``esvae track``, the checkpoint interval of ``esvae train``, and the data root.
+    Environment, not rule params: Snakemake re-runs a job whose params change, and none of these
+    changes a result."""
     import os
     import sys
 

@@ -1,4 +1,5 @@
 """Distribution-matching losses between posterior and prior firing rates (docs/method.md section 3)."""
+
 from __future__ import annotations
 
 from typing import Callable, Dict
@@ -25,7 +26,9 @@ def mmd_rbf(x: torch.Tensor, y: torch.Tensor, num_kernels: int = 5, kernel_mul: 
     ``mean K_xx + mean K_yy - mean K_xy - mean K_yx`` as a scalar.
     """
     if x.shape != y.shape or x.dim() != 2:
-        raise ValueError(f"mmd_rbf expects two (B, L) tensors of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"mmd_rbf expects two (B, L) tensors of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     batch = x.shape[0]
     stacked = torch.cat([x, y], dim=0)  # (2B, L)
     sq_dist = pairwise_sq_distances(stacked)  # (2B, 2B)
@@ -33,7 +36,9 @@ def mmd_rbf(x: torch.Tensor, y: torch.Tensor, num_kernels: int = 5, kernel_mul: 
     bandwidth = sq_dist.detach().sum() / (m * m - m) / (kernel_mul ** (num_kernels // 2))
     # All rows identical gives b = 0 and 0/0 in the original; every kernel is then exp(0) = 1.
     bandwidth = bandwidth.clamp_min(torch.finfo(sq_dist.dtype).tiny)
-    kernel = sum(torch.exp(-sq_dist / (bandwidth * kernel_mul ** i)) for i in range(num_kernels))
+    kernel = torch.exp(-sq_dist / bandwidth)  # the sum over the kernels, added in order (as sum() would)
+    for i in range(1, num_kernels):
+        kernel = kernel + torch.exp(-sq_dist / (bandwidth * kernel_mul**i))
     k_xx = kernel[:batch, :batch].mean()
     k_yy = kernel[batch:, batch:].mean()
     k_xy = kernel[:batch, batch:].mean()

@@ -13,6 +13,7 @@
 Writes ``probes.json``, ``robustness.tsv``, ``robustness.png`` (MSE vs a, shuffled as a marker),
 ``perturbations.png`` (rows: input, reconstruction, shuffled, each noise level) and ``probe.log``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,12 +43,18 @@ def flip_bits(spikes: torch.Tensor, a: float, generator: Optional[torch.Generato
 def shuffle_time(spikes: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Permute ``(T, N, L)`` along T with one random permutation per image (index n)."""
     T, N = spikes.shape[:2]
-    order = torch.rand(N, T, generator=generator, device=spikes.device).argsort(dim=1).T   # (T, N)
+    order = torch.rand(N, T, generator=generator, device=spikes.device).argsort(dim=1).T  # (T, N)
     return spikes.gather(0, order.unsqueeze(-1).expand_as(spikes))
 
 
-def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                          l2: float = 1e-4, max_iter: int = 300) -> float:
+def linear_probe_accuracy(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    l2: float = 1e-4,
+    max_iter: int = 300,
+) -> float:
     """Multinomial logistic regression (standardised features, L2 ``l2``, full-batch L-BFGS) -> test accuracy."""
     mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
     xs, xt = ((train_x - mean) / std).double(), ((test_x - mean) / std).double()
@@ -70,8 +77,12 @@ def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: 
 @torch.no_grad()
 def latent_codes(model, data: ImageSplit, batch_size: int, device: torch.device, seed: int) -> torch.Tensor:
     gen = torch.Generator(device=device).manual_seed(seed)
-    return torch.cat([model.latent_code(x, gen).cpu() for x in iterate_batches(data.images, batch_size, shuffle=False,
-                                                                                  device=device)])
+    return torch.cat(
+        [
+            model.latent_code(x, gen).cpu()
+            for x in iterate_batches(data.images, batch_size, shuffle=False, device=device)
+        ]
+    )
 
 
 @torch.no_grad()
@@ -82,7 +93,7 @@ def robustness(model, test: ImageSplit, batch_size: int, device: torch.device, s
     conditions = ["clean", "shuffled"] + [f"noise_{a:.2f}" for a in NOISE_LEVELS]
     totals = dict.fromkeys(conditions, 0.0)
     for x in iterate_batches(test.images, batch_size, shuffle=False, device=device):
-        z = model(x, generator=gen).sampled_spikes                                  # (T, N, L) fed to the decoder
+        z = model(x, generator=gen).sampled_spikes  # (T, N, L) fed to the decoder
         trains = {"clean": z, "shuffled": shuffle_time(z, noise)}
         trains.update({f"noise_{a:.2f}": flip_bits(z, a, noise) for a in NOISE_LEVELS})
         for name, train in trains.items():
@@ -96,8 +107,11 @@ def robustness(model, test: ImageSplit, batch_size: int, device: torch.device, s
     return rows
 
 
-def _robustness_figures(model, test: ImageSplit, rows: List[Dict], out_dir: Path, device, seed: int, label: str) -> None:
+def _robustness_figures(
+    model, test: ImageSplit, rows: List[Dict], out_dir: Path, device, seed: int, label: str
+) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from torchvision.utils import save_image
@@ -125,9 +139,18 @@ def _robustness_figures(model, test: ImageSplit, rows: List[Dict], out_dir: Path
         save_image((torch.cat(rows_img) + 1) / 2, tmp, nrow=x.shape[0], padding=2, pad_value=1.0)
 
 
-def run_probes(checkpoint: os.PathLike, out_dir: os.PathLike, *, train_subset: int = 0, test_subset: int = 0,
-               batch_size: int = 200, seed: Optional[int] = None, data_root=None, download: bool = False,
-               device: str = "auto") -> Dict:
+def run_probes(
+    checkpoint: os.PathLike,
+    out_dir: os.PathLike,
+    *,
+    train_subset: int = 0,
+    test_subset: int = 0,
+    batch_size: int = 200,
+    seed: Optional[int] = None,
+    data_root=None,
+    download: bool = False,
+    device: str = "auto",
+) -> Dict:
     """Both probes for one checkpoint; returns (and writes) ``probes.json``."""
     from .evaluate import evaluate_terms, open_run
 
@@ -141,10 +164,16 @@ def run_probes(checkpoint: os.PathLike, out_dir: os.PathLike, *, train_subset: i
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with log_to_file(out_dir, "probe.log"):
-        result: Dict = {"model": ckpt["model_name"], "dataset": source.name, "data_label": source.label,
-                        "checkpoint": str(checkpoint), "checkpoint_epoch": ckpt.get("epoch"),
-                        "timesteps": getattr(model.config, "timesteps", None), "seed": seed,
-                        "code_version": code_version()}
+        result: Dict = {
+            "model": ckpt["model_name"],
+            "dataset": source.name,
+            "data_label": source.label,
+            "checkpoint": str(checkpoint),
+            "checkpoint_epoch": ckpt.get("epoch"),
+            "timesteps": getattr(model.config, "timesteps", None),
+            "seed": seed,
+            "code_version": code_version(),
+        }
         # (a) information retention
         retention: Dict = {"code": model.latent_code_label}
         if source.name == "celeba":
@@ -154,31 +183,57 @@ def run_probes(checkpoint: os.PathLike, out_dir: os.PathLike, *, train_subset: i
             test_codes = latent_codes(model, test, batch_size, dev, seed)
             accuracy = linear_probe_accuracy(train_codes, train.labels, test_codes, test.labels)
             retention["linear_probe"] = {
-                "value": accuracy, "metric": "test accuracy of the class label",
+                "value": accuracy,
+                "metric": "test accuracy of the class label",
                 "fit": f"multinomial logistic regression, standardised {train_codes.shape[1]}-d codes, L2 1e-4, L-BFGS",
-                "n_train": len(train), "train_split": train_split, "n_test": len(test), "test_split": test_split}
-            log.info("linear probe: test accuracy %.4f (%d train / %d test, %s)", accuracy, len(train), len(test),
-                     source.label)
+                "n_train": len(train),
+                "train_split": train_split,
+                "n_test": len(test),
+                "test_split": test_split,
+            }
+            log.info(
+                "linear probe: test accuracy %.4f (%d train / %d test, %s)",
+                accuracy,
+                len(train),
+                len(test),
+                source.label,
+            )
         with torch.no_grad():
             sampled = evaluate_terms(model, test, batch_size, dev, seed)["mse"]
             gen = torch.Generator(device=dev).manual_seed(seed)
             total = 0.0
             for x in iterate_batches(test.images, batch_size, shuffle=False, device=dev):
                 total += (model.decode_code(model.latent_code(x, gen)) - x).pow(2).flatten(1).mean(1).sum().item()
-        retention["mse_sampled"] = {"value": sampled, "n": len(test), "split": test_split,
-                                    "latent": model.latent_description}
-        retention["mse_deterministic"] = {"value": total / len(test), "n": len(test), "split": test_split,
-                                          "latent": "the posterior code decoded without sampling noise"
-                                          + (" (rates as round(rT) evenly spaced spikes)" if model.spiking_latent else "")}
-        log.info("reconstruction MSE: sampled %.5f, deterministic code %.5f (N=%d)", sampled, total / len(test), len(test))
+        retention["mse_sampled"] = {
+            "value": sampled,
+            "n": len(test),
+            "split": test_split,
+            "latent": model.latent_description,
+        }
+        retention["mse_deterministic"] = {
+            "value": total / len(test),
+            "n": len(test),
+            "split": test_split,
+            "latent": "the posterior code decoded without sampling noise"
+            + (" (rates as round(rT) evenly spaced spikes)" if model.spiking_latent else ""),
+        }
+        log.info(
+            "reconstruction MSE: sampled %.5f, deterministic code %.5f (N=%d)", sampled, total / len(test), len(test)
+        )
         result["information_retention"] = retention
         # (b) decoder robustness
         if model.spiking_latent:
             rows = robustness(model, test, batch_size, dev, seed)
-            result["decoder_robustness"] = {"rows": rows, "n": len(test), "split": test_split,
-                                            "perturbation": "of the latent spike train fed to the decoder"}
+            result["decoder_robustness"] = {
+                "rows": rows,
+                "n": len(test),
+                "split": test_split,
+                "perturbation": "of the latent spike train fed to the decoder",
+            }
             lines = ["condition\ta\tmse\tincrease"] + [
-                f"{r['condition']}\t{'' if r['a'] is None else r['a']}\t{r['mse']:.6g}\t{r['increase']:.6g}" for r in rows]
+                f"{r['condition']}\t{'' if r['a'] is None else r['a']}\t{r['mse']:.6g}\t{r['increase']:.6g}"
+                for r in rows
+            ]
             write_text_atomic(out_dir / "robustness.tsv", "\n".join(lines) + "\n")
             _robustness_figures(model, test, rows, out_dir, dev, seed, ckpt["model_name"])
             log.info("robustness: %s", ", ".join(f"{r['condition']} {r['mse']:.4f}" for r in rows))

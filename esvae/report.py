@@ -15,13 +15,14 @@ Every table names its conditions (preset, N, split, seeds); numbers are the mean
 ``± std`` when there are several. A planned run without results is listed as missing in ``runs``
 and left out of the other tables, never filled in.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from . import grid
 from .errors import EsvaeError
@@ -48,7 +49,7 @@ class RunResults:
     probe: Optional[dict] = None
     history: List[Dict[str, float]] = field(default_factory=list)
     folder: Optional[Path] = None
-    mismatch: Optional[str] = None   # settings of the folder's training that differ from the preset's
+    mismatch: Optional[str] = None  # settings of the folder's training that differ from the preset's
 
 
 def _read_json(path: Path, kind: str) -> Optional[dict]:
@@ -58,6 +59,7 @@ def _read_json(path: Path, kind: str) -> Optional[dict]:
 
 def _read_history(path: Path) -> List[Dict[str, float]]:
     from .train import read_history
+
     return read_history(path) if path.is_file() else []
 
 
@@ -67,17 +69,26 @@ def load_results(results_dir: Path, points: List[grid.RunPoint], config: Optiona
     out = []
     for point in points:
         folder = results_dir / "runs" / point.key
-        r = RunResults(point, _read_json(folder / "train" / "metrics.json", "train"),
-                       _read_json(folder / "evaluate" / "metrics.json", "evaluate"),
-                       _read_json(folder / "probe" / "probes.json", "probe"),
-                       _read_history(folder / "train" / "history.tsv"), folder)
+        r = RunResults(
+            point,
+            _read_json(folder / "train" / "metrics.json", "train"),
+            _read_json(folder / "evaluate" / "metrics.json", "evaluate"),
+            _read_json(folder / "probe" / "probes.json", "probe"),
+            _read_history(folder / "train" / "history.tsv"),
+            folder,
+        )
         run_config = _read_json(folder / "train" / "config.json", "config")
         if config is not None and r.train is not None:
-            r.mismatch = ("no train/config.json" if run_config is None
-                          else grid.settings_mismatch(config, point, run_config))
+            r.mismatch = (
+                "no train/config.json" if run_config is None else grid.settings_mismatch(config, point, run_config)
+            )
             if r.mismatch:
-                log.warning("report: %s was trained with other settings than preset %s asks for (%s); "
-                            "left out of the tables", point.key, config.get("preset"), r.mismatch)
+                log.warning(
+                    "report: %s was trained with other settings than preset %s asks for (%s); left out of the tables",
+                    point.key,
+                    config.get("preset"),
+                    r.mismatch,
+                )
         out.append(r)
     return out
 
@@ -101,8 +112,13 @@ def run_row(r: RunResults) -> Dict[str, object]:
     (N, split, reference set) of each. The MSE is the evaluation's (over ``evaluate.test_subset``),
     never the per-epoch MSE of training (another N): a run not yet evaluated has no MSE here."""
     p = r.point
-    row: Dict[str, object] = {"dataset": p.dataset, "model": p.model, "sampler": p.sampler, "T": p.timesteps,
-                              "seed": p.seed}
+    row: Dict[str, Any] = {
+        "dataset": p.dataset,
+        "model": p.model,
+        "sampler": p.sampler,
+        "T": p.timesteps,
+        "seed": p.seed,
+    }
     ev, tr, pr = r.evaluate or {}, r.train or {}, r.probe or {}
     mse = ev.get("reconstruction_mse") or {}
     row["mse"] = _value(mse)
@@ -123,7 +139,8 @@ def run_row(r: RunResults) -> Dict[str, object]:
     row["fad_ref"] = _ref(ev.get("fad"))
     published = ev.get("fad_published") or {}
     row["fad_published_label"] = published.get("label") or (
-        f"refused ({published['refused'].split(':')[0]})" if published.get("refused") else None)
+        f"refused ({published['refused'].split(':')[0]})" if published.get("refused") else None
+    )
     kid = ev.get("kid") or {}
     row["kid_ref"] = f"{_ref(kid)}, subsets of {kid.get('subset_size')}" if _ref(kid) else None
     row["is_refused"] = bool((ev.get("inception_score") or {}).get("refused"))
@@ -134,7 +151,7 @@ def run_row(r: RunResults) -> Dict[str, object]:
     path = costs.get("reconstruction_path") or {}
     row["synops"] = path.get("synops", math.nan)
     row["macs"] = path.get("macs", math.nan)
-    row["energy_uj"] = energy_pj(row["synops"], row["macs"]) / 1e6   # NaN without counts
+    row["energy_uj"] = energy_pj(row["synops"], row["macs"]) / 1e6  # NaN without counts
     row["spikes_split"] = costs.get("split")
     timing = ev.get("sampling_time") or {}
     row["sampling_ms"] = timing.get("milliseconds_per_image", math.nan)
@@ -146,7 +163,7 @@ def run_row(r: RunResults) -> Dict[str, object]:
     row["mse_sampled"] = _value(info.get("mse_sampled"))
     row["mse_deterministic"] = _value(info.get("mse_deterministic"))
     row["probe_mse_split"] = (info.get("mse_sampled") or {}).get("split")
-    for rob in (pr.get("decoder_robustness") or {}).get("rows") or []:   # None for the ANN VAE
+    for rob in (pr.get("decoder_robustness") or {}).get("rows") or []:  # None for the ANN VAE
         row[f"rob_{rob['condition']}"] = rob["mse"]
     # against the trivial baseline on the same images: the training run's final test MSE and its
     # mean-training-image MSE are both over the training's test subset (evaluate's MSE may use more)
@@ -159,10 +176,31 @@ def run_row(r: RunResults) -> Dict[str, object]:
 
 # -- formatting -----------------------------------------------------------------------------------
 
-DIGITS = {"fid_clean": 1, "fad_published": 2, "energy_uj": 3, "mse_vs_mean_image": 3, "baseline_mse": 4, "steps": 0, "train_seconds": 0, "lr": 6, "mse": 4, "fid": 1, "kid": 3, "fad": 2, "inception_score": 2, "linear_probe": 3, "firing_rate": 3,
-          "mse_sampled": 4, "mse_deterministic": 4, "sampling_ms": 2, "parameters": 0, "synops": 0, "macs": 0}
-COUNTS = ("parameters", "synops", "macs", "steps", "batch_size")   # printed in full, without ± when fixed
-SETTINGS = ("lr", "baseline_mse", "energy_uj")   # no ± when it does not vary (the ANN VAE's energy: a MAC count)
+DIGITS = {
+    "fid_clean": 1,
+    "fad_published": 2,
+    "energy_uj": 3,
+    "mse_vs_mean_image": 3,
+    "baseline_mse": 4,
+    "steps": 0,
+    "train_seconds": 0,
+    "lr": 6,
+    "mse": 4,
+    "fid": 1,
+    "kid": 3,
+    "fad": 2,
+    "inception_score": 2,
+    "linear_probe": 3,
+    "firing_rate": 3,
+    "mse_sampled": 4,
+    "mse_deterministic": 4,
+    "sampling_ms": 2,
+    "parameters": 0,
+    "synops": 0,
+    "macs": 0,
+}
+COUNTS = ("parameters", "synops", "macs", "steps", "batch_size")  # printed in full, without ± when fixed
+SETTINGS = ("lr", "baseline_mse", "energy_uj")  # no ± when it does not vary (the ANN VAE's energy: a MAC count)
 
 
 def _fmt(mean, std, digits: int, count: bool = False) -> str:
@@ -170,14 +208,16 @@ def _fmt(mean, std, digits: int, count: bool = False) -> str:
         return "--"
     if count:
         text = f"{mean:,.0f}"
-        return text if std is None or (isinstance(std, float) and math.isnan(std)) or std == 0 else text + f" ± {std:,.0f}"
+        return (
+            text if std is None or (isinstance(std, float) and math.isnan(std)) or std == 0 else text + f" ± {std:,.0f}"
+        )
     text = f"{mean:.{digits}f}"
     if std is not None and not (isinstance(std, float) and math.isnan(std)):
         text += f" ± {std:.{digits}f}"
     return text
 
 
-def aggregate(df, by: List[str], columns: List[str], labels: List[str] = ()):
+def aggregate(df, by: List[str], columns: List[str], labels: Sequence[str] = ()):
     """Mean and std (over seeds, ddof 1; NaN with one seed) of ``columns`` per ``by`` group, the
     number of seeds, and the distinct values of each condition column in ``labels``."""
     grouped = df.groupby(by, sort=True, dropna=False)
@@ -198,8 +238,10 @@ def display(df, columns: Mapping[str, str]):
     out = pd.DataFrame(index=df.index)
     for col, header in columns.items():
         if f"{col}_std" in df.columns:
-            out[header] = [_fmt(m, None if col in SETTINGS and sd == 0 else sd, DIGITS.get(col, 4), col in COUNTS)
-                           for m, sd in zip(df[col], df[f"{col}_std"])]
+            out[header] = [
+                _fmt(m, None if col in SETTINGS and sd == 0 else sd, DIGITS.get(col, 4), col in COUNTS)
+                for m, sd in zip(df[col], df[f"{col}_std"])
+            ]
         else:
             out[header] = [("--" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)) for v in df[col]]
     return out
@@ -210,22 +252,39 @@ def write_table(df, text_df, out_dir: Path, name: str, caption: str) -> List[Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.csv", out_dir / f"{name}.md", out_dir / f"{name}.tex"]
     write_text_atomic(paths[0], df.to_csv(index=False))
-    md = f"**{name}**: {caption}\n\n" + (text_df.to_markdown(index=False) if len(text_df) else "(no results yet)") + "\n"
+    md = (
+        f"**{name}**: {caption}\n\n" + (text_df.to_markdown(index=False) if len(text_df) else "(no results yet)") + "\n"
+    )
     write_text_atomic(paths[1], md)
     tex_body = text_df.to_latex(index=False, escape=True) if len(text_df) else "% no results yet\n"
-    tex = ("% generated by python -m esvae report\n\\begin{table}[t]\n\\centering\n\\caption{"
-           + _latex_escape(caption) + "}\n\\label{tab:" + name + "}\n" + tex_body + "\\end{table}\n")
+    tex = (
+        "% generated by python -m esvae report\n\\begin{table}[t]\n\\centering\n\\caption{"
+        + _latex_escape(caption)
+        + "}\n\\label{tab:"
+        + name
+        + "}\n"
+        + tex_body
+        + "\\end{table}\n"
+    )
     write_text_atomic(paths[2], tex.replace("±", "$\\pm$"))
     return paths
 
 
 def _latex_escape(text: str) -> str:
-    for a, b in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("$", "\\$"), ("#", "\\#"),
-                 ("_", "\\_"), ("{", "\\{"), ("}", "\\}"), ("~", "\\textasciitilde{}"), ("^", "\\textasciicircum{}")):
+    for a, b in (
+        ("\\", "\\textbackslash{}"),
+        ("&", "\\&"),
+        ("%", "\\%"),
+        ("$", "\\$"),
+        ("#", "\\#"),
+        ("_", "\\_"),
+        ("{", "\\{"),
+        ("}", "\\}"),
+        ("~", "\\textasciitilde{}"),
+        ("^", "\\textasciicircum{}"),
+    ):
         text = text.replace(a, b)
     return text
-
-
 
 
 def machine_label(config: Mapping) -> str:
@@ -236,10 +295,12 @@ def machine_label(config: Mapping) -> str:
 
 # -- tables ---------------------------------------------------------------------------------------
 
-PAPER_CONDITIONS = ("published: MSE over the test split as the mean of per-batch means; FID (clean-fid protocol, "
-                    "the FID-clean column) over 5,000 samples vs the {ref}; FAD with the FSVAE authors' autoencoder "
-                    "(the published-AE column); IS from torchvision's ImageNet Inception on [0, 255] inputs (not "
-                    "torch-fidelity's)")
+PAPER_CONDITIONS = (
+    "published: MSE over the test split as the mean of per-batch means; FID (clean-fid protocol, "
+    "the FID-clean column) over 5,000 samples vs the {ref}; FAD with the FSVAE authors' autoencoder "
+    "(the published-AE column); IS from torchvision's ImageNet Inception on [0, 255] inputs (not "
+    "torch-fidelity's)"
+)
 
 
 def paper_rows(datasets: List[str]):
@@ -249,16 +310,31 @@ def paper_rows(datasets: List[str]):
     rows = []
     for dataset in datasets:
         ref = "validation split" if dataset == "celeba" else "test split"
-        note = PAPER_CONDITIONS.format(ref=ref) + ("; the paper's dataset is full MNIST" if dataset == "mnist5k" else "")
+        note = PAPER_CONDITIONS.format(ref=ref) + (
+            "; the paper's dataset is full MNIST" if dataset == "mnist5k" else ""
+        )
         for _, p in paper[paper["dataset"] == PAPER_DATASET[dataset]].iterrows():
             quoted = "quoted" in str(p["source"])
-            row_note = note + ("; quoted by the ESVAE paper from its source, whose own protocol may differ" if quoted else "")
-            rows.append({"dataset": dataset, "model": p["model"], "source": f"paper ({p['source']})",
-                         "mse": p["reconstruction_mse"], "inception_score": p["inception_score"],
-                         # the paper's FID is clean-fid's protocol and its FAD the authors' autoencoder's: they
-                         # stand in the columns of those protocols, not beside torch-fidelity's FID or our FAD
-                         "fid": math.nan, "fid_clean": p["fid"], "fad": math.nan, "fad_published": p["fad"],
-                         "kid": math.nan, "conditions": row_note})
+            row_note = note + (
+                "; quoted by the ESVAE paper from its source, whose own protocol may differ" if quoted else ""
+            )
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "model": p["model"],
+                    "source": f"paper ({p['source']})",
+                    "mse": p["reconstruction_mse"],
+                    "inception_score": p["inception_score"],
+                    # the paper's FID is clean-fid's protocol and its FAD the authors' autoencoder's: they
+                    # stand in the columns of those protocols, not beside torch-fidelity's FID or our FAD
+                    "fid": math.nan,
+                    "fid_clean": p["fid"],
+                    "fad": math.nan,
+                    "fad_published": p["fad"],
+                    "kid": math.nan,
+                    "conditions": row_note,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -270,14 +346,19 @@ def _conditions(group) -> str:
     def ints(column):
         return _distinct(group[column].map(lambda v: int(v) if v == v else None))
 
-    parts = [f"MSE over {_distinct(group['mse_split'])}", f"FID: {_distinct(group['fid_ref'])}",
-             f"FID-clean: {_distinct(group['fid_clean_ref'])}", f"FAD: {_distinct(group['fad_ref'])}",
-             f"published-AE FAD: {_distinct(group['fad_published_label'])}", f"KID: {_distinct(group['kid_ref'])}",
-             f"T={_distinct(group['T'])}",
-             f"trained on {ints('train_images')} images x {ints('epochs')} epochs = {ints('steps')} steps of batch "
-             f"{ints('batch_size')}, LR "
-             f"{_distinct(group['lr'].map(lambda v: f'{v:g}' if v == v else None))} ({_distinct(group['lr_rule'])}) "
-             f"on {_distinct(group['device'])}"]
+    parts = [
+        f"MSE over {_distinct(group['mse_split'])}",
+        f"FID: {_distinct(group['fid_ref'])}",
+        f"FID-clean: {_distinct(group['fid_clean_ref'])}",
+        f"FAD: {_distinct(group['fad_ref'])}",
+        f"published-AE FAD: {_distinct(group['fad_published_label'])}",
+        f"KID: {_distinct(group['kid_ref'])}",
+        f"T={_distinct(group['T'])}",
+        f"trained on {ints('train_images')} images x {ints('epochs')} epochs = {ints('steps')} steps of batch "
+        f"{ints('batch_size')}, LR "
+        f"{_distinct(group['lr'].map(lambda v: f'{v:g}' if v == v else None))} ({_distinct(group['lr_rule'])}) "
+        f"on {_distinct(group['device'])}",
+    ]
     if group["is_refused"].any():
         parts.append("IS refused (no Inception classifier weights)")
     return ", ".join(parts)
@@ -285,16 +366,21 @@ def _conditions(group) -> str:
 
 def published_fad_header(frame) -> str:
     """The published-AE FAD column's header, naming each dataset's files by their SHA-256 prefixes."""
-    labels, datasets = {}, sorted(set(frame["dataset"])) if len(frame) else []
+    labels: Dict[str, set] = {}
+    datasets = sorted(set(frame["dataset"])) if len(frame) else []
     if len(frame) and "fad_published_label" in frame:
         for dataset, label, value in zip(frame["dataset"], frame["fad_published_label"], frame["fad_published"]):
-            if value == value:   # a computed value (NaN when refused): its label names the files
+            if value == value:  # a computed value (NaN when refused): its label names the files
                 labels.setdefault(dataset, set()).add(label)
     if not labels:
         return "FAD (authors' AE; files not supplied)"
     missing = [d for d in datasets if d not in labels]
-    return ("FAD (authors' AE: " + "; ".join(f"{d} {', '.join(sorted(v))}" for d, v in sorted(labels.items()))
-            + (f"; {', '.join(missing)}: not supplied" if missing else "") + ")")
+    return (
+        "FAD (authors' AE: "
+        + "; ".join(f"{d} {', '.join(sorted(v))}" for d, v in sorted(labels.items()))
+        + (f"; {', '.join(missing)}: not supplied" if missing else "")
+        + ")"
+    )
 
 
 def table1(frame, preset: str, main_points):
@@ -303,15 +389,28 @@ def table1(frame, preset: str, main_points):
     keys = {p.key for p in main_points}
     ours = frame[frame["key"].isin(keys) & frame["mse"].notna()]
     datasets = sorted({p.dataset for p in main_points})
-    metric_cols = ["mse", "mse_vs_mean_image", "inception_score", "fid", "fid_clean", "fad", "fad_published", "kid",
-                   "steps", "train_seconds"]
+    metric_cols = [
+        "mse",
+        "mse_vs_mean_image",
+        "inception_score",
+        "fid",
+        "fid_clean",
+        "fad",
+        "fad_published",
+        "kid",
+        "steps",
+        "train_seconds",
+    ]
     rows = []
     for (dataset, model), group in ours.groupby(["dataset", "model"], sort=True):
         seeds = sorted(group["seed"].unique())
-        row = {"dataset": dataset, "model": MODEL_LABELS.get(model, model),
-               "source": f"this run ({preset}, N={_distinct(group['mse_n'].map(lambda v: int(v)))}, "
-                         f"seeds {','.join(map(str, seeds))})",
-               "conditions": _conditions(group)}
+        row = {
+            "dataset": dataset,
+            "model": MODEL_LABELS.get(model, model),
+            "source": f"this run ({preset}, N={_distinct(group['mse_n'].map(lambda v: int(v)))}, "
+            f"seeds {','.join(map(str, seeds))})",
+            "conditions": _conditions(group),
+        }
         for c in metric_cols:
             row[c] = group[c].mean()
             row[f"{c}_std"] = group[c].std(ddof=1) if len(seeds) > 1 else math.nan
@@ -343,7 +442,7 @@ def job_timings(results_dir: Path):
         try:
             bench = pd.read_csv(path, sep="\t")
             seconds, rss = float(bench["s"].iloc[-1]), float(bench["max_rss"].iloc[-1])
-        except Exception as exc:   # a damaged timing file is reported, never fatal to the report
+        except Exception as exc:  # a damaged timing file is reported, never fatal to the report
             log.warning("report: %s is not a Snakemake benchmark file (%s); left out of the timings", path, exc)
             continue
         rows.append({"rule": rule, "run": key, "seconds": seconds, "max_rss_mb": rss})
@@ -357,15 +456,31 @@ def timings_table(results_dir: Path):
     jobs = job_timings(results_dir)
     out = []
     for rule, group in jobs.groupby("rule", sort=True):
-        out.append({"rule": rule, "what": "all", "jobs": len(group), "seconds": group["seconds"].sum(),
-                    "seconds_max": group["seconds"].max(), "max_rss_mb": group["max_rss_mb"].max()})
+        out.append(
+            {
+                "rule": rule,
+                "what": "all",
+                "jobs": len(group),
+                "seconds": group["seconds"].sum(),
+                "seconds_max": group["seconds"].max(),
+                "max_rss_mb": group["max_rss_mb"].max(),
+            }
+        )
     train = jobs[jobs["rule"] == "train"]
     if len(train):
         parts = train["run"].str.split("/", expand=True)
         train = train.assign(what=parts[0] + "/" + parts[1] + "/" + parts[3])
         for what, group in train.groupby("what", sort=True):
-            out.append({"rule": "train", "what": what, "jobs": len(group), "seconds": group["seconds"].sum(),
-                        "seconds_max": group["seconds"].max(), "max_rss_mb": group["max_rss_mb"].max()})
+            out.append(
+                {
+                    "rule": "train",
+                    "what": what,
+                    "jobs": len(group),
+                    "seconds": group["seconds"].sum(),
+                    "seconds_max": group["seconds"].max(),
+                    "max_rss_mb": group["max_rss_mb"].max(),
+                }
+            )
     return pd.DataFrame(out, columns=["rule", "what", "jobs", "seconds", "seconds_max", "max_rss_mb"])
 
 
@@ -377,16 +492,28 @@ def write_claims(frame, main_points, results_dir: Path, config: Mapping, where: 
 
     keys = {p.key for p in main_points}
     part = frame[frame["key"].isin(keys)] if len(frame) else frame
-    rows = evaluate_claims(part.to_dict("records"), sorted({p.dataset for p in main_points}),
-                           is_refused=bool(len(part)) and bool(part["is_refused"].all()))
-    seeds = {d: sorted({p.seed for p in main_points if p.dataset == d}) for d in sorted({p.dataset for p in main_points})}
-    conds = [f"Preset `{config.get('preset')}` ({config.get('description', '')}); {where}.",
-             "Main-table points only: " + "; ".join(f"{d} seeds {','.join(map(str, s))}" for d, s in seeds.items()) + "."]
+    rows = evaluate_claims(
+        part.to_dict("records"),
+        sorted({p.dataset for p in main_points}),
+        is_refused=bool(len(part)) and bool(part["is_refused"].all()),
+    )
+    seeds = {
+        d: sorted({p.seed for p in main_points if p.dataset == d}) for d in sorted({p.dataset for p in main_points})
+    }
+    conds = [
+        f"Preset `{config.get('preset')}` ({config.get('description', '')}); {where}.",
+        "Main-table points only: " + "; ".join(f"{d} seeds {','.join(map(str, s))}" for d, s in seeds.items()) + ".",
+    ]
     if len(part):
-        conds.append("Conditions per dataset: " + "; ".join(
-            f"{d}: {_conditions(g)}" for d, g in part.groupby("dataset", sort=True)) + ".")
-    conds.append("A verdict says what holds for this preset's models at this scale, not whether the paper's "
-                 "converged numbers reproduce.")
+        conds.append(
+            "Conditions per dataset: "
+            + "; ".join(f"{d}: {_conditions(g)}" for d, g in part.groupby("dataset", sort=True))
+            + "."
+        )
+    conds.append(
+        "A verdict says what holds for this preset's models at this scale, not whether the paper's "
+        "converged numbers reproduce."
+    )
     results_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = results_dir / "claims.csv", results_dir / "claims.md"
     write_text_atomic(csv_path, pd.DataFrame(rows).to_csv(index=False))
@@ -394,8 +521,12 @@ def write_claims(frame, main_points, results_dir: Path, config: Mapping, where: 
     return [csv_path, md_path]
 
 
-def compile_report(results_dir: Path, tables_dir: Optional[Path] = None, figures_dir: Optional[Path] = None,
-                   config: Optional[Mapping] = None) -> Dict[str, List[Path]]:
+def compile_report(
+    results_dir: Path,
+    tables_dir: Optional[Path] = None,
+    figures_dir: Optional[Path] = None,
+    config: Optional[Mapping] = None,
+) -> Dict[str, List[Path]]:
     """Write every table and figure; returns ``{"tables": [...], "figures": [...]}``."""
     import pandas as pd
 
@@ -406,65 +537,130 @@ def compile_report(results_dir: Path, tables_dir: Optional[Path] = None, figures
         cfg_file = results_dir / "config.json"
         config = _read_json(cfg_file, "preset")
         if config is None:
-            raise ReportError(f"{cfg_file} not found: it is written by the workflow (snakemake) before any run; "
-                              "run the workflow, or pass the results folder it wrote")
+            raise ReportError(
+                f"{cfg_file} not found: it is written by the workflow (snakemake) before any run; "
+                "run the workflow, or pass the results folder it wrote"
+            )
     preset = config["preset"]
     machine = machine_label(config)
     experiments = grid.experiment_points(config)
     points = grid.all_points(config)
     results = load_results(results_dir, points, config)
     usable = [r for r in results if r.train is not None and not r.mismatch]
-    frame = pd.DataFrame([{**run_row(r), "key": r.point.key} for r in usable]) if usable else \
-        pd.DataFrame([{**run_row(RunResults(points[0])), "key": None}]).iloc[0:0]
+    frame = (
+        pd.DataFrame([{**run_row(r), "key": r.point.key} for r in usable])
+        if usable
+        else pd.DataFrame([{**run_row(RunResults(points[0])), "key": None}]).iloc[0:0]
+    )
     written: Dict[str, List[Path]] = {"tables": [], "figures": []}
     where = f"preset '{preset}'; {machine}" + (f"; {config['caveat']}" if config.get("caveat") else "")
 
     # which planned runs have which results
-    status = pd.DataFrame([{"run": r.point.key,
-                            "experiments": ",".join(n for n, pts in experiments.items() if r.point in pts),
-                            "trained": r.train is not None and not r.mismatch, "evaluated": r.evaluate is not None,
-                            "probed": r.probe is not None, "excluded": r.mismatch or ""} for r in results])
+    status = pd.DataFrame(
+        [
+            {
+                "run": r.point.key,
+                "experiments": ",".join(n for n, pts in experiments.items() if r.point in pts),
+                "trained": r.train is not None and not r.mismatch,
+                "evaluated": r.evaluate is not None,
+                "probed": r.probe is not None,
+                "excluded": r.mismatch or "",
+            }
+            for r in results
+        ]
+    )
     done = int((status["trained"] & status["evaluated"] & status["probed"]).sum())
-    written["tables"] += write_table(status, status.astype(str), tables_dir, "runs",
-                                     f"planned runs ({where}) and their results ({done} of {len(status)} complete; "
-                                     "'excluded': trained with other settings than the preset's, left out of every table)")
+    written["tables"] += write_table(
+        status,
+        status.astype(str),
+        tables_dir,
+        "runs",
+        f"planned runs ({where}) and their results ({done} of {len(status)} complete; "
+        "'excluded': trained with other settings than the preset's, left out of every table)",
+    )
 
     t1 = table1(frame, preset, experiments["main"])
-    t1_text = display(t1, {"dataset": "dataset", "model": "model", "source": "source", "mse": "MSE",
-                           "mse_vs_mean_image": "MSE / mean-image MSE (training's test subset)",
-                           "inception_score": "IS", "fid": "FID (torch-fidelity)",
-                           "fid_clean": "FID-clean (paper's protocol)", "fad": "FAD (our AE)",
-                           "fad_published": published_fad_header(frame), "kid": "KID", "steps": "steps",
-                           "train_seconds": "train s", "conditions": "conditions"})
-    written["tables"] += write_table(t1, t1_text, tables_dir, "table1",
-                                     f"Table I layout: published values (paper) next to this run's ({where}; N and "
-                                     "seeds in 'source', splits and sample counts in 'conditions'; mean ± std over "
-                                     "seeds). MSE: images in [-1, 1], mean over test images. Short presets are not "
-                                     "converged: compare models within a source, not across sources.")
+    t1_text = display(
+        t1,
+        {
+            "dataset": "dataset",
+            "model": "model",
+            "source": "source",
+            "mse": "MSE",
+            "mse_vs_mean_image": "MSE / mean-image MSE (training's test subset)",
+            "inception_score": "IS",
+            "fid": "FID (torch-fidelity)",
+            "fid_clean": "FID-clean (paper's protocol)",
+            "fad": "FAD (our AE)",
+            "fad_published": published_fad_header(frame),
+            "kid": "KID",
+            "steps": "steps",
+            "train_seconds": "train s",
+            "conditions": "conditions",
+        },
+    )
+    written["tables"] += write_table(
+        t1,
+        t1_text,
+        tables_dir,
+        "table1",
+        f"Table I layout: published values (paper) next to this run's ({where}; N and "
+        "seeds in 'source', splits and sample counts in 'conditions'; mean ± std over "
+        "seeds). MSE: images in [-1, 1], mean over test images. Short presets are not "
+        "converged: compare models within a source, not across sources.",
+    )
 
     # every run's training schedule and where it got to, against the mean-image floor
     training_by = ["dataset", "model", "sampler", "T"]
     training_cols = ["mse", "baseline_mse", "mse_vs_mean_image", "steps", "batch_size", "lr", "train_seconds"]
     training_labels = ["lr_rule", "device", "mse_split", "baseline_split"]
-    training = aggregate(frame, training_by, training_cols, training_labels) if len(frame) else \
-        pd.DataFrame(columns=training_by + training_cols + ["seeds"] + training_labels)
+    training = (
+        aggregate(frame, training_by, training_cols, training_labels)
+        if len(frame)
+        else pd.DataFrame(columns=training_by + training_cols + ["seeds"] + training_labels)
+    )
     written["tables"] += write_table(
-        training, display(training, {**{b: b for b in training_by}, "mse": "test MSE", "baseline_mse": "mean-image MSE",
-                                     "mse_vs_mean_image": "ratio", "baseline_split": "ratio and mean image over",
-                                     "steps": "steps", "batch_size": "batch",
-                                     "lr": "LR", "lr_rule": "LR rule", "train_seconds": "train s", "device": "device",
-                                     "mse_split": "MSE over", "seeds": "seeds"}),
-        tables_dir, "training",
+        training,
+        display(
+            training,
+            {
+                **{b: b for b in training_by},
+                "mse": "test MSE",
+                "baseline_mse": "mean-image MSE",
+                "mse_vs_mean_image": "ratio",
+                "baseline_split": "ratio and mean image over",
+                "steps": "steps",
+                "batch_size": "batch",
+                "lr": "LR",
+                "lr_rule": "LR rule",
+                "train_seconds": "train s",
+                "device": "device",
+                "mse_split": "MSE over",
+                "seeds": "seeds",
+            },
+        ),
+        tables_dir,
+        "training",
         f"training schedules and the mean-image floor ({where}): 'test MSE' is the evaluation's (over 'MSE over'); "
         "'ratio' is the training run's final test MSE over the MSE of predicting the mean training image for every "
         "test image, both on the training's test images ('ratio and mean image over'); below 1 the model beats that "
         "trivial baseline. Steps, batch, LR and training wall time (test evaluations excluded) per run, mean ± std "
-        "over seeds.")
+        "over seeds.",
+    )
 
-    metric_headers = {"mse": "MSE", "mse_split": "MSE over", "fid": "FID", "kid": "KID", "fad": "FAD",
-                      "fid_ref": "FID samples vs reference", "firing_rate": "firing rate",
-                      "linear_probe": "linear probe acc.", "probe_split": "probe test split", "steps": "steps",
-                      "train_seconds": "train s"}
+    metric_headers = {
+        "mse": "MSE",
+        "mse_split": "MSE over",
+        "fid": "FID",
+        "kid": "KID",
+        "fad": "FAD",
+        "fid_ref": "FID samples vs reference",
+        "firing_rate": "firing rate",
+        "linear_probe": "linear probe acc.",
+        "probe_split": "probe test split",
+        "steps": "steps",
+        "train_seconds": "train s",
+    }
     numeric = ["mse", "fid", "kid", "fad", "firing_rate", "linear_probe", "steps", "train_seconds"]
     labels = ["mse_split", "fid_ref", "probe_split"]
 
@@ -478,51 +674,82 @@ def compile_report(results_dir: Path, tables_dir: Optional[Path] = None, figures
         text = display(agg, {**{b: b for b in by}, **metric_headers, "seeds": "seeds"})
         written["tables"] += write_table(agg, text, tables_dir, name, caption)
 
-    experiment_table("ablation_timesteps", ["dataset", "model", "sampler", "T"],
-                             f"T ablation ({where}): each spiking model with its paper sampler; MSE from the "
-                             "evaluation, firing rate on the reconstruction path, linear probe from the probes")
-    experiment_table("ablation_sampler", ["dataset", "model", "T", "sampler"],
-                             f"latent-sampler ablation ({where})")
+    experiment_table(
+        "ablation_timesteps",
+        ["dataset", "model", "sampler", "T"],
+        f"T ablation ({where}): each spiking model with its paper sampler; MSE from the "
+        "evaluation, firing rate on the reconstruction path, linear probe from the probes",
+    )
+    experiment_table("ablation_sampler", ["dataset", "model", "T", "sampler"], f"latent-sampler ablation ({where})")
 
-    rob_cols = sorted([c for c in frame.columns if c.startswith("rob_")],
-                      key=lambda c: (c != "rob_clean", c != "rob_shuffled", c))
+    rob_cols = sorted(
+        [c for c in frame.columns if c.startswith("rob_")], key=lambda c: (c != "rob_clean", c != "rob_shuffled", c)
+    )
     probe_cols = ["linear_probe", "mse_sampled", "mse_deterministic"] + rob_cols + ["steps"]
     probe_part = frame[frame["linear_probe"].notna()] if len(frame) else frame
     probe_by = ["dataset", "model", "sampler", "T"]
-    probes = aggregate(probe_part, probe_by, probe_cols, ["probe_split", "probe_mse_split"]) if len(probe_part) else \
-        pd.DataFrame(columns=probe_by + probe_cols + ["seeds", "probe_split", "probe_mse_split"])
-    probe_headers = {"linear_probe": "linear probe acc.", "probe_split": "probe test split",
-                     "mse_sampled": "MSE sampled", "mse_deterministic": "MSE deterministic code",
-                     "probe_mse_split": "MSE over", "steps": "training steps",
-                     **{c: "MSE " + c[4:].replace("noise_", "a=") for c in rob_cols}}
-    n_train = _distinct(probe_part["probe_n_train"].map(lambda v: int(v) if v == v else None)) if len(probe_part) else "n/a"
-    written["tables"] += write_table(probes, display(probes, {**{b: b for b in probe_by}, **probe_headers,
-                                                               "seeds": "seeds"}),
-                                     tables_dir, "probes",
-                                     f"probes ({where}; linear probe fitted on {n_train} training images): information "
-                                     "retention (linear-probe accuracy on the posterior code; MSE with the sampled and "
-                                     "the deterministic code) and decoder robustness (MSE when the latent spike train "
-                                     "is time-shuffled or each bit flipped with probability a; the ANN VAE has none). "
-                                     "This project's protocol, not the paper's (docs/metrics.md section 3).")
+    probes = (
+        aggregate(probe_part, probe_by, probe_cols, ["probe_split", "probe_mse_split"])
+        if len(probe_part)
+        else pd.DataFrame(columns=probe_by + probe_cols + ["seeds", "probe_split", "probe_mse_split"])
+    )
+    probe_headers = {
+        "linear_probe": "linear probe acc.",
+        "probe_split": "probe test split",
+        "mse_sampled": "MSE sampled",
+        "mse_deterministic": "MSE deterministic code",
+        "probe_mse_split": "MSE over",
+        "steps": "training steps",
+        **{c: "MSE " + c[4:].replace("noise_", "a=") for c in rob_cols},
+    }
+    n_train = (
+        _distinct(probe_part["probe_n_train"].map(lambda v: int(v) if v == v else None)) if len(probe_part) else "n/a"
+    )
+    written["tables"] += write_table(
+        probes,
+        display(probes, {**{b: b for b in probe_by}, **probe_headers, "seeds": "seeds"}),
+        tables_dir,
+        "probes",
+        f"probes ({where}; linear probe fitted on {n_train} training images): information "
+        "retention (linear-probe accuracy on the posterior code; MSE with the sampled and "
+        "the deterministic code) and decoder robustness (MSE when the latent spike train "
+        "is time-shuffled or each bit flipped with probability a; the ANN VAE has none). "
+        "This project's protocol, not the paper's (docs/metrics.md section 3).",
+    )
 
     cost_cols = ["parameters", "firing_rate", "synops", "macs", "energy_uj", "sampling_ms"]
     cost_part = frame[frame["synops"].notna()] if len(frame) else frame
     cost_labels = ["spikes_split", "sampling_n"]
-    costs = aggregate(cost_part, probe_by, cost_cols, cost_labels) if len(cost_part) else \
-        pd.DataFrame(columns=probe_by + cost_cols + ["seeds"] + cost_labels)
-    written["tables"] += write_table(costs, display(costs, {**{b: b for b in probe_by}, "parameters": "parameters",
-                                                            "firing_rate": "mean firing rate",
-                                                            "synops": "synaptic ops / image", "macs": "MACs / image",
-                                                            "energy_uj": "energy / image (uJ, 45 nm estimate)",
-                                                            "spikes_split": "spikes counted on",
-                                                            "sampling_ms": "sampling ms / image",
-                                                            "sampling_n": "images timed", "seeds": "seeds"}),
-                                     tables_dir, "costs",
-                                     f"model cost ({where}): trainable parameters of the modules used; firing rate and "
-                                     "synaptic operations (input spikes x fan-out + bias adds) on the reconstruction "
-                                     "path, MACs for analog inputs and the readout, per image in eval mode; energy: "
-                                     f"{ENERGY_ASSUMPTIONS}, so it compares models under these assumptions, not on a "
-                                     "chip; sampling time per generated image on the machine that ran the evaluation.")
+    costs = (
+        aggregate(cost_part, probe_by, cost_cols, cost_labels)
+        if len(cost_part)
+        else pd.DataFrame(columns=probe_by + cost_cols + ["seeds"] + cost_labels)
+    )
+    written["tables"] += write_table(
+        costs,
+        display(
+            costs,
+            {
+                **{b: b for b in probe_by},
+                "parameters": "parameters",
+                "firing_rate": "mean firing rate",
+                "synops": "synaptic ops / image",
+                "macs": "MACs / image",
+                "energy_uj": "energy / image (uJ, 45 nm estimate)",
+                "spikes_split": "spikes counted on",
+                "sampling_ms": "sampling ms / image",
+                "sampling_n": "images timed",
+                "seeds": "seeds",
+            },
+        ),
+        tables_dir,
+        "costs",
+        f"model cost ({where}): trainable parameters of the modules used; firing rate and "
+        "synaptic operations (input spikes x fan-out + bias adds) on the reconstruction "
+        "path, MACs for analog inputs and the readout, per image in eval mode; energy: "
+        f"{ENERGY_ASSUMPTIONS}, so it compares models under these assumptions, not on a "
+        "chip; sampling time per generated image on the machine that ran the evaluation.",
+    )
 
     written["tables"] += write_claims(frame, experiments["main"], results_dir, config, where)
 
@@ -532,14 +759,28 @@ def compile_report(results_dir: Path, tables_dir: Optional[Path] = None, figures
     for c in ("seconds", "seconds_max", "max_rss_mb"):
         text[c] = [f"{v:,.0f}" for v in timings[c]]
     text["jobs"] = timings["jobs"].astype(str)
-    written["tables"] += write_table(timings, text, tables_dir, "timings",
-                                     f"job wall times from Snakemake's benchmark files ({where}): per rule, and for "
-                                     f"training per dataset/model/T (summed over seeds); {total:,.0f} s of job time "
-                                     "in all (jobs run side by side, so the run's wall time is shorter); peak resident "
-                                     "memory per job in MB")
+    written["tables"] += write_table(
+        timings,
+        text,
+        tables_dir,
+        "timings",
+        f"job wall times from Snakemake's benchmark files ({where}): per rule, and for "
+        f"training per dataset/model/T (summed over seeds); {total:,.0f} s of job time "
+        "in all (jobs run side by side, so the run's wall time is shorter); peak resident "
+        "memory per job in MB",
+    )
 
     from .report_figures import write_figures
+
     written["figures"] += write_figures(frame, usable, experiments, figures_dir, preset)
-    log.info("report: %d tables and %d figures written under %s and %s (preset %s, %d of %d runs complete)",
-             len(written["tables"]), len(written["figures"]), tables_dir, figures_dir, preset, done, len(status))
+    log.info(
+        "report: %d tables and %d figures written under %s and %s (preset %s, %d of %d runs complete)",
+        len(written["tables"]),
+        len(written["figures"]),
+        tables_dir,
+        figures_dir,
+        preset,
+        done,
+        len(status),
+    )
     return written

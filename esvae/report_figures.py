@@ -3,10 +3,11 @@
 Each figure's title names the preset; a figure with no data to show is still written, with a note
 saying which runs it waits for, so the workflow's outputs always exist and never mislead.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
+from typing import Any, Dict, List
 
 from .files import atomic_path
 
@@ -15,8 +16,10 @@ MODEL_ORDER = ["ann_vae", "fsvae", "taid", "esvae"]
 
 def _plt():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -57,15 +60,16 @@ def _experiment_long(frame, points, metrics, factor):
     present = [m for m in metrics if len(part) and part[m].notna().any()]
     if not present:
         return part, None
-    long = part.melt(id_vars=["dataset", "model", factor, "seed"], value_vars=present, var_name="metric",
-                     value_name="value").dropna(subset=["value"])
+    long = part.melt(
+        id_vars=["dataset", "model", factor, "seed"], value_vars=present, var_name="metric", value_name="value"
+    ).dropna(subset=["value"])
     return part, long
 
 
 def _first_run_per_model(results, points, dataset: str, needed: str):
     """``{model: results}`` of the first run (lowest seed) per model among ``points`` on ``dataset``
     whose folder holds the file ``needed``."""
-    chosen = {}
+    chosen: Dict[str, Any] = {}
     for r in sorted(results, key=lambda r: r.point):
         p = r.point
         if p in points and p.dataset == dataset and r.folder is not None and (r.folder / needed).is_file():
@@ -88,9 +92,20 @@ def write_figures(frame, results, experiments, out_dir: Path, preset: str) -> Li
     path = out_dir / "metrics_vs_timesteps.png"
     part, long = _experiment_long(have, experiments["ablation_timesteps"], ("mse", "fid", "fad"), "T")
     if long is not None:
-        grid = sns.relplot(data=long, x="T", y="value", hue="model", hue_order=_order(long["model"]), col="metric",
-                           row="dataset", kind="line", marker="o", facet_kws={"sharey": False}, height=2.6,
-                           errorbar="sd")
+        grid = sns.relplot(
+            data=long,
+            x="T",
+            y="value",
+            hue="model",
+            hue_order=_order(long["model"]),
+            col="metric",
+            row="dataset",
+            kind="line",
+            marker="o",
+            facet_kws={"sharey": False},
+            height=2.6,
+            errorbar="sd",
+        )
         from matplotlib.ticker import NullLocator
 
         grid.set(xscale="log", xticks=sorted(long["T"].unique()))
@@ -98,20 +113,40 @@ def write_figures(frame, results, experiments, out_dir: Path, preset: str) -> Li
             ax.xaxis.set_minor_locator(NullLocator())
             ax.set_xticklabels([str(t) for t in sorted(long["T"].unique())])
         grid.set_titles("{row_name}: {col_name}")
-        grid.figure.suptitle(f"metrics vs T (preset {preset}; MSE over {_labels(part, 'mse_split')}; "
-                             f"FID {_labels(part, 'fid_ref')}; FAD {_labels(part, 'fad_ref')})", y=1.04, fontsize=8)
+        grid.figure.suptitle(
+            f"metrics vs T (preset {preset}; MSE over {_labels(part, 'mse_split')}; "
+            f"FID {_labels(part, 'fid_ref')}; FAD {_labels(part, 'fad_ref')})",
+            y=1.04,
+            fontsize=8,
+        )
         written.append(_save(grid.figure, path))
     else:
         written.append(_empty(path, f"metrics vs T (preset {preset})", "no T-ablation results yet"))
 
     # sampler ablation bars
     path = out_dir / "sampler_ablation.png"
-    part, long = _experiment_long(have, experiments["ablation_sampler"], ("mse", "fid", "fad", "linear_probe"), "sampler")
+    part, long = _experiment_long(
+        have, experiments["ablation_sampler"], ("mse", "fid", "fad", "linear_probe"), "sampler"
+    )
     if long is not None:
-        grid = sns.catplot(data=long, x="sampler", y="value", col="metric", row="dataset", kind="bar", hue="model",
-                           sharey=False, height=2.6, errorbar="sd")
-        grid.figure.suptitle(f"latent-sampler ablation (preset {preset}; MSE over {_labels(part, 'mse_split')}; "
-                             f"FID {_labels(part, 'fid_ref')})", y=1.04, fontsize=8)
+        grid = sns.catplot(
+            data=long,
+            x="sampler",
+            y="value",
+            col="metric",
+            row="dataset",
+            kind="bar",
+            hue="model",
+            sharey=False,
+            height=2.6,
+            errorbar="sd",
+        )
+        grid.figure.suptitle(
+            f"latent-sampler ablation (preset {preset}; MSE over {_labels(part, 'mse_split')}; "
+            f"FID {_labels(part, 'fid_ref')})",
+            y=1.04,
+            fontsize=8,
+        )
         written.append(_save(grid.figure, path))
     else:
         written.append(_empty(path, f"sampler ablation (preset {preset})", "no sampler-ablation results yet"))
@@ -123,14 +158,27 @@ def write_figures(frame, results, experiments, out_dir: Path, preset: str) -> Li
         if r.probe is None:
             continue
         split = (r.probe.get("decoder_robustness") or {}).get("split")
-        for row in (r.probe.get("decoder_robustness") or {}).get("rows") or []:   # none for the ANN VAE
-            rob.append({"split": split, "dataset": r.point.dataset, "model": r.point.model, "sampler": r.point.sampler,
-                        "T": r.point.timesteps, "seed": r.point.seed, "condition": row["condition"], "a": row["a"],
-                        "mse": row["mse"], "label": f"{r.point.model} ({r.point.sampler}, T={r.point.timesteps})"})
+        for row in (r.probe.get("decoder_robustness") or {}).get("rows") or []:  # none for the ANN VAE
+            rob.append(
+                {
+                    "split": split,
+                    "dataset": r.point.dataset,
+                    "model": r.point.model,
+                    "sampler": r.point.sampler,
+                    "T": r.point.timesteps,
+                    "seed": r.point.seed,
+                    "condition": row["condition"],
+                    "a": row["a"],
+                    "mse": row["mse"],
+                    "label": f"{r.point.model} ({r.point.sampler}, T={r.point.timesteps})",
+                }
+            )
     rob = pd.DataFrame(rob)
     main_keys = {(p.dataset, p.model, p.sampler, p.timesteps) for p in experiments["main"]}
     if len(rob):
-        rob = rob[[(d, m, s, t) in main_keys for d, m, s, t in zip(rob["dataset"], rob["model"], rob["sampler"], rob["T"])]]
+        rob = rob[
+            [(d, m, s, t) in main_keys for d, m, s, t in zip(rob["dataset"], rob["model"], rob["sampler"], rob["T"])]
+        ]
     if len(rob):
         datasets = sorted(rob["dataset"].unique())
         fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.4), squeeze=False)
@@ -138,8 +186,17 @@ def write_figures(frame, results, experiments, out_dir: Path, preset: str) -> Li
         for ax, dataset in zip(axes[0], datasets):
             part = rob[rob["dataset"] == dataset]
             curve = part[part["condition"] != "shuffled"].copy()
-            sns.lineplot(data=curve, x="a", y="mse", hue="model", hue_order=_order(curve["model"]), palette=palette,
-                         marker="o", ax=ax, errorbar="sd")
+            sns.lineplot(
+                data=curve,
+                x="a",
+                y="mse",
+                hue="model",
+                hue_order=_order(curve["model"]),
+                palette=palette,
+                marker="o",
+                ax=ax,
+                errorbar="sd",
+            )
             shuffled = part[part["condition"] == "shuffled"].groupby("model")["mse"].mean()
             for model, mse in shuffled.items():
                 ax.scatter([0.0], [mse], marker="x", s=60, color=palette[model], zorder=5)
@@ -156,11 +213,21 @@ def write_figures(frame, results, experiments, out_dir: Path, preset: str) -> Li
     part = have[have["linear_probe"].notna()] if len(have) else have
     part = part[[k in {p.key for p in experiments["main"]} for k in part["key"]]] if len(part) else part
     if len(part):
-        grid = sns.catplot(data=part, x="model", y="linear_probe", order=_order(part["model"]), col="dataset",
-                           kind="bar", height=3, errorbar="sd")
+        grid = sns.catplot(
+            data=part,
+            x="model",
+            y="linear_probe",
+            order=_order(part["model"]),
+            col="dataset",
+            kind="bar",
+            height=3,
+            errorbar="sd",
+        )
         grid.set_axis_labels("model", "linear-probe test accuracy")
-        grid.figure.suptitle(f"information retention of the posterior code (preset {preset}; "
-                             f"test split {_labels(part, 'probe_split')})", y=1.04)
+        grid.figure.suptitle(
+            f"information retention of the posterior code (preset {preset}; test split {_labels(part, 'probe_split')})",
+            y=1.04,
+        )
         written.append(_save(grid.figure, path))
     else:
         written.append(_empty(path, f"probe accuracy (preset {preset})", "no probe results yet"))
@@ -173,15 +240,35 @@ def write_figures(frame, results, experiments, out_dir: Path, preset: str) -> Li
         if r.point in main:
             for h in r.history:
                 if "test_mse" in h:
-                    rows.append({"dataset": r.point.dataset, "model": r.point.model, "seed": r.point.seed,
-                                 "epoch": int(h["epoch"]), "test MSE": h["test_mse"],
-                                 "split": (r.train.get("reconstruction_mse") or {}).get("split")})
+                    rows.append(
+                        {
+                            "dataset": r.point.dataset,
+                            "model": r.point.model,
+                            "seed": r.point.seed,
+                            "epoch": int(h["epoch"]),
+                            "test MSE": h["test_mse"],
+                            "split": (r.train.get("reconstruction_mse") or {}).get("split"),
+                        }
+                    )
     curves = pd.DataFrame(rows)
     if len(curves):
-        grid = sns.relplot(data=curves, x="epoch", y="test MSE", hue="model", hue_order=_order(curves["model"]),
-                           col="dataset", kind="line", marker="o", height=3, errorbar="sd")
-        grid.figure.suptitle(f"test reconstruction MSE during training (preset {preset}; over "
-                             f"{_labels(curves, 'split')}; epoch 0 = untrained)", y=1.04)
+        grid = sns.relplot(
+            data=curves,
+            x="epoch",
+            y="test MSE",
+            hue="model",
+            hue_order=_order(curves["model"]),
+            col="dataset",
+            kind="line",
+            marker="o",
+            height=3,
+            errorbar="sd",
+        )
+        grid.figure.suptitle(
+            f"test reconstruction MSE during training (preset {preset}; over "
+            f"{_labels(curves, 'split')}; epoch 0 = untrained)",
+            y=1.04,
+        )
         written.append(_save(grid.figure, path))
     else:
         written.append(_empty(path, f"training curves (preset {preset})", "no training histories yet"))
@@ -197,8 +284,9 @@ def write_figures(frame, results, experiments, out_dir: Path, preset: str) -> Li
         fig, axes = plt.subplots(len(models), 2, figsize=(7, 3.6 * len(models)), squeeze=False)
         for row, model in zip(axes, models):
             r = chosen[model]
-            for ax, name, what in zip(row, ("reconstructions.png", "samples.png"),
-                                      ("reconstructions (rows: input, output)", "samples")):
+            for ax, name, what in zip(
+                row, ("reconstructions.png", "samples.png"), ("reconstructions (rows: input, output)", "samples")
+            ):
                 ax.imshow(plt.imread(r.folder / "train" / name))
                 ax.set_title(f"{model} T={r.point.timesteps}: {what}", fontsize=8)
                 ax.axis("off")
@@ -210,8 +298,9 @@ def write_figures(frame, results, experiments, out_dir: Path, preset: str) -> Li
         path = out_dir / f"perturbations_{dataset}.png"
         chosen = _first_run_per_model(results, main, dataset, "probe/perturbations.png")
         if not chosen:
-            written.append(_empty(path, f"{dataset} perturbations (preset {preset})",
-                                  "no probe results of a spiking model yet"))
+            written.append(
+                _empty(path, f"{dataset} perturbations (preset {preset})", "no probe results of a spiking model yet")
+            )
             continue
         models = _order(chosen)
         fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 6), squeeze=False)
@@ -220,6 +309,8 @@ def write_figures(frame, results, experiments, out_dir: Path, preset: str) -> Li
             ax.imshow(plt.imread(r.folder / "probe" / "perturbations.png"))
             ax.set_title(f"{model} T={r.point.timesteps}", fontsize=9)
             ax.axis("off")
-        fig.suptitle(f"{dataset}, preset {preset}: rows input, reconstruction, time-shuffled, bit flips a = 0.05 ... 0.30")
+        fig.suptitle(
+            f"{dataset}, preset {preset}: rows input, reconstruction, time-shuffled, bit flips a = 0.05 ... 0.30"
+        )
         written.append(_save(fig, path))
     return written

@@ -7,6 +7,7 @@ in page faults and ran 1.7-1.9x faster with the heap kept instead (14.7 -> 28.6 
 is the in-process equivalent of ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=... MALLOC_TOP_PAD_=1G``.
 Set ``ESVAE_NO_MALLOC_TUNING=1`` to keep the defaults.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -32,8 +33,10 @@ def tune_allocator() -> bool:
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
         return False
     global ALLOCATOR_TUNED
-    ALLOCATOR_TUNED = all(mallopt(param, value) == 1 for param, value in
-                          ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 1 << 30)))
+    ALLOCATOR_TUNED = all(
+        mallopt(param, value) == 1
+        for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_TOP_PAD, 1 << 30))
+    )
     return ALLOCATOR_TUNED
 
 

@@ -10,6 +10,7 @@ Concurrency: the store and the experiment are created once before any job starts
 exponential back-off when SQLite reports a lock. Tracking never fails a job: when the store cannot be
 reached the job's files are already written, and :func:`mirror` logs "tracking skipped" with the reason.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,7 +43,7 @@ def with_retry(fn: Callable[[], T], what: str, attempts: int = 8, first_wait: fl
         except Exception as exc:  # MlflowException wraps sqlalchemy's OperationalError
             if attempt == attempts - 1 or not _is_lock_error(exc):
                 raise
-            wait = first_wait * (2 ** attempt) * (1 + random.random())
+            wait = first_wait * (2**attempt) * (1 + random.random())
             log.info("tracking: %s hit a lock (%s); retrying in %.1f s", what, type(exc).__name__, wait)
             time.sleep(wait)
     raise AssertionError("unreachable")
@@ -50,29 +51,32 @@ def with_retry(fn: Callable[[], T], what: str, attempts: int = 8, first_wait: fl
 
 def _client(uri: str):
     from mlflow.tracking import MlflowClient
+
     return MlflowClient(tracking_uri=uri)
 
 
 def default_artifact_root(uri: str) -> Optional[str]:
     """Artifacts next to a SQLite store (``results/mlflow-artifacts``); the server decides otherwise."""
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlflow-artifacts").resolve().as_uri()
+        return (Path(uri[len("sqlite:///") :]).parent / "mlflow-artifacts").resolve().as_uri()
     return None
 
 
 def init_store(uri: str, experiment: str) -> str:
     """Create the store (SQLite: its tables) and the experiment once; returns the experiment id."""
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     client = _client(uri)
     found = with_retry(lambda: client.get_experiment_by_name(experiment), "get experiment")
     if found is not None:
         return found.experiment_id
     try:
-        return with_retry(lambda: client.create_experiment(experiment, artifact_location=default_artifact_root(uri)),
-                          "create experiment")
+        return with_retry(
+            lambda: client.create_experiment(experiment, artifact_location=default_artifact_root(uri)),
+            "create experiment",
+        )
     except Exception:
-        found = client.get_experiment_by_name(experiment)   # created by a concurrent caller
+        found = client.get_experiment_by_name(experiment)  # created by a concurrent caller
         if found is None:
             raise
         return found.experiment_id
@@ -95,8 +99,13 @@ def _finite(value) -> bool:
 def history_metrics(path: Path) -> List[tuple]:
     """``(name, value, epoch)`` for every finite number of ``history.tsv``."""
     from .train import read_history
-    return [(name, value, int(row["epoch"])) for row in read_history(path) for name, value in row.items()
-            if name not in ("epoch", "step") and math.isfinite(value)]
+
+    return [
+        (name, value, int(row["epoch"]))
+        for row in read_history(path)
+        for name, value in row.items()
+        if name not in ("epoch", "step") and math.isfinite(value)
+    ]
 
 
 STAGE_FILES = {"train": "metrics.json", "evaluate": "metrics.json", "probe": "probes.json"}
@@ -109,13 +118,19 @@ def stage_metrics(stage: str, m: Mapping) -> Dict[str, float]:
         out["final_test_mse"] = m["reconstruction_mse"]["value"]
         out["mean_image_mse"] = m["baseline_mean_image_mse"]["value"]
         out["parameters"] = m["parameters"]
-        for key in ("steps", "train_seconds", "lr"):   # absent in runs from before they were recorded
+        for key in ("steps", "train_seconds", "lr"):  # absent in runs from before they were recorded
             if _finite(m.get(key)):
                 out[key] = m[key]
     elif stage == "evaluate":
-        for key, name in (("reconstruction_mse", "eval_mse"), ("fid", "fid"), ("kid", "kid"), ("fad", "fad"),
-                          ("inception_score", "inception_score"), ("fid_clean", "fid_clean"),
-                          ("fad_published", "fad_published")):
+        for key, name in (
+            ("reconstruction_mse", "eval_mse"),
+            ("fid", "fid"),
+            ("kid", "kid"),
+            ("fad", "fad"),
+            ("inception_score", "inception_score"),
+            ("fid_clean", "fid_clean"),
+            ("fad_published", "fad_published"),
+        ):
             if isinstance(m.get(key), Mapping) and _finite(m[key].get("value")):
                 out[name] = m[key]["value"]
         costs = m.get("spike_costs") or {}
@@ -130,11 +145,14 @@ def stage_metrics(stage: str, m: Mapping) -> Dict[str, float]:
             out["sampling_ms_per_image"] = timing["milliseconds_per_image"]
     elif stage == "probe":
         info = m["information_retention"]
-        for key, name in (("linear_probe", "linear_probe_accuracy"), ("mse_sampled", "probe_mse_sampled"),
-                          ("mse_deterministic", "probe_mse_deterministic")):
+        for key, name in (
+            ("linear_probe", "linear_probe_accuracy"),
+            ("mse_sampled", "probe_mse_sampled"),
+            ("mse_deterministic", "probe_mse_deterministic"),
+        ):
             if _finite((info.get(key) or {}).get("value")):
                 out[name] = info[key]["value"]
-        for row in (m.get("decoder_robustness") or {}).get("rows") or []:   # none for the ANN VAE
+        for row in (m.get("decoder_robustness") or {}).get("rows") or []:  # none for the ANN VAE
             if _finite(row.get("mse")):
                 out[f"robustness_mse_{row['condition']}"] = row["mse"]
     else:
@@ -153,12 +171,13 @@ def stage_conditions(stage: str, m: Mapping) -> Dict[str, str]:
         for key in ("fid", "kid", "fad", "fid_clean"):
             block = m.get(key) or {}
             if block.get("name"):
-                out[f"evaluate.{key}"] = (f"{block['name']} vs {block.get('reference_split')} "
-                                          f"(N={block.get('n_reference')})")
+                out[f"evaluate.{key}"] = (
+                    f"{block['name']} vs {block.get('reference_split')} (N={block.get('n_reference')})"
+                )
         published = m.get("fad_published") or {}
         if published.get("label"):
             out["evaluate.fad_published"] = f"{published['name']}, {published['label']}"
-        for key in ("fad_published", "fid_clean", "fid", "fad"):       # a refusal is said, not left blank
+        for key in ("fad_published", "fid_clean", "fid", "fad"):  # a refusal is said, not left blank
             if (m.get(key) or {}).get("refused"):
                 out[f"evaluate.{key}"] = "refused: " + m[key]["refused"]
         weights = (m.get("fid") or {}).get("weights")
@@ -187,12 +206,23 @@ ARTIFACTS = {
 
 def _runs_of(client, experiment_id: str, key: str):
     """The active MLflow runs of run point ``key``, newest first."""
-    return with_retry(lambda: client.search_runs([experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'",
-                                                 order_by=["attributes.start_time DESC"]), "search runs")
+    return with_retry(
+        lambda: client.search_runs(
+            [experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'", order_by=["attributes.start_time DESC"]
+        ),
+        "search runs",
+    )
 
 
-def mirror(stage: str, run_dir: Path, key: str, uri: str, experiment: str, tags: Optional[Mapping[str, str]] = None,
-           log_artifacts: bool = True) -> Optional[str]:
+def mirror(
+    stage: str,
+    run_dir: Path,
+    key: str,
+    uri: str,
+    experiment: str,
+    tags: Optional[Mapping[str, str]] = None,
+    log_artifacts: bool = True,
+) -> Optional[str]:
     """Copy one stage's results of run point ``key`` into MLflow; returns the MLflow run id.
 
     ``train`` starts a new MLflow run (a re-trained point gets a fresh run; the newest is the one
@@ -201,8 +231,14 @@ def mirror(stage: str, run_dir: Path, key: str, uri: str, experiment: str, tags:
     try:
         return _mirror(stage, Path(run_dir), key, uri, experiment, dict(tags or {}), log_artifacts)
     except Exception as exc:
-        log.warning("tracking skipped for %s (%s stage): %s: %s; the result files in %s are complete",
-                    key, stage, type(exc).__name__, exc, run_dir)
+        log.warning(
+            "tracking skipped for %s (%s stage): %s: %s; the result files in %s are complete",
+            key,
+            stage,
+            type(exc).__name__,
+            exc,
+            run_dir,
+        )
         return None
 
 
@@ -222,10 +258,14 @@ def _mirror(stage, run_dir, key, uri, experiment, tags, log_artifacts):
     if run is None:
         older = existing if stage == "train" else []
         run = with_retry(lambda: client.create_run(experiment_id, run_name=key, tags=all_tags), "create run")
-        for old in older:   # a re-trained point: its earlier run goes to MLflow's trash (restorable)
-            with_retry(lambda: client.delete_run(old.info.run_id), "delete superseded run")
-            log.info("tracking: earlier MLflow run %s of %s deleted (superseded by %s)", old.info.run_id, key,
-                     run.info.run_id)
+        for old in older:  # a re-trained point: its earlier run goes to MLflow's trash (restorable)
+            with_retry(lambda old=old: client.delete_run(old.info.run_id), "delete superseded run")
+            log.info(
+                "tracking: earlier MLflow run %s of %s deleted (superseded by %s)",
+                old.info.run_id,
+                key,
+                run.info.run_id,
+            )
     run_id = run.info.run_id
     now = int(time.time() * 1000)
     result = read_result(run_dir / STAGE_FILES[stage], stage)
@@ -235,21 +275,25 @@ def _mirror(stage, run_dir, key, uri, experiment, tags, log_artifacts):
         metrics += [Metric(name, value, now, epoch) for name, value, epoch in history_metrics(run_dir / "history.tsv")]
         resolved = read_result(run_dir / "config.json", "config")
         flat = flatten("", resolved, {})
-        point = RunPoint.from_key(key)   # the wildcards, as params too (filterable in the UI)
+        point = RunPoint.from_key(key)  # the wildcards, as params too (filterable in the UI)
         flat.update({"sampler": point.sampler, "timesteps": str(point.timesteps), "seed": str(point.seed)})
         params = [Param(k, v[:6000]) for k, v in flat.items()]
     stage_tags = [RunTag(k, str(v)) for k, v in all_tags.items()] + [RunTag(f"esvae.stage.{stage}", "done")]
     stage_tags += [RunTag(k, v[:5000]) for k, v in stage_conditions(stage, result).items()]
     with_retry(lambda: client.log_batch(run_id, tags=stage_tags), "log tags")
-    for i in range(0, len(metrics), 500):   # log_batch takes at most 1000 metrics and 100 params
-        with_retry(lambda: client.log_batch(run_id, metrics=metrics[i:i + 500]), "log metrics")
+    for i in range(0, len(metrics), 500):  # log_batch takes at most 1000 metrics and 100 params
+        with_retry(lambda i=i: client.log_batch(run_id, metrics=metrics[i : i + 500]), "log metrics")
     for i in range(0, len(params), 100):
-        with_retry(lambda: client.log_batch(run_id, params=params[i:i + 100]), "log params")
+        with_retry(lambda i=i: client.log_batch(run_id, params=params[i : i + 100]), "log params")
     if log_artifacts:
         for name in ARTIFACTS[stage]:
             path = run_dir / name
             if path.is_file():
-                with_retry(lambda: client.log_artifact(run_id, str(path), artifact_path=stage), "log artifact")
+                with_retry(
+                    lambda path=path: client.log_artifact(run_id, str(path), artifact_path=stage), "log artifact"
+                )
     with_retry(lambda: client.set_terminated(run_id, "FINISHED"), "finish run")
-    log.info("tracking: %s stage of %s logged to MLflow run %s (%s, experiment %r)", stage, key, run_id, uri, experiment)
+    log.info(
+        "tracking: %s stage of %s logged to MLflow run %s (%s, experiment %r)", stage, key, run_id, uri, experiment
+    )
     return run_id

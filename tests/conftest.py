@@ -1,5 +1,6 @@
 """Shared fixtures: one Fashion-MNIST data root, one offline Inception conversion and one local run
 of the smoke preset per session."""
+
 import os
 import subprocess
 import sys
@@ -26,8 +27,12 @@ def pytest_collection_modifyitems(config, items):
 def workflow_env(data_root, inception_cache):
     """The environment a test's snakemake runs in: this interpreter's tools first, the session's
     data and offline Inception cache."""
-    return {**os.environ, "ESVAE_DATA": data_root, "ESVAE_CACHE": str(inception_cache),
-            "PATH": f"{BIN}:{os.environ['PATH']}"}
+    return {
+        **os.environ,
+        "ESVAE_DATA": data_root,
+        "ESVAE_CACHE": str(inception_cache),
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+    }
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +45,7 @@ def data_root(tmp_path_factory):
 def inception_cache(tmp_path_factory):
     """A cache folder holding the offline Inception weights, converted once per session."""
     from esvae.metrics.inception import resolve_inception_weights
+
     cache = tmp_path_factory.mktemp("esvae-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("ESVAE_INCEPTION_WEIGHTS", raising=False)
@@ -61,9 +67,30 @@ def offline_inception(inception_cache, monkeypatch):
 def fad_autoencoder(tmp_path_factory, data_root):
     """A quickly trained Fashion-MNIST FAD autoencoder (CLI), statistics over test[:2000]."""
     from esvae.cli import main
+
     out = tmp_path_factory.mktemp("fad")
-    assert main(["train-fad-autoencoder", "--dataset", "fashion", "--out", str(out), "--epochs", "2",
-                 "--train-subset", "512", "--test-subset", "2000", "--batch-size", "64", "--data-root", data_root]) == 0
+    assert (
+        main(
+            [
+                "train-fad-autoencoder",
+                "--dataset",
+                "fashion",
+                "--out",
+                str(out),
+                "--epochs",
+                "2",
+                "--train-subset",
+                "512",
+                "--test-subset",
+                "2000",
+                "--batch-size",
+                "64",
+                "--data-root",
+                data_root,
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -72,11 +99,19 @@ def short_run(tmp_path_factory, data_root):
     """The checkpoint of a one-epoch ESVAE run (T = 2) on 256 Fashion-MNIST training images."""
     from esvae.config import paper_train_config
     from esvae.train import train
+
     cfg = paper_train_config("fashion")
     cfg.epochs, cfg.batch_size, cfg.train_subset, cfg.test_subset = 1, 32, 256, 64
     out = tmp_path_factory.mktemp("run")
-    train(model_name="esvae", dataset="fashion", out_dir=out, train_config=cfg, model_overrides={"timesteps": 2},
-          data_root=data_root, device="cpu")
+    train(
+        model_name="esvae",
+        dataset="fashion",
+        out_dir=out,
+        train_config=cfg,
+        model_overrides={"timesteps": 2},
+        data_root=data_root,
+        device="cpu",
+    )
     return out / "checkpoint.pt"
 
 
@@ -87,7 +122,7 @@ def smoke_dir(tmp_path_factory, data_root, inception_cache):
     reuse = os.environ.get("ESVAE_SMOKE_DIR")
     if reuse and (Path(reuse) / "results" / "smoke" / "tables" / "table1.csv").is_file():
         return Path(reuse)
-    assert SMOKE_COMMAND in (REPO / "README.md").read_text()     # the README's example is the command run here
+    assert SMOKE_COMMAND in (REPO / "README.md").read_text()  # the README's example is the command run here
     work = tmp_path_factory.mktemp("smoke")
     cmd = [str(BIN / "snakemake"), *SMOKE_COMMAND.split()[1:], "-s", str(REPO / "Snakefile"), "--directory", str(work)]
     env = workflow_env(data_root, inception_cache)

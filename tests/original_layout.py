@@ -1,6 +1,7 @@
 """Test helpers: the original code's checkpoint layout, built from docs/method.md section 6 alone, and
 a naive time-last forward pass that reads those tensors directly (3-D ``(k, k, 1)`` convolutions,
 a per-step LIF loop). Nothing here imports the package's model code."""
+
 import torch
 import torch.nn.functional as F
 
@@ -24,13 +25,13 @@ def original_esvae_state_dict(in_channels, latent_dim, hidden_dims, seed=0, with
     sd = {}
     cin = in_channels
     for i, c in enumerate(hidden_dims):
-        sd[f"encoder.{i}.weight"] = torch.randn(c, cin, 3, 3, 1, generator=g) / (3 * cin ** 0.5)
+        sd[f"encoder.{i}.weight"] = torch.randn(c, cin, 3, 3, 1, generator=g) / (3 * cin**0.5)
         sd[f"encoder.{i}.bias"] = torch.randn(c, generator=g) * 0.05
         sd.update(_bn(f"encoder.{i}", c, g))
         cin = c
     flat = hidden_dims[-1] * 4
     for name, (fin, fout) in {"before_latent_layer": (flat, latent_dim), "decoder_input": (latent_dim, flat)}.items():
-        sd[f"{name}.weight"] = torch.randn(fout, fin, generator=g) / fin ** 0.5
+        sd[f"{name}.weight"] = torch.randn(fout, fin, generator=g) / fin**0.5
         sd[f"{name}.bias"] = torch.randn(fout, generator=g) * 0.05
         sd.update(_bn(name, fout, g))
     rev = list(hidden_dims)[::-1]
@@ -39,14 +40,16 @@ def original_esvae_state_dict(in_channels, latent_dim, hidden_dims, seed=0, with
         sd[f"decoder.{i}.bias"] = torch.randn(rev[i + 1], generator=g) * 0.05
         sd.update(_bn(f"decoder.{i}", rev[i + 1], g))
     c0 = hidden_dims[0]
-    sd["final_layer.0.weight"] = torch.randn(c0, c0, 3, 3, 1, generator=g) / (3 * c0 ** 0.5)
+    sd["final_layer.0.weight"] = torch.randn(c0, c0, 3, 3, 1, generator=g) / (3 * c0**0.5)
     sd["final_layer.0.bias"] = torch.randn(c0, generator=g) * 0.05
     sd.update(_bn("final_layer.0", c0, g))
-    sd["final_layer.1.weight"] = torch.randn(c0, in_channels, 3, 3, 1, generator=g) / (3 * c0 ** 0.5)
+    sd["final_layer.1.weight"] = torch.randn(c0, in_channels, 3, 3, 1, generator=g) / (3 * c0**0.5)
     sd["final_layer.1.bias"] = torch.randn(in_channels, generator=g) * 0.05
-    sd["sample_layer.0.weight"] = torch.randn(latent_dim, latent_dim, generator=g) / latent_dim ** 0.5
+    sd["sample_layer.0.weight"] = torch.randn(latent_dim, latent_dim, generator=g) / latent_dim**0.5
     sd["sample_layer.0.bias"] = torch.randn(latent_dim, generator=g) * 0.1
-    sd["membrane_output_layer.coef"] = torch.tensor([0.8 ** (timesteps - 1 - t) for t in range(timesteps)]).view(1, 1, 1, 1, -1)
+    sd["membrane_output_layer.coef"] = torch.tensor([0.8 ** (timesteps - 1 - t) for t in range(timesteps)]).view(
+        1, 1, 1, 1, -1
+    )
     if with_fsvae_modules:  # built but unused by the original ESVAE
         sd["prior.layers.0.weight"] = torch.randn(2 * latent_dim, latent_dim, generator=g)
         sd["posterior.layers.0.weight"] = torch.randn(4 * latent_dim, 2 * latent_dim, generator=g)
@@ -57,14 +60,15 @@ def original_fsvae_state_dict(in_channels, latent_dim, hidden_dims, votes, seed=
     """The ESVAE layout without ``sample_layer`` plus FSVAE's voting MLPs ``prior.layers.{0,1,2}``
     (L -> 2L -> 4L -> kL) and ``posterior.layers.{0,1,2}`` (2L -> 2L -> 4L -> kL), each linear with
     a ``.bn``, and their zero ``initial_input`` buffers of shape (1, L, 1)."""
-    sd = original_esvae_state_dict(in_channels, latent_dim, hidden_dims, seed, with_fsvae_modules=False,
-                                   timesteps=timesteps)
+    sd = original_esvae_state_dict(
+        in_channels, latent_dim, hidden_dims, seed, with_fsvae_modules=False, timesteps=timesteps
+    )
     del sd["sample_layer.0.weight"], sd["sample_layer.0.bias"]
     g = torch.Generator().manual_seed(seed + 1000)
     L = latent_dim
     for name, widths in {"prior": (L, 2 * L, 4 * L, votes * L), "posterior": (2 * L, 2 * L, 4 * L, votes * L)}.items():
         for i, (fin, fout) in enumerate(zip(widths[:-1], widths[1:])):
-            sd[f"{name}.layers.{i}.weight"] = torch.randn(fout, fin, generator=g) / fin ** 0.5
+            sd[f"{name}.layers.{i}.weight"] = torch.randn(fout, fin, generator=g) / fin**0.5
             sd[f"{name}.layers.{i}.bias"] = torch.randn(fout, generator=g) * 0.05
             sd.update(_bn(f"{name}.layers.{i}", fout, g))
         sd[f"{name}.initial_input"] = torch.zeros(1, L, 1)
@@ -75,7 +79,9 @@ def naive_voting_mlp(sd, name, x, votes):
     """FSVAE's prior/posterior MLP, time last: x (N, in, T) -> votes (N, L, k, T); output unit
     l * k + j is vote j of latent l; tdBN alpha = 2."""
     for i in range(3):
-        x = torch.einsum("oi,nit->not", sd[f"{name}.layers.{i}.weight"], x) + sd[f"{name}.layers.{i}.bias"].view(1, -1, 1)
+        x = torch.einsum("oi,nit->not", sd[f"{name}.layers.{i}.weight"], x) + sd[f"{name}.layers.{i}.bias"].view(
+            1, -1, 1
+        )
         x = _lif_time_last(_bn_eval(x, sd, f"{name}.layers.{i}", alpha=2.0))
     return x.view(x.shape[0], -1, votes, x.shape[-1])
 
@@ -84,7 +90,9 @@ def _bn_eval(x, sd, prefix, alpha=1.0):
     """Eval-mode tdBN on (N, C, ..., T): alpha * Vth * (x - mean) / sqrt(var + eps) * weight + bias."""
     shape = [1, -1] + [1] * (x.dim() - 2)
     mean, var = sd[f"{prefix}.bn.running_mean"].view(shape), sd[f"{prefix}.bn.running_var"].view(shape)
-    return alpha * VTH * (x - mean) / torch.sqrt(var + 1e-5) * sd[f"{prefix}.bn.weight"].view(shape) + sd[f"{prefix}.bn.bias"].view(shape)
+    return alpha * VTH * (x - mean) / torch.sqrt(var + 1e-5) * sd[f"{prefix}.bn.weight"].view(shape) + sd[
+        f"{prefix}.bn.bias"
+    ].view(shape)
 
 
 def _lif_time_last(x):
@@ -115,11 +123,23 @@ def naive_decode(sd, z, n_layers, bottom_channels):
     x = _lif_time_last(_bn_eval(x, sd, "decoder_input"))
     x = x.view(x.shape[0], bottom_channels, 2, 2, x.shape[-1])
     for i in range(n_layers - 1):
-        x = F.conv_transpose3d(x, sd[f"decoder.{i}.weight"], sd[f"decoder.{i}.bias"], stride=(2, 2, 1),
-                               padding=(1, 1, 0), output_padding=(1, 1, 0))
+        x = F.conv_transpose3d(
+            x,
+            sd[f"decoder.{i}.weight"],
+            sd[f"decoder.{i}.bias"],
+            stride=(2, 2, 1),
+            padding=(1, 1, 0),
+            output_padding=(1, 1, 0),
+        )
         x = _lif_time_last(_bn_eval(x, sd, f"decoder.{i}"))
-    x = F.conv_transpose3d(x, sd["final_layer.0.weight"], sd["final_layer.0.bias"], stride=(2, 2, 1), padding=(1, 1, 0),
-                           output_padding=(1, 1, 0))
+    x = F.conv_transpose3d(
+        x,
+        sd["final_layer.0.weight"],
+        sd["final_layer.0.bias"],
+        stride=(2, 2, 1),
+        padding=(1, 1, 0),
+        output_padding=(1, 1, 0),
+    )
     x = _lif_time_last(_bn_eval(x, sd, "final_layer.0"))
     x = F.conv_transpose3d(x, sd["final_layer.1.weight"], sd["final_layer.1.bias"], stride=(1, 1, 1), padding=(1, 1, 0))
     T = x.shape[-1]

@@ -1,4 +1,5 @@
 """The ANN VAE baseline: architecture, loss by hand, KLD weight derived from the data."""
+
 import math
 
 import pytest
@@ -28,6 +29,7 @@ def test_shapes_and_api():
 def test_loss_is_mse_plus_weighted_kld_by_hand():
     model = esvae.build_model("ann_vae", "fashion", kld_weight=0.5)
     from baselines.ann_vae import ANNVAEOutput
+
     x = torch.zeros(2, 1, 32, 32)
     recon = torch.full((2, 1, 32, 32), 0.5)
     mu = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
@@ -43,7 +45,7 @@ def test_loss_is_mse_plus_weighted_kld_by_hand():
 def test_kld_weight_is_one_over_batches_per_epoch():
     model = esvae.build_model("ann_vae", "fashion")
     with pytest.raises(ConfigError, match="batches per epoch"):
-        model.kld_weight
+        _ = model.kld_weight
     assert model.configure_training(steps_per_epoch=240) == {"kld_weight": pytest.approx(1 / 240)}
     fixed = esvae.build_model("ann_vae", "fashion", kld_weight=0.1)
     assert fixed.configure_training(steps_per_epoch=240) == {"kld_weight": 0.1}
@@ -55,7 +57,9 @@ def test_reparameterisation_uses_the_generator_and_reaches_the_encoder():
     a = model(x, torch.Generator().manual_seed(3))
     b = model(x, torch.Generator().manual_seed(3))
     assert torch.equal(a.latent, b.latent)
-    torch.testing.assert_close(a.latent, a.mu + torch.exp(0.5 * a.logvar) * torch.randn(a.mu.shape, generator=torch.Generator().manual_seed(3)))
+    torch.testing.assert_close(
+        a.latent, a.mu + torch.exp(0.5 * a.logvar) * torch.randn(a.mu.shape, generator=torch.Generator().manual_seed(3))
+    )
     model.loss(x, a)["loss"].backward()
     assert model.fc_logvar.weight.grad.abs().sum() > 0 and model.encoder[0][0].weight.grad.abs().sum() > 0
 

@@ -1,5 +1,6 @@
 """The benchmark's measuring tools: FLOPs from layer shapes, peak resident memory in a fresh
 process, the device check against the CPU reference, and benchmarks/gpu_check.sh (run on CPU)."""
+
 from __future__ import annotations
 
 import json
@@ -31,17 +32,25 @@ def test_esvae_evaluation_flops_equal_the_layer_shapes(T):
     layer once after the readout, every other layer T times; the prior's bottleneck once."""
     model = esvae.build_model("esvae", "fashion", timesteps=T).eval()
     L = model.config.latent_dim
-    conv = lambda pixels, c_in, c_out: pixels * c_in * c_out * 9   # noqa: E731  (per image, 3x3 kernels)
+    conv = lambda pixels, c_in, c_out: pixels * c_in * c_out * 9  # noqa: E731  (per image, 3x3 kernels)
     once = conv(16 * 16, 1, 32) + conv(32 * 32, 32, 1) + L * L
-    per_step = (conv(8 * 8, 32, 64) + conv(4 * 4, 64, 128) + conv(2 * 2, 128, 256)       # encoder 1-3
-                + 1024 * L + L * 1024                                                   # latent, decoder input
-                + conv(2 * 2, 256, 128) + conv(4 * 4, 128, 64) + conv(8 * 8, 64, 32)    # transposed: input pixels
-                + conv(16 * 16, 32, 32))                                                # final_layer.0
+    per_step = (
+        conv(8 * 8, 32, 64)
+        + conv(4 * 4, 64, 128)
+        + conv(2 * 2, 128, 256)  # encoder 1-3
+        + 1024 * L
+        + L * 1024  # latent, decoder input
+        + conv(2 * 2, 256, 128)
+        + conv(4 * 4, 128, 64)
+        + conv(8 * 8, 64, 32)  # transposed: input pixels
+        + conv(16 * 16, 32, 32)
+    )  # final_layer.0
     x = torch.rand(2, 1, 32, 32)
 
     def call():
         with torch.no_grad():
             model(x, torch.Generator().manual_seed(0))
+
     assert flops_per_image(call, batch=2) == 2 * (once + T * per_step)
 
 
@@ -49,6 +58,7 @@ def test_peak_rss_sees_the_memory_a_call_holds():
     """A fresh process's VmHWM rises over its resident set before the calls by at least the tensors
     the naive training step holds at once (which must all be resident while written)."""
     from esvae.bench import build_pair, peak_memory_bytes
+
     pair = build_pair("esvae", "fashion", 4, 16)
     tensors = peak_memory_bytes(pair.call("naive", "train"))
     out = peak_rss("esvae", "fashion", 4, 16, "naive", "train", "default", calls=1)
@@ -58,6 +68,7 @@ def test_peak_rss_sees_the_memory_a_call_holds():
 def test_peak_rss_failure_is_one_line():
     from esvae.bench.rss import MeasurementError
     from esvae.errors import EsvaeError
+
     with pytest.raises(MeasurementError, match="peak-memory process for nosuchmodel") as info:
         peak_rss("nosuchmodel", "fashion", 2, 2, "ours", "train", "default", calls=1)
     assert isinstance(info.value, EsvaeError) and "\n" not in str(info.value)
@@ -70,6 +81,7 @@ def test_device_check_passes_for_the_torch_op_path_and_catches_a_wrong_one(model
     report = compare_with_cpu(model_name, "fashion", 3, 4, "cpu", torch.float64)
     assert report["ok"] and report["train"]["spikes_compared"] > 0 and report["eval"]["output_std"] > 0.01
     import esvae.spiking.layers as layers
+
     original = layers.lif_forward_sweep
     monkeypatch.setattr(layers, "lif_forward_sweep", lambda current, tau, *a, **k: original(current, 0.3, *a, **k))
     broken = compare_with_cpu(model_name, "fashion", 3, 4, "cpu", torch.float64)
@@ -79,8 +91,13 @@ def test_device_check_passes_for_the_torch_op_path_and_catches_a_wrong_one(model
 def test_gpu_check_script_runs_on_cpu(tmp_path, data_root):
     """benchmarks/gpu_check.sh end to end with --device cpu --smoke (what a lent GPU runs at full size)."""
     env = dict(os.environ, PYTHON=sys.executable, ESVAE_DATA=data_root)
-    out = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--device", "cpu", "--smoke",
-                          "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=900)
+    out = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--device", "cpu", "--smoke", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     numerics = json.loads((tmp_path / "numerics.json").read_text())
     assert numerics["ok"] and {r["dtype"] for r in numerics["rows"]} == {"float64", "float32"}
@@ -92,11 +109,20 @@ def test_gpu_check_script_runs_on_cpu(tmp_path, data_root):
     summary = (tmp_path / "summary.md").read_text()
     assert "SMOKE RUN" in summary and "float64: same" in summary and "| fsvae | 2 | 8 | train |" in summary
     assert "training images/s" in summary and "nan" not in summary
-    for args, message in ((["--frobnicate"], "unknown argument"), (["--device"], "--device needs a value"),
-                          (["--out"], "--out needs a folder")):
-        bad = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), *args], capture_output=True,
-                             text=True, env=env, timeout=60)
+    for args, message in (
+        (["--frobnicate"], "unknown argument"),
+        (["--device"], "--device needs a value"),
+        (["--out"], "--out needs a folder"),
+    ):
+        bad = subprocess.run(
+            ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
         assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and message in bad.stderr, args
-    dev = subprocess.run([sys.executable, "-m", "esvae.bench.devices", "--device", "tpu:9"], capture_output=True,
-                         text=True, timeout=120)
+    dev = subprocess.run(
+        [sys.executable, "-m", "esvae.bench.devices", "--device", "tpu:9"], capture_output=True, text=True, timeout=120
+    )
     assert dev.returncode == 2 and dev.stderr.strip().count("\n") == 0 and "device 'tpu:9'" in dev.stderr

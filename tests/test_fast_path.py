@@ -1,5 +1,6 @@
 """The fast path (fused tdBN + LIF op, compiled CPU kernels, torch-op sweeps, the readout reordering,
 the first layer run once) against step-by-step references: identical spikes, equal gradients."""
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,7 @@ def backend(request, monkeypatch):
 
 def _currents(T, shape=(3, 5, 4), dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(T, *shape, generator=g, dtype=dtype) * 0.6 + 0.1)
+    return torch.randn(T, *shape, generator=g, dtype=dtype) * 0.6 + 0.1
 
 
 @pytest.mark.parametrize("T", [1, 2, 5, 16])
@@ -37,7 +38,7 @@ def _currents(T, shape=(3, 5, 4), dtype=torch.float32, seed=0):
 def test_kernels_match_the_step_by_step_reference(T, dtype, shape):
     """The compiled LIF kernels (currents x * scale + shift formed inside) against the autograd
     loop of lif_step on the same currents: the same spikes, the same dL/dI."""
-    x = _currents(T, shape, dtype=dtype).flatten(0, 1)                     # (T*N, C, ...)
+    x = _currents(T, shape, dtype=dtype).flatten(0, 1)  # (T*N, C, ...)
     channels = x.shape[1]
     scale = torch.linspace(0.5, 1.5, channels, dtype=dtype)
     shift = torch.linspace(-0.1, 0.2, channels, dtype=dtype)
@@ -45,18 +46,19 @@ def test_kernels_match_the_step_by_step_reference(T, dtype, shape):
     currents = (x * scale.view(view) + shift.view(view)).unflatten(0, (T, -1)).requires_grad_()
     g = torch.randn(currents.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
     ref = lif_multistep_reference(currents)
-    grad_ref, = torch.autograd.grad(ref, currents, g)
+    (grad_ref,) = torch.autograd.grad(ref, currents, g)
     spikes = kernels.lif_forward(x, scale, shift, T, 0.25, 0.2)
     assert spikes.dtype == dtype and torch.equal(spikes, ref)
-    assert 0 < spikes.mean() < 1                                    # some units fire, some do not
+    assert 0 < spikes.mean() < 1  # some units fire, some do not
     tol = 1e-6 if dtype == torch.float32 else 1e-12
     grad = kernels.lif_backward(x, g, scale, shift, T, 0.25, 0.2)
     torch.testing.assert_close(grad, grad_ref.flatten(0, 1), rtol=0, atol=tol)
     # an expanded (stride-0 over time) gradient, as the mean over T produces
     g1 = g[:1].expand_as(g)
-    grad_ref1, = torch.autograd.grad(lif_multistep_reference(currents), currents, g1)
-    torch.testing.assert_close(kernels.lif_backward(x, g1, scale, shift, T, 0.25, 0.2), grad_ref1.flatten(0, 1),
-                               rtol=0, atol=tol)
+    (grad_ref1,) = torch.autograd.grad(lif_multistep_reference(currents), currents, g1)
+    torch.testing.assert_close(
+        kernels.lif_backward(x, g1, scale, shift, T, 0.25, 0.2), grad_ref1.flatten(0, 1), rtol=0, atol=tol
+    )
 
 
 def test_channel_sums_and_batch_norm_gradient_kernels():
@@ -91,8 +93,9 @@ def test_channels_last_and_readout_kernels_equal_the_contiguous_ones(dtype):
     xl = x.contiguous(memory_format=torch.channels_last)
     spikes_l = kernels.lif_forward(xl, scale, shift, T, 0.25, 0.2)
     assert torch.equal(spikes_l, spikes) and spikes_l.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
-    dI_l, sums_l = kernels.lif_backward(xl, grad.contiguous(memory_format=torch.contiguous_format), scale, shift, T,
-                                        0.25, 0.2, sums=True)
+    dI_l, sums_l = kernels.lif_backward(
+        xl, grad.contiguous(memory_format=torch.contiguous_format), scale, shift, T, 0.25, 0.2, sums=True
+    )
     assert torch.equal(dI_l, dI) and kernels.channels_last(dI_l)
     torch.testing.assert_close(sums_l, sums, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(kernels.channel_sums(xl, xl), kernels.channel_sums(x, x), rtol=1e-12, atol=1e-12)
@@ -102,12 +105,17 @@ def test_channels_last_and_readout_kernels_equal_the_contiguous_ones(dtype):
     assert kernels.channels_last(got) and torch.equal(got, want)
     for layout in (x, xl):
         mixed = kernels.lif_forward_readout(layout, scale, shift, weights, T, 0.25, 0.2)
-        torch.testing.assert_close(mixed, torch.tensordot(weights, spikes, dims=([0], [0])), rtol=0,
-                                   atol=1e-6 if dtype == torch.float32 else 1e-15)
+        torch.testing.assert_close(
+            mixed,
+            torch.tensordot(weights, spikes, dims=([0], [0])),
+            rtol=0,
+            atol=1e-6 if dtype == torch.float32 else 1e-15,
+        )
         gm = torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(13), dtype=dtype)
         via_readout, s_r = kernels.lif_backward(layout, gm, scale, shift, T, 0.25, 0.2, readout=weights, sums=True)
-        full, s_f = kernels.lif_backward(layout, weights.view(-1, 1, 1, 1, 1) * gm, scale, shift, T, 0.25, 0.2,
-                                         sums=True)
+        full, s_f = kernels.lif_backward(
+            layout, weights.view(-1, 1, 1, 1, 1) * gm, scale, shift, T, 0.25, 0.2, sums=True
+        )
         assert torch.equal(via_readout, full)
         torch.testing.assert_close(s_r, s_f, rtol=1e-12, atol=1e-12)
     threads = torch.get_num_threads()
@@ -124,6 +132,7 @@ def test_an_input_repeated_over_time_is_the_same_as_its_copy(backend, T):
     """tdbn_lif(y, repeated=True) (y read T times, never copied) equals tdbn_lif on y repeated T
     times: spikes, running statistics, and y's gradient (the sum over steps), in float64."""
     from esvae.spiking.layers import _repeat
+
     torch.manual_seed(0)
     bn_a, bn_b = TDBatchNorm(3, alpha=2.0).double(), TDBatchNorm(3, alpha=2.0).double()
     y = (torch.randn(4, 3, 5, 5, dtype=torch.float64) * 2).contiguous(memory_format=torch.channels_last)
@@ -133,10 +142,10 @@ def test_an_input_repeated_over_time_is_the_same_as_its_copy(backend, T):
     a = tdbn_lif(ya, bn_a, LIF(), T, consume_input=T > 1, repeated=True)
     b = tdbn_lif(_repeat(yb, T), bn_b, LIF(), T)
     assert torch.equal(a, b) and 0 < a.mean() < 1
-    ga, = torch.autograd.grad(a, ya, g)
-    gb, = torch.autograd.grad(b, yb, g)
+    (ga,) = torch.autograd.grad(a, ya, g)
+    (gb,) = torch.autograd.grad(b, yb, g)
     torch.testing.assert_close(ga, gb, rtol=1e-12, atol=1e-12)
-    assert torch.equal(ya.detach(), y)                    # the caller's input is left as it was
+    assert torch.equal(ya.detach(), y)  # the caller's input is left as it was
     torch.testing.assert_close(bn_a.running_var, bn_b.running_var, rtol=1e-12, atol=1e-12)
     assert "decay=0.8" in repr(esvae.spiking.MembraneReadout(0.8))
 
@@ -145,7 +154,9 @@ def test_transposed_convolution_gradients_equal_autograd():
     """The channels-last transposed convolution (its weight gradient taken as the equivalent
     convolution's) against autograd through F.conv_transpose2d on contiguous tensors, float64."""
     import torch.nn.functional as F
+
     from esvae.spiking import SpikingConvTranspose2d
+
     torch.manual_seed(0)
     layer = SpikingConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1, bn_alpha=None).double()
     x = (torch.rand(5, 6, 7, 7, dtype=torch.float64) < 0.3).double()
@@ -169,8 +180,8 @@ def test_torch_op_sweeps_match_the_reference(T):
     ref = lif_multistep_reference(x)
     spikes = lif_multistep(x)
     assert torch.equal(spikes, ref)
-    a, = torch.autograd.grad(ref, x, g)
-    b, = torch.autograd.grad(spikes, x, g)
+    (a,) = torch.autograd.grad(ref, x, g)
+    (b,) = torch.autograd.grad(spikes, x, g)
     torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
 
 
@@ -179,10 +190,13 @@ def test_recomputed_currents_are_batch_norm_and_deterministic():
     statistics, in forward and again in backward: equal to native batch norm up to rounding, and
     the same bits every time (so backward replays the forward's membrane potentials exactly)."""
     from esvae.spiking.layers import _TDBNThenLIF
+
     for shape in [(64, 32, 8, 8), (256, 40)]:
         bn = TDBatchNorm(shape[1], alpha=2.0)
         x = torch.randn(shape, generator=torch.Generator().manual_seed(3)) * 3 + 1
-        native, mean, invstd = torch.ops.aten.native_batch_norm(x, bn.weight * 0.4, bn.bias, None, None, True, 0.0, 1e-5)
+        native, mean, invstd = torch.ops.aten.native_batch_norm(
+            x, bn.weight * 0.4, bn.bias, None, None, True, 0.0, 1e-5
+        )
         first = _TDBNThenLIF._currents(x, bn.weight, bn, mean, invstd, bn.bias)
         assert torch.equal(first, _TDBNThenLIF._currents(x, bn.weight, bn, mean, invstd, bn.bias))
         torch.testing.assert_close(first, native, rtol=1e-6, atol=1e-6)
@@ -216,8 +230,10 @@ def test_fused_tdbn_lif_matches_batch_norm_then_reference_lif(backend, T, shape,
         for a, b in zip(grads_fast, grads_ref):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     # only the batch norm's parameters need a gradient (a first layer fed by images)
-    w_fast, = torch.autograd.grad(tdbn_lif(x.detach(), bn_fast, LIF(), T), [bn_fast.weight], g)
-    w_ref, = torch.autograd.grad(lif_multistep_reference(bn_ref(x.detach()).unflatten(0, (T, -1))), [bn_ref.weight], g)
+    (w_fast,) = torch.autograd.grad(tdbn_lif(x.detach(), bn_fast, LIF(), T), [bn_fast.weight], g)
+    (w_ref,) = torch.autograd.grad(
+        lif_multistep_reference(bn_ref(x.detach()).unflatten(0, (T, -1))), [bn_ref.weight], g
+    )
     torch.testing.assert_close(w_fast, w_ref, rtol=1e-5, atol=1e-6)
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         torch.testing.assert_close(getattr(bn_fast, name), getattr(bn_ref, name))
@@ -272,6 +288,7 @@ def test_the_numerics_check_catches_a_wrong_neuron(monkeypatch):
 def test_the_numerics_check_catches_a_wrong_gradient(monkeypatch):
     """Same spikes, a different surrogate window in the naive port: only gradients differ."""
     import esvae.bench.naive as naive_module
+
     pair = build_pair("esvae", "fashion", 3, batch=4)
     monkeypatch.setattr(naive_module, "rectangle", lambda u: (u.abs() < 0.4).to(u.dtype))
     report = check_numerics(pair)
@@ -289,9 +306,12 @@ def test_kernels_keep_torch_thread_count():
     the first kernel call: starting numba's OpenMP pool must not change torch's thread count."""
     import subprocess
     import sys
-    code = ("import torch; torch.set_num_threads(1); from esvae.spiking import kernels; "
-            "kernels.lif_forward(torch.randn(4, 3, 5), torch.ones(3), torch.zeros(3), 2, 0.25, 0.2); "
-            "print(torch.get_num_threads())")
+
+    code = (
+        "import torch; torch.set_num_threads(1); from esvae.spiking import kernels; "
+        "kernels.lif_forward(torch.randn(4, 3, 5), torch.ones(3), torch.zeros(3), 2, 0.25, 0.2); "
+        "print(torch.get_num_threads())"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "1"
@@ -299,10 +319,10 @@ def test_kernels_keep_torch_thread_count():
 
 def test_peak_memory_counts_live_allocations():
     def work():
-        a = torch.empty(1_000_000)        # 4 MB
-        b = torch.empty(2_000_000)        # 8 MB: 12 MB held
+        a = torch.empty(1_000_000)  # 4 MB
+        b = torch.empty(2_000_000)  # 8 MB: 12 MB held
         del a
-        c = torch.empty(500_000)          # 2 MB: 10 MB held
+        c = torch.empty(500_000)  # 2 MB: 10 MB held
         return b, c
 
     peak = peak_memory_bytes(work)
@@ -311,6 +331,7 @@ def test_peak_memory_counts_live_allocations():
 
 def test_the_training_step_is_the_one_esvae_train_runs(monkeypatch):
     import esvae.train as train_module
+
     calls = []
     original = train_module.train_step
 
@@ -333,8 +354,9 @@ def test_the_training_step_is_the_one_esvae_train_runs(monkeypatch):
         seen.add(node)
         nodes.append(type(node).__name__)
         stack.extend(n for n, _ in node.next_functions)
-    layers_with_bn_and_lif = sum(1 for m in pair.ours.modules() if getattr(m, "bn", None) is not None
-                                 and getattr(m, "lif", None) is not None)
+    layers_with_bn_and_lif = sum(
+        1 for m in pair.ours.modules() if getattr(m, "bn", None) is not None and getattr(m, "lif", None) is not None
+    )
     assert nodes.count("_TDBNThenLIFBackward") == layers_with_bn_and_lif == 10
 
 
@@ -343,7 +365,9 @@ def test_bench_command_writes_a_checked_report(tmp_path, capsys):
     import re
     import shlex
     from pathlib import Path
+
     from esvae.cli import main
+
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     (command,) = re.findall(r"^\.venv/bin/python -m esvae bench --timesteps 2 .*$", readme, flags=re.M)
     out = tmp_path / "bench.json"
@@ -358,18 +382,25 @@ def test_bench_command_writes_a_checked_report(tmp_path, capsys):
                 s = row["seconds"][allocator]
                 assert row["images_per_s"][allocator]["ours"][mode] == pytest.approx(4 / s["ours"][mode])
                 assert row["speedup"][allocator][mode] == pytest.approx(s["naive"][mode] / s["ours"][mode])
-        assert row["memory_ratio"]["train"] == pytest.approx(row["peak_bytes"]["ours"]["train"]
-                                                             / row["peak_bytes"]["naive"]["train"])
+        assert row["memory_ratio"]["train"] == pytest.approx(
+            row["peak_bytes"]["ours"]["train"] / row["peak_bytes"]["naive"]["train"]
+        )
         for allocator in ("default", "tuned"):  # peak resident memory, a fresh process per measurement
             hwm = {i: row["peak_rss_bytes"][allocator][i]["train"] for i in ("naive", "ours")}
             assert all(v["vmhwm_bytes"] >= v["rss_before_bytes"] > 100 * 2**20 for v in hwm.values())
-            assert row["rss_ratio"][allocator]["train"] == pytest.approx(hwm["ours"]["vmhwm_bytes"] / hwm["naive"]["vmhwm_bytes"])
+            assert row["rss_ratio"][allocator]["train"] == pytest.approx(
+                hwm["ours"]["vmhwm_bytes"] / hwm["naive"]["vmhwm_bytes"]
+            )
         for mode in ("train", "eval", "sample"):
             bound = report["machine"]["dense_flops_per_second"] / row["flops_per_image"][mode]
             assert row["flop_bound_images_per_s"][mode] == pytest.approx(bound)
-            assert row["fraction_of_flop_bound"][mode] == pytest.approx(row["images_per_s"]["tuned"]["ours"][mode] / bound)
-        assert row["flops_per_image"]["train"] > 2 * row["flops_per_image"]["eval"]   # backward: about twice forward
-        spikes = row["spike_inputs"]["train"]  # 7 convolutions on spikes (all but the first); 1 for the readout-first tconv: none
+            assert row["fraction_of_flop_bound"][mode] == pytest.approx(
+                row["images_per_s"]["tuned"]["ours"][mode] / bound
+            )
+        assert row["flops_per_image"]["train"] > 2 * row["flops_per_image"]["eval"]  # backward: about twice forward
+        spikes = row["spike_inputs"][
+            "train"
+        ]  # 7 convolutions on spikes (all but the first); 1 for the readout-first tconv: none
         assert spikes["convolutions_on_spikes"] == 7 and 0 <= spikes["spike_driven"] <= 7
         assert 0 < spikes["firing_rate"] < 1
     table = capsys.readouterr().out
@@ -380,6 +411,7 @@ def test_bench_command_writes_a_checked_report(tmp_path, capsys):
 
 def test_bench_refuses_an_unavailable_device(monkeypatch, capsys):
     from esvae.cli import main
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["bench", "--device", "cuda", "--timesteps", "2"]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
@@ -391,11 +423,12 @@ def test_backward_kernels_do_not_depend_on_the_block_size(monkeypatch, dtype):
     leaves a ragged last block, one element, a whole image) gives the same bits; the in-place form's
     two passes equal lif_backward's sums and batch norm's input gradient over its output, bit for
     bit, for an input of T steps and for one repeated over time (the steps' gradients summed)."""
-    T, n, c, h, w = 5, 3, 5, 4, 6                                     # 120 elements per image
+    T, n, c, h, w = 5, 3, 5, 4, 6  # 120 elements per image
     gen = torch.Generator().manual_seed(21)
     x = (torch.randn(T * n, c, h, w, generator=gen, dtype=dtype) * 0.8 + 0.2).contiguous(
-        memory_format=torch.channels_last)
-    y = x[:n].clone(memory_format=torch.channels_last)                  # one input for every step
+        memory_format=torch.channels_last
+    )
+    y = x[:n].clone(memory_format=torch.channels_last)  # one input for every step
     scale = torch.linspace(0.5, 1.5, c, dtype=dtype)
     shift = torch.linspace(-0.1, 0.2, c, dtype=dtype)
     grad = torch.randn(T, n, c, h, w, generator=gen, dtype=dtype)

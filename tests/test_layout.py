@@ -1,12 +1,14 @@
 """The library stands apart from the pipeline: installing it needs none of the workflow's packages
 (Snakemake, MLflow, seaborn, pandas are an optional group the set-up installs), and importing it,
 building a model and running a training step and a sample load none of them."""
+
 import json
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 PIPELINE_ONLY = ("snakemake", "mlflow", "seaborn", "pandas")
@@ -23,7 +25,10 @@ def test_core_dependencies_hold_no_pipeline_package():
     for package in PIPELINE_ONLY:
         assert not any(n == package or n.startswith(package + "-") for n in core), package
         assert package in pipeline, package
-    assert 'pip install -q --disable-pip-version-check -e ".[pipeline,test]"' in (REPO / "scripts" / "setup.sh").read_text()
+    assert (
+        'pip install -q --disable-pip-version-check -e ".[pipeline,test]"'
+        in (REPO / "scripts" / "setup.sh").read_text()
+    )
 
 
 LIBRARY_USE = """
@@ -42,7 +47,8 @@ print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[1:
 
 
 def test_library_use_loads_no_pipeline_package():
-    out = subprocess.run([sys.executable, "-c", LIBRARY_USE, *PIPELINE_ONLY], capture_output=True, text=True,
-                         timeout=300, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-c", LIBRARY_USE, *PIPELINE_ONLY], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -1,4 +1,5 @@
 """The two LR rules at another batch size than the paper's (docs/method.md's worked numbers)."""
+
 import pytest
 
 from esvae.cli import main
@@ -15,8 +16,8 @@ def resolved(model, batch, rule):
 
 
 def test_original_linear_scaling_gives_the_original_codes_lr_at_batch_64():
-    assert resolved("esvae", 64, "original_linear_scaling").lr == pytest.approx(0.003 * 64 / 250)   # 0.000768
-    assert resolved("fsvae", 64, "original_linear_scaling").lr == pytest.approx(0.001 * 64 / 250)   # 0.000256
+    assert resolved("esvae", 64, "original_linear_scaling").lr == pytest.approx(0.003 * 64 / 250)  # 0.000768
+    assert resolved("fsvae", 64, "original_linear_scaling").lr == pytest.approx(0.001 * 64 / 250)  # 0.000256
     assert resolved("taid", 16, "original_linear_scaling").lr == pytest.approx(0.001 * 16 / 250)
 
 
@@ -31,6 +32,21 @@ def test_paper_effective_keeps_the_papers_lr_and_says_so():
 
 
 def test_cli_refuses_lr_together_with_a_rule(tmp_path, capsys):
-    code = main(["train", "--model", "esvae", "--dataset", "fashion", "--epochs", "0", "--out", str(tmp_path / "r"),
-                 "--lr", "0.001", "--lr-rule", "paper_effective"])
+    code = main(
+        [
+            "train",
+            "--model",
+            "esvae",
+            "--dataset",
+            "fashion",
+            "--epochs",
+            "0",
+            "--out",
+            str(tmp_path / "r"),
+            "--lr",
+            "0.001",
+            "--lr-rule",
+            "paper_effective",
+        ]
+    )
     assert code != 0 and "give --lr or --lr-rule, not both" in capsys.readouterr().err

@@ -1,22 +1,29 @@
 """ESVAE architecture, public API, checkpoints (own format and the original layout)."""
+
 import pytest
 import torch
+from original_layout import naive_decode, naive_encode, original_esvae_state_dict
 
 import esvae
 from esvae.checkpoints import save_checkpoint
 from esvae.errors import CheckpointError, ConfigError
-from original_layout import naive_decode, naive_encode, original_esvae_state_dict
 
 
-@pytest.mark.parametrize("dataset,expected", [("fashion", 855_905), ("mnist", 855_905), ("cifar10", 1_069_411),
-                                              ("celeba", 3_696_227)])
+@pytest.mark.parametrize(
+    "dataset,expected", [("fashion", 855_905), ("mnist", 855_905), ("cifar10", 1_069_411), ("celeba", 3_696_227)]
+)
 def test_parameter_counts_match_method_table(dataset, expected):
     assert esvae.count_parameters(esvae.build_model("esvae", dataset)) == expected
 
 
 def test_paper_configuration_and_overrides():
     model = esvae.build_model("esvae", "celeba", timesteps=4, latent_dim=16)
-    assert (model.config.in_channels, model.config.image_size, model.config.latent_dim, model.timesteps) == (3, 64, 16, 4)
+    assert (model.config.in_channels, model.config.image_size, model.config.latent_dim, model.timesteps) == (
+        3,
+        64,
+        16,
+        4,
+    )
     assert model.config.hidden_dims == (32, 64, 128, 256, 512)
     with pytest.raises(ConfigError, match="timesteps must be a positive integer"):
         esvae.build_model("esvae", "fashion", timesteps=0)
@@ -55,7 +62,7 @@ def test_loss_is_mse_plus_weighted_mmd_and_reaches_all_parameters():
     torch.testing.assert_close(out.posterior_rate, out.latent_spikes.mean(0))
     terms["loss"].backward()
     assert model.prior_bottleneck.weight.grad.abs().sum() > 0  # prior learns through the MMD
-    assert model.encoder[0].weight.grad.abs().sum() > 0         # encoder learns through the sampler
+    assert model.encoder[0].weight.grad.abs().sum() > 0  # encoder learns through the sampler
 
 
 def test_reconstruction_gradient_reaches_the_encoder_through_the_sampler():
@@ -63,7 +70,7 @@ def test_reconstruction_gradient_reaches_the_encoder_through_the_sampler():
     model = esvae.build_model("esvae", "fashion", timesteps=4, mmd_weight=0.0)
     x = torch.rand(4, 1, 32, 32) * 2 - 1
     model.loss(x, model(x, generator=torch.Generator().manual_seed(0)))["loss"].backward()
-    assert model.encoder[0].weight.grad.abs().sum() > 0      # MSE alone trains the encoder
+    assert model.encoder[0].weight.grad.abs().sum() > 0  # MSE alone trains the encoder
     assert model.prior_bottleneck.weight.grad is None or model.prior_bottleneck.weight.grad.abs().sum() == 0
 
 
@@ -75,10 +82,13 @@ def test_prior_bottleneck_trains_at_ten_times_the_lr():
     assert sum(p.numel() for g in groups.values() for p in g["params"]) == 855_905
 
 
-@pytest.mark.parametrize("dataset,channels,latent,dims", [
-    ("fashion", 1, 32, (32, 64, 128, 256)),
-    ("celeba", 3, 128, (32, 64, 128, 256, 512)),
-])
+@pytest.mark.parametrize(
+    "dataset,channels,latent,dims",
+    [
+        ("fashion", 1, 32, (32, 64, 128, 256)),
+        ("celeba", 3, 128, (32, 64, 128, 256, 512)),
+    ],
+)
 def test_original_checkpoint_computes_the_original_function(tmp_path, dataset, channels, latent, dims, caplog):
     T = 3
     sd = original_esvae_state_dict(channels, latent, dims, timesteps=T)
@@ -91,13 +101,14 @@ def test_original_checkpoint_computes_the_original_function(tmp_path, dataset, c
     size = 64 if dataset == "celeba" else 32
     x = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(3)) * 2 - 1
     with torch.no_grad():
-        ours = model.encode(x)                             # (T, N, L)
-        ref = naive_encode(sd, x, T, len(dims))            # (N, L, T)
+        ours = model.encode(x)  # (T, N, L)
+        ref = naive_encode(sd, x, T, len(dims))  # (N, L, T)
         assert torch.equal(ours, ref.permute(2, 0, 1))
         assert 0 < ours.mean() < 1
         z = (torch.rand(2, latent, T, generator=torch.Generator().manual_seed(4)) < 0.4).float()
-        torch.testing.assert_close(model.decode(z.permute(2, 0, 1)), naive_decode(sd, z, len(dims), dims[-1]),
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            model.decode(z.permute(2, 0, 1)), naive_decode(sd, z, len(dims), dims[-1]), rtol=1e-4, atol=1e-5
+        )
         eps_gen = torch.Generator().manual_seed(5)
         eps = torch.randn(4, latent, generator=eps_gen)
         expected_prior = torch.sigmoid(eps @ sd["sample_layer.0.weight"].T + sd["sample_layer.0.bias"])
@@ -135,7 +146,9 @@ def test_own_checkpoint_round_trip_and_corrupt_file(tmp_path):
     x = torch.rand(2, 1, 32, 32) * 2 - 1
     loaded.eval()
     with torch.no_grad():
-        assert torch.equal(model.sample(3, torch.Generator().manual_seed(0)), loaded.sample(3, torch.Generator().manual_seed(0)))
+        assert torch.equal(
+            model.sample(3, torch.Generator().manual_seed(0)), loaded.sample(3, torch.Generator().manual_seed(0))
+        )
         assert torch.equal(model.encode(x), loaded.encode(x))
     data = (tmp_path / "ckpt.pt").read_bytes()
     (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
@@ -151,7 +164,7 @@ def test_linear_mmd_option_changes_the_loss_term():
     x = torch.rand(4, 1, 32, 32) * 2 - 1
     out = model(x, generator=torch.Generator().manual_seed(0))
     delta = out.posterior_rate.mean(0) - out.prior_rate.mean(0)
-    torch.testing.assert_close(model.loss(x, out)["mmd"], (delta ** 2).sum())
+    torch.testing.assert_close(model.loss(x, out)["mmd"], (delta**2).sum())
     with pytest.raises(ConfigError, match="linear, rbf"):
         esvae.build_model("esvae", "fashion", mmd_kernel="gauss")
 
@@ -169,10 +182,16 @@ def test_esvae_takes_each_declared_sampler(sampler):
 
 
 def test_model_refuses_a_sampler_it_does_not_take():
-    with pytest.raises(ConfigError, match="model 'esvae' does not take the latent sampler 'fsvae_autoregressive'; it "
-                                          r"accepts: poisson, bernoulli_st, rate_repeat \(fsvae_autoregressive is the "
-                                          r"latent of: fsvae, taid\)"):
+    with pytest.raises(
+        ConfigError,
+        match="model 'esvae' does not take the latent sampler 'fsvae_autoregressive'; it "
+        r"accepts: poisson, bernoulli_st, rate_repeat \(fsvae_autoregressive is the "
+        r"latent of: fsvae, taid\)",
+    ):
         esvae.build_model("esvae", "fashion", sampler="fsvae_autoregressive")
-    with pytest.raises(ConfigError, match="model 'taid' does not take the latent sampler 'poisson'; it accepts: "
-                                          r"fsvae_autoregressive \(poisson is the latent of: esvae\)"):
+    with pytest.raises(
+        ConfigError,
+        match="model 'taid' does not take the latent sampler 'poisson'; it accepts: "
+        r"fsvae_autoregressive \(poisson is the latent of: esvae\)",
+    ):
         esvae.build_model("taid", "fashion", sampler="poisson")

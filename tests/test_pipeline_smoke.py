@@ -5,6 +5,7 @@ The run (the session fixture ``smoke_dir`` in conftest.py, shared with the SLURM
 minutes on 2 cores; set ``ESVAE_SMOKE_DIR`` to a folder where the smoke preset already ran to check
 that folder instead (the checks are the same).
 """
+
 import json
 import os
 import re
@@ -17,9 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import BIN, REPO, workflow_env
 from PIL import Image
 
-from conftest import BIN, REPO, workflow_env
 from esvae import grid
 from esvae.report import FIGURES, TABLES
 
@@ -32,17 +33,22 @@ def test_every_output_exists_and_parses(smoke_dir):
     for p in POINTS:
         run = results / "runs" / p.key
         train = json.loads((run / "train" / "metrics.json").read_text())
-        assert (train["model"], train["dataset"], train["timesteps"], train["epochs"]) == (p.model, p.dataset, p.timesteps, 1)
+        assert (train["model"], train["dataset"], train["timesteps"], train["epochs"]) == (
+            p.model,
+            p.dataset,
+            p.timesteps,
+            1,
+        )
         assert (run / "train" / "checkpoint.pt").stat().st_size > 10_000
         ev = json.loads((run / "evaluate" / "metrics.json").read_text())
         assert ev["fid"]["name"] == "FID@64" and ev["fad"]["name"] == "FAD@64" and ev["reconstruction_mse"]["n"] == 128
-        assert ev["inception_score"]["value"] is None and "refused" in ev["inception_score"]   # offline weights
+        assert ev["inception_score"]["value"] is None and "refused" in ev["inception_score"]  # offline weights
         probes = json.loads((run / "probe" / "probes.json").read_text())
         assert 0.0 <= probes["information_retention"]["linear_probe"]["value"] <= 1.0
-        for stage in ("train", "evaluate", "probe"):        # one path grammar for logs/ and benchmarks/
+        for stage in ("train", "evaluate", "probe"):  # one path grammar for logs/ and benchmarks/
             assert (smoke_dir / "logs" / "smoke" / "runs" / p.key / f"{stage}.log").is_file()
             assert (results / "benchmarks" / "runs" / p.key / f"{stage}.tsv").is_file()
-    assert sorted(p.name for p in (smoke_dir / "results").iterdir()) == ["smoke"]   # its own folder only
+    assert sorted(p.name for p in (smoke_dir / "results").iterdir()) == ["smoke"]  # its own folder only
     for name in TABLES:
         frame = pd.read_csv(results / "tables" / f"{name}.csv")
         assert len(frame) > 0, name
@@ -63,21 +69,28 @@ def test_table1_holds_paper_and_reproduced_rows(smoke_dir):
     fashion_paper = paper[paper["dataset"] == "fashion"]
     ours = table[table["source"].str.startswith("this run (smoke")]
     theirs = table[table["source"].str.startswith("paper")]
-    assert len(theirs) == len(fashion_paper)        # every published Fashion-MNIST row, SNN GANs included
+    assert len(theirs) == len(fashion_paper)  # every published Fashion-MNIST row, SNN GANs included
     esvae_paper = theirs[theirs["model"] == "ESVAE"].iloc[0]
     # the published FID/FAD stand under the protocols they were measured in (clean-fid; the authors' AE)
-    assert (esvae_paper["mse"], esvae_paper["fid_clean"], esvae_paper["fad_published"], esvae_paper["inception_score"]) \
-        == (0.019, 125.3, 11.13, 6.227)
+    assert (
+        esvae_paper["mse"],
+        esvae_paper["fid_clean"],
+        esvae_paper["fad_published"],
+        esvae_paper["inception_score"],
+    ) == (0.019, 125.3, 11.13, 6.227)
     assert pd.isna(esvae_paper["fid"]) and pd.isna(esvae_paper["fad"])
     assert sorted(ours["model"]) == ["ANN VAE", "ESVAE", "FSVAE", "TAID"]
     for _, row in ours.iterrows():
-        key = next(p.key for p in grid.experiment_points(CONFIG)["main"]
-                   if {"ESVAE": "esvae", "FSVAE": "fsvae", "ANN VAE": "ann_vae", "TAID": "taid"}[row["model"]] == p.model)
+        key = next(
+            p.key
+            for p in grid.experiment_points(CONFIG)["main"]
+            if {"ESVAE": "esvae", "FSVAE": "fsvae", "ANN VAE": "ann_vae", "TAID": "taid"}[row["model"]] == p.model
+        )
         ev = json.loads((smoke_dir / "results" / "smoke" / "runs" / key / "evaluate" / "metrics.json").read_text())
         assert row["mse"] == pytest.approx(ev["reconstruction_mse"]["value"])
         assert row["fid"] == pytest.approx(ev["fid"]["value"]) and row["fad"] == pytest.approx(ev["fad"]["value"])
         assert row["fid_clean"] == pytest.approx(ev["fid_clean"]["value"]) and ev["fid_clean"]["name"] == "FID-clean@64"
-        assert pd.isna(row["inception_score"])          # refused, never filled in
+        assert pd.isna(row["inception_score"])  # refused, never filled in
         assert pd.isna(row["fad_published"]) and "files were not supplied" in ev["fad_published"]["refused"]
         assert "FID: FID@64 vs test[:64] (N=64)" in row["conditions"] and "MSE over test[:128]" in row["conditions"]
         assert row["source"] == "this run (smoke, N=128, seeds 0)"
@@ -98,6 +111,7 @@ def test_ablation_tables_hold_their_points(smoke_dir):
 
 def _mlflow_runs(smoke_dir):
     from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri=f"sqlite:///{smoke_dir / 'results' / 'smoke' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(CONFIG["experiment"])
     return client, client.search_runs([experiment.experiment_id])
@@ -118,7 +132,7 @@ def test_mlflow_store_holds_one_run_per_trained_model_with_its_metrics(smoke_dir
         assert run.data.params["model_config.timesteps"] == run.data.params["timesteps"] == str(p.timesteps)
         assert run.data.params["sampler"] == p.sampler and run.data.params["seed"] == str(p.seed)
         assert run.data.tags["mlflow.source.git.commit"] != "unknown"
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "test_mse")] == [0, 1]   # per epoch
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "test_mse")] == [0, 1]  # per epoch
         assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"train", "evaluate", "probe"}
         assert run.data.tags["evaluate.fid"] == "FID@64 vs test[:64] (N=64)"
 
@@ -132,9 +146,23 @@ def _free_port():
 def test_mlflow_ui_serves_the_smoke_runs_over_its_rest_api(smoke_dir):
     port = _free_port()
     store = f"sqlite:///{smoke_dir / 'results' / 'smoke' / 'mlflow.db'}"
-    proc = subprocess.Popen([str(BIN / "mlflow"), "ui", "--backend-store-uri", store, "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(BIN / "mlflow"),
+            "ui",
+            "--backend-store-uri",
+            store,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -151,9 +179,12 @@ def test_mlflow_ui_serves_the_smoke_runs_over_its_rest_api(smoke_dir):
         name = urllib.parse.quote(CONFIG["experiment"])
         with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name={name}") as r:
             experiment_id = json.load(r)["experiment"]["experiment_id"]
-        request = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", method="POST",
-                                         data=json.dumps({"experiment_ids": [experiment_id], "max_results": 100}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{base}/api/2.0/mlflow/runs/search",
+            method="POST",
+            data=json.dumps({"experiment_ids": [experiment_id], "max_results": 100}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request) as r:
             runs = json.load(r)["runs"]
         keys = sorted(next(t["value"] for t in run["data"]["tags"] if t["key"] == "esvae.key") for run in runs)
@@ -161,7 +192,7 @@ def test_mlflow_ui_serves_the_smoke_runs_over_its_rest_api(smoke_dir):
         for run in runs:
             metrics = {m["key"] for m in run["data"]["metrics"]}
             assert {"final_test_mse", "eval_mse", "fid", "fad", "linear_probe_accuracy"} <= metrics
-        with urllib.request.urlopen(f"{base}/") as r:       # the UI page itself
+        with urllib.request.urlopen(f"{base}/") as r:  # the UI page itself
             assert r.status == 200 and "<html" in r.read().decode(errors="replace").lower()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -175,17 +206,49 @@ def test_mlflow_ui_serves_the_smoke_runs_over_its_rest_api(smoke_dir):
 def test_a_finished_run_plans_nothing_even_with_another_tracking_store(smoke_dir):
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     for extra in ([], ["tracking_uri=http://127.0.0.1:9", "experiment=elsewhere"]):
-        out = subprocess.run([str(BIN / "snakemake"), "-n", "-s", str(REPO / "Snakefile"), "--directory", str(smoke_dir),
-                              "--config", "preset=smoke", *extra], cwd=smoke_dir, env=env, capture_output=True,
-                             text=True, timeout=300)
-        assert out.returncode == 0 and "Nothing to be done" in out.stdout + out.stderr, (out.stdout + out.stderr)[-3000:]
+        out = subprocess.run(
+            [
+                str(BIN / "snakemake"),
+                "-n",
+                "-s",
+                str(REPO / "Snakefile"),
+                "--directory",
+                str(smoke_dir),
+                "--config",
+                "preset=smoke",
+                *extra,
+            ],
+            cwd=smoke_dir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0 and "Nothing to be done" in out.stdout + out.stderr, (out.stdout + out.stderr)[
+            -3000:
+        ]
 
 
 def test_snakemake_report_builds_an_html_report_with_the_figures(smoke_dir):
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    out = subprocess.run([str(BIN / "snakemake"), "--report", "report.html", "-s", str(REPO / "Snakefile"),
-                          "--directory", str(smoke_dir), "--config", "preset=smoke"], cwd=smoke_dir, env=env,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            str(BIN / "snakemake"),
+            "--report",
+            "report.html",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(smoke_dir),
+            "--config",
+            "preset=smoke",
+        ],
+        cwd=smoke_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     html = (smoke_dir / "report.html").read_text(errors="replace")
     for name in ("robustness.png", "metrics_vs_timesteps.png", "grids_fashion.png", "perturbations_fashion.png"):
@@ -215,15 +278,29 @@ def test_a_killed_training_job_resumes_on_the_next_snakemake_run(smoke_dir, tmp_
     key = "fashion/esvae/poisson/T4/seed0"
     work = tmp_path / "work"
     work.mkdir()
-    (work / "every-step.yaml").write_text("checkpoint: {every_steps: 1}\n")    # --config would pass "1" as a string
-    cmd = [str(BIN / "snakemake"), "--cores", "1", "--config", "preset=smoke", "--configfile", "every-step.yaml",
-           "-s", str(REPO / "Snakefile"), "--directory", str(work), f"results/smoke/runs/{key}/train/checkpoint.pt"]
+    (work / "every-step.yaml").write_text("checkpoint: {every_steps: 1}\n")  # --config would pass "1" as a string
+    cmd = [
+        str(BIN / "snakemake"),
+        "--cores",
+        "1",
+        "--config",
+        "preset=smoke",
+        "--configfile",
+        "every-step.yaml",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(work),
+        f"results/smoke/runs/{key}/train/checkpoint.pt",
+    ]
     env = workflow_env(data_root, inception_cache)
     run_dir = work / "results" / "smoke" / "runs" / key / "train"
     with open(tmp_path / "first.txt", "w") as first_out:
         first = subprocess.Popen(cmd, cwd=work, env=env, stdout=first_out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
-        while not ((run_dir / "train.log").is_file() and "checkpoint: epoch 1, batch 2," in (run_dir / "train.log").read_text()):
+        while not (
+            (run_dir / "train.log").is_file() and "checkpoint: epoch 1, batch 2," in (run_dir / "train.log").read_text()
+        ):
             assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first.txt").read_text()[-3000:]
             time.sleep(0.02)
         pids = _training_pids(work)
@@ -233,9 +310,13 @@ def test_a_killed_training_job_resumes_on_the_next_snakemake_run(smoke_dir, tmp_
     assert (run_dir / "resume.pt").is_file() and not (run_dir / "checkpoint.pt").exists()
     second = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
-    train_log = (run_dir / "train.log").read_text()     # the run's own log (not a declared output) keeps both attempts
-    assert "resuming from results/smoke/runs/fashion/esvae/poisson/T4/seed0/train/resume.pt: epoch 1, batch " in train_log
+    train_log = (run_dir / "train.log").read_text()  # the run's own log (not a declared output) keeps both attempts
+    assert (
+        "resuming from results/smoke/runs/fashion/esvae/poisson/T4/seed0/train/resume.pt: epoch 1, batch " in train_log
+    )
     assert train_log.count("training esvae on Fashion-MNIST") == 2
     ours = torch.load(run_dir / "checkpoint.pt", weights_only=True)["state_dict"]
-    smoke = torch.load(smoke_dir / "results" / "smoke" / "runs" / key / "train" / "checkpoint.pt", weights_only=True)["state_dict"]
+    smoke = torch.load(smoke_dir / "results" / "smoke" / "runs" / key / "train" / "checkpoint.pt", weights_only=True)[
+        "state_dict"
+    ]
     assert ours.keys() == smoke.keys() and all(torch.equal(ours[k], smoke[k]) for k in ours)

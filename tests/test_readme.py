@@ -1,12 +1,13 @@
 """The README's examples are the ones that run: its Python block executes, its test command is CI's."""
+
 import re
 from pathlib import Path
 
 import torch
+from original_layout import original_esvae_state_dict
 
 import esvae
 from esvae.checkpoints import save_checkpoint
-from original_layout import original_esvae_state_dict
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
@@ -48,6 +49,7 @@ def test_readme_is_short_and_every_command_in_it_is_run_by_a_test():
     command (checked above and run by CI), the smoke preset (conftest.smoke_dir runs it), the quick
     bench (test_fast_path runs it) and the Python block (run above)."""
     from conftest import SMOKE_COMMAND
+
     assert len(README.splitlines()) <= 150
     blocks = re.findall(r"```(\w*)\n(.*?)```", README, flags=re.S)
     assert {lang for lang, _ in blocks} <= {"bash", "python", ""}
@@ -63,6 +65,7 @@ def test_readme_links_resolve_and_nothing_refers_outside_the_clone():
     """Every relative link of the README and docs/ names a file of the repository, and no tracked text
     file points at a folder a clone does not have (the spec folder beside the development checkout)."""
     import subprocess
+
     files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
         for target in re.findall(r"\]\(([^)#]+)\)", doc.read_text()):
@@ -71,5 +74,8 @@ def test_readme_links_resolve_and_nothing_refers_outside_the_clone():
     outside = "../" + "shared"
     for name in files:
         path = REPO / name
-        if path.suffix in {".py", ".md", ".yaml", ".yml", ".toml", ".sh", ".smk", ".rst", ".txt", ".cfg"} or name in {"Snakefile", ".ci/run"}:
+        if path.suffix in {".py", ".md", ".yaml", ".yml", ".toml", ".sh", ".smk", ".rst", ".txt", ".cfg"} or name in {
+            "Snakefile",
+            ".ci/run",
+        }:
             assert outside not in path.read_text(errors="ignore"), f"{name} refers to {outside}"

@@ -1,5 +1,6 @@
 """``python -m esvae report`` on hand-made result files (golden means/stds, missing runs, bad files)
 and the MLflow mirror (unreachable store, 8 concurrent jobs on one SQLite store)."""
+
 import json
 import math
 import subprocess
@@ -25,31 +26,79 @@ def write_run(results: Path, key: str, mse: float, fid: float, probe_acc: float,
     (run / "evaluate").mkdir(parents=True)
     (run / "probe").mkdir(parents=True)
     block = {"value": mse, "n": 128, "split": "test[:128]"}
-    (run / "train" / "metrics.json").write_text(json.dumps({
-        "model": p.model, "reconstruction_mse": block, "baseline_mean_image_mse": {"value": 0.3},
-        "train_images": 256, "epochs": epochs, "parameters": 855905, "timesteps": p.timesteps}))
+    (run / "train" / "metrics.json").write_text(
+        json.dumps(
+            {
+                "model": p.model,
+                "reconstruction_mse": block,
+                "baseline_mean_image_mse": {"value": 0.3},
+                "train_images": 256,
+                "epochs": epochs,
+                "parameters": 855905,
+                "timesteps": p.timesteps,
+            }
+        )
+    )
     (run / "train" / "history.tsv").write_text("epoch\tstep\ttest_mse\n0\t0\t0.9\n1\t8\t%g\n" % mse)
-    (run / "train" / "config.json").write_text(json.dumps({
-        "model": p.model, "dataset": p.dataset, "model_config": {"timesteps": p.timesteps, "sampler": p.sampler},
-        "train_config": {"epochs": epochs, "seed": p.seed, "train_subset": 256, "test_subset": 128, "batch_size": 32}}))
+    (run / "train" / "config.json").write_text(
+        json.dumps(
+            {
+                "model": p.model,
+                "dataset": p.dataset,
+                "model_config": {"timesteps": p.timesteps, "sampler": p.sampler},
+                "train_config": {
+                    "epochs": epochs,
+                    "seed": p.seed,
+                    "train_subset": 256,
+                    "test_subset": 128,
+                    "batch_size": 32,
+                },
+            }
+        )
+    )
     if evaluated:
-        (run / "evaluate" / "metrics.json").write_text(json.dumps({
-            "reconstruction_mse": block, "kid": {"value": 0.5},
-            "fid": {"value": fid, "name": "FID@64", "n_reference": 64, "reference_split": "test[:64]"},
-            "fad": {"value": 1.0, "name": "FAD@64", "n_reference": 128, "reference_split": "test[:128]"},
-            "fid_clean": {"value": fid + 7, "name": "FID-clean@64", "n_reference": 64, "reference_split": "test[:64]"},
-            "fad_published": {"value": 2.5, "name": "FAD@64", "label": "published AE 0123abcd, stats 4567ef01"},
-            "inception_score": {"value": None, "refused": "no classifier head"},
-            "parameters": {"total": 855905},
-            "spike_costs": {"mean_firing_rate": 0.2, "reconstruction_path": {"synops": 1e6, "macs": 3e5},
-                            "split": "test[:100]"},
-            "sampling_time": {"milliseconds_per_image": 2.0, "n": 64}}))
-    rows = [{"condition": "clean", "a": 0.0, "mse": mse}, {"condition": "shuffled", "a": None, "mse": mse + 0.01},
-            {"condition": "noise_0.05", "a": 0.05, "mse": mse + 0.02}]
-    (run / "probe" / "probes.json").write_text(json.dumps({
-        "information_retention": {"linear_probe": {"value": probe_acc, "n_train": 256, "test_split": "test[:128]"},
-                                  "mse_sampled": {"value": mse}, "mse_deterministic": {"value": mse - 0.01}},
-        "decoder_robustness": {"rows": rows}}))
+        (run / "evaluate" / "metrics.json").write_text(
+            json.dumps(
+                {
+                    "reconstruction_mse": block,
+                    "kid": {"value": 0.5},
+                    "fid": {"value": fid, "name": "FID@64", "n_reference": 64, "reference_split": "test[:64]"},
+                    "fad": {"value": 1.0, "name": "FAD@64", "n_reference": 128, "reference_split": "test[:128]"},
+                    "fid_clean": {
+                        "value": fid + 7,
+                        "name": "FID-clean@64",
+                        "n_reference": 64,
+                        "reference_split": "test[:64]",
+                    },
+                    "fad_published": {"value": 2.5, "name": "FAD@64", "label": "published AE 0123abcd, stats 4567ef01"},
+                    "inception_score": {"value": None, "refused": "no classifier head"},
+                    "parameters": {"total": 855905},
+                    "spike_costs": {
+                        "mean_firing_rate": 0.2,
+                        "reconstruction_path": {"synops": 1e6, "macs": 3e5},
+                        "split": "test[:100]",
+                    },
+                    "sampling_time": {"milliseconds_per_image": 2.0, "n": 64},
+                }
+            )
+        )
+    rows = [
+        {"condition": "clean", "a": 0.0, "mse": mse},
+        {"condition": "shuffled", "a": None, "mse": mse + 0.01},
+        {"condition": "noise_0.05", "a": 0.05, "mse": mse + 0.02},
+    ]
+    (run / "probe" / "probes.json").write_text(
+        json.dumps(
+            {
+                "information_retention": {
+                    "linear_probe": {"value": probe_acc, "n_train": 256, "test_split": "test[:128]"},
+                    "mse_sampled": {"value": mse},
+                    "mse_deterministic": {"value": mse - 0.01},
+                },
+                "decoder_robustness": {"rows": rows},
+            }
+        )
+    )
 
 
 @pytest.fixture
@@ -67,9 +116,9 @@ def test_table1_is_the_mean_and_std_over_seeds_next_to_the_paper(two_seed_result
     compile_report(two_seed_results)
     table = pd.read_csv(two_seed_results / "tables" / "table1.csv")
     ours = table[table["source"] == "this run (smoke, N=128, seeds 0,1)"]
-    assert list(ours["model"]) == ["ESVAE"]              # the only model with results
+    assert list(ours["model"]) == ["ESVAE"]  # the only model with results
     row = ours.iloc[0]
-    assert row["mse"] == pytest.approx(0.12) and row["mse_std"] == pytest.approx(math.sqrt(0.0008))   # ddof 1
+    assert row["mse"] == pytest.approx(0.12) and row["mse_std"] == pytest.approx(math.sqrt(0.0008))  # ddof 1
     assert row["fid"] == pytest.approx(105.0) and row["fid_std"] == pytest.approx(math.sqrt(50.0))
     paper = table[table["source"].str.startswith("paper")]
     assert set(paper["model"]) == {"SWGAN", "SGAD", "ANN VAE", "FSVAE", "ESVAE"}  # Fashion-MNIST rows of Table I
@@ -82,14 +131,22 @@ def test_table1_is_the_mean_and_std_over_seeds_next_to_the_paper(two_seed_result
     md = (two_seed_results / "tables" / "table1.md").read_text()
     assert "0.1200 ± 0.0283" in md and "105.0 ± 7.1" in md
     assert "this run (smoke, N=128, seeds 0,1)" in md and "FID: FID@64 vs test[:64] (N=64)" in md
-    assert "FAD (authors' AE: fashion published AE 0123abcd, stats 4567ef01)" in md and "FID-clean (paper's protocol)" in md
+    assert (
+        "FAD (authors' AE: fashion published AE 0123abcd, stats 4567ef01)" in md
+        and "FID-clean (paper's protocol)" in md
+    )
     assert "\\pm" in (two_seed_results / "tables" / "table1.tex").read_text()
     costs = (two_seed_results / "tables" / "costs.md").read_text()
-    assert "855,905 " in costs and "855,905 ±" not in costs and "test[:100]" in costs   # exact count, no ±0
+    assert "855,905 " in costs and "855,905 ±" not in costs and "test[:100]" in costs  # exact count, no ±0
     # 1e6 synops x 0.9 pJ + 3e5 MACs x 4.6 pJ = 2.28e6 pJ = 2.280 uJ per image, with its assumptions
     assert pd.read_csv(two_seed_results / "tables" / "costs.csv").iloc[0]["energy_uj"] == pytest.approx(2.28)
-    assert " 2.28 " in costs and "2.28 ±" not in costs and "0.9 pJ per synaptic operation" in costs and "Horowitz, ISSCC 2014" in costs
-    assert "test[:128]" in (two_seed_results / "tables" / "ablation_timesteps.md").read_text()   # the MSE's split
+    assert (
+        " 2.28 " in costs
+        and "2.28 ±" not in costs
+        and "0.9 pJ per synaptic operation" in costs
+        and "Horowitz, ISSCC 2014" in costs
+    )
+    assert "test[:128]" in (two_seed_results / "tables" / "ablation_timesteps.md").read_text()  # the MSE's split
 
 
 def test_unevaluated_and_foreign_runs_never_enter_the_tables(two_seed_results):
@@ -98,8 +155,8 @@ def test_unevaluated_and_foreign_runs_never_enter_the_tables(two_seed_results):
     compile_report(two_seed_results)
     t_ablation = pd.read_csv(two_seed_results / "tables" / "ablation_timesteps.csv")
     t2 = t_ablation[t_ablation["T"] == 2].iloc[0]
-    assert math.isnan(t2["mse"]) and t2["seeds"] == 1      # training's own test MSE is not an evaluation MSE
-    assert t2["linear_probe"] == pytest.approx(0.5)        # the probes of the evaluated-less run still count
+    assert math.isnan(t2["mse"]) and t2["seeds"] == 1  # training's own test MSE is not an evaluation MSE
+    assert t2["linear_probe"] == pytest.approx(0.5)  # the probes of the evaluated-less run still count
     runs = pd.read_csv(two_seed_results / "tables" / "runs.csv").set_index("run")
     foreign = runs.loc["fashion/esvae/poisson/T2/seed1"]
     assert not foreign["trained"] and "train_config.epochs=3 (preset: 1)" in foreign["excluded"]
@@ -108,12 +165,12 @@ def test_unevaluated_and_foreign_runs_never_enter_the_tables(two_seed_results):
 def test_missing_runs_are_listed_not_filled_in(two_seed_results):
     compile_report(two_seed_results)
     runs = pd.read_csv(two_seed_results / "tables" / "runs.csv")
-    assert len(runs) == 12                                  # 6 smoke points x 2 seeds
+    assert len(runs) == 12  # 6 smoke points x 2 seeds
     complete = runs[runs["trained"] & runs["evaluated"] & runs["probed"]]["run"]
     assert sorted(complete) == [POINT.format(seed=0), POINT.format(seed=1)]
     assert "(2 of 12 complete;" in (two_seed_results / "tables" / "runs.md").read_text()
     t_ablation = pd.read_csv(two_seed_results / "tables" / "ablation_timesteps.csv")
-    assert list(t_ablation["T"]) == [4]                      # T=2 has no results: absent, not zero
+    assert list(t_ablation["T"]) == [4]  # T=2 has no results: absent, not zero
     probes = pd.read_csv(two_seed_results / "tables" / "probes.csv")
     assert probes.iloc[0]["linear_probe"] == pytest.approx(0.75)
     assert probes.iloc[0]["rob_shuffled"] == pytest.approx(0.13)
@@ -127,6 +184,7 @@ def test_a_retrained_point_keeps_one_active_mlflow_run(tmp_path, two_seed_result
     second = mirror("train", run_dir / "train", key, uri, "retrain")
     assert mirror("evaluate", run_dir / "evaluate", key, uri, "retrain") == second != first
     from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("retrain").experiment_id])
     assert run.info.run_id == second and client.get_run(first).info.lifecycle_stage == "deleted"
@@ -140,18 +198,20 @@ def test_report_refuses_what_it_cannot_read(tmp_path, two_seed_results, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "config.json not found" in err
     bad = two_seed_results / "runs" / POINT.format(seed=1) / "evaluate" / "metrics.json"
-    bad.write_text('{"fid": ')                               # a truncated file
+    bad.write_text('{"fid": ')  # a truncated file
     with pytest.raises(ResultFileError, match="evaluate/metrics.json is not a valid evaluate result file"):
         compile_report(two_seed_results)
-    bad.write_text('{"fid": {"value": "high"}}')             # whole, but not what evaluate writes
-    with pytest.raises(ResultFileError, match=r"\(fid.value is 'high', expected a finite number\); delete it and re-run"):
+    bad.write_text('{"fid": {"value": "high"}}')  # whole, but not what evaluate writes
+    with pytest.raises(
+        ResultFileError, match=r"\(fid.value is 'high', expected a finite number\); delete it and re-run"
+    ):
         compile_report(two_seed_results)
 
 
 def test_tracking_never_fails_the_job(tmp_path, two_seed_results, caplog):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    uri = f"sqlite:///{blocker}/mlflow.db"                  # its folder cannot be created
+    uri = f"sqlite:///{blocker}/mlflow.db"  # its folder cannot be created
     run_dir = two_seed_results / "runs" / POINT.format(seed=0) / "train"
     assert mirror("train", run_dir, POINT.format(seed=0), uri, "x") is None
     assert "tracking skipped" in caplog.text and "result files" in caplog.text
@@ -159,16 +219,38 @@ def test_tracking_never_fails_the_job(tmp_path, two_seed_results, caplog):
 
 def test_eight_concurrent_jobs_lose_no_run(tmp_path, two_seed_results):
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    init_store(uri, "concurrency")                          # what the workflow's onstart does
+    init_store(uri, "concurrency")  # what the workflow's onstart does
     run_dir = two_seed_results / "runs" / POINT.format(seed=0) / "train"
     keys = [f"fashion/esvae/poisson/T4/seed{100 + i}" for i in range(8)]
-    procs = [subprocess.Popen([sys.executable, "-m", "esvae", "track", "--stage", "train", "--dir", str(run_dir),
-                               "--key", key, "--uri", uri, "--experiment", "concurrency"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for key in keys]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "esvae",
+                "track",
+                "--stage",
+                "train",
+                "--dir",
+                str(run_dir),
+                "--key",
+                key,
+                "--uri",
+                uri,
+                "--experiment",
+                "concurrency",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for key in keys
+    ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert not any("tracking skipped" in out for out in outputs), outputs
     from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("concurrency").experiment_id])
     assert sorted(r.data.tags["esvae.key"] for r in runs) == sorted(keys)

@@ -1,4 +1,5 @@
 """Poisson sampler statistics and gradient; MMD against a direct evaluation of the formula."""
+
 import math
 
 import pytest
@@ -20,6 +21,7 @@ def test_registry_holds_the_ablation_samplers():
 
 # ---- the contract every registered sampler passes -------------------------------------------
 
+
 @pytest.mark.parametrize("name", ALL_SAMPLERS)
 def test_contract_shape_binary_values_and_spike_mean(name):
     sampler = build_sampler(name)
@@ -30,9 +32,9 @@ def test_contract_shape_binary_values_and_spike_mean(name):
     mean = spikes.mean((0, 1))
     n = 16 * 2000
     for r, m in zip(RATES.tolist(), mean.tolist()):
-        if sampler.stochastic:   # Bernoulli(r) per step: within 4 standard errors
+        if sampler.stochastic:  # Bernoulli(r) per step: within 4 standard errors
             assert abs(m - r) <= 4 * math.sqrt(r * (1 - r) / n) + 1e-12, (r, m)
-        else:                    # deterministic: floor(r T) spikes, so within 1/T below r
+        else:  # deterministic: floor(r T) spikes, so within 1/T below r
             assert r - 1 / 16 < m <= r + 1e-7, (r, m)
     assert mean[0] == 0.0 and mean[-1] == 1.0  # r=0 never fires, r=1 always does
 
@@ -96,7 +98,7 @@ def test_rate_repeat_spreads_the_count_evenly():
 def test_vote_selection_is_the_rate_interface_on_sorted_votes_and_routes_gradient_to_the_chosen_vote():
     sampler = build_sampler("fsvae_autoregressive")
     k = 5
-    fired = torch.tensor([[0, 1, 2, 4, 5]])                       # votes fired per unit (N=1, L=5)
+    fired = torch.tensor([[0, 1, 2, 4, 5]])  # votes fired per unit (N=1, L=5)
     votes = (torch.arange(k).view(1, 1, k) < fired.unsqueeze(-1)).float().expand(8, 1, 5, k)  # first j fire
     votes = votes.clone().requires_grad_(True)
     choice = sampler.choices((8, 1, 5), k, votes, torch.Generator().manual_seed(3))
@@ -105,7 +107,7 @@ def test_vote_selection_is_the_rate_interface_on_sorted_votes_and_routes_gradien
     upstream = torch.randn(8, 1, 5, generator=torch.Generator().manual_seed(4))
     (z * upstream).sum().backward()
     expected = torch.nn.functional.one_hot(choice, k).float() * upstream.unsqueeze(-1)
-    assert torch.equal(votes.grad, expected)                     # only the chosen vote gets gradient
+    assert torch.equal(votes.grad, expected)  # only the chosen vote gets gradient
     assert set(choice.unique().tolist()) <= set(range(k))
     many = sampler.choices((200_000,), k, votes, torch.Generator().manual_seed(5))
     counts = torch.bincount(many, minlength=k).float() / 200_000  # uniform over the k votes
@@ -125,11 +127,13 @@ def _mmd_double_loop(x, y, num_kernels=5, mul=2.0):
     m, b = len(z), x.shape[0]
     dist = [[sum((p - q) ** 2 for p, q in zip(z[i], z[j])) for j in range(m)] for i in range(m)]
     bandwidth = sum(map(sum, dist)) / (m * m - m) / 4.0
-    k = [[sum(math.exp(-dist[i][j] / (bandwidth * mul ** s)) for s in range(num_kernels)) for j in range(m)]
-         for i in range(m)]
-    xx = sum(k[i][j] for i in range(b) for j in range(b)) / b ** 2
-    yy = sum(k[i][j] for i in range(b, m) for j in range(b, m)) / b ** 2
-    xy = sum(k[i][j] for i in range(b) for j in range(b, m)) / b ** 2
+    k = [
+        [sum(math.exp(-dist[i][j] / (bandwidth * mul**s)) for s in range(num_kernels)) for j in range(m)]
+        for i in range(m)
+    ]
+    xx = sum(k[i][j] for i in range(b) for j in range(b)) / b**2
+    yy = sum(k[i][j] for i in range(b, m) for j in range(b, m)) / b**2
+    xy = sum(k[i][j] for i in range(b) for j in range(b, m)) / b**2
     return xx + yy - 2 * xy
 
 
@@ -154,7 +158,7 @@ def test_mmd_rbf_bandwidth_is_not_differentiated():
     def frozen(xx):
         z = torch.cat([xx, y])
         d = ((z[:, None] - z[None]) ** 2).sum(-1)
-        k = sum(torch.exp(-d / (b * 2 ** i)) for i in range(5))
+        k = sum(torch.exp(-d / (b * 2**i)) for i in range(5))
         return k[:4, :4].mean() + k[4:, 4:].mean() - 2 * k[:4, 4:].mean()
 
     xd = x.detach().clone().requires_grad_(True)
@@ -165,7 +169,7 @@ def test_mmd_rbf_bandwidth_is_not_differentiated():
 def test_mmd_linear_is_squared_distance_of_means():
     x = torch.tensor([[0.0, 1.0], [1.0, 1.0]])
     y = torch.tensor([[0.0, 0.0], [0.0, 0.0]])
-    assert mmd_linear(x, y).item() == pytest.approx(0.5 ** 2 + 1.0 ** 2)
+    assert mmd_linear(x, y).item() == pytest.approx(0.5**2 + 1.0**2)
 
 
 def test_mmd_of_identical_rows_is_zero_not_nan():

@@ -1,4 +1,5 @@
 """The sampling-cost helper: batching, warm-up, median and labels, with a fake clock."""
+
 import pytest
 import torch
 from torch import nn
@@ -28,9 +29,9 @@ def test_batches_warmup_and_median_on_a_fake_clock():
     fake = _FakeModel(0.01, extra=[0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     fake.train()
     cost = time_sampling(fake, n=10, batch_size=4, repeats=3, warmup=1, seed=7, clock=fake.clock)
-    assert fake.training                                              # the caller's mode is restored
-    assert [c[0] for c in fake.calls] == [4] + [4, 4, 2] * 3          # one warm-up batch, then n in 3 calls
-    assert {c[1:] for c in fake.calls} == {(7, False)}                # seeded generator, eval mode
+    assert fake.training  # the caller's mode is restored
+    assert [c[0] for c in fake.calls] == [4] + [4, 4, 2] * 3  # one warm-up batch, then n in 3 calls
+    assert {c[1:] for c in fake.calls} == {(7, False)}  # seeded generator, eval mode
     # Repeats take 0.1 + 0.5 (the slow call), 0.1, 0.1 s: the median ignores the outlier.
     assert cost.seconds_all == pytest.approx([0.6, 0.1, 0.1])
     assert cost.seconds == pytest.approx(0.1)
@@ -39,9 +40,14 @@ def test_batches_warmup_and_median_on_a_fake_clock():
     assert "10.000 ms/image" in cost.label() and "n=10 in batches of 4 on cpu" in cost.label()
 
 
-@pytest.mark.parametrize("kwargs,message", [({"n": 0}, "n must be a positive integer"),
-                                            ({"n": 4, "batch_size": 0}, "batch_size must be a positive integer"),
-                                            ({"n": 4, "repeats": 0}, "repeats must be a positive integer")])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"n": 0}, "n must be a positive integer"),
+        ({"n": 4, "batch_size": 0}, "batch_size must be a positive integer"),
+        ({"n": 4, "repeats": 0}, "repeats must be a positive integer"),
+    ],
+)
 def test_bad_arguments_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         time_sampling(_FakeModel(0.01, []), **kwargs)
@@ -53,8 +59,12 @@ def test_each_model_is_timed_generating_n_images(name, monkeypatch):
     model = esvae.build_model(name, "fashion", **overrides)
     shapes = []
     original = model.sample
-    monkeypatch.setattr(model, "sample", lambda n, generator=None: shapes.append(original(n, generator=generator).shape))
+    monkeypatch.setattr(
+        model, "sample", lambda n, generator=None: shapes.append(original(n, generator=generator).shape)
+    )
     cost = time_sampling(model, n=5, batch_size=3, repeats=1, warmup=0)
     assert shapes == [(3, 1, 32, 32), (2, 1, 32, 32)]
-    assert cost.model == name and cost.dataset == "fashion" and cost.timesteps == overrides.get("timesteps", 1)  # the ANN reports T=1
+    assert (
+        cost.model == name and cost.dataset == "fashion" and cost.timesteps == overrides.get("timesteps", 1)
+    )  # the ANN reports T=1
     assert cost.seconds > 0 and f"{name} (fashion" in cost.label()

@@ -1,6 +1,7 @@
 """Spike-driven convolutions (esvae/spiking/spike_conv.py) against torch's dense convolutions:
 the spike index, the forward and the weight gradient for ordinary and transposed convolutions of
 several geometries, the autograd op's three gradients, the fallbacks and thread independence."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,18 +13,18 @@ from esvae.spiking.layers import _SpikeConvolution
 # (transposed, in channels, out channels, kernel, stride, padding, output padding, height, width);
 # a pair is (along H, along W)
 GEOMETRIES = [
-    (False, 3, 5, 3, 2, 1, 0, 9, 8),     # the encoder's convolutions (odd size: a partial last window)
+    (False, 3, 5, 3, 2, 1, 0, 9, 8),  # the encoder's convolutions (odd size: a partial last window)
     (False, 4, 6, 3, 1, 1, 0, 7, 7),
-    (False, 2, 3, 3, 2, 0, 0, 8, 9),     # no padding
-    (False, 3, 4, 2, 2, 0, 0, 6, 6),     # even kernel
+    (False, 2, 3, 3, 2, 0, 0, 8, 9),  # no padding
+    (False, 3, 4, 2, 2, 0, 0, 6, 6),  # even kernel
     (False, 3, 4, (3, 2), (2, 1), (1, 0), 0, 7, 6),  # axes differ: kernel, stride, padding
-    (False, 300, 2, 3, 2, 1, 0, 4, 4),   # channel numbers past a byte (two-byte index)
-    (True, 4, 6, 3, 2, 1, 1, 5, 6),      # the decoder's transposed convolutions
-    (True, 3, 2, 3, 1, 1, 0, 6, 7),      # the last layer's
+    (False, 300, 2, 3, 2, 1, 0, 4, 4),  # channel numbers past a byte (two-byte index)
+    (True, 4, 6, 3, 2, 1, 1, 5, 6),  # the decoder's transposed convolutions
+    (True, 3, 2, 3, 1, 1, 0, 6, 7),  # the last layer's
     (True, 5, 3, 3, 2, 0, 1, 4, 4),
     (True, 2, 3, 4, 2, 1, 0, 3, 5),
     (True, 3, 4, (2, 3), (1, 2), (0, 1), (0, 1), 5, 4),  # axes differ
-    (True, 256, 1, 3, 2, 1, 1, 3, 3),    # channel 255 (the largest byte), one output channel
+    (True, 256, 1, 3, 2, 1, 1, 3, 3),  # channel 255 (the largest byte), one output channel
 ]
 
 
@@ -56,9 +57,9 @@ def test_non_binary_or_dense_input_is_left_to_the_dense_kernels():
     assert spike_conv.spike_index(x, max_density=1.0) is not None
     y = x.clone()
     y[0, 0, 0, 0] = 0.5
-    assert spike_conv.spike_index(y, max_density=1.0) is None                # not spikes
+    assert spike_conv.spike_index(y, max_density=1.0) is None  # not spikes
     assert spike_conv.spike_index(_spikes((2, 3, 4, 4), density=0.9)) is None  # above MAX_DENSITY
-    assert spike_conv.spike_index(x, max_density=0.0) is None                # switched off
+    assert spike_conv.spike_index(x, max_density=0.0) is None  # switched off
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -76,8 +77,9 @@ def test_forward_and_weight_gradient_equal_the_dense_convolution(geometry, dtype
     tol = dict(rtol=0, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(out, ref, **tol)
     grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2)).to(dtype)
-    want = torch.ops.aten.convolution_backward(grad, x, weight, None, s, p, [1, 1], transposed,
-                                               op, 1, [False, True, False])[1]
+    want = torch.ops.aten.convolution_backward(
+        grad, x, weight, None, s, p, [1, 1], transposed, op, 1, [False, True, False]
+    )[1]
     got = spike_conv.weight_grad(index, grad, weight.shape, transposed, s, p)
     torch.testing.assert_close(got, want, **tol)
 
@@ -119,8 +121,9 @@ def test_only_the_gradients_asked_for_are_formed():
         xi, wi = x.clone().requires_grad_(need_x), weight.clone().requires_grad_(need_w)
         wanted = [t for t in (xi, wi) if t.requires_grad]
         got = torch.autograd.grad(_SpikeConvolution.apply(xi, wi, bias, *args), wanted, grad)
-        ref = torch.autograd.grad(torch.ops.aten.convolution(xi, wi, bias, [s, s], [p, p], [1, 1], True, [op, op], 1),
-                                  wanted, grad)
+        ref = torch.autograd.grad(
+            torch.ops.aten.convolution(xi, wi, bias, [s, s], [p, p], [1, 1], True, [op, op], 1), wanted, grad
+        )
         for a, b in zip(got, ref):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
@@ -140,6 +143,7 @@ def test_weight_gradient_does_not_depend_on_the_thread_count():
     index = spike_conv.spike_index(x)
     grad = torch.randn(40, 8, 16, 16).contiguous(memory_format=torch.channels_last)
     import numba
+
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("numba has one thread here (NUMBA_NUM_THREADS): nothing to compare")
     threads = torch.get_num_threads()
@@ -153,10 +157,13 @@ def test_weight_gradient_does_not_depend_on_the_thread_count():
     assert torch.equal(results[0], results[1])
 
 
-@pytest.mark.parametrize("layer", [
-    SpikingConv2d(4, 6, 3, stride=2, padding=1, bn_alpha=None),
-    SpikingConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, bn_alpha=None),
-])
+@pytest.mark.parametrize(
+    "layer",
+    [
+        SpikingConv2d(4, 6, 3, stride=2, padding=1, bn_alpha=None),
+        SpikingConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, bn_alpha=None),
+    ],
+)
 def test_spiking_layers_give_the_same_result_with_and_without_the_spike_path(layer, monkeypatch):
     """A layer on spike trains: spike-driven and dense (MAX_DENSITY 0) runs agree in float64, forward
     and every gradient."""
@@ -189,12 +196,14 @@ def test_wide_layers_use_fewer_partial_sums_with_the_same_result(monkeypatch):
     weight, _ = _weights(transposed, cin, cout, k)
     index = spike_conv.spike_index(x, max_density=1.0)
     grad = torch.randn(5, cout, (h - 1) * s - 2 * p + k + op, (w - 1) * s - 2 * p + k + op, dtype=torch.float64)
-    want = torch.ops.aten.convolution_backward(grad, x, weight, None, [s, s], [p, p], [1, 1], True, [op, op], 1,
-                                               [False, True, False])[1]
+    want = torch.ops.aten.convolution_backward(
+        grad, x, weight, None, [s, s], [p, p], [1, 1], True, [op, op], 1, [False, True, False]
+    )[1]
     monkeypatch.setattr(spike_conv, "PART_BYTES", 3 * weight.numel() * 8)  # 3 partial sums
     assert spike_conv.partial_sums(weight.numel() * 8) == 3
-    torch.testing.assert_close(spike_conv.weight_grad(index, grad, weight.shape, True, [s, s], [p, p]), want,
-                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        spike_conv.weight_grad(index, grad, weight.shape, True, [s, s], [p, p]), want, rtol=0, atol=1e-12
+    )
 
 
 def test_the_per_pixel_formulation_is_chosen_by_the_share_of_taps_that_feed_an_output():
@@ -221,10 +230,14 @@ def test_both_formulations_give_the_same_forward_and_weight_gradient(geometry, m
     out_shape = torch.ops.aten.convolution(x, weight, bias, s, p, [1, 1], transposed, op, 1).shape
     grad = torch.randn(out_shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     results = []
-    for share in (0.0, 2.0):   # every layer per pixel; none
+    for share in (0.0, 2.0):  # every layer per pixel; none
         monkeypatch.setattr(spike_conv, "PIXEL_MIN_TAPS", share)
-        results.append((spike_conv.forward(index, weight, bias, transposed, s, p, op),
-                        spike_conv.weight_grad(index, grad, weight.shape, transposed, s, p)))
+        results.append(
+            (
+                spike_conv.forward(index, weight, bias, transposed, s, p, op),
+                spike_conv.weight_grad(index, grad, weight.shape, transposed, s, p),
+            )
+        )
     for a, b in zip(*results):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

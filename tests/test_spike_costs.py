@@ -1,4 +1,5 @@
 """Spike statistics and operation counts against hand counts."""
+
 import pytest
 import torch
 from torch import nn
@@ -23,8 +24,8 @@ class _Toy(nn.Module):
         self.lin = SpikingLinear(18, 2, bn_alpha=None, lif=LIF())
         with torch.no_grad():
             self.conv.weight.zero_(), self.conv.bias.fill_(0.5)
-            self.conv.weight[0, 0, 1, 1] = 1.0                       # centre output: 0.5 + x_centre
-            self.conv2.weight.zero_(), self.conv2.bias.zero_()       # never fires
+            self.conv.weight[0, 0, 1, 1] = 1.0  # centre output: 0.5 + x_centre
+            self.conv2.weight.zero_(), self.conv2.bias.zero_()  # never fires
             self.lin.weight.zero_(), self.lin.bias.zero_()
 
     def forward(self, x, generator=None):
@@ -33,7 +34,7 @@ class _Toy(nn.Module):
 
 def test_hand_count_on_a_tiny_network():
     x = torch.zeros(4, 1, 3, 3)
-    x[:2, 0, 1, 1] = -1.0                 # images 0, 1: the centre unit of conv stays silent (0.5 - 1 < 0.2)
+    x[:2, 0, 1, 1] = -1.0  # images 0, 1: the centre unit of conv stays silent (0.5 - 1 < 0.2)
     costs = spike_costs(_Toy(), x)
     conv, conv2, lin = costs["layers"]
     # conv: analog input; fan-outs [[4, 6, 4], [6, 9, 6], [4, 6, 4]] sum to 49 -> 49 MACs per step, + 9 bias adds
@@ -61,13 +62,13 @@ def test_esvae_first_layer_and_readout_by_hand_and_synops_track_spikes():
     # 3x3 stride-2 pad-1 conv, 32x32 -> 16x16: per axis 2 + 15 * 3 = 47 in-bounds taps; 1 -> 32 channels
     assert first["macs"] == (47 * 47 * 32 + 32 * 16 * 16) * 3
     readout = next(e for e in costs["layers"] if e["layer"] == "readout")
-    assert readout["macs"] == 3 * 1 * 32 * 32                      # sum_t w_t y_t over T=3 steps
+    assert readout["macs"] == 3 * 1 * 32 * 32  # sum_t w_t y_t over T=3 steps
     spiking = [e for e in costs["layers"] if e["input"] == "spikes"]
     assert spiking and all(e["synops"] > 0 for e in spiking)
     bottleneck = next(e for e in costs["layers"] if e["layer"] == "prior_bottleneck")
     assert bottleneck["macs"] == 32 * 32 + 32 and "prior_bottleneck" not in costs["reconstruction_path"]["modules"]
     assert costs["reconstruction_path"]["synops"] == pytest.approx(sum(e["synops"] for e in costs["layers"]))
-    assert all(p.requires_grad for p in model.parameters())          # restored after the counting pass
+    assert all(p.requires_grad for p in model.parameters())  # restored after the counting pass
 
 
 def test_fsvae_posterior_counted_once_per_step():
@@ -86,8 +87,8 @@ def test_ann_vae_gets_a_mac_count():
     costs = spike_costs(model, torch.rand(3, 1, 32, 32) * 2 - 1, torch.Generator().manual_seed(0))
     assert costs["mean_firing_rate"] is None and all(e["synops"] == 0 for e in costs["layers"])
     first = next(e for e in costs["layers"] if e["layer"] == "encoder.0.0")
-    assert first["macs"] == 47 * 47 * 32 + 32 * 16 * 16                 # as ESVAE's first layer, one pass
+    assert first["macs"] == 47 * 47 * 32 + 32 * 16 * 16  # as ESVAE's first layer, one pass
     fc_mu = next(e for e in costs["layers"] if e["layer"] == "fc_mu")
     assert fc_mu["macs"] == 1024 * 128 + 128
-    last = next(e for e in costs["layers"] if e["layer"] == "final_layer.3")     # 3x3 conv 32 -> 1, pad 1, 32x32
-    assert last["macs"] == 32 * (2 + 30 * 3 + 2) ** 2 + 32 * 32                  # per axis: 2, then 30 x 3, then 2 taps
+    last = next(e for e in costs["layers"] if e["layer"] == "final_layer.3")  # 3x3 conv 32 -> 1, pad 1, 32x32
+    assert last["macs"] == 32 * (2 + 30 * 3 + 2) ** 2 + 32 * 32  # per axis: 2, then 30 x 3, then 2 taps

@@ -1,25 +1,31 @@
 """Spiking building blocks against hand-computed values and direct re-implementations."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from esvae.spiking import (LIF, MembraneReadout, SpikingConv2d, SpikingConvTranspose2d, SpikingLinear, TDBatchNorm,
-                           get_surrogate, lif_multistep, lif_multistep_reference)
 from esvae.errors import ConfigError
+from esvae.spiking import (
+    LIF,
+    MembraneReadout,
+    SpikingConv2d,
+    SpikingConvTranspose2d,
+    SpikingLinear,
+    TDBatchNorm,
+    get_surrogate,
+    lif_multistep,
+    lif_multistep_reference,
+)
 
 # Two neurons over five steps (columns). B differs from A only at t=3, where u = 0.64375 fires but
 # lies outside the surrogate window |u| < 0.5 (a threshold-centred window |u - 0.2| < 0.5 would not).
-CURRENTS = torch.tensor([[0.1, 0.15, 0.3, 0.05, 0.2],
-                         [0.1, 0.15, 0.6, 0.05, 0.2]]).T  # (T=5, 2)
+CURRENTS = torch.tensor([[0.1, 0.15, 0.3, 0.05, 0.2], [0.1, 0.15, 0.6, 0.05, 0.2]]).T  # (T=5, 2)
 # u_t = 0.25 u_{t-1} (1 - o_{t-1}) + I_t, worked by hand:
-MEMBRANE = torch.tensor([[0.1, 0.175, 0.34375, 0.05, 0.2125],
-                         [0.1, 0.175, 0.64375, 0.05, 0.2125]]).T
-SPIKES = torch.tensor([[0., 0., 1., 0., 1.],
-                       [0., 0., 1., 0., 1.]]).T
+MEMBRANE = torch.tensor([[0.1, 0.175, 0.34375, 0.05, 0.2125], [0.1, 0.175, 0.64375, 0.05, 0.2125]]).T
+SPIKES = torch.tensor([[0.0, 0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0, 1.0]]).T
 # dL/dI for L = sum_t (t+1) o_t, by the reverse recursion with the reset path not detached
 # (g_o = dL/do_t - 0.25 u_t g_u(t+1); g_u = g_o * 1[|u_t| < 0.5] + 0.25 (1 - o_t) g_u(t+1)):
-GRAD_CURRENT = torch.tensor([[1.568530807, 2.526803589, 2.554199219, 5.1875, 5.0],
-                             [1.45, 2.0, 0.0, 5.1875, 5.0]]).T
+GRAD_CURRENT = torch.tensor([[1.568530807, 2.526803589, 2.554199219, 5.1875, 5.0], [1.45, 2.0, 0.0, 5.1875, 5.0]]).T
 
 
 @pytest.mark.parametrize("backend", ["fused", "reference"])
@@ -93,8 +99,9 @@ def test_tdbn_equals_formula_and_scaled_batchnorm(alpha):
     assert int(tdbn.num_batches_tracked) == 3
     tdbn.eval(), bn.eval()  # eval mode: running statistics
     x = torch.randn(8, 3, 6, 6, generator=g)
-    expected = (alpha * 0.2 * (x - tdbn.running_mean.view(1, -1, 1, 1)) / torch.sqrt(tdbn.running_var.view(1, -1, 1, 1) + 1e-5)
-                * tdbn.weight.view(1, -1, 1, 1) + tdbn.bias.view(1, -1, 1, 1))
+    expected = alpha * 0.2 * (x - tdbn.running_mean.view(1, -1, 1, 1)) / torch.sqrt(
+        tdbn.running_var.view(1, -1, 1, 1) + 1e-5
+    ) * tdbn.weight.view(1, -1, 1, 1) + tdbn.bias.view(1, -1, 1, 1)
     torch.testing.assert_close(tdbn(x), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(tdbn(x), bn(x), rtol=1e-5, atol=1e-5)
 
@@ -110,8 +117,9 @@ def test_time_folded_layers_equal_step_by_step_application():
         torch.testing.assert_close(y_seq[t], F.conv2d(x_seq[t], conv.weight, conv.bias, stride=2, padding=1))
     z_seq = tconv(y_seq)
     for t in range(5):
-        torch.testing.assert_close(z_seq[t], F.conv_transpose2d(y_seq[t], tconv.weight, tconv.bias, stride=2, padding=1,
-                                                                output_padding=1))
+        torch.testing.assert_close(
+            z_seq[t], F.conv_transpose2d(y_seq[t], tconv.weight, tconv.bias, stride=2, padding=1, output_padding=1)
+        )
     v_seq = torch.randn(5, 3, 6, generator=g)
     out = lin(v_seq)
     for t in range(5):
@@ -124,7 +132,9 @@ def test_spiking_layer_is_weights_then_tdbn_then_lif():
     layer = SpikingLinear(6, 5, lif=LIF())
     x_seq = torch.randn(4, 8, 6, generator=g)
     pre = F.linear(x_seq, layer.weight, layer.bias)  # (T, N, F)
-    normed = _tdbn_by_formula(pre.unsqueeze(-1).unsqueeze(-1), layer.bn.weight, layer.bn.bias, 1.0).squeeze(-1).squeeze(-1)
+    normed = (
+        _tdbn_by_formula(pre.unsqueeze(-1).unsqueeze(-1), layer.bn.weight, layer.bn.bias, 1.0).squeeze(-1).squeeze(-1)
+    )
     expected = lif_multistep_reference(normed)
     assert torch.equal(layer(x_seq), expected)
 
@@ -149,6 +159,7 @@ def test_stepping_tdbn_lif_gives_the_whole_sequence_spikes_bit_for_bit(compiled,
     (0.2) and the reset make a wrong keep or a wrong affine flip spikes."""
     from esvae.spiking import tdbn_lif_step
     from esvae.spiking.layers import tdbn_lif
+
     if not compiled:
         monkeypatch.setenv("ESVAE_NO_NUMBA", "1")
     g = torch.Generator().manual_seed(5)
@@ -162,15 +173,15 @@ def test_stepping_tdbn_lif_gives_the_whole_sequence_spikes_bit_for_bit(compiled,
     T, N = 6, 9
     y = (torch.randn(T * N, 7, generator=g) * 0.3).to(dtype)
     with torch.no_grad():
-        whole = tdbn_lif(y.clone(), bn, lif, T)                     # (T, N, 7)
+        whole = tdbn_lif(y.clone(), bn, lif, T)  # (T, N, 7)
         state, spikes = None, []
         for t in range(T):
-            state = tdbn_lif_step(y[t * N:(t + 1) * N], bn, lif, state)
+            state = tdbn_lif_step(y[t * N : (t + 1) * N], bn, lif, state)
             spikes.append(state.spikes)
     assert (state.scale is not None) == compiled
     assert torch.equal(torch.stack(spikes), whole)
     assert 0.2 < float(whole.mean()) < 0.8 and bool(whole[1:].ne(whole[:-1]).any())
-    u = bn(y).view(T, N, 7)   # the reference membrane recursion, by the formula
+    u = bn(y).view(T, N, 7)  # the reference membrane recursion, by the formula
     m = torch.zeros_like(u[0])
     for t in range(T):
         m = u[t] + 0.25 * m * (m <= 0.2).to(dtype) if t else u[t]

@@ -1,4 +1,5 @@
 """The Snakemake workflow without running it: presets, schema, grid, lint and dry runs."""
+
 import re
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def test_default_preset_is_cpu_and_user_keys_override_it():
     assert yaml.safe_load((REPO / "config" / "config.yaml").read_text())["preset"] == "cpu"
     merged = grid.resolve_config({"preset": "smoke", "seeds": [0, 1], "train": {"epochs": {"default": 2}}})
     assert merged["seeds"] == [0, 1] and merged["train"]["epochs"] == {"default": 2}
-    assert merged["train"]["train_subset"] == 256          # untouched nested keys stay the preset's
+    assert merged["train"]["train_subset"] == 256  # untouched nested keys stay the preset's
     assert config["main"]["timesteps"] == 4 and config["train"]["lr_rule"] == "paper_effective"
 
 
@@ -66,24 +67,33 @@ def test_run_points_paths_and_cli_arguments():
     args = grid.train_args(config, p)
     assert args[args.index("--sampler") + 1] == "bernoulli_st" and args[args.index("--timesteps") + 1] == "8"
     ann = grid.train_args(config, grid.RunPoint("fashion", "ann_vae", "gaussian", 1, 0))
-    assert "--sampler" not in ann and "--timesteps" not in ann     # the ANN VAE has neither setting
+    assert "--sampler" not in ann and "--timesteps" not in ann  # the ANN VAE has neither setting
     assert grid.default_sampler("fsvae") == "fsvae_autoregressive" and grid.default_sampler("ann_vae") == "gaussian"
     paper = grid.resolve_config({"preset": "paper"})
     assert grid.epochs_for(paper, "esvae") == 300 and grid.epochs_for(paper, "fsvae") == 150
-    assert "--batch-size" not in grid.train_args(paper, p)          # each model's paper batch size
+    assert "--batch-size" not in grid.train_args(paper, p)  # each model's paper batch size
 
 
-@pytest.mark.parametrize("override, key", [
-    ({"main": {"models": ["esvae", "vae"]}}, "main.models[1]"),
-    ({"main": {"timesteps": 0}}, "main.timesteps"),
-    ({"ablation_timesteps": {"timesteps": [4, -1]}}, "ablation_timesteps.timesteps[1]"),
-    ({"evaluate": {"metrics": ["fid", "ssim"]}}, "evaluate.metrics[1]"),
-    ({"seeds": []}, "seeds"),
-    ({"trian": {}}, "'trian' was unexpected"),
-    ({"ablation_sampler": {"models": ["esvae"], "samplers": ["fsvae_autoregressive"]}}, "ablation_sampler.samplers[0]"),
-    ({"preset": "fast"}, "'preset': unknown preset 'fast'"),
-    ({"ablation_timesteps": {"models": ["esvae", "ann_vae"]}}, "ablation_timesteps.models[1]: 'ann_vae' has no time axis"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ({"main": {"models": ["esvae", "vae"]}}, "main.models[1]"),
+        ({"main": {"timesteps": 0}}, "main.timesteps"),
+        ({"ablation_timesteps": {"timesteps": [4, -1]}}, "ablation_timesteps.timesteps[1]"),
+        ({"evaluate": {"metrics": ["fid", "ssim"]}}, "evaluate.metrics[1]"),
+        ({"seeds": []}, "seeds"),
+        ({"trian": {}}, "'trian' was unexpected"),
+        (
+            {"ablation_sampler": {"models": ["esvae"], "samplers": ["fsvae_autoregressive"]}},
+            "ablation_sampler.samplers[0]",
+        ),
+        ({"preset": "fast"}, "'preset': unknown preset 'fast'"),
+        (
+            {"ablation_timesteps": {"models": ["esvae", "ann_vae"]}},
+            "ablation_timesteps.models[1]: 'ann_vae' has no time axis",
+        ),
+    ],
+)
 def test_bad_config_values_are_rejected_naming_the_key(override, key):
     with pytest.raises(ConfigError) as err:
         grid.resolve_config({"preset": "smoke", **override})
@@ -119,15 +129,18 @@ def test_paper_dry_run_plans_every_model_dataset_and_both_ablations(tmp_path):
     assert jobs["train"] == jobs["evaluate"] == jobs["probe"] == 192
     assert jobs["fad_autoencoder"] == jobs["prepare_data"] == 4 and jobs["report"] == 1
     for dataset in ("mnist", "fashion", "cifar10", "celeba"):
-        for model, sampler in (("esvae", "poisson"), ("fsvae", "fsvae_autoregressive"),
-                               ("taid", "fsvae_autoregressive")):
+        for model, sampler in (
+            ("esvae", "poisson"),
+            ("fsvae", "fsvae_autoregressive"),
+            ("taid", "fsvae_autoregressive"),
+        ):
             for seed in (0, 1, 2):
                 assert f"results/paper/runs/{dataset}/{model}/{sampler}/T16/seed{seed}/train/checkpoint.pt" in outputs
         assert f"results/paper/runs/{dataset}/ann_vae/gaussian/T1/seed2/train/checkpoint.pt" in outputs
-        for t in (1, 2, 4, 8, 32):   # the T ablation
+        for t in (1, 2, 4, 8, 32):  # the T ablation
             assert f"results/paper/runs/{dataset}/esvae/poisson/T{t}/seed0/train/checkpoint.pt" in outputs
             assert f"results/paper/runs/{dataset}/fsvae/fsvae_autoregressive/T{t}/seed1/train/checkpoint.pt" in outputs
-        for sampler in ("bernoulli_st", "rate_repeat"):   # the sampler ablation
+        for sampler in ("bernoulli_st", "rate_repeat"):  # the sampler ablation
             assert f"results/paper/runs/{dataset}/esvae/{sampler}/T16/seed2/evaluate/metrics.json" in outputs
 
 
@@ -142,24 +155,45 @@ def test_cpu_dry_run_is_the_default_and_plans_the_whole_grid_at_its_settings(tmp
     runs = {o.split("/train/")[0].split("/runs/")[1] for o in outputs if o.endswith("/train/checkpoint.pt")}
     assert all(o.startswith("results/cpu/") for o in outputs)
     for seed in (0, 1, 2):
-        assert {f"fashion/esvae/poisson/T4/seed{seed}", f"fashion/fsvae/fsvae_autoregressive/T4/seed{seed}",
-                f"fashion/taid/fsvae_autoregressive/T4/seed{seed}", f"fashion/ann_vae/gaussian/T1/seed{seed}"} <= runs
-    assert not any(r.startswith("mnist5k/") and not r.endswith("seed0") for r in runs)    # MNIST-5k: 1 seed
-    assert {f"fashion/{m}/{s}/T{t}/seed0" for m, s in (("esvae", "poisson"), ("fsvae", "fsvae_autoregressive"))
-            for t in (1, 2, 8, 16)} <= runs
+        assert {
+            f"fashion/esvae/poisson/T4/seed{seed}",
+            f"fashion/fsvae/fsvae_autoregressive/T4/seed{seed}",
+            f"fashion/taid/fsvae_autoregressive/T4/seed{seed}",
+            f"fashion/ann_vae/gaussian/T1/seed{seed}",
+        } <= runs
+    assert not any(r.startswith("mnist5k/") and not r.endswith("seed0") for r in runs)  # MNIST-5k: 1 seed
+    assert {
+        f"fashion/{m}/{s}/T{t}/seed0"
+        for m, s in (("esvae", "poisson"), ("fsvae", "fsvae_autoregressive"))
+        for t in (1, 2, 8, 16)
+    } <= runs
     assert not any("/T32/" in r for r in runs)
     # every training job: batch 16 at the paper's effective LR, 1 thread, its model's epochs
-    commands = [line.split("Shell command: ", 1)[1] for line in out.splitlines()
-                if line.startswith("Shell command: python -m esvae train ")]
+    commands = [
+        line.split("Shell command: ", 1)[1]
+        for line in out.splitlines()
+        if line.startswith("Shell command: python -m esvae train ")
+    ]
     assert len(commands) == jobs["train"]
     for cmd in commands:
         assert "--batch-size 16" in cmd and "--lr-rule paper_effective" in cmd and "--threads 1" in cmd, cmd
         assert "--train-subset 10000" in cmd and "--device auto" in cmd, cmd
-    epochs = {(re.search(r"--model (\w+)", c).group(1), re.search(r"--dataset (\w+)", c).group(1)):
-              int(re.search(r"--epochs (\d+)", c).group(1)) for c in commands}
-    assert epochs == {("esvae", "fashion"): 3, ("ann_vae", "fashion"): 3, ("fsvae", "fashion"): 4,
-                      ("taid", "fashion"): 4, ("esvae", "mnist5k"): 6, ("ann_vae", "mnist5k"): 6,
-                      ("fsvae", "mnist5k"): 10, ("taid", "mnist5k"): 8}
+    epochs = {
+        (re.search(r"--model (\w+)", c).group(1), re.search(r"--dataset (\w+)", c).group(1)): int(
+            re.search(r"--epochs (\d+)", c).group(1)
+        )
+        for c in commands
+    }
+    assert epochs == {
+        ("esvae", "fashion"): 3,
+        ("ann_vae", "fashion"): 3,
+        ("fsvae", "fashion"): 4,
+        ("taid", "fashion"): 4,
+        ("esvae", "mnist5k"): 6,
+        ("ann_vae", "mnist5k"): 6,
+        ("fsvae", "mnist5k"): 10,
+        ("taid", "mnist5k"): 8,
+    }
     assert sum("--num-samples 250" in line for line in out.splitlines()) == jobs["evaluate"]
 
 
@@ -175,8 +209,17 @@ def test_slurm_profile_maps_resources_and_asks_for_gpus(tmp_path):
     assert profile["executor"] == "slurm" and profile["slurm-status-command"] == "squeue"
     for rule in ("train", "evaluate"):
         assert profile["set-resources"][rule]["gpu"] == 1
-    code, out = snakemake("-n", "--profile", str(REPO / "profiles" / "slurm"), "-s", str(REPO / "Snakefile"),
-                          "--directory", str(tmp_path), "--config", "preset=smoke")
+    code, out = snakemake(
+        "-n",
+        "--profile",
+        str(REPO / "profiles" / "slurm"),
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--config",
+        "preset=smoke",
+    )
     assert code == 0, out[-3000:]
     train_jobs = [block for block in out.split("rule ")[1:] if block.startswith("train:")]
     assert train_jobs and all("gpu=1" in block for block in train_jobs)
@@ -186,7 +229,7 @@ def test_slurm_profile_maps_resources_and_asks_for_gpus(tmp_path):
 def test_every_rule_has_a_log_and_the_heavy_ones_a_benchmark_and_resources():
     text = {p.name: p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk")}
     rules = {}
-    for name, body in text.items():
+    for body in text.values():
         for match in re.finditer(r"^rule (\w+):\n(.*?)(?=^rule |\Z)", body, flags=re.M | re.S):
             rules[match.group(1)] = match.group(2)
     assert {"prepare_data", "write_config", "fad_autoencoder", "train", "evaluate", "probe", "report"} <= set(rules)
@@ -194,6 +237,6 @@ def test_every_rule_has_a_log_and_the_heavy_ones_a_benchmark_and_resources():
         assert "    log:" in body, name
     for name in ("train", "evaluate", "probe", "fad_autoencoder"):
         assert "    benchmark:" in rules[name] and "    resources:" in rules[name] and "    threads:" in rules[name]
-    for name in ("train", "evaluate", "probe"):     # the one path grammar in results/, logs/, benchmarks/
+    for name in ("train", "evaluate", "probe"):  # the one path grammar in results/, logs/, benchmarks/
         assert "{RUN}/" in rules[name] and "{LOGS}/runs/{KEY}/" in rules[name]
         assert "{OUT}/benchmarks/runs/{KEY}/" in rules[name]

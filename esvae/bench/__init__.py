@@ -17,6 +17,7 @@ allocator settings, then with the heap kept (:func:`esvae.runtime.tune_allocator
 ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=... MALLOC_TOP_PAD_=1G``), which is how ``esvae train``
 runs; speed-ups are reported against the naive port under both settings.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,7 +25,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 
@@ -36,7 +37,8 @@ IMPLS = ("naive", "ours")
 ALLOCATORS = ("default", "tuned")
 ALLOCATOR_LABELS = {
     "default": "glibc defaults",
-    "tuned": "heap kept (mallopt, = MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_ MALLOC_TOP_PAD_=1G), as `esvae train` runs",
+    "tuned": "heap kept (mallopt, = MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_ MALLOC_TOP_PAD_=1G), "
+    "as `esvae train` runs",
     "cuda": "PyTorch's CUDA caching allocator",
 }
 # Agreement tolerances of the float64 check: outputs are tanh images in [-1, 1]; gradients relative
@@ -68,10 +70,14 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device = torch.dev
         _sync(device)
         return torch.cuda.max_memory_allocated(device) - before
     from torch.profiler import ProfilerActivity, profile
+
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = [e for e in prof.profiler.kineto_results.events()
-              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    events = [
+        e
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    ]
     events.sort(key=lambda e: e.start_ns())
     held = peak = 0
     for e in events:
@@ -88,8 +94,9 @@ def _seconds(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int,
-                     device: torch.device = torch.device("cpu")) -> Dict[str, list]:
+def time_interleaved(
+    fns: Dict[str, Callable[[], object]], repeats: int, device: torch.device = torch.device("cpu")
+) -> Dict[str, list]:
     """Seconds per call of each function, one warm-up call each, then ``repeats`` rounds that call
     every function once in turn, so that a slow spell of a shared machine hits all of them alike."""
     for fn in fns.values():
@@ -104,6 +111,7 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int,
 @dataclass
 class Pair:
     """Our model and its naive port, each with its own optimiser, and the batch to feed them."""
+
     model_name: str
     timesteps: int
     ours: torch.nn.Module
@@ -121,6 +129,7 @@ class Pair:
     def call(self, impl: str, mode: str, seed: int = 7) -> Callable[[], object]:
         """A zero-argument callable running ``mode`` once with ``impl`` (fresh generator each call)."""
         from ..train import train_step
+
         module, images = self.module(impl), self.images
 
         def run():
@@ -133,13 +142,22 @@ class Pair:
                 if mode == "eval":
                     return module(images, gen)
                 return module.sample(images.shape[0], gen)
+
         return run
 
 
-def build_pair(model_name: str, dataset: str, timesteps: int, batch: int, lr: float = 1e-3,
-               overrides: Optional[dict] = None, device: str = "cpu") -> Pair:
+def build_pair(
+    model_name: str,
+    dataset: str,
+    timesteps: int,
+    batch: int,
+    lr: float = 1e-3,
+    overrides: Optional[dict] = None,
+    device: str = "cpu",
+) -> Pair:
     from ..models import build_model
     from .naive import naive_param_groups, naive_port
+
     torch.manual_seed(0)
     ours = build_model(model_name, dataset, timesteps=timesteps, **(overrides or {})).to(device)
     naive = naive_port(ours)
@@ -164,7 +182,9 @@ class _running_stats_set_to_batch:
     the same)."""
 
     def __init__(self, *models):
-        self.norms = [m for model in models for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        self.norms = [
+            m for model in models for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        ]
 
     def __enter__(self):
         self.saved = [m.momentum for m in self.norms]
@@ -176,11 +196,12 @@ class _running_stats_set_to_batch:
             m.momentum = momentum
 
 
-def _compare(ours: torch.nn.Module, naive: torch.nn.Module, x: torch.Tensor) -> Dict[str, object]:
+def _compare(ours: Any, naive: Any, x: torch.Tensor) -> Dict[str, Any]:
     """Both models on ``x`` with the same draws: training-mode forward and backward, then
     evaluation forward and generation. Gradients are cleared afterwards; no optimiser step."""
     from .naive import parameter_pairs
-    result: Dict[str, object] = {}
+
+    result: Dict[str, Any] = {}
     ours.train(), naive.train()
     for m in (ours, naive):
         m.zero_grad(set_to_none=True)
@@ -205,14 +226,14 @@ def _compare(ours: torch.nn.Module, naive: torch.nn.Module, x: torch.Tensor) -> 
     for name, (a, b) in grads.items():
         if (a.grad is None) != (b.grad is None):
             raise AssertionError(f"gradient of {name} exists in one implementation only")
-        if a.grad is not None:
+        if a.grad is not None and b.grad is not None:
             err = float((a.grad - b.grad.reshape(a.shape)).abs().max()) / (float(a.grad.abs().max()) + 1e-3 * scale)
             worst = max(worst, err)
     result["grad_max_rel_err"] = worst
     theirs = naive.state_dict()
     result["running_stats_max_abs_diff"] = max(
-        float((v - theirs[k].reshape(v.shape)).abs().max())
-        for k, v in ours.state_dict().items() if "running_" in k)
+        float((v - theirs[k].reshape(v.shape)).abs().max()) for k, v in ours.state_dict().items() if "running_" in k
+    )
     for m in (ours, naive):
         m.zero_grad(set_to_none=True)
     # Evaluation uses the running statistics the training-mode pass just updated (in both).
@@ -228,7 +249,7 @@ def _compare(ours: torch.nn.Module, naive: torch.nn.Module, x: torch.Tensor) -> 
     return result
 
 
-def check_numerics(pair: Pair, check_batch: Optional[int] = None) -> Dict[str, object]:
+def check_numerics(pair: Pair, check_batch: Optional[int] = None) -> Dict[str, Any]:
     """Compare the two implementations (see :func:`_compare`) in float64 and in float32.
 
     The verdict is the float64 run (copies of both models and the images in double precision): there
@@ -238,16 +259,26 @@ def check_numerics(pair: Pair, check_batch: Optional[int] = None) -> Dict[str, o
     lies within rounding of V_th, after which outputs differ, so it is information, not the check.
     """
     import copy
+
     from .naive import naive_port
+
     x = pair.images[:check_batch] if check_batch else pair.images
     ours64 = copy.deepcopy(pair.ours).double()  # a copy keeps every attribute (FSVAE's scheduled_p too)
     naive64 = naive_port(ours64)
     strict = _compare(ours64, naive64, x.double())
-    strict["ok"] = (strict["spike_mismatches"] == 0 and strict["grad_max_rel_err"] <= GRAD_RTOL_FLOAT64
-                    and max(strict["train_output_max_abs_diff"], strict["eval_output_max_abs_diff"],
-                            strict["sample_max_abs_diff"], strict["running_stats_max_abs_diff"],
-                            strict["loss_abs_diff"]) <= OUTPUT_ATOL_FLOAT64
-                    and strict["eval_output_std"] > 0)
+    strict["ok"] = (
+        strict["spike_mismatches"] == 0
+        and strict["grad_max_rel_err"] <= GRAD_RTOL_FLOAT64
+        and max(
+            strict["train_output_max_abs_diff"],
+            strict["eval_output_max_abs_diff"],
+            strict["sample_max_abs_diff"],
+            strict["running_stats_max_abs_diff"],
+            strict["loss_abs_diff"],
+        )
+        <= OUTPUT_ATOL_FLOAT64
+        and strict["eval_output_std"] > 0
+    )
     info = _compare(pair.ours, pair.naive, x)
     return {"ok": strict["ok"], "images": x.shape[0], "float64": strict, "float32": info}
 
@@ -259,7 +290,9 @@ def flops_per_image(fn: Callable[[], object], batch: int) -> float:
     The count is the dense one: the spike-driven convolutions (:mod:`esvae.spiking.spike_conv`),
     which skip the inputs that did not fire, are switched off while counting."""
     from torch.utils.flop_counter import FlopCounterMode
+
     from ..spiking import spike_conv
+
     saved, spike_conv.MAX_DENSITY = spike_conv.MAX_DENSITY, 0.0
     try:
         with FlopCounterMode(display=False) as counter:
@@ -273,11 +306,15 @@ def spike_inputs(fn: Callable[[], object]) -> Dict[str, float]:
     """The convolutions on spike trains during one call: how many, how many ran spike-driven and
     the fraction of their input values that were spikes (the spike-driven kernels' speed depends on it)."""
     from ..spiking import spike_conv
+
     spike_conv.reset_stats()
     fn()
     stats = dict(spike_conv.STATS)
-    return {"convolutions_on_spikes": stats["inputs"], "spike_driven": stats["spike_driven"],
-            "firing_rate": stats["fired"] / max(stats["values"], 1)}
+    return {
+        "convolutions_on_spikes": stats["inputs"],
+        "spike_driven": stats["spike_driven"],
+        "firing_rate": stats["fired"] / max(stats["values"], 1),
+    }
 
 
 def dense_flops_per_second(device: torch.device = torch.device("cpu"), size: int = 4096, repeats: int = 3) -> float:
@@ -288,22 +325,27 @@ def dense_flops_per_second(device: torch.device = torch.device("cpu"), size: int
     a = torch.randn(size, size, generator=g, device=device)
     b = torch.randn(size, size, generator=g, device=device)
     times = time_interleaved({"mm": lambda: a @ b}, repeats, device)["mm"]
-    return 2 * size ** 3 / statistics.median(times)
+    return 2 * size**3 / statistics.median(times)
 
 
-def profile_call(fn: Callable[[], object], top: int = 12) -> Dict[str, object]:
+def profile_call(fn: Callable[[], object], top: int = 12) -> Dict[str, Any]:
     """Where one call spends its time: the profiler's self CPU time per operator (top ``top``) and
     grouped into convolutions, batch norm, the fused tdBN + LIF op (its own code: the LIF
     kernels), matrix products and the rest."""
     from torch.profiler import ProfilerActivity, profile
+
     fn()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    rows = sorted(((e.key, e.self_cpu_time_total / 1e3, e.count) for e in prof.key_averages()),
-                  key=lambda r: -r[1])
+    rows = sorted(((e.key, e.self_cpu_time_total / 1e3, e.count) for e in prof.key_averages()), key=lambda r: -r[1])
     total = sum(r[1] for r in rows)
-    groups = {"convolution": 0.0, "batch norm": 0.0, "tdBN+LIF op (LIF kernels)": 0.0, "matrix products": 0.0,
-              "other": 0.0}
+    groups = {
+        "convolution": 0.0,
+        "batch norm": 0.0,
+        "tdBN+LIF op (LIF kernels)": 0.0,
+        "matrix products": 0.0,
+        "other": 0.0,
+    }
     for name, ms, _ in rows:
         if "convolution" in name.lower():  # aten's and ours (_SpikeConvolution, its backward)
             groups["convolution"] += ms
@@ -315,22 +357,36 @@ def profile_call(fn: Callable[[], object], top: int = 12) -> Dict[str, object]:
             groups["matrix products"] += ms
         else:
             groups["other"] += ms
-    return {"total_ms": total, "groups_ms": groups,
-            "top": [{"op": n, "self_ms": ms, "calls": c} for n, ms, c in rows[:top]],
-            "note": "self CPU time under torch.profiler (its overhead inflates the total a little)"}
+    return {
+        "total_ms": total,
+        "groups_ms": groups,
+        "top": [{"op": n, "self_ms": ms, "calls": c} for n, ms, c in rows[:top]],
+        "note": "self CPU time under torch.profiler (its overhead inflates the total a little)",
+    }
 
 
-def run_bench(models: Sequence[str] = ("esvae", "fsvae"), timesteps: Sequence[int] = (4, 8, 16), batch: int = 64,
-              dataset: str = "fashion", repeats: int = 3, allocators: Sequence[str] = ALLOCATORS,
-              memory: bool = True, overrides: Optional[dict] = None, check_batch: Optional[int] = 16,
-              profile: bool = False, device: str = "cpu", rss: bool = True,
-              progress: Callable[[str], None] = lambda msg: None) -> Dict[str, object]:
+def run_bench(
+    models: Sequence[str] = ("esvae", "fsvae"),
+    timesteps: Sequence[int] = (4, 8, 16),
+    batch: int = 64,
+    dataset: str = "fashion",
+    repeats: int = 3,
+    allocators: Sequence[str] = ALLOCATORS,
+    memory: bool = True,
+    overrides: Optional[dict] = None,
+    check_batch: Optional[int] = 16,
+    profile: bool = False,
+    device: str = "cpu",
+    rss: bool = True,
+    progress: Callable[[str], None] = lambda msg: None,
+) -> Dict[str, Any]:
     """Check and time every (model, T); returns the JSON-able report (see the module docstring).
 
     On a CUDA device there is one timing phase ("cuda", PyTorch's caching allocator: glibc's
     settings do not apply), peak memory is the caching allocator's peak and ``profile`` is skipped.
     """
     from ..runtime import tune_allocator
+
     dev = torch.device(device)
     if dev.type == "cuda":
         allocators, profile = ("cuda",), False
@@ -338,10 +394,18 @@ def run_bench(models: Sequence[str] = ("esvae", "fsvae"), timesteps: Sequence[in
         raise ValueError(f"allocators must be default, tuned or both in that order, got {list(allocators)}")
     if "tuned" in allocators and os.environ.get("ESVAE_NO_MALLOC_TUNING") == "1":
         from ..errors import ConfigError
+
         raise ConfigError("ESVAE_NO_MALLOC_TUNING=1 forbids the heap-kept timing; use --allocator default")
     pairs = [build_pair(m, dataset, t, batch, overrides=overrides, device=device) for m in models for t in timesteps]
-    rows = {(p.model_name, p.timesteps): {"model": p.model_name, "timesteps": p.timesteps, "batch": batch,
-                                           "seconds": {a: {} for a in allocators}} for p in pairs}
+    rows: Dict[tuple, Dict[str, Any]] = {
+        (p.model_name, p.timesteps): {
+            "model": p.model_name,
+            "timesteps": p.timesteps,
+            "batch": batch,
+            "seconds": {a: {} for a in allocators},
+        }
+        for p in pairs
+    }
     for pair in pairs:
         progress(f"numerics check {pair.model_name} T={pair.timesteps}")
         rows[(pair.model_name, pair.timesteps)]["numerics"] = check_numerics(pair, check_batch)
@@ -349,16 +413,24 @@ def run_bench(models: Sequence[str] = ("esvae", "fsvae"), timesteps: Sequence[in
         if allocator == "tuned":
             if not tune_allocator():
                 from ..errors import ConfigError
-                raise ConfigError("timing with the heap kept needs glibc's mallopt and ESVAE_NO_MALLOC_TUNING unset; "
-                                  "use --allocator default")
+
+                raise ConfigError(
+                    "timing with the heap kept needs glibc's mallopt and ESVAE_NO_MALLOC_TUNING unset; "
+                    "use --allocator default"
+                )
         for pair in pairs:
             row = rows[(pair.model_name, pair.timesteps)]
             for mode in MODES:
-                progress(f"timing {pair.model_name} T={pair.timesteps} {mode}, naive and ours in turn (allocator {allocator})")
+                progress(
+                    f"timing {pair.model_name} T={pair.timesteps} {mode}, naive and ours in turn "
+                    f"(allocator {allocator})"
+                )
                 times = time_interleaved({impl: pair.call(impl, mode) for impl in IMPLS}, repeats, pair.device)
                 for impl in IMPLS:
                     row["seconds"][allocator].setdefault(impl, {})[mode] = statistics.median(times[impl])
-                    row.setdefault("samples_seconds", {}).setdefault(allocator, {}).setdefault(impl, {})[mode] = times[impl]
+                    row.setdefault("samples_seconds", {}).setdefault(allocator, {}).setdefault(impl, {})[mode] = times[
+                        impl
+                    ]
     if memory:
         for pair in pairs:
             row = rows[(pair.model_name, pair.timesteps)]
@@ -369,6 +441,7 @@ def run_bench(models: Sequence[str] = ("esvae", "fsvae"), timesteps: Sequence[in
                     row["peak_bytes"].setdefault(impl, {})[mode] = peak_memory_bytes(pair.call(impl, mode), pair.device)
     if memory and rss and dev.type == "cpu":
         from .rss import MeasurementError, peak_rss
+
         for pair in pairs:
             if pair.timesteps != max(timesteps):
                 continue
@@ -376,16 +449,28 @@ def run_bench(models: Sequence[str] = ("esvae", "fsvae"), timesteps: Sequence[in
             for allocator in allocators:
                 for impl in IMPLS:
                     for mode in RSS_MODES:
-                        progress(f"peak resident memory {pair.model_name} T={pair.timesteps} {mode} {impl} "
-                                 f"(allocator {allocator}, a fresh process)")
+                        progress(
+                            f"peak resident memory {pair.model_name} T={pair.timesteps} {mode} {impl} "
+                            f"(allocator {allocator}, a fresh process)"
+                        )
                         try:
-                            measured = peak_rss(pair.model_name, dataset, pair.timesteps, batch, impl, mode,
-                                                allocator, overrides=overrides)
+                            measured = peak_rss(
+                                pair.model_name,
+                                dataset,
+                                pair.timesteps,
+                                batch,
+                                impl,
+                                mode,
+                                allocator,
+                                overrides=overrides,
+                            )
                         except MeasurementError as exc:  # the timings stay; the report says why
                             row["peak_rss_error"] = str(exc)
                             progress(f"peak resident memory not measured: {exc}")
                             continue
-                        row.setdefault("peak_rss_bytes", {}).setdefault(allocator, {}).setdefault(impl, {})[mode] = measured
+                        row.setdefault("peak_rss_bytes", {}).setdefault(allocator, {}).setdefault(impl, {})[mode] = (
+                            measured
+                        )
     dense = dense_flops_per_second(dev)
     for pair in pairs:
         row = rows[(pair.model_name, pair.timesteps)]
@@ -399,65 +484,98 @@ def run_bench(models: Sequence[str] = ("esvae", "fsvae"), timesteps: Sequence[in
                 progress(f"profile {pair.model_name} T={pair.timesteps} train ours")
                 rows[(pair.model_name, pair.timesteps)]["profile_train_ours"] = profile_call(pair.call("ours", "train"))
     for row in rows.values():
-        row["images_per_s"] = {a: {i: {m: batch / s for m, s in modes.items()} for i, modes in impls.items()}
-                               for a, impls in row["seconds"].items()}
-        row["speedup"] = {a: {m: row["seconds"][a]["naive"][m] / row["seconds"][a]["ours"][m] for m in MODES}
-                          for a in allocators}
+        row["images_per_s"] = {
+            a: {i: {m: batch / s for m, s in modes.items()} for i, modes in impls.items()}
+            for a, impls in row["seconds"].items()
+        }
+        row["speedup"] = {
+            a: {m: row["seconds"][a]["naive"][m] / row["seconds"][a]["ours"][m] for m in MODES} for a in allocators
+        }
         if "tuned" in allocators and "default" in allocators:
             # ours as `esvae train` runs it (tuned heap) against the naive port with glibc's defaults
             row["speedup"]["ours_tuned_vs_naive_default"] = {
-                m: row["seconds"]["default"]["naive"][m] / row["seconds"]["tuned"]["ours"][m] for m in MODES}
+                m: row["seconds"]["default"]["naive"][m] / row["seconds"]["tuned"]["ours"][m] for m in MODES
+            }
         if memory:
-            row["memory_ratio"] = {m: row["peak_bytes"]["ours"][m] / max(row["peak_bytes"]["naive"][m], 1) for m in MODES}
+            row["memory_ratio"] = {
+                m: row["peak_bytes"]["ours"][m] / max(row["peak_bytes"]["naive"][m], 1) for m in MODES
+            }
         if "peak_rss_bytes" in row and "peak_rss_error" not in row:
-            hwm = {a: {i: {m: v["vmhwm_bytes"] for m, v in modes.items()} for i, modes in impls.items()}
-                   for a, impls in row["peak_rss_bytes"].items()}
+            hwm = {
+                a: {i: {m: v["vmhwm_bytes"] for m, v in modes.items()} for i, modes in impls.items()}
+                for a, impls in row["peak_rss_bytes"].items()
+            }
             row["rss_ratio"] = {a: {m: hwm[a]["ours"][m] / hwm[a]["naive"][m] for m in RSS_MODES} for a in hwm}
             if "tuned" in hwm and "default" in hwm:
                 row["rss_ratio"]["ours_tuned_vs_naive_default"] = {
-                    m: hwm["tuned"]["ours"][m] / hwm["default"]["naive"][m] for m in RSS_MODES}
+                    m: hwm["tuned"]["ours"][m] / hwm["default"]["naive"][m] for m in RSS_MODES
+                }
         fastest = row["seconds"].get("tuned", row["seconds"].get(allocators[0]))["ours"]
         row["fraction_of_flop_bound"] = {m: (batch / fastest[m]) / row["flop_bound_images_per_s"][m] for m in MODES}
     return {
-        "what": ("images/s of one training step (forward, loss, backward, AdamW), the evaluation forward and "
-                 "generation, ours vs a naive port of the original approach, same weights and draws"),
+        "what": (
+            "images/s of one training step (forward, loss, backward, AdamW), the evaluation forward and "
+            "generation, ours vs a naive port of the original approach, same weights and draws"
+        ),
         "conditions": {
-            "dataset_config": dataset, "batch": batch, "timesteps": list(timesteps), "models": list(models),
-            "weights": "paper configuration, random initialisation (seed 0)" + (f", overrides {overrides}" if overrides else ""),
+            "dataset_config": dataset,
+            "batch": batch,
+            "timesteps": list(timesteps),
+            "models": list(models),
+            "weights": "paper configuration, random initialisation (seed 0)"
+            + (f", overrides {overrides}" if overrides else ""),
             "images": "random, uniform in [-1, 1] (speed does not depend on pixel values)",
-            "numerics_check": (f"float64 copies, first {min(check_batch or batch, batch)} images: identical spikes, "
-                               f"outputs within {OUTPUT_ATOL_FLOAT64:g}, gradients within {GRAD_RTOL_FLOAT64:g} "
-                               "relative; float32 differences reported alongside"),
-            "repeats": repeats, "statistic": ("median seconds per call after one warm-up call; naive and ours "
-                                              "called in turn, every sample in samples_seconds"),
-            "peak_memory": ("CUDA caching allocator's peak during one call, above what was allocated before"
-                            if dev.type == "cuda" else
-                            "PyTorch CPU allocations minus frees during one call (profiler memory events; "
-                            "the compiled kernels' per-image scratch rows, numpy arrays under 1 MB, are not seen)"),
+            "numerics_check": (
+                f"float64 copies, first {min(check_batch or batch, batch)} images: identical spikes, "
+                f"outputs within {OUTPUT_ATOL_FLOAT64:g}, gradients within {GRAD_RTOL_FLOAT64:g} "
+                "relative; float32 differences reported alongside"
+            ),
+            "repeats": repeats,
+            "statistic": (
+                "median seconds per call after one warm-up call; naive and ours "
+                "called in turn, every sample in samples_seconds"
+            ),
+            "peak_memory": (
+                "CUDA caching allocator's peak during one call, above what was allocated before"
+                if dev.type == "cuda"
+                else "PyTorch CPU allocations minus frees during one call (profiler memory events; "
+                "the compiled kernels' per-image scratch rows, numpy arrays under 1 MB, are not seen)"
+            ),
             "allocators": {a: ALLOCATOR_LABELS[a] for a in allocators},
-            "peak_rss": ("VmHWM of a fresh process per (implementation, allocator) that builds both models "
-                         "and runs 3 training steps, at the largest T; rss_before_bytes is its VmRSS just before the first "
-                         "call (Python, torch, the models: the same for both implementations)"),
-            "spike_inputs": ("per mode, the convolutions whose input is spikes during one call of ours, how many ran "
-                             "spike-driven (esvae.spiking.spike_conv: forward and weight gradient from the spikes that "
-                             "fired; its speed depends on the firing rate) and the firing rate of their inputs; at "
-                             "random initialisation, after the timed calls"),
-            "flop_bound": ("flops_per_image: the dense FLOPs of our call's matrix products and convolutions, forward and "
-                           "backward, from their shapes (torch FlopCounterMode); flop_bound_images_per_s: the "
-                           "machine's dense float32 matrix-product rate (dense_flops_per_second, measured in this "
-                           "process) divided by them; fraction_of_flop_bound: our images/s (heap kept where timed) "
-                           "over that bound"),
+            "peak_rss": (
+                "VmHWM of a fresh process per (implementation, allocator) that builds both models "
+                "and runs 3 training steps, at the largest T; rss_before_bytes is its VmRSS just before the first "
+                "call (Python, torch, the models: the same for both implementations)"
+            ),
+            "spike_inputs": (
+                "per mode, the convolutions whose input is spikes during one call of ours, how many ran "
+                "spike-driven (esvae.spiking.spike_conv: forward and weight gradient from the spikes that "
+                "fired; its speed depends on the firing rate) and the firing rate of their inputs; at "
+                "random initialisation, after the timed calls"
+            ),
+            "flop_bound": (
+                "flops_per_image: the dense FLOPs of our call's matrix products and convolutions, forward and "
+                "backward, from their shapes (torch FlopCounterMode); flop_bound_images_per_s: the "
+                "machine's dense float32 matrix-product rate (dense_flops_per_second, measured in this "
+                "process) divided by them; fraction_of_flop_bound: our images/s (heap kept where timed) "
+                "over that bound"
+            ),
         },
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": str(torch.__version__), "python": platform.python_version(),
-                    "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-                    "dense_flops_per_second": dense},
+        "machine": {
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": str(torch.__version__),
+            "python": platform.python_version(),
+            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+            "dense_flops_per_second": dense,
+        },
         "numerics_ok": all(r["numerics"]["ok"] for r in rows.values()),
         "rows": list(rows.values()),
     }
 
 
-def format_table(report: Dict[str, object]) -> str:
+def format_table(report: Dict[str, Any]) -> str:
     """A Markdown table of the report: one line per model, T and mode."""
     allocators = list(report["conditions"]["allocators"])
     present = [a for a in allocators if all(a in r["seconds"] for r in report["rows"])]
@@ -475,8 +593,10 @@ def format_table(report: Dict[str, object]) -> str:
         n = r["numerics"]
         d = n["float64"]
         worst = max(d["train_output_max_abs_diff"], d["eval_output_max_abs_diff"], d["sample_max_abs_diff"])
-        check = (f"{'same' if n['ok'] else 'MISMATCH'}: {d['spike_mismatches']} spikes differ, "
-                 f"outputs {worst:.0e}, grads {d['grad_max_rel_err']:.0e}")
+        check = (
+            f"{'same' if n['ok'] else 'MISMATCH'}: {d['spike_mismatches']} spikes differ, "
+            f"outputs {worst:.0e}, grads {d['grad_max_rel_err']:.0e}"
+        )
         for mode in MODES:
             cells = [r["model"], str(r["timesteps"]), mode]
             for a in present:
@@ -486,61 +606,99 @@ def format_table(report: Dict[str, object]) -> str:
                 cells.append(f"{r['speedup']['ours_tuned_vs_naive_default'][mode]:.2f}x")
             if memory:
                 pb = r["peak_bytes"]
-                cells += [f"{pb['naive'][mode] / 2**20:.0f}", f"{pb['ours'][mode] / 2**20:.0f}",
-                          f"{r['memory_ratio'][mode]:.2f}"]
+                cells += [
+                    f"{pb['naive'][mode] / 2**20:.0f}",
+                    f"{pb['ours'][mode] / 2**20:.0f}",
+                    f"{r['memory_ratio'][mode]:.2f}",
+                ]
             cells.append(check)
             lines.append("| " + " | ".join(cells) + " |")
     for r in report["rows"]:
         if "peak_rss_error" in r:
-            lines += ["", f"Peak resident memory of {r['model']} T={r['timesteps']} not measured: {r['peak_rss_error']}"]
+            lines += [
+                "",
+                f"Peak resident memory of {r['model']} T={r['timesteps']} not measured: {r['peak_rss_error']}",
+            ]
         elif "peak_rss_bytes" in r:
             lines.append("")
             parts = []
             for a, impls in r["peak_rss_bytes"].items():
                 for m in RSS_MODES:
-                    parts.append(f"{m} ({a}) naive {impls['naive'][m]['vmhwm_bytes'] / 2**20:.0f} MB, "
-                                 f"ours {impls['ours'][m]['vmhwm_bytes'] / 2**20:.0f} MB "
-                                 f"({r['rss_ratio'][a][m]:.2f})")
+                    parts.append(
+                        f"{m} ({a}) naive {impls['naive'][m]['vmhwm_bytes'] / 2**20:.0f} MB, "
+                        f"ours {impls['ours'][m]['vmhwm_bytes'] / 2**20:.0f} MB "
+                        f"({r['rss_ratio'][a][m]:.2f})"
+                    )
             cross = r["rss_ratio"].get("ours_tuned_vs_naive_default")
             before = next(iter(r["peak_rss_bytes"].values()))["ours"]["train"]["rss_before_bytes"]
-            lines.append(f"Peak resident memory (VmHWM, fresh process each, {before / 2**20:.0f} MB resident before "
-                         f"the first call) of {r['model']} T={r['timesteps']}: " + "; ".join(parts)
-                         + (f"; ours heap kept / naive glibc defaults, train {cross['train']:.2f}." if cross else "."))
+            lines.append(
+                f"Peak resident memory (VmHWM, fresh process each, {before / 2**20:.0f} MB resident before "
+                f"the first call) of {r['model']} T={r['timesteps']}: "
+                + "; ".join(parts)
+                + (f"; ours heap kept / naive glibc defaults, train {cross['train']:.2f}." if cross else ".")
+            )
     for r in report["rows"]:
         if "flops_per_image" in r:
             f, b, frac = r["flops_per_image"], r["flop_bound_images_per_s"], r["fraction_of_flop_bound"]
             lines.append("")
-            lines.append(f"FLOP bound of {r['model']} T={r['timesteps']}: " + "; ".join(
-                f"{m} {f[m] / 1e9:.3f} GFLOP/image, bound {b[m]:.0f} img/s, ours at {frac[m]:.0%}" for m in MODES)
-                + f" (dense float32 matrix products at {report['machine']['dense_flops_per_second'] / 1e9:.0f} GFLOP/s; "
-                  "ours skips the spikes that did not fire, so it can pass the dense bound).")
+            lines.append(
+                f"FLOP bound of {r['model']} T={r['timesteps']}: "
+                + "; ".join(
+                    f"{m} {f[m] / 1e9:.3f} GFLOP/image, bound {b[m]:.0f} img/s, ours at {frac[m]:.0%}" for m in MODES
+                )
+                + " (dense float32 matrix products at "
+                + f"{report['machine']['dense_flops_per_second'] / 1e9:.0f} GFLOP/s; "
+                "ours skips the spikes that did not fire, so it can pass the dense bound)."
+            )
         if "spike_inputs" in r:
             lines.append("")
-            lines.append(f"Convolutions on spikes, {r['model']} T={r['timesteps']}: " + "; ".join(
-                f"{m} {v['spike_driven']} of {v['convolutions_on_spikes']} spike-driven, firing rate {v['firing_rate']:.1%}"
-                for m, v in r["spike_inputs"].items()) + " (the spike-driven kernels' speed depends on that rate).")
+            lines.append(
+                f"Convolutions on spikes, {r['model']} T={r['timesteps']}: "
+                + "; ".join(
+                    f"{m} {v['spike_driven']} of {v['convolutions_on_spikes']} spike-driven, "
+                    f"firing rate {v['firing_rate']:.1%}"
+                    for m, v in r["spike_inputs"].items()
+                )
+                + " (the spike-driven kernels' speed depends on that rate)."
+            )
     for r in report["rows"]:
         if "profile_train_ours" in r:
             prof = r["profile_train_ours"]
-            parts = ", ".join(f"{k} {v / prof['total_ms']:.0%}" for k, v in prof["groups_ms"].items())
+            shares = ", ".join(f"{k} {v / prof['total_ms']:.0%}" for k, v in prof["groups_ms"].items())
             lines.append("")
-            lines.append(f"Profile of our {r['model']} training step at T={r['timesteps']} "
-                         f"({prof['total_ms']:.0f} ms of self CPU time under the profiler): {parts}.")
+            lines.append(
+                f"Profile of our {r['model']} training step at T={r['timesteps']} "
+                f"({prof['total_ms']:.0f} ms of self CPU time under the profiler): {shares}."
+            )
     m, c = report["machine"], report["conditions"]
     lines.append("")
-    where = m["device"] if m["device"] != "cpu" else f"{m['cpu']} ({m['cores']} cores), {m['torch_threads']} torch threads"
-    lines.append(f"{where}, torch {m['torch']}; "
-                 f"batch {c['batch']}; {c['dataset_config']} {c['weights']}; {c['statistic']}, {c['repeats']} timed; "
-                 f"numerics: {c['numerics_check']}.")
+    where = (
+        m["device"] if m["device"] != "cpu" else f"{m['cpu']} ({m['cores']} cores), {m['torch_threads']} torch threads"
+    )
+    lines.append(
+        f"{where}, torch {m['torch']}; "
+        f"batch {c['batch']}; {c['dataset_config']} {c['weights']}; {c['statistic']}, {c['repeats']} timed; "
+        f"numerics: {c['numerics_check']}."
+    )
     return "\n".join(lines)
 
 
-def write_report(report: Dict[str, object], path: os.PathLike) -> None:
-    from ..files import write_json
+def write_report(report: Dict[str, Any], path: os.PathLike) -> None:
     from pathlib import Path
+
+    from ..files import write_json
+
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_json(Path(path), report)
 
 
-__all__ = ["run_bench", "format_table", "write_report", "check_numerics", "build_pair", "peak_memory_bytes",
-           "profile_call", "MODES"]
+__all__ = [
+    "run_bench",
+    "format_table",
+    "write_report",
+    "check_numerics",
+    "build_pair",
+    "peak_memory_bytes",
+    "profile_call",
+    "MODES",
+]

@@ -20,6 +20,7 @@ can flip a spike whose potential lies within rounding of the threshold).
 With ``--device cpu`` the second copy runs the torch-op path on the CPU (the compiled kernels
 switched off), which is what a GPU runs: the check of that path that CI can run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,7 @@ import copy
 import os
 import sys
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Any, Dict, Iterator, List
 
 import torch
 import torch.nn.functional as F
@@ -52,18 +53,18 @@ def _torch_ops_path(on: bool) -> Iterator[None]:
             os.environ["ESVAE_NO_NUMBA"] = saved
 
 
-def _pass(model, images: torch.Tensor, latent_in, weights: torch.Tensor, training: bool) -> Dict[str, object]:
+def _pass(model, images: torch.Tensor, latent_in, weights: torch.Tensor, training: bool) -> Dict[str, Any]:
     """One forward (and in training one backward) of the deterministic pieces; tensors back on the CPU."""
     model.train(training)
     model.zero_grad(set_to_none=True)
-    out: Dict[str, torch.Tensor] = {}
+    out: Dict[str, Any] = {}
     with torch.set_grad_enabled(training):
-        latent = model.encode(images)                                      # (T, N, L)
+        latent = model.encode(images)  # (T, N, L)
         decode_from = latent.detach() if latent_in is None else latent_in.to(images.device)
         recon = model.decode(decode_from)
         loss = F.mse_loss(recon, images) + (latent.mean(0) * weights).sum()
         out["latent_spikes"], out["reconstruction"] = latent, recon
-        if hasattr(model, "posterior"):                                    # FSVAE / TAID vote MLPs
+        if hasattr(model, "posterior"):  # FSVAE / TAID vote MLPs
             z = decode_from
             shifted = torch.cat([torch.zeros_like(z[:1]), z[:-1]])
             q = model.posterior.layers(torch.cat([latent, shifted], dim=-1))
@@ -78,28 +79,39 @@ def _pass(model, images: torch.Tensor, latent_in, weights: torch.Tensor, trainin
     return result
 
 
-def _differences(ref: Dict[str, object], other: Dict[str, object]) -> Dict[str, object]:
+def _differences(ref: Dict[str, Any], other: Dict[str, Any]) -> Dict[str, Any]:
     spikes = [k for k in ("latent_spikes", "posterior_votes", "prior_votes") if k in ref]
     mismatched = sum(int((ref[k] != other[k]).sum()) for k in spikes)
     compared = sum(ref[k].numel() for k in spikes)
     output = float((ref["reconstruction"] - other["reconstruction"]).abs().max())
     grads_ref, grads_other = ref["grads"], other["grads"]
     if grads_ref.keys() != grads_other.keys():
-        raise AssertionError(f"gradients exist for different parameters: {sorted(grads_ref.keys() ^ grads_other.keys())}")
+        raise AssertionError(
+            f"gradients exist for different parameters: {sorted(grads_ref.keys() ^ grads_other.keys())}"
+        )
     worst = 0.0
     if grads_ref:
         scale = max(float(g.abs().max()) for g in grads_ref.values())
-        worst = max(float((grads_ref[n] - grads_other[n]).abs().max()) / (float(grads_ref[n].abs().max()) + 1e-3 * scale)
-                    for n in grads_ref)
+        worst = max(
+            float((grads_ref[n] - grads_other[n]).abs().max()) / (float(grads_ref[n].abs().max()) + 1e-3 * scale)
+            for n in grads_ref
+        )
     running = max((float((ref["running"][k] - other["running"][k]).abs().max()) for k in ref["running"]), default=0.0)
-    return {"spike_mismatches": mismatched, "spikes_compared": compared, "output_max_abs_diff": output,
-            "grad_max_rel_err": worst, "running_stats_max_abs_diff": running}
+    return {
+        "spike_mismatches": mismatched,
+        "spikes_compared": compared,
+        "output_max_abs_diff": output,
+        "grad_max_rel_err": worst,
+        "running_stats_max_abs_diff": running,
+    }
 
 
-def compare_with_cpu(model_name: str, dataset: str, timesteps: int, batch: int, device: str,
-                     dtype: torch.dtype) -> Dict[str, object]:
+def compare_with_cpu(
+    model_name: str, dataset: str, timesteps: int, batch: int, device: str, dtype: torch.dtype
+) -> Dict[str, Any]:
     """Training-mode and evaluation-mode differences between the CPU reference and ``device``."""
     from ..models import build_model
+
     torch.manual_seed(0)
     cpu = build_model(model_name, dataset, timesteps=timesteps).to(dtype)
     other = copy.deepcopy(cpu).to(device)
@@ -107,10 +119,11 @@ def compare_with_cpu(model_name: str, dataset: str, timesteps: int, batch: int, 
     images = torch.rand(batch, c, s, s, generator=torch.Generator().manual_seed(1), dtype=dtype) * 2 - 1
     weights = torch.randn(cpu.config.latent_dim, generator=torch.Generator().manual_seed(2), dtype=dtype)
     torch_ops = torch.device(device).type == "cpu"
-    report: Dict[str, object] = {}
+    report: Dict[str, Any] = {}
     # Momentum 1 in training: the running statistics become the batch's, so that evaluation mode
     # then runs a network whose units fire (see esvae.bench._running_stats_set_to_batch).
     from . import _running_stats_set_to_batch
+
     with _running_stats_set_to_batch(cpu, other):
         ref = _pass(cpu, images, None, weights, True)
         with _torch_ops_path(torch_ops):
@@ -122,41 +135,66 @@ def compare_with_cpu(model_name: str, dataset: str, timesteps: int, batch: int, 
     report["eval"] = _differences(ref, dev)
     report["eval"]["output_std"] = float(ref["reconstruction"].std())
     if dtype == torch.float64:
-        report["ok"] = all(r["spike_mismatches"] == 0 and r["grad_max_rel_err"] <= GRAD_RTOL_FLOAT64
-                           and max(r["output_max_abs_diff"], r["running_stats_max_abs_diff"]) <= OUTPUT_ATOL_FLOAT64
-                           for r in (report["train"], report["eval"])) and report["eval"]["output_std"] > 0
+        report["ok"] = (
+            all(
+                r["spike_mismatches"] == 0
+                and r["grad_max_rel_err"] <= GRAD_RTOL_FLOAT64
+                and max(r["output_max_abs_diff"], r["running_stats_max_abs_diff"]) <= OUTPUT_ATOL_FLOAT64
+                for r in (report["train"], report["eval"])
+            )
+            and report["eval"]["output_std"] > 0
+        )
     return report
 
 
-def run(models: List[str], dataset: str, timesteps: int, batch: int, device: str) -> Dict[str, object]:
+def run(models: List[str], dataset: str, timesteps: int, batch: int, device: str) -> Dict[str, Any]:
     dev = torch.device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (torch-op path, compiled kernels off)"
     rows = []
     for model_name in models:
         for dtype in (torch.float64, torch.float32):
-            row = {"model": model_name, "dtype": str(dtype).replace("torch.", ""),
-                   **compare_with_cpu(model_name, dataset, timesteps, batch, device, dtype)}
+            row = {
+                "model": model_name,
+                "dtype": str(dtype).replace("torch.", ""),
+                **compare_with_cpu(model_name, dataset, timesteps, batch, device, dtype),
+            }
             rows.append(row)
-    return {"what": ("the network on DEVICE against the CPU reference (compiled kernels), same weights and inputs, "
-                     "training-mode forward/backward then evaluation mode; float64 is the verdict"),
-            "conditions": {"dataset_config": dataset, "timesteps": timesteps, "batch": batch,
-                           "weights": "paper configuration, random initialisation (seed 0)",
-                           "float64_tolerances": {"outputs": OUTPUT_ATOL_FLOAT64, "gradients": GRAD_RTOL_FLOAT64}},
-            "device": name, "ok": all(r["ok"] for r in rows if r["dtype"] == "float64"), "rows": rows}
+    return {
+        "what": (
+            "the network on DEVICE against the CPU reference (compiled kernels), same weights and inputs, "
+            "training-mode forward/backward then evaluation mode; float64 is the verdict"
+        ),
+        "conditions": {
+            "dataset_config": dataset,
+            "timesteps": timesteps,
+            "batch": batch,
+            "weights": "paper configuration, random initialisation (seed 0)",
+            "float64_tolerances": {"outputs": OUTPUT_ATOL_FLOAT64, "gradients": GRAD_RTOL_FLOAT64},
+        },
+        "device": name,
+        "ok": all(r["ok"] for r in rows if r["dtype"] == "float64"),
+        "rows": rows,
+    }
 
 
-def format_rows(report: Dict[str, object]) -> str:
-    lines = ["| model | dtype | train: spikes differ | outputs | grads (rel) | eval: spikes differ | outputs |",
-             "|---|---|---|---|---|---|---|"]
+def format_rows(report: Dict[str, Any]) -> str:
+    lines = [
+        "| model | dtype | train: spikes differ | outputs | grads (rel) | eval: spikes differ | outputs |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in report["rows"]:
         t, e = r["train"], r["eval"]
-        lines.append(f"| {r['model']} | {r['dtype']} | {t['spike_mismatches']} of {t['spikes_compared']} | "
-                     f"{t['output_max_abs_diff']:.1e} | {t['grad_max_rel_err']:.1e} | "
-                     f"{e['spike_mismatches']} of {e['spikes_compared']} | {e['output_max_abs_diff']:.1e} |")
+        lines.append(
+            f"| {r['model']} | {r['dtype']} | {t['spike_mismatches']} of {t['spikes_compared']} | "
+            f"{t['output_max_abs_diff']:.1e} | {t['grad_max_rel_err']:.1e} | "
+            f"{e['spike_mismatches']} of {e['spikes_compared']} | {e['output_max_abs_diff']:.1e} |"
+        )
     c = report["conditions"]
     lines.append("")
-    lines.append(f"{report['device']} vs CPU reference; {c['dataset_config']} paper configuration, T={c['timesteps']}, "
-                 f"batch {c['batch']}, {c['weights']}; float64 verdict: {'same' if report['ok'] else 'MISMATCH'}.")
+    lines.append(
+        f"{report['device']} vs CPU reference; {c['dataset_config']} paper configuration, T={c['timesteps']}, "
+        f"batch {c['batch']}, {c['weights']}; float64 verdict: {'same' if report['ok'] else 'MISMATCH'}."
+    )
     return "\n".join(lines)
 
 
@@ -178,11 +216,16 @@ def main(argv=None) -> int:
         print(f"esvae.bench.devices: error: device {args.device!r}: only cpu and cuda are supported", file=sys.stderr)
         return 2
     if dev.type == "cuda" and not torch.cuda.is_available():
-        print(f"esvae.bench.devices: error: device {args.device!r} requested but CUDA is not available", file=sys.stderr)
+        print(
+            f"esvae.bench.devices: error: device {args.device!r} requested but CUDA is not available", file=sys.stderr
+        )
         return 2
     if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        print(f"esvae.bench.devices: error: device {args.device!r}: this machine has {torch.cuda.device_count()} "
-              "CUDA device(s)", file=sys.stderr)
+        print(
+            f"esvae.bench.devices: error: device {args.device!r}: this machine has {torch.cuda.device_count()} "
+            "CUDA device(s)",
+            file=sys.stderr,
+        )
         return 2
     if args.timesteps < 1 or args.batch < 2:
         print("esvae.bench.devices: error: --timesteps must be >= 1 and --batch >= 2", file=sys.stderr)
@@ -190,6 +233,7 @@ def main(argv=None) -> int:
     report = run(args.models, args.dataset, args.timesteps, args.batch, args.device)
     if args.json:
         from ..files import write_json
+
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(args.json), report)
     print(format_rows(report))

@@ -19,9 +19,10 @@ every random draw is made in the same order and shape as the project's code (the
 time-last), so both produce the same spikes, outputs and gradients up to float rounding. Nothing
 here is used by training or evaluation.
 """
+
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,11 @@ class NaiveLIF(nn.Module):
 
 
 class NaiveTDBN(nn.BatchNorm2d):
+    momentum: float
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    num_batches_tracked: torch.Tensor
+
     """tdBN written out: statistics over all axes but the channel (axis 1), input of any rank >= 3."""
 
     def __init__(self, num_features: int, alpha: float, v_threshold: float):
@@ -110,8 +116,15 @@ class NaiveConv(_Layer, nn.Conv3d):
 
 class NaiveConvTranspose(_Layer, nn.ConvTranspose3d):
     def __init__(self, cin, cout, stride, output_padding, config, bn_alpha=1.0, spiking=True):
-        nn.ConvTranspose3d.__init__(self, cin, cout, (3, 3, 1), stride=(stride, stride, 1), padding=(1, 1, 0),
-                                    output_padding=(output_padding, output_padding, 0))
+        nn.ConvTranspose3d.__init__(
+            self,
+            cin,
+            cout,
+            (3, 3, 1),
+            stride=(stride, stride, 1),
+            padding=(1, 1, 0),
+            output_padding=(output_padding, output_padding, 0),
+        )
         self._attach(cout, config, bn_alpha, spiking)
 
     def forward(self, x):
@@ -144,10 +157,13 @@ class NaiveBackbone(nn.Module):
         self.before_latent_layer = NaiveLinear(flat, config.latent_dim, config)
         self.decoder_input = NaiveLinear(config.latent_dim, flat, config)
         rev = dims[::-1]
-        self.decoder = nn.Sequential(*[NaiveConvTranspose(rev[i], rev[i + 1], 2, 1, config) for i in range(len(rev) - 1)])
-        self.final_layer = nn.Sequential(NaiveConvTranspose(dims[0], dims[0], 2, 1, config),
-                                         NaiveConvTranspose(dims[0], config.in_channels, 1, 0, config,
-                                                            bn_alpha=None, spiking=False))
+        self.decoder = nn.Sequential(
+            *[NaiveConvTranspose(rev[i], rev[i + 1], 2, 1, config) for i in range(len(rev) - 1)]
+        )
+        self.final_layer = nn.Sequential(
+            NaiveConvTranspose(dims[0], dims[0], 2, 1, config),
+            NaiveConvTranspose(dims[0], config.in_channels, 1, 0, config, bn_alpha=None, spiking=False),
+        )
 
     def encode(self, images):  # (N, C, H, W) -> (N, L, T)
         x = images.unsqueeze(-1).repeat(1, 1, 1, 1, self.config.timesteps)
@@ -159,7 +175,7 @@ class NaiveBackbone(nn.Module):
         h = h.view(h.shape[0], -1, 2, 2, h.shape[-1])
         y = self.final_layer(self.decoder(h))
         steps = torch.arange(y.shape[-1] - 1, -1, -1, dtype=torch.float64, device=y.device)
-        coef = (self.config.readout_decay ** steps).to(y.dtype)
+        coef = (self.config.readout_decay**steps).to(y.dtype)
         return torch.tanh((y * coef).sum(-1))
 
 
@@ -195,17 +211,23 @@ class NaiveESVAE(NaiveBackbone):
         return torch.sigmoid(self.prior_bottleneck(eps))
 
     def _sample(self, rate, generator):
-        noise = torch.rand((self.config.timesteps, *rate.shape), generator=generator, dtype=rate.dtype,
-                           device=rate.device)
+        noise = torch.rand(
+            (self.config.timesteps, *rate.shape), generator=generator, dtype=rate.dtype, device=rate.device
+        )
         return _PoissonFn.apply(rate, _time_last(noise))
 
     def forward(self, images, generator=None):
-        latent = self.encode(images)                      # (N, L, T)
+        latent = self.encode(images)  # (N, L, T)
         posterior_rate = latent.mean(-1)
         z = self._sample(posterior_rate, generator)
         reconstruction = self.decode(z)
-        return {"reconstruction": reconstruction, "latent_spikes": latent, "sampled_spikes": z,
-                "posterior_rate": posterior_rate, "prior_rate": self._prior_rate(images.shape[0], generator)}
+        return {
+            "reconstruction": reconstruction,
+            "latent_spikes": latent,
+            "sampled_spikes": z,
+            "posterior_rate": posterior_rate,
+            "prior_rate": self._prior_rate(images.shape[0], generator),
+        }
 
     def loss(self, images, out):
         mse = F.mse_loss(out["reconstruction"], images)
@@ -219,7 +241,9 @@ class NaiveESVAE(NaiveBackbone):
 
 class NaiveVotingMLP(nn.Sequential):
     def __init__(self, widths, config):
-        super().__init__(*[NaiveLinear(a, b, config, bn_alpha=config.mlp_bn_alpha) for a, b in zip(widths[:-1], widths[1:])])
+        super().__init__(
+            *[NaiveLinear(a, b, config, bn_alpha=config.mlp_bn_alpha) for a, b in zip(widths[:-1], widths[1:])]
+        )
         self.latent_dim, self.votes = config.latent_dim, config.votes
 
     def forward(self, x):  # (N, in, T) -> (N, L, k, T)
@@ -253,13 +277,13 @@ class NaiveFSVAE(NaiveBackbone):
 
     def _posterior(self, x, generator):  # x (N, L, T)
         N, L, T = x.shape
-        choice = _time_last(self._choices((T, N, L), generator))          # (N, L, T)
+        choice = _time_last(self._choices((T, N, L), generator))  # (N, L, T)
         z_shifted = torch.zeros(N, L, 1, dtype=x.dtype, device=x.device)
         with torch.no_grad():
             for t in range(T - 1):
-                votes_t = self.posterior.layers(torch.cat([x[..., :t + 1].detach(), z_shifted], 1))[..., -1]
+                votes_t = self.posterior.layers(torch.cat([x[..., : t + 1].detach(), z_shifted], 1))[..., -1]
                 z_shifted = torch.cat([z_shifted, _select(votes_t, choice[..., t]).unsqueeze(-1)], -1)
-        votes = self.posterior.layers(torch.cat([x, z_shifted], 1))          # (N, L, k, T)
+        votes = self.posterior.layers(torch.cat([x, z_shifted], 1))  # (N, L, k, T)
         return votes.gather(2, choice.unsqueeze(2)).squeeze(2), votes
 
     def _prior(self, z, generator):
@@ -285,8 +309,13 @@ class NaiveFSVAE(NaiveBackbone):
         latent = self.encode(images)
         z, q_votes = self._posterior(latent, generator)
         p_votes = self._prior(z, generator)
-        return {"reconstruction": self.decode(z), "latent_spikes": latent, "sampled_spikes": z,
-                "posterior_votes": q_votes, "prior_votes": p_votes}
+        return {
+            "reconstruction": self.decode(z),
+            "latent_spikes": latent,
+            "sampled_spikes": z,
+            "posterior_votes": q_votes,
+            "prior_votes": p_votes,
+        }
 
     @staticmethod
     def _psp(x, tau):  # (..., T)
@@ -310,19 +339,19 @@ class NaiveFSVAE(NaiveBackbone):
         T, L = self.config.timesteps, self.config.latent_dim
         z_shifted = torch.zeros(n, L, 1, **self._like())
         for _ in range(T):
-            votes_t = self.prior.layers(z_shifted)[..., -1]                   # prefix pass
+            votes_t = self.prior.layers(z_shifted)[..., -1]  # prefix pass
             z_shifted = torch.cat([z_shifted, _select(votes_t, self._choices((n, L), generator)).unsqueeze(-1)], -1)
         return self.decode(z_shifted[..., 1:])
 
 
-def naive_port(model: nn.Module) -> nn.Module:
+def naive_port(model: Any) -> nn.Module:
     """The naive port of ``model`` (an ESVAE with the Poisson sampler, or an FSVAE with the 'mmd'
     loss), holding a copy of its weights and batch-norm state, in the same train/eval mode."""
     name = type(model).__name__
     if name == "ESVAE":
         if model.sampler.name != "poisson":
             raise ValueError(f"the naive port implements ESVAE's poisson sampler only, not {model.sampler.name!r}")
-        naive = NaiveESVAE(model.config, model.mmd)
+        naive: nn.Module = NaiveESVAE(model.config, model.mmd)
     elif name == "FSVAE":
         if model.config.loss != "mmd":
             raise ValueError("the naive port implements FSVAE's default 'mmd' loss only")
@@ -349,7 +378,7 @@ def parameter_pairs(model: nn.Module, naive: nn.Module) -> Dict[str, List[torch.
     return {name: [p, theirs[name]] for name, p in model.named_parameters() if name in theirs}
 
 
-def naive_param_groups(model: nn.Module, naive: nn.Module, lr: float, prior_lr_multiplier: float) -> List[dict]:
+def naive_param_groups(model: Any, naive: nn.Module, lr: float, prior_lr_multiplier: float) -> List[dict]:
     """The model's optimiser groups (``model.param_groups``) with the naive port's parameters."""
     by_id = {id(p): name for name, p in model.named_parameters()}
     theirs = dict(naive.named_parameters())

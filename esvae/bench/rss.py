@@ -1,6 +1,7 @@
 """Peak resident memory of one implementation's calls, as the OS sees it, in a process of its own.
 
-``python -m esvae.bench.rss MODEL DATASET T BATCH IMPL MODE ALLOCATOR CALLS THREADS [OVERRIDES_JSON]`` builds the benchmark's
+``python -m esvae.bench.rss MODEL DATASET T BATCH IMPL MODE ALLOCATOR CALLS THREADS [OVERRIDES_JSON]``
+builds the benchmark's
 pair of models (:func:`esvae.bench.build_pair`: both implementations, so every measurement starts
 from the same process state), runs ``CALLS`` calls of ``IMPL``'s ``MODE`` and prints one JSON line:
 ``VmHWM`` (the process's peak resident set, every page it held at once: tensors, the allocator's
@@ -10,6 +11,7 @@ torch is imported and before the models are built; the first call of ours also l
 a writable cache, compiles) the numba kernels, which counts against ours. :func:`peak_rss` runs it
 and reads the line back.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,12 +36,15 @@ def _main(argv) -> int:
     overrides = json.loads(argv[9]) if len(argv) > 9 else None
     if allocator == "tuned":
         from ..runtime import tune_allocator
+
         if not tune_allocator():
             print(json.dumps({"error": "the heap-kept setting needs glibc's mallopt"}))
             return 2
     import torch  # after the allocator setting
+
     torch.set_num_threads(int(threads))
     from . import build_pair
+
     pair = build_pair(model, dataset, int(timesteps), int(batch), overrides=overrides)
     before = _status_kib("VmRSS")
     call = pair.call(impl, mode)
@@ -49,19 +54,43 @@ def _main(argv) -> int:
     return 0
 
 
-def peak_rss(model: str, dataset: str, timesteps: int, batch: int, impl: str, mode: str, allocator: str,
-             calls: int = 3, overrides: Optional[dict] = None) -> Dict[str, int]:
+def peak_rss(
+    model: str,
+    dataset: str,
+    timesteps: int,
+    batch: int,
+    impl: str,
+    mode: str,
+    allocator: str,
+    calls: int = 3,
+    overrides: Optional[dict] = None,
+) -> Dict[str, int]:
     """``{"vmhwm_bytes", "rss_before_bytes"}`` of a fresh process running ``calls`` calls (Linux)."""
     import torch
+
     if not os.path.exists("/proc/self/status"):
         raise MeasurementError("peak resident memory needs Linux's /proc/self/status")
-    cmd = [sys.executable, "-m", "esvae.bench.rss", model, dataset, str(timesteps), str(batch), impl, mode,
-           allocator, str(calls), str(torch.get_num_threads())] + ([json.dumps(overrides)] if overrides else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "esvae.bench.rss",
+        model,
+        dataset,
+        str(timesteps),
+        str(batch),
+        impl,
+        mode,
+        allocator,
+        str(calls),
+        str(torch.get_num_threads()),
+    ] + ([json.dumps(overrides)] if overrides else [])
     done = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     out = json.loads(lines[-1]) if lines else {}
     if done.returncode != 0 or "vmhwm_bytes" not in out:
-        tail = out.get("error") or (done.stderr.strip().splitlines() or [f"exit status {done.returncode}, no output"])[-1]
+        tail = (
+            out.get("error") or (done.stderr.strip().splitlines() or [f"exit status {done.returncode}, no output"])[-1]
+        )
         raise MeasurementError(f"peak-memory process for {model} {impl} {mode} ({allocator}) failed: {tail}")
     return out
 

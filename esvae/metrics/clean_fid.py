@@ -3,8 +3,9 @@ section 6).
 
 Preprocessing, as clean-fid 0.1.35's ``make_resizer("PIL", False, "bicubic", (299, 299))``: images
 on the 0-255 scale (reference images uint8; generated ones in float, ``(x + 1) / 2 * 255`` unrounded,
-as the ESVAE authors passed them to clean-fid's generator path), each channel converted to a float32 PIL image (mode ``F``), resized with
-PIL's bicubic filter to 299x299 and clipped to [0, 255], never quantised again (greyscale images
+as the ESVAE authors passed them to clean-fid's generator path), each channel converted to a
+float32 PIL image (mode ``F``), resized with PIL's bicubic filter to 299x299 and clipped to
+[0, 255], never quantised again (greyscale images
 are repeated to 3 channels, as clean-fid's RGB conversion does). Features: the pool3 (2048-d)
 activations of the same Inception-v3 network and weights as our torch-fidelity FID, fed the float
 299x299 images directly (torch-fidelity's own entry point accepts only uint8 and resizes bilinearly
@@ -13,6 +14,7 @@ itself). The Frechet distance is :func:`esvae.metrics.frechet.frechet_distance` 
 The reference set's statistics are cached under the cache folder, keyed like torch-fidelity's
 reference cache (dataset, split, N, image bytes' hash, weights' hash) plus the preprocessing.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,9 +32,11 @@ from .inception import InceptionWeights, default_cache_dir
 log = logging.getLogger(__name__)
 
 SIZE = 299
-PREPROCESSING = ("0-255 scale -> per channel float32 PIL bicubic resize to 299x299, clipped to [0, 255], "
-                 "not re-quantised (clean-fid 0.1.35 'clean' mode); greyscale repeated to 3 channels; "
-                 "Inception-v3 pool3 features")
+PREPROCESSING = (
+    "0-255 scale -> per channel float32 PIL bicubic resize to 299x299, clipped to [0, 255], "
+    "not re-quantised (clean-fid 0.1.35 'clean' mode); greyscale repeated to 3 channels; "
+    "Inception-v3 pool3 features"
+)
 
 
 def to_255(images: torch.Tensor) -> torch.Tensor:
@@ -44,14 +48,17 @@ def to_255(images: torch.Tensor) -> torch.Tensor:
 def clean_resize(images: torch.Tensor) -> torch.Tensor:
     """uint8, or float on the 0-255 scale, ``(N, C, H, W)`` (C = 1 or 3) -> float32 ``(N, 3, 299, 299)``."""
     from PIL import Image
+
     if images.dtype not in (torch.uint8, torch.float32) or images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"expected uint8 or float32 images (N, 1 or 3, H, W), got {images.dtype} {tuple(images.shape)}")
+        raise ValueError(
+            f"expected uint8 or float32 images (N, 1 or 3, H, W), got {images.dtype} {tuple(images.shape)}"
+        )
     arrays = images.cpu().numpy().astype(np.float32)
     out = np.empty((images.shape[0], images.shape[1], SIZE, SIZE), dtype=np.float32)
     for i in range(arrays.shape[0]):
         for c in range(arrays.shape[1]):
-            resized = Image.fromarray(arrays[i, c], mode="F").resize((SIZE, SIZE), resample=Image.BICUBIC)
-            out[i, c] = np.asarray(resized)
+            image = Image.fromarray(arrays[i, c], mode="F").resize((SIZE, SIZE), resample=Image.Resampling.BICUBIC)
+            out[i, c] = np.asarray(image)
     resized = torch.from_numpy(out.clip(0, 255))
     return resized.expand(-1, 3, -1, -1).contiguous() if images.shape[1] == 1 else resized
 
@@ -65,15 +72,35 @@ class Pool3(nn.Module):
     extractor (it is called with exactly such batches).
     """
 
-    STAGES = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
-              "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
-              "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool")
+    STAGES = (
+        "Conv2d_1a_3x3",
+        "Conv2d_2a_3x3",
+        "Conv2d_2b_3x3",
+        "MaxPool_1",
+        "Conv2d_3b_1x1",
+        "Conv2d_4a_3x3",
+        "MaxPool_2",
+        "Mixed_5b",
+        "Mixed_5c",
+        "Mixed_5d",
+        "Mixed_6a",
+        "Mixed_6b",
+        "Mixed_6c",
+        "Mixed_6d",
+        "Mixed_6e",
+        "Mixed_7a",
+        "Mixed_7b",
+        "Mixed_7c",
+        "AvgPool",
+    )
 
     def __init__(self, weights: InceptionWeights):
         super().__init__()
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-        self.network = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                                   feature_extractor_weights_path=str(weights.path)).eval()
+
+        self.network = FeatureExtractorInceptionV3(
+            "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights.path)
+        ).eval()
         self.weights = weights
 
     @torch.no_grad()
@@ -86,15 +113,22 @@ class Pool3(nn.Module):
         return torch.flatten(x, 1)
 
 
-def clean_features(images: torch.Tensor, extractor: Pool3, batch_size: int = 64,
-                   device: torch.device = torch.device("cpu"), progress: bool = False) -> torch.Tensor:
+def clean_features(
+    images: torch.Tensor,
+    extractor: Pool3,
+    batch_size: int = 64,
+    device: torch.device = torch.device("cpu"),
+    progress: bool = False,
+) -> torch.Tensor:
     """Pool3 features ``(N, 2048)`` float32 of uint8 (or 0-255 float) images after the clean resize."""
     from tqdm import tqdm
+
     extractor = extractor.to(device)
     out = []
-    for start in tqdm(range(0, images.shape[0], batch_size), desc="clean-FID features", unit="batch",
-                      disable=not progress):
-        batch = clean_resize(images[start:start + batch_size]).to(device)
+    for start in tqdm(
+        range(0, images.shape[0], batch_size), desc="clean-FID features", unit="batch", disable=not progress
+    ):
+        batch = clean_resize(images[start : start + batch_size]).to(device)
         out.append(extractor(batch).cpu())
     return torch.cat(out)
 
@@ -104,18 +138,25 @@ def _cache_file(reference_name: str, cache_dir: Optional[os.PathLike]) -> Path:
     return root / "clean-fid" / f"{reference_name}-clean-pil-bicubic-{SIZE}.pt"
 
 
-def reference_stats(reference: torch.Tensor, extractor: Pool3, reference_name: Optional[str] = None,
-                    cache_dir: Optional[os.PathLike] = None, batch_size: int = 64,
-                    device: torch.device = torch.device("cpu"), progress: bool = False) -> GaussianStats:
+def reference_stats(
+    reference: torch.Tensor,
+    extractor: Pool3,
+    reference_name: Optional[str] = None,
+    cache_dir: Optional[os.PathLike] = None,
+    batch_size: int = 64,
+    device: torch.device = torch.device("cpu"),
+    progress: bool = False,
+) -> GaussianStats:
     """Statistics of the reference images' clean features, cached under ``reference_name`` when given
     (a cache file that cannot be read is recomputed and replaced)."""
     from ..files import atomic_torch_save
+
     path = _cache_file(reference_name, cache_dir) if reference_name else None
     if path is not None and path.is_file():
         try:
             cached = torch.load(path, map_location="cpu", weights_only=True)
             return GaussianStats(cached["mean"], cached["cov"], int(cached["n"]))
-        except Exception as exc:   # a corrupt cache entry is recomputed, never trusted
+        except Exception as exc:  # a corrupt cache entry is recomputed, never trusted
             log.warning("ignoring unreadable clean-FID cache %s (%s)", path, type(exc).__name__)
     stats = GaussianStats.of(clean_features(reference, extractor, batch_size, device, progress))
     if path is not None:
@@ -124,9 +165,17 @@ def reference_stats(reference: torch.Tensor, extractor: Pool3, reference_name: O
     return stats
 
 
-def fid_clean(generated: torch.Tensor, reference: torch.Tensor, weights: InceptionWeights, *,
-              reference_name: Optional[str] = None, cache_dir: Optional[os.PathLike] = None, batch_size: int = 64,
-              device: torch.device = torch.device("cpu"), progress: bool = False) -> float:
+def fid_clean(
+    generated: torch.Tensor,
+    reference: torch.Tensor,
+    weights: InceptionWeights,
+    *,
+    reference_name: Optional[str] = None,
+    cache_dir: Optional[os.PathLike] = None,
+    batch_size: int = 64,
+    device: torch.device = torch.device("cpu"),
+    progress: bool = False,
+) -> float:
     """FID between ``generated`` and ``reference`` images (uint8, or float32 on the 0-255 scale) in
     clean-fid's protocol."""
     extractor = Pool3(weights)

@@ -16,6 +16,7 @@ tables: :func:`load_published_autoencoder` reads their ``state_dict`` (only the 
 ``latent_layer`` are used) and :func:`load_published_stats` their ``mu``/``sigma`` arrays. The user
 copies those files from the authors' repositories; this project never downloads or ships them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,16 +25,16 @@ import os
 import time
 import zipfile
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoints import code_version
-from ..files import atomic_torch_save
 from ..config import dataset_spec, hidden_dims_for
 from ..errors import CheckpointError, ConfigError
+from ..files import atomic_torch_save
 from ..models.ann_blocks import ann_decoder, ann_encoder, ann_final_layer
 from .frechet import GaussianStats, frechet_distance
 
@@ -63,8 +64,10 @@ class FADAutoencoder(nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images ``(N, C, S, S)`` in [-1, 1] -> codes ``(N, code_dim)``."""
         if images.dim() != 4 or tuple(images.shape[1:]) != (self.in_channels, self.image_size, self.image_size):
-            raise ValueError(f"the FAD autoencoder takes images (N, {self.in_channels}, {self.image_size}, "
-                             f"{self.image_size}), got {tuple(images.shape)}")
+            raise ValueError(
+                f"the FAD autoencoder takes images (N, {self.in_channels}, {self.image_size}, "
+                f"{self.image_size}), got {tuple(images.shape)}"
+            )
         return self.to_code(self.encoder(images).flatten(1))
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
@@ -75,25 +78,42 @@ class FADAutoencoder(nn.Module):
 
 
 @torch.no_grad()
-def encode_all(model: nn.Module, images: torch.Tensor, batch_size: int = 500,
-               device: torch.device = torch.device("cpu")) -> torch.Tensor:
+def encode_all(
+    model: Union[FADAutoencoder, PublishedFADEncoder],
+    images: torch.Tensor,
+    batch_size: int = 500,
+    device: torch.device = torch.device("cpu"),
+) -> torch.Tensor:
     """Codes ``(N, D)`` of model-range images (float in [-1, 1]) or uint8 images, in eval mode, by
     ``model.encode`` (our autoencoder or the published encoder)."""
     from ..data import to_model_range
+
     was_training = model.training
     model.eval()
     codes = []
     for start in range(0, images.shape[0], batch_size):
-        batch = images[start:start + batch_size]
+        batch = images[start : start + batch_size]
         batch = to_model_range(batch) if batch.dtype == torch.uint8 else batch
         codes.append(model.encode(batch.to(device)).cpu())
     model.train(was_training)
     return torch.cat(codes)
 
 
-def train_fad_autoencoder(dataset: str, out_dir: os.PathLike, *, epochs: int = 20, batch_size: int = 128,
-                          lr: float = 1e-3, train_subset: int = 0, test_subset: int = 0, seed: int = 0, data_root=None,
-                          download: bool = False, device: str = "auto", progress: Optional[bool] = None) -> Dict:
+def train_fad_autoencoder(
+    dataset: str,
+    out_dir: os.PathLike,
+    *,
+    epochs: int = 20,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    train_subset: int = 0,
+    test_subset: int = 0,
+    seed: int = 0,
+    data_root=None,
+    download: bool = False,
+    device: str = "auto",
+    progress: Optional[bool] = None,
+) -> Dict:
     """Train the dataset's FAD autoencoder and store it with the test split's code statistics."""
     import sys
 
@@ -130,31 +150,67 @@ def train_fad_autoencoder(dataset: str, out_dir: os.PathLike, *, epochs: int = 2
             return total / len(test)
 
         history = [{"epoch": 0, "test_mse": test_mse()}]
-        log.info("FAD autoencoder for %s: code %d-d, %d train images, %d epochs, batch %d, AdamW lr %g; "
-                 "untrained test MSE %.5f", source.label, model.code_dim, len(train), epochs, batch_size, lr,
-                 history[0]["test_mse"])
+        log.info(
+            "FAD autoencoder for %s: code %d-d, %d train images, %d epochs, batch %d, AdamW lr %g; "
+            "untrained test MSE %.5f",
+            source.label,
+            model.code_dim,
+            len(train),
+            epochs,
+            batch_size,
+            lr,
+            history[0]["test_mse"],
+        )
         steps = math.ceil(len(train) / batch_size)
         for epoch in range(1, epochs + 1):
             start, total, seen = time.perf_counter(), 0.0, 0
-            for batch in tqdm(iterate_batches(train.images, batch_size, shuffle=True, generator=gen, device=dev),
-                              total=steps, desc=f"FAD AE epoch {epoch}/{epochs}", disable=not progress, unit="batch"):
+            for batch in tqdm(
+                iterate_batches(train.images, batch_size, shuffle=True, generator=gen, device=dev),
+                total=steps,
+                desc=f"FAD AE epoch {epoch}/{epochs}",
+                disable=not progress,
+                unit="batch",
+            ):
                 loss = F.mse_loss(model(batch), batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 total += loss.item() * batch.shape[0]
                 seen += batch.shape[0]
-            history.append({"epoch": epoch, "train_mse": total / seen, "test_mse": test_mse(),
-                            "seconds": time.perf_counter() - start})
-            log.info("epoch %d: train MSE %.5f, test MSE %.5f (%.1f s)", epoch, history[-1]["train_mse"],
-                     history[-1]["test_mse"], history[-1]["seconds"])
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_mse": total / seen,
+                    "test_mse": test_mse(),
+                    "seconds": time.perf_counter() - start,
+                }
+            )
+            log.info(
+                "epoch %d: train MSE %.5f, test MSE %.5f (%.1f s)",
+                epoch,
+                history[-1]["train_mse"],
+                history[-1]["test_mse"],
+                history[-1]["seconds"],
+            )
         stats = GaussianStats.of(encode_all(model, test.images, device=dev))
         record = {
-            "format": FORMAT, "dataset": source.name, "data_label": source.label, "model_dataset": source.model_dataset,
-            "in_channels": model.in_channels, "image_size": model.image_size, "code_dim": model.code_dim,
+            "format": FORMAT,
+            "dataset": source.name,
+            "data_label": source.label,
+            "model_dataset": source.model_dataset,
+            "in_channels": model.in_channels,
+            "image_size": model.image_size,
+            "code_dim": model.code_dim,
             "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-            "training": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": "AdamW", "seed": seed,
-                         "train_images": len(train), "history": history},
+            "training": {
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "lr": lr,
+                "optimizer": "AdamW",
+                "seed": seed,
+                "train_images": len(train),
+                "history": history,
+            },
             "test_stats": {"mean": stats.mean, "cov": stats.cov, "n": stats.n, "split": test_split},
             "code_version": code_version(),
         }
@@ -172,8 +228,10 @@ def load_fad_autoencoder(path: os.PathLike, map_location="cpu"):
     if path.is_dir():
         path = path / FILE
     if not path.is_file():
-        raise CheckpointError(f"FAD autoencoder not found: {path} (train one with 'python -m esvae "
-                              "train-fad-autoencoder --dataset D --out DIR')")
+        raise CheckpointError(
+            f"FAD autoencoder not found: {path} (train one with 'python -m esvae "
+            "train-fad-autoencoder --dataset D --out DIR')"
+        )
     try:
         record = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
@@ -208,8 +266,10 @@ PUBLISHED_DECODER_PREFIXES = ("decoder_input.", "decoder.", "final_layer.")
 # to eval mode: its batch norms normalise with each batch's own statistics (their published test
 # statistics were made the same way). The published variant follows that protocol.
 PUBLISHED_BATCH = 128
-PUBLISHED_BATCH_NORM = (f"batch statistics over batches of {PUBLISHED_BATCH} images (the authors' FAD code never calls "
-                        "eval(); their published test statistics were made the same way)")
+PUBLISHED_BATCH_NORM = (
+    f"batch statistics over batches of {PUBLISHED_BATCH} images (the authors' FAD code never calls "
+    "eval(); their published test statistics were made the same way)"
+)
 
 
 class PublishedFADEncoder(nn.Module):
@@ -235,10 +295,14 @@ class PublishedFADEncoder(nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images ``(N, C, S, S)`` in [-1, 1] -> codes ``(N, code_dim)``."""
         if images.dim() != 4 or tuple(images.shape[1:]) != (self.in_channels, self.image_size, self.image_size):
-            raise ValueError(f"the published FAD autoencoder takes images (N, {self.in_channels}, {self.image_size}, "
-                             f"{self.image_size}), got {tuple(images.shape)}")
+            raise ValueError(
+                f"the published FAD autoencoder takes images (N, {self.in_channels}, {self.image_size}, "
+                f"{self.image_size}), got {tuple(images.shape)}"
+            )
         x = images
-        for conv, bn, activation in self.encoder:
+        for block in self.encoder:
+            conv, bn, activation = cast(nn.Sequential, block)
+            assert isinstance(bn, nn.BatchNorm2d)
             x = activation(F.batch_norm(conv(x), None, None, bn.weight, bn.bias, training=True, eps=bn.eps))
         return self.latent_layer(x.flatten(1))
 
@@ -246,8 +310,9 @@ class PublishedFADEncoder(nn.Module):
 
 
 @torch.no_grad()
-def published_codes(encoder: PublishedFADEncoder, images: torch.Tensor,
-                    device: torch.device = torch.device("cpu")) -> torch.Tensor:
+def published_codes(
+    encoder: PublishedFADEncoder, images: torch.Tensor, device: torch.device = torch.device("cpu")
+) -> torch.Tensor:
     """Codes of model-range images in the authors' protocol: batches of :data:`PUBLISHED_BATCH`."""
     return encode_all(encoder.to(device), images, batch_size=PUBLISHED_BATCH, device=device)
 
@@ -256,6 +321,7 @@ def published_dataset(dataset: str) -> Optional[str]:
     """The authors' dataset name whose published files serve ``dataset`` (a data source such as
     ``mnist5k`` -> ``mnist``, or a model configuration name), or None when they published none."""
     from ..data import SOURCES
+
     name = SOURCES[dataset].model_dataset if dataset in SOURCES else dataset
     return name if name in PUBLISHED_FILES else None
 
@@ -263,8 +329,9 @@ def published_dataset(dataset: str) -> Optional[str]:
 def _published_or_refuse(dataset: str) -> str:
     name = published_dataset(dataset)
     if name is None:
-        raise ConfigError(f"no published FAD autoencoder exists for {dataset!r}; the authors released "
-                          f"{', '.join(PUBLISHED_FILES)}")
+        raise ConfigError(
+            f"no published FAD autoencoder exists for {dataset!r}; the authors released {', '.join(PUBLISHED_FILES)}"
+        )
     return name
 
 
@@ -289,10 +356,16 @@ def _named_for_another_dataset(path: Path, name: str, column: int) -> Optional[s
 
 
 def _layout(encoder: PublishedFADEncoder) -> str:
-    dims = [encoder.encoder[i][0].out_channels for i in range(len(encoder.encoder))]
-    return (f"encoder.{{0..{len(dims) - 1}}}.0.weight/bias (conv 3x3 s2, widths {dims}, input {encoder.in_channels} "
-            f"channel{'s' if encoder.in_channels > 1 else ''}), encoder.{{i}}.1.* (BatchNorm2d), latent_layer.weight "
-            f"({encoder.code_dim}, {dims[-1] * 4}) and latent_layer.bias ({encoder.code_dim},)")
+    dims: List[int] = []
+    for block in encoder.encoder:
+        conv = cast(nn.Sequential, block)[0]
+        assert isinstance(conv, nn.Conv2d)
+        dims.append(conv.out_channels)
+    return (
+        f"encoder.{{0..{len(dims) - 1}}}.0.weight/bias (conv 3x3 s2, widths {dims}, input {encoder.in_channels} "
+        f"channel{'s' if encoder.in_channels > 1 else ''}), encoder.{{i}}.1.* (BatchNorm2d), latent_layer.weight "
+        f"({encoder.code_dim}, {dims[-1] * 4}) and latent_layer.bias ({encoder.code_dim},)"
+    )
 
 
 def load_published_autoencoder(path: os.PathLike, dataset: str) -> PublishedFADEncoder:
@@ -310,39 +383,51 @@ def load_published_autoencoder(path: os.PathLike, dataset: str) -> PublishedFADE
     what = f"the published {name} FAD autoencoder {path}"
     other = _named_for_another_dataset(path, name, 0)
     if other:
-        raise CheckpointError(f"{path} is named as the authors' {other} autoencoder, not {name}'s "
-                              f"({Path(PUBLISHED_FILES[name][0]).name})")
+        raise CheckpointError(
+            f"{path} is named as the authors' {other} autoencoder, not {name}'s ({Path(PUBLISHED_FILES[name][0]).name})"
+        )
     if not path.is_file():
-        raise CheckpointError(f"{what} not found (copy {PUBLISHED_FILES[name][0]} from the FSVAE/ESVAE authors' "
-                              "metrics/ folder)")
+        raise CheckpointError(
+            f"{what} not found (copy {PUBLISHED_FILES[name][0]} from the FSVAE/ESVAE authors' metrics/ folder)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        reason = "truncated or corrupt" if isinstance(exc, (EOFError, RuntimeError, zipfile.BadZipFile)) else "unreadable"
+        reason = (
+            "truncated or corrupt" if isinstance(exc, (EOFError, RuntimeError, zipfile.BadZipFile)) else "unreadable"
+        )
         raise CheckpointError(f"{what} is {reason} ({type(exc).__name__}: {_first_line(exc)})") from None
     if isinstance(state, dict) and state.get("format") == FORMAT:
-        raise CheckpointError(f"{path} is this project's own FAD autoencoder: pass it with --fad-autoencoder, "
-                              "not as the published one")
+        raise CheckpointError(
+            f"{path} is this project's own FAD autoencoder: pass it with --fad-autoencoder, not as the published one"
+        )
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        raise CheckpointError(f"{path} is a checkpoint record, not the published autoencoder's state_dict "
-                              f"(expected {_layout(encoder)})")
+        raise CheckpointError(
+            f"{path} is a checkpoint record, not the published autoencoder's state_dict (expected {_layout(encoder)})"
+        )
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{what} is not a state_dict of tensors (expected {_layout(encoder)})")
-    if state and all(k.startswith("module.") for k in state):      # saved from a DataParallel wrapper
-        state = {k[len("module."):]: v for k, v in state.items()}
+    if state and all(k.startswith("module.") for k in state):  # saved from a DataParallel wrapper
+        state = {k[len("module.") :]: v for k, v in state.items()}
     missing = [k for k in expected if k not in state]
     if missing:
-        raise CheckpointError(f"{what} lacks key{'s' if len(missing) > 1 else ''} {', '.join(missing[:4])}"
-                              f"{' ...' if len(missing) > 4 else ''}: not the published layout, which is {_layout(encoder)}")
+        raise CheckpointError(
+            f"{what} lacks key{'s' if len(missing) > 1 else ''} {', '.join(missing[:4])}"
+            f"{' ...' if len(missing) > 4 else ''}: not the published layout, which is {_layout(encoder)}"
+        )
     foreign = [k for k in state if k not in expected and not k.startswith(PUBLISHED_DECODER_PREFIXES)]
     if foreign:
-        raise CheckpointError(f"{what} has keys of another model ({', '.join(foreign[:4])}"
-                              f"{' ...' if len(foreign) > 4 else ''}); expected {_layout(encoder)} "
-                              f"and decoder keys {', '.join(p + '*' for p in PUBLISHED_DECODER_PREFIXES)}")
+        raise CheckpointError(
+            f"{what} has keys of another model ({', '.join(foreign[:4])}"
+            f"{' ...' if len(foreign) > 4 else ''}); expected {_layout(encoder)} "
+            f"and decoder keys {', '.join(p + '*' for p in PUBLISHED_DECODER_PREFIXES)}"
+        )
     for key, want in expected.items():
         if tuple(state[key].shape) != tuple(want.shape):
-            raise CheckpointError(f"{what}: {key} has shape {tuple(state[key].shape)}, the {name} layout needs "
-                                  f"{tuple(want.shape)} (a file for another dataset?)")
+            raise CheckpointError(
+                f"{what}: {key} has shape {tuple(state[key].shape)}, the {name} layout needs "
+                f"{tuple(want.shape)} (a file for another dataset?)"
+            )
     encoder.load_state_dict({k: state[k] for k in expected})
     return encoder.eval()
 
@@ -351,29 +436,38 @@ def load_published_stats(path: os.PathLike) -> GaussianStats:
     """``mu``/``sigma`` of the authors' test-split codes (``.npz``) as float64 :class:`GaussianStats`
     (``n`` unknown: the file does not record it)."""
     import numpy as np
+
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"published FAD statistics {path} not found (copy the dataset's "
-                              "stats/<dataset>_test_<D>.npz from the authors' metrics/ folder)")
+        raise CheckpointError(
+            f"published FAD statistics {path} not found (copy the dataset's "
+            "stats/<dataset>_test_<D>.npz from the authors' metrics/ folder)"
+        )
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except Exception as exc:
-        raise CheckpointError(f"published FAD statistics {path} are truncated or not an .npz file "
-                              f"({type(exc).__name__}: {_first_line(exc)})") from None
+        raise CheckpointError(
+            f"published FAD statistics {path} are truncated or not an .npz file "
+            f"({type(exc).__name__}: {_first_line(exc)})"
+        ) from None
     if "mu" not in arrays or "sigma" not in arrays:
-        raise CheckpointError(f"published FAD statistics {path} hold {sorted(arrays) or 'no arrays'}, "
-                              "expected arrays 'mu' (D,) and 'sigma' (D, D)")
+        raise CheckpointError(
+            f"published FAD statistics {path} hold {sorted(arrays) or 'no arrays'}, "
+            "expected arrays 'mu' (D,) and 'sigma' (D, D)"
+        )
     mu, sigma = arrays["mu"], arrays["sigma"]
     if mu.dtype.kind not in "fiu" or sigma.dtype.kind not in "fiu":
-        raise CheckpointError(f"published FAD statistics {path}: mu ({mu.dtype}) and sigma ({sigma.dtype}) must be "
-                              "numeric arrays")
+        raise CheckpointError(
+            f"published FAD statistics {path}: mu ({mu.dtype}) and sigma ({sigma.dtype}) must be numeric arrays"
+        )
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise CheckpointError(f"published FAD statistics {path}: mu {mu.shape} and sigma {sigma.shape} do not "
-                              "form a (D,) mean and a (D, D) covariance")
+        raise CheckpointError(
+            f"published FAD statistics {path}: mu {mu.shape} and sigma {sigma.shape} do not "
+            "form a (D,) mean and a (D, D) covariance"
+        )
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise CheckpointError(f"published FAD statistics {path} contain non-finite values")
     if not np.allclose(sigma, sigma.T, rtol=1e-5, atol=1e-6 * max(float(np.abs(sigma).max()), 1e-30)):
         raise CheckpointError(f"published FAD statistics {path}: sigma is not symmetric, so it is no covariance")
     return GaussianStats(torch.from_numpy(mu.astype(np.float64)), torch.from_numpy(sigma.astype(np.float64)), None)
-

@@ -5,6 +5,7 @@ resizes them to 299x299 itself. The reference set's features are cached by torch
 name that encodes everything they depend on (torch-fidelity 0.4.0 keys its cache by that name
 alone): dataset, split, N, image size and channels, and the weights file's hash.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,6 +47,7 @@ def reference_cache_name(dataset: str, split: str, images: torch.Tensor, weights
     """torch-fidelity cache key for a reference set: everything its features depend on, including a
     hash of the image bytes (so a re-preprocessed or different dataset cannot reuse stale features)."""
     import hashlib
+
     n, c, h, w = images.shape
     content = hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()[:12]
     return f"esvae-{dataset}-{split}-n{n}-{h}x{w}-c{c}-uint8-{content}-inception-{weights.sha256[:16]}"
@@ -59,13 +61,25 @@ def inception_score_splits(n: int) -> int:
 
 def torch_fidelity_version() -> str:
     import torch_fidelity
+
     return torch_fidelity.__version__
 
 
-def fidelity_metrics(generated: torch.Tensor, reference: Optional[torch.Tensor], weights: InceptionWeights, *,
-                     fid: bool = True, kid: bool = True, isc: bool = False, reference_name: Optional[str] = None,
-                     device: torch.device = torch.device("cpu"), batch_size: int = 64, kid_subset_size: int = 1000,
-                     cache_dir: Optional[os.PathLike] = None, verbose: bool = False) -> Dict[str, float]:
+def fidelity_metrics(
+    generated: torch.Tensor,
+    reference: Optional[torch.Tensor],
+    weights: InceptionWeights,
+    *,
+    fid: bool = True,
+    kid: bool = True,
+    isc: bool = False,
+    reference_name: Optional[str] = None,
+    device: torch.device = torch.device("cpu"),
+    batch_size: int = 64,
+    kid_subset_size: int = 1000,
+    cache_dir: Optional[os.PathLike] = None,
+    verbose: bool = False,
+) -> Dict[str, float]:
     """torch-fidelity's FID / KID (generated vs reference) and IS (generated); raw values.
 
     ``reference_name`` (from :func:`reference_cache_name`) turns on the feature cache for the
@@ -80,10 +94,18 @@ def fidelity_metrics(generated: torch.Tensor, reference: Optional[torch.Tensor],
     n_gen = generated.shape[0]
     subset = min(kid_subset_size, n_gen, reference.shape[0] if reference is not None else n_gen)
     kwargs = dict(
-        input1=UInt8Images(generated), fid=fid, kid=kid, isc=isc,
-        feature_extractor="inception-v3-compat", feature_extractor_weights_path=str(weights.path),
-        cuda=device.type == "cuda", batch_size=batch_size, save_cpu_ram=True, verbose=verbose,
-        kid_subset_size=subset, isc_splits=inception_score_splits(n_gen),
+        input1=UInt8Images(generated),
+        fid=fid,
+        kid=kid,
+        isc=isc,
+        feature_extractor="inception-v3-compat",
+        feature_extractor_weights_path=str(weights.path),
+        cuda=device.type == "cuda",
+        batch_size=batch_size,
+        save_cpu_ram=True,
+        verbose=verbose,
+        kid_subset_size=subset,
+        isc_splits=inception_score_splits(n_gen),
         cache_root=str(Path(cache_dir) if cache_dir else default_cache_dir() / "torch-fidelity"),
     )
     if reference is not None:

@@ -6,6 +6,7 @@ computed in float64 through symmetric eigendecompositions: ``tr((S_1 S_2)^{1/2})
 of the square roots of the eigenvalues of the symmetric PSD matrix ``S_1^{1/2} S_2 S_1^{1/2}``
 (tiny negative eigenvalues from rounding are clamped to 0).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,9 +17,9 @@ import torch
 
 @dataclass(frozen=True)
 class GaussianStats:
-    mean: torch.Tensor   # (D,) float64
-    cov: torch.Tensor    # (D, D) float64, unbiased (divides by n - 1)
-    n: Optional[int]     # images behind the statistics; None when a published file does not say
+    mean: torch.Tensor  # (D,) float64
+    cov: torch.Tensor  # (D, D) float64, unbiased (divides by n - 1)
+    n: Optional[int]  # images behind the statistics; None when a published file does not say
 
     @classmethod
     def of(cls, features: torch.Tensor) -> "GaussianStats":

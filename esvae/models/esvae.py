@@ -4,6 +4,7 @@ Names follow roles, not the original variable names (whose ``r_q``/``r_p`` are s
 respect to the paper's Fig. 2): ``posterior_rate`` is the encoder's firing rate, ``prior_rate``
 the bottleneck's output.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,27 +18,28 @@ from ..config import SpikingVAEConfig
 from ..losses import get_mmd
 from ..samplers import LatentSampler
 from .backbone import SpikingConvBackbone
-from .base import OriginalLayout, VAEProtocolMixin
+from .base import OriginalLayout, VAEModel
 
 
 @dataclass
 class ESVAEOutput:
-    reconstruction: torch.Tensor   # (N, C, H, W) in [-1, 1]
-    latent_spikes: torch.Tensor    # (T, N, L) encoder's latent-layer spikes, before sampling
-    sampled_spikes: torch.Tensor   # (T, N, L) sampler output fed to the decoder
-    posterior_rate: torch.Tensor   # (N, L) mean of latent_spikes over T
-    prior_rate: torch.Tensor       # (N, L) sigmoid(bottleneck(eps))
+    reconstruction: torch.Tensor  # (N, C, H, W) in [-1, 1]
+    latent_spikes: torch.Tensor  # (T, N, L) encoder's latent-layer spikes, before sampling
+    sampled_spikes: torch.Tensor  # (T, N, L) sampler output fed to the decoder
+    posterior_rate: torch.Tensor  # (N, L) mean of latent_spikes over T
+    prior_rate: torch.Tensor  # (N, L) sigmoid(bottleneck(eps))
 
 
-class ESVAE(VAEProtocolMixin, SpikingConvBackbone):
+class ESVAE(VAEModel, SpikingConvBackbone):
     """ESVAE. ``forward(x)`` reconstructs, ``loss(x, out)`` is MSE + lambda * MMD^2, ``sample(n)`` generates."""
 
     loss_terms = ("loss", "mse", "mmd")
     stat_names = ("posterior_rate", "prior_rate")
     # The original ESVAE names its prior bottleneck sample_layer.0 and also builds FSVAE's
     # prior/posterior MLPs, which it never uses.
-    original_layout = OriginalLayout(renames={"sample_layer.0.": "prior_bottleneck."},
-                                     unused_prefixes=("prior.", "posterior."))
+    original_layout = OriginalLayout(
+        renames={"sample_layer.0.": "prior_bottleneck."}, unused_prefixes=("prior.", "posterior.")
+    )
 
     def __init__(self, config: SpikingVAEConfig, sampler: LatentSampler):
         super().__init__(config)
@@ -63,11 +65,11 @@ class ESVAE(VAEProtocolMixin, SpikingConvBackbone):
         return self.encode(images).mean(0)
 
     def forward(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> ESVAEOutput:
-        latent_spikes = self.encode(images)                             # (T, N, L)
-        posterior_rate = self.posterior_rate(latent_spikes)             # (N, L)
+        latent_spikes = self.encode(images)  # (T, N, L)
+        posterior_rate = self.posterior_rate(latent_spikes)  # (N, L)
         sampled = self.sampler(posterior_rate, self.timesteps, generator)  # (T, N, L)
-        reconstruction = self.decode(sampled)                           # (N, C, H, W)
-        prior_rate = self.prior_rate(images.shape[0], generator)        # (N, L)
+        reconstruction = self.decode(sampled)  # (N, C, H, W)
+        prior_rate = self.prior_rate(images.shape[0], generator)  # (N, L)
         return ESVAEOutput(reconstruction, latent_spikes, sampled, posterior_rate, prior_rate)
 
     def loss(self, images: torch.Tensor, out: ESVAEOutput) -> Dict[str, torch.Tensor]:

@@ -1,24 +1,26 @@
 """Model registry: ``name -> builder``, used by :func:`esvae.build_model` and the CLI's choices."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 from torch import nn
 
 from ..config import SpikingVAEConfig, TrainConfig, apply_overrides, dataset_spec, hidden_dims_for, paper_train_config
 from ..errors import ConfigError
 from ..samplers import build_sampler
+from .base import VAEModel
 
 
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    paper_config: Callable[[str], Any]     # dataset -> config dataclass with the paper's values
-    construct: Callable[[Any], nn.Module]  # resolved config -> model
+    paper_config: Callable[[str], Any]  # dataset -> config dataclass with the paper's values
+    construct: Callable[[Any], VAEModel]  # resolved config -> model
     description: str
-    samplers: Tuple[str, ...] = ()         # latent samplers the model accepts (first = paper's)
-    paper_train: Optional[Callable[[str], TrainConfig]] = None  # dataset -> the paper's training settings
+    paper_train: Callable[[str], TrainConfig]  # dataset -> the paper's training settings
+    samplers: Tuple[str, ...] = ()  # latent samplers the model accepts (first = paper's)
 
 
 MODELS: Dict[str, ModelEntry] = {}
@@ -39,19 +41,23 @@ def resolve_config(name: str, dataset: str, **overrides):
     """The paper configuration of ``name`` for ``dataset`` with ``overrides`` applied and validated."""
     entry = model_entry(name)
     if "sampler" in overrides and not entry.samplers:
-        raise ConfigError(f"model {name!r} has no pluggable latent sampler; models that take one: "
-                          f"{', '.join(sorted(n for n, e in MODELS.items() if e.samplers))}")
+        raise ConfigError(
+            f"model {name!r} has no pluggable latent sampler; models that take one: "
+            f"{', '.join(sorted(n for n, e in MODELS.items() if e.samplers))}"
+        )
     config = apply_overrides(entry.paper_config(dataset), overrides).validate()
     sampler = getattr(config, "sampler", None)
     if sampler is not None and sampler not in entry.samplers:
         takers = sorted(n for n, e in MODELS.items() if sampler in e.samplers)
         hint = f" ({sampler} is the latent of: {', '.join(takers)})" if takers else ""
-        raise ConfigError(f"model {name!r} does not take the latent sampler {sampler!r}; "
-                          f"it accepts: {', '.join(entry.samplers)}{hint}")
+        raise ConfigError(
+            f"model {name!r} does not take the latent sampler {sampler!r}; "
+            f"it accepts: {', '.join(entry.samplers)}{hint}"
+        )
     return config
 
 
-def build_model(name: str, dataset: str, **overrides) -> nn.Module:
+def build_model(name: str, dataset: str, **overrides) -> VAEModel:
     """Build registered model ``name`` with the paper configuration for ``dataset``.
 
     ``dataset`` is one of "mnist", "fashion", "cifar10", "celeba"; ``overrides`` replace config
@@ -68,18 +74,31 @@ def build_model(name: str, dataset: str, **overrides) -> nn.Module:
 
 def _esvae_paper_config(dataset: str) -> SpikingVAEConfig:
     spec = dataset_spec(dataset)
-    return SpikingVAEConfig(in_channels=spec.in_channels, image_size=spec.image_size, latent_dim=spec.latent_dim,
-                            timesteps=16, hidden_dims=hidden_dims_for(spec.image_size))
+    return SpikingVAEConfig(
+        in_channels=spec.in_channels,
+        image_size=spec.image_size,
+        latent_dim=spec.latent_dim,
+        timesteps=16,
+        hidden_dims=hidden_dims_for(spec.image_size),
+    )
 
 
-def _construct_esvae(config: SpikingVAEConfig) -> nn.Module:
+def _construct_esvae(config: SpikingVAEConfig) -> VAEModel:
     from .esvae import ESVAE
+
     return ESVAE(config, build_sampler(config.sampler))
 
 
-register_model(ModelEntry("esvae", _esvae_paper_config, _construct_esvae,
-                          "ESVAE: spiking VAE with reparameterizable Poisson latent sampling",
-                          samplers=("poisson", "bernoulli_st", "rate_repeat"), paper_train=paper_train_config))
+register_model(
+    ModelEntry(
+        "esvae",
+        _esvae_paper_config,
+        _construct_esvae,
+        "ESVAE: spiking VAE with reparameterizable Poisson latent sampling",
+        samplers=("poisson", "bernoulli_st", "rate_repeat"),
+        paper_train=paper_train_config,
+    )
+)
 
 
 def count_parameters(model: nn.Module) -> int:

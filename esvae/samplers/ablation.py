@@ -1,5 +1,6 @@
 """Samplers for the sampler ablation (docs/method.md section 5): same forward or no sampling at all,
 different gradient estimators, all behind the same interface as ESVAE's Poisson sampler."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -35,7 +36,7 @@ class BernoulliStraightThroughSampler(LatentSampler):
 
     def __call__(self, rate: torch.Tensor, timesteps: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         check_rates(rate)
-        noise = uniform_noise((timesteps, *rate.shape), rate, generator)   # (T, N, L)
+        noise = uniform_noise((timesteps, *rate.shape), rate, generator)  # (T, N, L)
         spikes = (rate.detach() > noise).to(rate.dtype)
         return _StraightThrough.apply(rate, spikes)
 
@@ -45,9 +46,9 @@ def evenly_spaced_spikes(rate: torch.Tensor, timesteps: int) -> torch.Tensor:
     ``z_t = floor((t + 1) k / T) - floor(t k / T)`` for t = 0..T-1 (a small epsilon guards the
     floors against rounding). ``(N, L) -> (T, N, L)``; the count over T is exactly k.
     """
-    count = torch.floor(rate.detach() * timesteps + 1e-6)                          # (N, L) spikes to emit
+    count = torch.floor(rate.detach() * timesteps + 1e-6)  # (N, L) spikes to emit
     steps = torch.arange(timesteps + 1, device=rate.device, dtype=rate.dtype).view(-1, *([1] * rate.dim()))
-    cumulative = torch.floor(steps * count / timesteps + 1e-6)                       # (T + 1, N, L)
+    cumulative = torch.floor(steps * count / timesteps + 1e-6)  # (T + 1, N, L)
     return (cumulative[1:] - cumulative[:-1]).to(rate.dtype)
 
 

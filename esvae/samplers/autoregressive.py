@@ -1,4 +1,5 @@
 """FSVAE's latent sampling step (docs/method.md sections 4-5): one of k binary votes chosen uniformly."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -31,8 +32,9 @@ class VoteSelectionSampler(LatentSampler):
     stochastic = True
     gradient = "none"
 
-    def choices(self, shape: Sequence[int], votes: int, like: torch.Tensor,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def choices(
+        self, shape: Sequence[int], votes: int, like: torch.Tensor, generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
         """Uniform vote indices in ``[0, votes)`` of ``shape``: ``min(floor(u * votes), votes - 1)``."""
         u = uniform_noise(tuple(shape), like, generator)
         return (u * votes).long().clamp_max(votes - 1)
@@ -48,5 +50,5 @@ class VoteSelectionSampler(LatentSampler):
 
     def __call__(self, rate: torch.Tensor, timesteps: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         check_rates(rate)
-        u = uniform_noise((timesteps, *rate.shape), rate, generator)   # (T, N, L)
+        u = uniform_noise((timesteps, *rate.shape), rate, generator)  # (T, N, L)
         return (u < rate.detach()).to(rate.dtype)

@@ -4,6 +4,7 @@ A sampler turns per-unit firing rates ``(N, L)`` in [0, 1] into a latent spike t
 ``(T, N, L)`` of 0/1 values. The model receives its sampler and never branches on its name.
 Randomness comes only from the explicit ``torch.Generator`` (or the global RNG when it is None).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, Optional
@@ -24,7 +25,9 @@ def check_rates(rate: torch.Tensor) -> None:
     low, high = torch.aminmax(rate)  # one pass; a NaN makes both NaN, which fails the test below
     if not (bool(low >= 0) and bool(high <= 1)):
         bad = rate[~((rate >= 0) & (rate <= 1))]
-        raise RateOutOfRangeError(f"firing rates must lie in [0, 1]; got {bad.numel()} value(s) outside, e.g. {bad.flatten()[0].item()}")
+        raise RateOutOfRangeError(
+            f"firing rates must lie in [0, 1]; got {bad.numel()} value(s) outside, e.g. {bad.flatten()[0].item()}"
+        )
 
 
 def uniform_noise(shape, like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -57,10 +60,12 @@ SAMPLERS: Dict[str, Callable[[], LatentSampler]] = {}
 
 def register_sampler(name: str):
     """Class decorator adding a sampler to the registry under ``name``."""
+
     def decorator(cls):
         cls.name = name
         SAMPLERS[name] = cls
         return cls
+
     return decorator
 
 

@@ -1,4 +1,5 @@
 """ESVAE's reparameterizable Poisson spike sampling (docs/method.md section 3)."""
+
 from __future__ import annotations
 
 from typing import Optional

@@ -30,6 +30,7 @@ the rectangle surrogate ``1[|u| < 0.5]``; the tests compare spikes and gradients
 step-by-step autograd reference. Used for CPU tensors with the rectangle surrogate when numba is
 installed (``ESVAE_NO_NUMBA=1`` turns them off); otherwise the torch-op sweeps run.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,7 +44,7 @@ try:  # optional: the torch-op sweeps are the fallback
     import numba
     import numpy as np
 except ImportError:  # pragma: no cover - exercised only where numba is missing
-    numba = None
+    numba = None  # type: ignore[assignment]
 
 
 def _compile(cache: bool = True):
@@ -107,21 +108,21 @@ def _compile(cache: bool = True):
                     membrane[k] = u
                     mixed[p, k] += zero if u <= threshold else w
 
-    @numba.njit(cache=cache, nogil=True, inline='always')
+    @numba.njit(cache=cache, nogil=True, inline="always")
     def replay(x, p, k0, n, tx, scale, shift, tau, threshold, one, zero, u):
         # u[t, :n] = u_t of elements k0 .. k0 + n of image p, as forward computes them (the same bits)
-        sc, sh = scale[k0:k0 + n], shift[k0:k0 + n]
-        xr, u0 = x[0, p, k0:k0 + n], u[0]
+        sc, sh = scale[k0 : k0 + n], shift[k0 : k0 + n]
+        xr, u0 = x[0, p, k0 : k0 + n], u[0]
         for k in range(n):
             u0[k] = xr[k] * sc[k] + sh[k]
         for t in range(1, u.shape[0]):
-            xr, ut, up = x[t * tx, p, k0:k0 + n], u[t], u[t - 1]
+            xr, ut, up = x[t * tx, p, k0 : k0 + n], u[t], u[t - 1]
             for k in range(n):
                 previous = up[k]
                 keep = one if previous <= threshold else zero
                 ut[k] = (xr[k] * sc[k] + sh[k]) + tau * (previous * keep)
 
-    @numba.njit(cache=cache, nogil=True, inline='always')
+    @numba.njit(cache=cache, nogil=True, inline="always")
     def sweep_back(v, grad_out, grad_next, tau, threshold, one, zero, half):
         # dL/dI_t from u_t = v, dL/do_t = grad_out and dL/dI_{t+1} = grad_next: the reverse-time
         # step of the reference's sweep, with the rectangle surrogate 1[|u| < 0.5]
@@ -156,15 +157,15 @@ def _compile(cache: bool = True):
                         grad_next[k] = zero
                     for t in range(steps - 1, -1, -1):
                         w = weights[t]
-                        gs, ut, o = grad_spikes[t * step_of_grad, p, k0:k0 + n], u[t], out[t, p, k0:k0 + n]
+                        gs, ut, o = grad_spikes[t * step_of_grad, p, k0 : k0 + n], u[t], out[t, p, k0 : k0 + n]
                         for k in range(n):
                             grad = sweep_back(ut[k], w * gs[k], grad_next[k], tau, threshold, one, zero, half)
                             o[k] = grad
                             grad_next[k] = grad
                     # summed apart from the sweep (it vectorises better so), steps from last to first
-                    sum_g, sum_gx = part[j, 0, k0:k0 + n], part[j, 1, k0:k0 + n]
+                    sum_g, sum_gx = part[j, 0, k0 : k0 + n], part[j, 1, k0 : k0 + n]
                     for t in range(steps - 1, -1, -1):
-                        xr, o = x[t * tx, p, k0:k0 + n], out[t, p, k0:k0 + n]
+                        xr, o = x[t * tx, p, k0 : k0 + n], out[t, p, k0 : k0 + n]
                         for k in range(n):
                             g64 = np.float64(o[k])
                             sum_g[k] += g64
@@ -192,23 +193,28 @@ def _compile(cache: bool = True):
                 for k0 in range(0, width, block):
                     n = min(block, width - k0)
                     replay(x, p, k0, n, tx, scale, shift, tau, threshold, one, zero, u)
-                    c0, c1, c2, c3 = coef[0, k0:k0 + n], coef[1, k0:k0 + n], coef[2, k0:k0 + n], coef[3, k0:k0 + n]
+                    c0, c1, c2, c3 = (
+                        coef[0, k0 : k0 + n],
+                        coef[1, k0 : k0 + n],
+                        coef[2, k0 : k0 + n],
+                        coef[3, k0 : k0 + n],
+                    )
                     for k in range(n):
                         grad_next[k] = zero
                     if apply and not tx:
-                        acc = out[p, k0:k0 + n]
+                        acc = out[p, k0 : k0 + n]
                         for k in range(n):
                             acc[k] = zero
                     for t in range(steps - 1, -1, -1):
                         w = weights[t]
-                        gs, xr, ut = grad_spikes[t * step_of_grad, p, k0:k0 + n], x[t * tx, p, k0:k0 + n], u[t]
+                        gs, xr, ut = grad_spikes[t * step_of_grad, p, k0 : k0 + n], x[t * tx, p, k0 : k0 + n], u[t]
                         if apply and tx:  # each case its own loop: a branch inside would stop vectorisation
                             for k in range(n):
                                 grad = sweep_back(ut[k], w * gs[k], grad_next[k], tau, threshold, one, zero, half)
                                 grad_next[k] = grad
                                 xr[k] = (grad - c0[k] - (xr[k] - c1[k]) * c2[k]) * c3[k]
                         elif apply:
-                            acc = out[p, k0:k0 + n]
+                            acc = out[p, k0 : k0 + n]
                             for k in range(n):
                                 grad = sweep_back(ut[k], w * gs[k], grad_next[k], tau, threshold, one, zero, half)
                                 grad_next[k] = grad
@@ -219,9 +225,9 @@ def _compile(cache: bool = True):
                                 grad_next[k] = grad
                                 ut[k] = grad
                     if not apply:  # the same order as in backward: steps from last to first
-                        sum_g, sum_gx = part[j, 0, k0:k0 + n], part[j, 1, k0:k0 + n]
+                        sum_g, sum_gx = part[j, 0, k0 : k0 + n], part[j, 1, k0 : k0 + n]
                         for t in range(steps - 1, -1, -1):
-                            xr, gt = x[t * tx, p, k0:k0 + n], u[t]
+                            xr, gt = x[t * tx, p, k0 : k0 + n], u[t]
                             for k in range(n):
                                 g64 = np.float64(gt[k])
                                 sum_g[k] += g64
@@ -250,7 +256,12 @@ def _compile(cache: bool = True):
             for r in range(rows):
                 q = 0
                 while q + 4 <= inner:  # four accumulators: independent add chains
-                    v0, v1, v2, v3 = np.float64(a[r, c, q]), np.float64(a[r, c, q + 1]), np.float64(a[r, c, q + 2]), np.float64(a[r, c, q + 3])
+                    v0, v1, v2, v3 = (
+                        np.float64(a[r, c, q]),
+                        np.float64(a[r, c, q + 1]),
+                        np.float64(a[r, c, q + 2]),
+                        np.float64(a[r, c, q + 3]),
+                    )
                     s0 += v0
                     s1 += v1
                     s2 += v2
@@ -311,10 +322,25 @@ def _compile(cache: bool = True):
             for c in range(channels):
                 g[r, c] = (g[r, c] - a[c] - (x[r, c] - m[c]) * b[c]) * k[c]
 
-    return _Kernels(forward, step, forward_readout, backward, backward_in_place, pack_binary, channel_sums, row_sums, batch_norm_grad, batch_norm_grad_rows)
+    return _Kernels(
+        forward,
+        step,
+        forward_readout,
+        backward,
+        backward_in_place,
+        pack_binary,
+        channel_sums,
+        row_sums,
+        batch_norm_grad,
+        batch_norm_grad_rows,
+    )
 
 
-_Kernels = namedtuple("_Kernels", "forward step forward_readout backward backward_in_place pack_binary channel_sums row_sums batch_norm_grad batch_norm_grad_rows")
+_Kernels = namedtuple(
+    "_Kernels",
+    "forward step forward_readout backward backward_in_place pack_binary channel_sums row_sums "
+    "batch_norm_grad batch_norm_grad_rows",
+)
 ROW_CHUNKS = 16
 BLOCK = 2048  # elements of an image the backward kernels take at a time: T x BLOCK membranes stay in cache
 _LOADED: dict = {}
@@ -352,6 +378,7 @@ def channels_last(x: torch.Tensor) -> bool:
 def rectangle_surrogate():
     """The surrogate the kernels implement (:func:`esvae.spiking.surrogate.rectangle`)."""
     from .surrogate import rectangle
+
     return rectangle
 
 
@@ -359,9 +386,16 @@ def usable(x: torch.Tensor, surrogate) -> bool:
     """Whether the compiled kernels handle ``x`` (CPU, float32/float64, rectangle surrogate, stored
     contiguous or, if 4-D, channels last)."""
     from .surrogate import rectangle
-    return (numba is not None and os.environ.get("ESVAE_NO_NUMBA") != "1" and surrogate is rectangle
-            and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and (x.is_contiguous() or channels_last(x)) and _kernels() is not None)
+
+    return (
+        numba is not None
+        and os.environ.get("ESVAE_NO_NUMBA") != "1"
+        and surrogate is rectangle
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and (x.is_contiguous() or channels_last(x))
+        and _kernels() is not None
+    )
 
 
 def _params(dtype: torch.dtype, tau: float, v_threshold: float):
@@ -373,7 +407,8 @@ def _threads() -> None:
     when it starts its pool, sets the process's OpenMP thread count to its own maximum: torch's
     (e.g. a job's ``--threads 1``) is put back."""
     wanted = torch.get_num_threads()
-    numba.set_num_threads(max(1, min(wanted, numba.config.NUMBA_NUM_THREADS)))
+    most = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]  # numba sets its config at import
+    numba.set_num_threads(max(1, min(wanted, most)))
     if torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
 
@@ -392,7 +427,7 @@ def _per_element(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.view(-1, *([1] * (like.dim() - 2))).expand(like.shape[1:]).reshape(-1).contiguous()
 
 
-def _rows(x: torch.Tensor, timesteps: int) -> torch.Tensor:
+def _rows(x: torch.Tensor, timesteps: int) -> np.ndarray:
     """``(T*N, C, ...)`` -> ``(T, N, C*...)`` in memory order, as a numpy view."""
     return _memory_order(x.detach()).view(timesteps, -1, x[0].numel()).numpy()
 
@@ -412,7 +447,7 @@ def _empty_spikes(x: torch.Tensor, timesteps: int, repeated: bool = False) -> to
     return torch.empty((timesteps, n, *x.shape[1:]), dtype=x.dtype)
 
 
-def _time_rows(seq: torch.Tensor, like: torch.Tensor, timesteps: int) -> torch.Tensor:
+def _time_rows(seq: torch.Tensor, like: torch.Tensor, timesteps: int) -> np.ndarray:
     """``(T, N, C, ...)`` (any strides) as a ``(T, N, C*...)`` numpy array in ``like``'s memory order
     (a view where the strides already match, else a copy)."""
     seq = seq.detach()
@@ -421,8 +456,15 @@ def _time_rows(seq: torch.Tensor, like: torch.Tensor, timesteps: int) -> torch.T
     return seq.reshape(timesteps, -1, like[0].numel()).numpy()
 
 
-def lif_forward(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, timesteps: int,
-                tau: float, v_threshold: float, repeated: bool = False) -> torch.Tensor:
+def lif_forward(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    timesteps: int,
+    tau: float,
+    v_threshold: float,
+    repeated: bool = False,
+) -> torch.Tensor:
     """Spikes of the LIF driven by the currents ``x * scale + shift`` (per channel, axis 1).
 
     ``x`` is ``(T*N, C, ...)`` with time folded into the batch, contiguous or channels last (with
@@ -430,27 +472,54 @@ def lif_forward(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, times
     fly and never stored. Returns spikes ``(T, N, C, ...)`` stored in the same order as ``x``."""
     spikes = _empty_spikes(x, timesteps, repeated)
     _threads()
-    _kernels().forward(_rows(x, 1 if repeated else timesteps), _per_element(scale, x).numpy(), _per_element(shift, x).numpy(),
-                       _params(x.dtype, tau, v_threshold), _time_rows(spikes, x, timesteps))
+    _kernels().forward(
+        _rows(x, 1 if repeated else timesteps),
+        _per_element(scale, x).numpy(),
+        _per_element(shift, x).numpy(),
+        _params(x.dtype, tau, v_threshold),
+        _time_rows(spikes, x, timesteps),
+    )
     return spikes
 
 
-def lif_step(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, tau: float, v_threshold: float,
-             membrane: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+def lif_step(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    tau: float,
+    v_threshold: float,
+    membrane: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """One time step of :func:`lif_forward` (the same arithmetic, so the same bits) on ``x (N, K)``,
     contiguous: ``membrane`` is ``u_{t-1}`` (None at t = 0) and is overwritten with ``u_t``;
     returns ``(u_t, o_t)``, ``o_t`` a new tensor. ``scale`` and ``shift`` are per-column ``(K,)``."""
     first = membrane is None
-    membrane = torch.empty_like(x) if first else membrane
+    if membrane is None:
+        membrane = torch.empty_like(x)
     spikes = torch.empty_like(x)
     _threads()
-    _kernels().step(x.detach().numpy(), scale.to(x.dtype).contiguous().numpy(), shift.to(x.dtype).contiguous().numpy(),
-                    _params(x.dtype, tau, v_threshold), membrane.numpy(), spikes.numpy(), first)
+    _kernels().step(
+        x.detach().numpy(),
+        scale.to(x.dtype).contiguous().numpy(),
+        shift.to(x.dtype).contiguous().numpy(),
+        _params(x.dtype, tau, v_threshold),
+        membrane.numpy(),
+        spikes.numpy(),
+        first,
+    )
     return membrane, spikes
 
 
-def lif_forward_readout(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, weights: torch.Tensor,
-                        timesteps: int, tau: float, v_threshold: float, repeated: bool = False) -> torch.Tensor:
+def lif_forward_readout(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    weights: torch.Tensor,
+    timesteps: int,
+    tau: float,
+    v_threshold: float,
+    repeated: bool = False,
+) -> torch.Tensor:
     """``sum_t weights[t] * o_t`` ``(N, C, ...)`` of the LIF driven by ``x * scale + shift``, stored
     like ``x``; the spikes themselves are never stored. ``repeated`` as in :func:`lif_forward`."""
     n = _images(x, timesteps, repeated)
@@ -459,24 +528,37 @@ def lif_forward_readout(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tenso
     else:
         mixed = torch.empty((n, *x.shape[1:]), dtype=x.dtype)
     _threads()
-    _kernels().forward_readout(_rows(x, 1 if repeated else timesteps), _per_element(scale, x).numpy(), _per_element(shift, x).numpy(),
-                               _params(x.dtype, tau, v_threshold), weights.to(x.dtype).contiguous().numpy(),
-                               _memory_order(mixed).view(n, -1).numpy())
+    _kernels().forward_readout(
+        _rows(x, 1 if repeated else timesteps),
+        _per_element(scale, x).numpy(),
+        _per_element(shift, x).numpy(),
+        _params(x.dtype, tau, v_threshold),
+        weights.to(x.dtype).contiguous().numpy(),
+        _memory_order(mixed).view(n, -1).numpy(),
+    )
     return mixed
 
 
 def _channel_of_elements(part: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Per-element partial sums ``(chunks, 2, K)`` (K in ``like``'s memory order) -> per channel ``(C, 2)``."""
-    total = part.sum(0)                                   # (2, K), chunks added in a fixed order
+    total = part.sum(0)  # (2, K), chunks added in a fixed order
     c = like.shape[1]
     if channels_last(like):
         return total.view(2, -1, c).sum(1).t().contiguous()
     return total.view(2, c, -1).sum(2).t().contiguous()
 
 
-def lif_backward(x: torch.Tensor, grad_spikes: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
-                 timesteps: int, tau: float, v_threshold: float, readout: Optional[torch.Tensor] = None,
-                 sums: bool = False):
+def lif_backward(
+    x: torch.Tensor,
+    grad_spikes: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    timesteps: int,
+    tau: float,
+    v_threshold: float,
+    readout: Optional[torch.Tensor] = None,
+    sums: bool = False,
+):
     """dL/dI ``(T*N, C, ...)``, stored like ``x``, for the LIF driven by ``x * scale + shift``: the
     forward is replayed from ``x``, bit for bit, then swept back in time.
 
@@ -487,7 +569,7 @@ def lif_backward(x: torch.Tensor, grad_spikes: torch.Tensor, scale: torch.Tensor
     out = torch.empty_like(x)  # keeps x's memory order (contiguous or channels last)
     if readout is None:
         grad = _time_rows(grad_spikes, x, timesteps)
-        weights = np.ones(timesteps, dtype=grad.dtype)
+        weights = np.ones(timesteps, dtype=grad.dtype.type)
     else:
         grad = _time_rows(grad_spikes.unsqueeze(0), x, 1)
         weights = readout.to(x.dtype).contiguous().numpy()
@@ -495,9 +577,18 @@ def lif_backward(x: torch.Tensor, grad_spikes: torch.Tensor, scale: torch.Tensor
     chunks = max(1, min(ROW_CHUNKS, images))
     part = torch.zeros(chunks, 2, x[0].numel(), dtype=torch.float64)
     _threads()
-    _kernels().backward(_rows(x, timesteps), grad, weights, _params(x.dtype, tau, v_threshold),
-                        _per_element(scale, x).numpy(), _per_element(shift, x).numpy(), chunks,
-                        _rows(out, timesteps), part.numpy(), BLOCK)
+    _kernels().backward(
+        _rows(x, timesteps),
+        grad,
+        weights,
+        _params(x.dtype, tau, v_threshold),
+        _per_element(scale, x).numpy(),
+        _per_element(shift, x).numpy(),
+        chunks,
+        _rows(out, timesteps),
+        part.numpy(),
+        BLOCK,
+    )
     return (out, _channel_of_elements(part, x)) if sums else out
 
 
@@ -509,13 +600,22 @@ class InPlaceBackward:
     batch norm's input gradient, equal bit for bit to :func:`batch_norm_grad_` over
     :func:`lif_backward`'s output. ``grad_spikes``/``readout`` as in :func:`lif_backward`."""
 
-    def __init__(self, x: torch.Tensor, grad_spikes: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
-                 timesteps: int, tau: float, v_threshold: float, readout: Optional[torch.Tensor] = None,
-                 repeated: bool = False):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        grad_spikes: torch.Tensor,
+        scale: torch.Tensor,
+        shift: torch.Tensor,
+        timesteps: int,
+        tau: float,
+        v_threshold: float,
+        readout: Optional[torch.Tensor] = None,
+        repeated: bool = False,
+    ):
         self.x, self.timesteps, self.repeated = x, timesteps, repeated
         if readout is None:
             self.grad = _time_rows(grad_spikes, x, timesteps)
-            self.weights = np.ones(timesteps, dtype=self.grad.dtype)
+            self.weights = np.ones(timesteps, dtype=self.grad.dtype.type)
         else:
             self.grad = _time_rows(grad_spikes.unsqueeze(0), x, 1)
             self.weights = readout.to(x.dtype).contiguous().numpy()
@@ -525,12 +625,26 @@ class InPlaceBackward:
         _threads()
 
     def _run(self, coef: np.ndarray, part: np.ndarray, apply: int, out: np.ndarray) -> None:
-        _kernels().backward_in_place(_rows(self.x, 1 if self.repeated else self.timesteps), self.grad, self.weights,
-                                     self.params, self.scale, self.shift, coef, self.chunks, part, apply, out, BLOCK)
+        _kernels().backward_in_place(
+            _rows(self.x, 1 if self.repeated else self.timesteps),
+            self.grad,
+            self.weights,
+            self.params,
+            self.scale,
+            self.shift,
+            coef,
+            self.chunks,
+            part,
+            apply,
+            out,
+            BLOCK,
+        )
 
     def sums(self) -> torch.Tensor:
         part = torch.zeros(self.chunks, 2, self.x[0].numel(), dtype=torch.float64)
-        self._run(np.zeros((4, 1), dtype=self.grad.dtype), part.numpy(), 0, np.zeros((1, 1), dtype=self.grad.dtype))
+        self._run(
+            np.zeros((4, 1), dtype=self.grad.dtype.type), part.numpy(), 0, np.zeros((1, 1), dtype=self.grad.dtype.type)
+        )
         return _channel_of_elements(part, self.x)
 
     def apply(self, coef: torch.Tensor) -> torch.Tensor:
@@ -541,7 +655,7 @@ class InPlaceBackward:
             out = torch.empty_like(self.x)
             self._run(per, np.zeros((1, 2, 1)), 1, _memory_order(out).reshape(out.shape[0], -1).numpy())
             return out
-        self._run(per, np.zeros((1, 2, 1)), 1, np.zeros((1, 1), dtype=self.grad.dtype))
+        self._run(per, np.zeros((1, 2, 1)), 1, np.zeros((1, 1), dtype=self.grad.dtype.type))
         torch.autograd.graph.increment_version(self.x)  # written through numpy: autograd must know
         return self.x
 
@@ -569,8 +683,11 @@ def channel_sums(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         rows_b = _memory_order(b.detach()).reshape(-1, a.shape[1])
         _kernels().row_sums(rows_a.numpy(), rows_b.numpy(), ROW_CHUNKS, out.numpy())
         return out
-    _kernels().channel_sums(a.detach().reshape(a.shape[0], a.shape[1], -1).numpy(),
-                            b.detach().reshape(b.shape[0], b.shape[1], -1).numpy(), out.numpy())
+    _kernels().channel_sums(
+        a.detach().reshape(a.shape[0], a.shape[1], -1).numpy(),
+        b.detach().reshape(b.shape[0], b.shape[1], -1).numpy(),
+        out.numpy(),
+    )
     return out
 
 
@@ -580,10 +697,15 @@ def batch_norm_grad_(g: torch.Tensor, x: torch.Tensor, coef: torch.Tensor) -> to
     _threads()
     coef = coef.to(g.dtype)
     if g.dim() == 2 or channels_last(g):
-        _kernels().batch_norm_grad_rows(_memory_order(g).view(-1, g.shape[1]).numpy(),
-                                        _memory_order(x.detach()).reshape(-1, g.shape[1]).numpy(),
-                                        coef.t().contiguous().numpy())
+        _kernels().batch_norm_grad_rows(
+            _memory_order(g).view(-1, g.shape[1]).numpy(),
+            _memory_order(x.detach()).reshape(-1, g.shape[1]).numpy(),
+            coef.t().contiguous().numpy(),
+        )
         return g
-    _kernels().batch_norm_grad(g.view(g.shape[0], g.shape[1], -1).numpy(),
-                               x.detach().reshape(x.shape[0], x.shape[1], -1).numpy(), coef.contiguous().numpy())
+    _kernels().batch_norm_grad(
+        g.view(g.shape[0], g.shape[1], -1).numpy(),
+        x.detach().reshape(x.shape[0], x.shape[1], -1).numpy(),
+        coef.contiguous().numpy(),
+    )
     return g

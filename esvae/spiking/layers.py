@@ -7,6 +7,7 @@ run once on ``(T * N, ...)``; only the neuron dynamics are sequential. The layer
 ``encoder.0.weight``, ``encoder.0.bn.running_mean``, ... like the original code's modules (whose
 3-D ``(k, k, 1)`` weights differ only by a trailing singleton dimension; see ``checkpoints.py``).
 """
+
 from __future__ import annotations
 
 from collections import namedtuple
@@ -40,8 +41,17 @@ class TDBatchNorm(nn.modules.batchnorm._BatchNorm):
     PyTorch's. Accepts ``(T*N, C)`` or ``(T*N, C, H, W)``.
     """
 
-    def __init__(self, num_features: int, alpha: float = 1.0, v_threshold: float = V_THRESHOLD,
-                 eps: float = 1e-5, momentum: float = 0.1):
+    momentum: float  # always a number here (checked below); BatchNorm's own may be None
+    num_batches_tracked: torch.Tensor  # running statistics are always tracked
+
+    def __init__(
+        self,
+        num_features: int,
+        alpha: float = 1.0,
+        v_threshold: float = V_THRESHOLD,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+    ):
         if not isinstance(momentum, (int, float)) or isinstance(momentum, bool):
             raise ValueError(f"TDBatchNorm needs a numeric momentum (exponential running statistics), got {momentum!r}")
         super().__init__(num_features, eps=eps, momentum=momentum, affine=True, track_running_stats=True)
@@ -62,9 +72,14 @@ class TDBatchNorm(nn.modules.batchnorm._BatchNorm):
         if self.training:
             self.num_batches_tracked.add_(1)
         return F.batch_norm(
-            x, self.running_mean, self.running_var,
-            self.weight * self.gain, self.bias,
-            training=self.training, momentum=self.momentum, eps=self.eps,
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight * self.gain,
+            self.bias,
+            training=self.training,
+            momentum=self.momentum,
+            eps=self.eps,
         )
 
     def extra_repr(self) -> str:
@@ -92,8 +107,9 @@ class _TDBNThenLIF(torch.autograd.Function):
     @staticmethod
     def _normalise(x, weight, bias, bn, training, update):
         running = (bn.running_mean, bn.running_var) if (update or not training) else (None, None)
-        return torch.ops.aten.native_batch_norm(x, weight * bn.gain, bias, *running,
-                                                training, bn.momentum if update else 0.0, bn.eps)
+        return torch.ops.aten.native_batch_norm(
+            x, weight * bn.gain, bias, *running, training, bn.momentum if update else 0.0, bn.eps
+        )
 
     @staticmethod
     def _affine(weight, bias, bn, mean, invstd):
@@ -118,7 +134,7 @@ class _TDBNThenLIF(torch.autograd.Function):
             return bn.running_mean.to(x.dtype, copy=True), torch.rsqrt(bn.running_var.to(x.dtype) + bn.eps)
         n0 = x.numel() // x.shape[1]
         n = n0 * repeats
-        sums = kernels.channel_sums(x, x)                        # (C, 2): sum x, sum x^2
+        sums = kernels.channel_sums(x, x)  # (C, 2): sum x, sum x^2
         mean64 = sums[:, 0] / n0
         var64 = (sums[:, 1] / n0 - mean64 * mean64).clamp_min(0.0)  # biased, as batch norm normalises
         with torch.no_grad():
@@ -140,8 +156,9 @@ class _TDBNThenLIF(torch.autograd.Function):
             ctx.save_for_backward(x, weight, bias, mean, invstd)
             scale, shift = _TDBNThenLIF._affine(weight, bias, bn, mean, invstd)
             if readout is not None:
-                return kernels.lif_forward_readout(x, scale, shift, readout, timesteps, lif.tau, lif.v_threshold,
-                                                   repeated)
+                return kernels.lif_forward_readout(
+                    x, scale, shift, readout, timesteps, lif.tau, lif.v_threshold, repeated
+                )
             return kernels.lif_forward(x, scale, shift, timesteps, lif.tau, lif.v_threshold, repeated)
         if readout is not None or repeated:
             raise RuntimeError("the fused readout and repeated input need the compiled kernels (see tdbn_lif)")
@@ -164,31 +181,59 @@ class _TDBNThenLIF(torch.autograd.Function):
             scale, shift = _TDBNThenLIF._affine(weight, bias, bn, mean, invstd)
             in_place = (ctx.consume_input or ctx.repeated) and ctx.needs_input_grad[0]
             if in_place or ctx.repeated:  # dL/dx written over x in a second pass: no buffer of x's size
-                passes = kernels.InPlaceBackward(x, grad_spikes, scale, shift, ctx.timesteps, lif.tau,
-                                                 lif.v_threshold, readout=ctx.readout, repeated=ctx.repeated)
+                passes = kernels.InPlaceBackward(
+                    x,
+                    grad_spikes,
+                    scale,
+                    shift,
+                    ctx.timesteps,
+                    lif.tau,
+                    lif.v_threshold,
+                    readout=ctx.readout,
+                    repeated=ctx.repeated,
+                )
                 sums = passes.sums()
             else:
-                grad, sums = kernels.lif_backward(x, grad_spikes, scale, shift, ctx.timesteps, lif.tau,
-                                                  lif.v_threshold, readout=ctx.readout, sums=True)
+                grad, sums = kernels.lif_backward(
+                    x,
+                    grad_spikes,
+                    scale,
+                    shift,
+                    ctx.timesteps,
+                    lif.tau,
+                    lif.v_threshold,
+                    readout=ctx.readout,
+                    sums=True,
+                )
             # grad: dL/dI (T*N, C, ...); sums: sum g, sum g x per channel (float64), from the same pass
             sum_g, sum_gx = sums[:, 0], sums[:, 1]
             mean64, invstd64 = mean.double(), invstd.double()
-            sum_g_xhat = (sum_gx - mean64 * sum_g) * invstd64            # sum g * (x - mean) * invstd
+            sum_g_xhat = (sum_gx - mean64 * sum_g) * invstd64  # sum g * (x - mean) * invstd
             grad_w = (sum_g_xhat * factor).to(x.dtype) if ctx.needs_input_grad[1] else None
             grad_b = sum_g.to(x.dtype) if ctx.needs_input_grad[2] else None
             if not ctx.needs_input_grad[0]:
                 return None, grad_w, grad_b, None, None, None, None, None, None
             if training:  # dx = w invstd (g - mean(g) - xhat mean(g xhat))
                 n = x.numel() // x.shape[1] * (ctx.timesteps if ctx.repeated else 1)
-                coef = torch.stack([sum_g / n, mean64, invstd64 * sum_g_xhat / n,
-                                    (weight.double() * factor) * invstd64], 1)
+                coef = torch.stack(
+                    [sum_g / n, mean64, invstd64 * sum_g_xhat / n, (weight.double() * factor) * invstd64], 1
+                )
                 if in_place:
                     return passes.apply(coef), grad_w, grad_b, None, None, None, None, None, None
                 return kernels.batch_norm_grad_(grad, x, coef), grad_w, grad_b, None, None, None, None, None, None
             if in_place:  # (g - 0 - x * 0) * scale = g * scale, the same bits
                 zero = torch.zeros_like(mean64)
-                return (passes.apply(torch.stack([zero, zero, zero, scale.double()], 1)), grad_w, grad_b,
-                        None, None, None, None, None, None)
+                return (
+                    passes.apply(torch.stack([zero, zero, zero, scale.double()], 1)),
+                    grad_w,
+                    grad_b,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                )
             shape = (1, -1) + (1,) * (x.dim() - 2)
             return grad.mul_(scale.view(shape)), grad_w, grad_b, None, None, None, None, None, None
         if training:
@@ -202,8 +247,16 @@ class _TDBNThenLIF(torch.autograd.Function):
         del keep
         running = (None, None) if training else (bn.running_mean, bn.running_var)
         grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
-            grad_current.flatten(0, 1), x, weight * factor, *running, mean, invstd, training, bn.eps,
-            list(ctx.needs_input_grad[:3]))
+            grad_current.flatten(0, 1),
+            x,
+            weight * factor,
+            *running,
+            mean,
+            invstd,
+            training,
+            bn.eps,
+            list(ctx.needs_input_grad[:3]),
+        )
         return grad_x, (grad_w * factor if grad_w is not None else None), grad_b, None, None, None, None, None, None
 
 
@@ -215,8 +268,9 @@ def _repeat(y: torch.Tensor, timesteps: int) -> torch.Tensor:
     return y.unsqueeze(0).expand(timesteps, *y.shape).flatten(0, 1)
 
 
-def tdbn_lif(y: torch.Tensor, bn: TDBatchNorm, lif: LIF, timesteps: int, consume_input: bool = False,
-             repeated: bool = False) -> torch.Tensor:
+def tdbn_lif(
+    y: torch.Tensor, bn: TDBatchNorm, lif: LIF, timesteps: int, consume_input: bool = False, repeated: bool = False
+) -> torch.Tensor:
     """``lif(unfold_time(bn(y)))`` as one op (:class:`_TDBNThenLIF`); ``(T*N, ...) -> (T, N, ...)``.
 
     ``consume_input=True`` lets backward (compiled kernels) write the input gradient over ``y``
@@ -260,8 +314,15 @@ def tdbn_lif_step(y: torch.Tensor, bn: TDBatchNorm, lif: LIF, state: Optional[St
     return StepState(membrane, spikes, None, None)
 
 
-def tdbn_lif_readout(y: torch.Tensor, bn: TDBatchNorm, lif: LIF, timesteps: int, weights: torch.Tensor,
-                     consume_input: bool = False, repeated: bool = False) -> torch.Tensor:
+def tdbn_lif_readout(
+    y: torch.Tensor,
+    bn: TDBatchNorm,
+    lif: LIF,
+    timesteps: int,
+    weights: torch.Tensor,
+    consume_input: bool = False,
+    repeated: bool = False,
+) -> torch.Tensor:
     """``sum_t weights[t] * lif(unfold_time(bn(y)))_t``: ``(T*N, ...) -> (N, ...)``.
 
     With the compiled kernels one op that never stores the spikes (the sum is taken as they are
@@ -271,8 +332,7 @@ def tdbn_lif_readout(y: torch.Tensor, bn: TDBatchNorm, lif: LIF, timesteps: int,
     bn._check_input_dim(y)
     repeated = repeated and timesteps > 1
     if kernels.usable(y, lif.surrogate):
-        return _TDBNThenLIF.apply(y, bn.weight, bn.bias, bn, lif, timesteps, weights.detach(), consume_input,
-                                  repeated)
+        return _TDBNThenLIF.apply(y, bn.weight, bn.bias, bn, lif, timesteps, weights.detach(), consume_input, repeated)
     return weighted_time_sum(weights, tdbn_lif(y, bn, lif, timesteps, consume_input, repeated))
 
 
@@ -319,7 +379,9 @@ class _SpikeConvolution(torch.autograd.Function):
         packed = kernels.pack_binary(x) if wanted else None  # nothing to keep otherwise
         ctx.save_for_backward(weight, packed if packed is not None else x)
         ctx.packed = packed is not None
-        return torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
+        return torch.ops.aten.convolution(
+            x, weight, bias, stride, padding, dilation, transposed, output_padding, groups
+        )
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -339,17 +401,47 @@ class _SpikeConvolution(torch.autograd.Function):
             x = saved[0].to(ctx.dtype) if ctx.packed else saved[0]  # keeps the channels-last strides
             if need_x:
                 grad_x = torch.ops.aten.convolution_backward(
-                    grad_out, x, weight, None, stride, padding, dilation, transposed, output_padding, groups,
-                    [True, False, False])[0]
+                    grad_out,
+                    x,
+                    weight,
+                    None,
+                    stride,
+                    padding,
+                    dilation,
+                    transposed,
+                    output_padding,
+                    groups,
+                    [True, False, False],
+                )[0]
             if need_w:
                 if transposed:
                     grad_w = torch.ops.aten.convolution_backward(
-                        x, grad_out, weight, None, stride, padding, dilation, False, [0, 0], groups,
-                        [False, True, False])[1]
+                        x,
+                        grad_out,
+                        weight,
+                        None,
+                        stride,
+                        padding,
+                        dilation,
+                        False,
+                        [0, 0],
+                        groups,
+                        [False, True, False],
+                    )[1]
                 else:
                     grad_w = torch.ops.aten.convolution_backward(
-                        grad_out, x, weight, None, stride, padding, dilation, False, output_padding, groups,
-                        [False, True, False])[1]
+                        grad_out,
+                        x,
+                        weight,
+                        None,
+                        stride,
+                        padding,
+                        dilation,
+                        False,
+                        output_padding,
+                        groups,
+                        [False, True, False],
+                    )[1]
         if need_b and ctx.has_bias:
             grad_b = grad_out.sum((0, 2, 3))
         return grad_x, grad_w, grad_b, None, None, None, None, None, None
@@ -360,21 +452,39 @@ def _input_grad(grad_out: torch.Tensor, weight: torch.Tensor, input_shape, trans
     the output gradient, the input's size restored through the output padding."""
     if transposed:
         return torch.nn.functional.conv2d(grad_out, weight, None, stride, padding)
-    extra = [input_shape[2 + d] - spike_conv.output_size(grad_out.shape[2 + d], weight.shape[2 + d], stride[d],
-                                                         padding[d], 0, True) for d in range(2)]
+    extra = [
+        input_shape[2 + d]
+        - spike_conv.output_size(grad_out.shape[2 + d], weight.shape[2 + d], stride[d], padding[d], 0, True)
+        for d in range(2)
+    ]
     return torch.nn.functional.conv_transpose2d(grad_out, weight, None, stride, padding, extra)
 
 
 def _spike_convolution(layer, x: torch.Tensor, transposed: bool) -> Optional[torch.Tensor]:
     """``layer``'s convolution through :class:`_SpikeConvolution` where it applies (CPU, 4-D
     channels-last input with the compiled kernels, zero padding, no groups), else None."""
-    if not (x.device.type == "cpu" and x.dim() == 4 and kernels.channels_last(x) and layer.groups == 1
-            and layer.padding_mode == "zeros" and isinstance(layer.padding, tuple)
-            and kernels.usable(x, kernels.rectangle_surrogate())):
+    if not (
+        x.device.type == "cpu"
+        and x.dim() == 4
+        and kernels.channels_last(x)
+        and layer.groups == 1
+        and layer.padding_mode == "zeros"
+        and isinstance(layer.padding, tuple)
+        and kernels.usable(x, kernels.rectangle_surrogate())
+    ):
         return None
     output_padding = list(layer.output_padding) if transposed else [0, 0]
-    return _SpikeConvolution.apply(x, layer.weight, layer.bias, transposed, list(layer.stride), list(layer.padding),
-                                   output_padding, list(layer.dilation), layer.groups)
+    return _SpikeConvolution.apply(
+        x,
+        layer.weight,
+        layer.bias,
+        transposed,
+        list(layer.stride),
+        list(layer.padding),
+        output_padding,
+        list(layer.dilation),
+        layer.groups,
+    )
 
 
 class _TimeFolded:
@@ -404,10 +514,12 @@ class _TimeFolded:
             return weighted_time_sum(weights, self.forward(x_seq))
         timesteps = x_seq.shape[0]
         if timesteps > 1 and x_seq.stride(0) == 0:
-            return tdbn_lif_readout(self._step_weights(x_seq[0]), self.bn, self.lif, timesteps,
-                                    weights, consume_input=True, repeated=True)
-        return tdbn_lif_readout(self._weights_before_bn(x_seq), self.bn, self.lif, timesteps, weights,
-                                consume_input=True)  # the weights' output: read by nothing else
+            return tdbn_lif_readout(
+                self._step_weights(x_seq[0]), self.bn, self.lif, timesteps, weights, consume_input=True, repeated=True
+            )
+        return tdbn_lif_readout(
+            self._weights_before_bn(x_seq), self.bn, self.lif, timesteps, weights, consume_input=True
+        )  # the weights' output: read by nothing else
 
     def _step_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The weight layer on one step's input ``(N, ...)``, its output channels last (a 4-D input
@@ -425,28 +537,37 @@ class _TimeFolded:
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:  # (T, N, ...) -> (T, N, ...)
         timesteps = x_seq.shape[0]
-        fused = self.bn is not None and self.lif is not None and self.lif.backend == "fused"
-        if fused and timesteps > 1 and x_seq.stride(0) == 0:  # the same input at every step: not copied
-            return tdbn_lif(self._step_weights(x_seq[0]), self.bn, self.lif, timesteps,
-                            consume_input=True, repeated=True)
+        bn, lif = self.bn, self.lif
+        if bn is not None and lif is not None and lif.backend == "fused":
+            if timesteps > 1 and x_seq.stride(0) == 0:  # the same input at every step: not copied
+                return tdbn_lif(self._step_weights(x_seq[0]), bn, lif, timesteps, consume_input=True, repeated=True)
+            y = self._weights_before_bn(x_seq)
+            return tdbn_lif(y, bn, lif, timesteps, consume_input=True)  # y: read by nothing else
         y = self._weights_before_bn(x_seq)
-        if self.bn is not None and self.lif is not None and self.lif.backend == "fused":
-            return tdbn_lif(y, self.bn, self.lif, timesteps, consume_input=True)  # y: read by nothing else
-        if self.bn is not None:
-            y = self.bn(y)
+        if bn is not None:
+            y = bn(y)
         y = unfold_time(y, timesteps)
-        return self.lif(y) if self.lif is not None else y
+        return lif(y) if lif is not None else y
 
 
 class SpikingConv2d(_TimeFolded, nn.Conv2d):
     """Conv2d applied at every step -> optional tdBN -> optional LIF; ``(T, N, C, H, W)``."""
 
-    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=1, *,
-                 bn_alpha: Optional[float] = 1.0, lif: Optional[LIF] = None):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size=3,
+        stride=1,
+        padding=1,
+        *,
+        bn_alpha: Optional[float] = 1.0,
+        lif: Optional[LIF] = None,
+    ):
         nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=True)
         self._attach(out_channels, bn_alpha, lif)
 
-    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         return _TimeFolded.forward(self, x_seq)
 
     def _weights_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -457,10 +578,28 @@ class SpikingConv2d(_TimeFolded, nn.Conv2d):
 class SpikingConvTranspose2d(_TimeFolded, nn.ConvTranspose2d):
     """ConvTranspose2d at every step -> optional tdBN -> optional LIF; ``(T, N, C, H, W)``."""
 
-    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=1, output_padding=0, *,
-                 bn_alpha: Optional[float] = 1.0, lif: Optional[LIF] = None):
-        nn.ConvTranspose2d.__init__(self, in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                                    output_padding=output_padding, bias=True)
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size=3,
+        stride=1,
+        padding=1,
+        output_padding=0,
+        *,
+        bn_alpha: Optional[float] = 1.0,
+        lif: Optional[LIF] = None,
+    ):
+        nn.ConvTranspose2d.__init__(
+            self,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            output_padding=output_padding,
+            bias=True,
+        )
         self._attach(out_channels, bn_alpha, lif)
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -492,7 +631,7 @@ class MembraneReadout(nn.Module):
     def weights(self, timesteps: int, device=None, dtype=None) -> torch.Tensor:
         """Per-step weights ``decay^(T-1-t)`` for t = 0..T-1, shape ``(T,)``."""
         exponents = torch.arange(timesteps - 1, -1, -1, device=device, dtype=torch.float64)
-        return (self.decay ** exponents).to(dtype or torch.get_default_dtype())
+        return (self.decay**exponents).to(dtype or torch.get_default_dtype())
 
     def forward(self, y_seq: torch.Tensor) -> torch.Tensor:
         w = self.weights(y_seq.shape[0], y_seq.device, y_seq.dtype)

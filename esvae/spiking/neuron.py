@@ -23,6 +23,7 @@ Forms, all computing the same function and gradient:
 * :func:`lif_step_inference` -- the fused op's update for one step without autograd, for
   networks stepped one time step at a time (FSVAE's autoregressive sampling in eval mode).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -81,8 +82,12 @@ def lif_multistep_reference(
     return torch.stack(spikes_seq)
 
 
-def lif_step_inference(current: torch.Tensor, state: Optional[Tuple[torch.Tensor, torch.Tensor]],
-                       tau: float = TAU, v_threshold: float = V_THRESHOLD) -> Tuple[torch.Tensor, torch.Tensor]:
+def lif_step_inference(
+    current: torch.Tensor,
+    state: Optional[Tuple[torch.Tensor, torch.Tensor]],
+    tau: float = TAU,
+    v_threshold: float = V_THRESHOLD,
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """One LIF update without autograd, with the fused op's exact arithmetic, for stepping a
     network one time step at a time. ``state`` is ``(u_{t-1}, o_{t-1})`` or None at t = 0;
     returns ``(u_t, o_t)``, the next state."""
@@ -93,8 +98,13 @@ def lif_step_inference(current: torch.Tensor, state: Optional[Tuple[torch.Tensor
     return membrane, torch.gt(membrane, v_threshold).to(current.dtype)
 
 
-def lif_forward_sweep(current_seq: torch.Tensor, tau: float, v_threshold: float,
-                      keep_seq: torch.Tensor, membrane_seq: Optional[torch.Tensor] = None) -> None:
+def lif_forward_sweep(
+    current_seq: torch.Tensor,
+    tau: float,
+    v_threshold: float,
+    keep_seq: torch.Tensor,
+    membrane_seq: Optional[torch.Tensor] = None,
+) -> None:
     """The LIF recurrence over the leading time axis, outside autograd, two ops per step.
 
     Writes ``keep_t = 1[u_t <= V_th]`` (``1 - o_t``) into ``keep_seq``; with ``membrane_seq`` given
@@ -115,6 +125,7 @@ def lif_forward_sweep(current_seq: torch.Tensor, tau: float, v_threshold: float,
         if t + 1 == steps:
             break
         if membrane_seq is None:
+            assert spare is not None  # allocated above whenever there is a next step
             nxt, spare = spare, membrane
         else:
             nxt = membrane_seq[t + 1]
@@ -122,8 +133,13 @@ def lif_forward_sweep(current_seq: torch.Tensor, tau: float, v_threshold: float,
         membrane = nxt
 
 
-def lif_backward_sweep(grad_spikes_seq: torch.Tensor, membrane_seq: torch.Tensor, keep_seq: torch.Tensor,
-                       tau: float, surrogate: SurrogateFn) -> torch.Tensor:
+def lif_backward_sweep(
+    grad_spikes_seq: torch.Tensor,
+    membrane_seq: torch.Tensor,
+    keep_seq: torch.Tensor,
+    tau: float,
+    surrogate: SurrogateFn,
+) -> torch.Tensor:
     """The reverse-time recursion, overwriting ``membrane_seq`` with dL/dI (returned)::
 
         g_o_t   = dL/do_t - tau * u_t * g_u_{t+1}                 # o_t resets u_{t+1}
@@ -133,6 +149,7 @@ def lif_backward_sweep(grad_spikes_seq: torch.Tensor, membrane_seq: torch.Tensor
     Step t reads ``u_t`` before writing ``g_u_t`` over it, so no second buffer of size T is needed.
     """
     from .surrogate import rectangle
+
     grad_next = None
     for t in range(membrane_seq.shape[0] - 1, -1, -1):
         membrane = membrane_seq[t]
@@ -187,7 +204,9 @@ def lif_multistep(
     With ``return_membrane=True`` also returns the membrane potentials ``u_t`` (no gradient).
     """
     if current_seq.dim() < 1 or current_seq.shape[0] < 1:
-        raise ValueError(f"expected currents with a leading time axis of length >= 1, got shape {tuple(current_seq.shape)}")
+        raise ValueError(
+            f"expected currents with a leading time axis of length >= 1, got shape {tuple(current_seq.shape)}"
+        )
     spikes_seq, membrane_seq = _FusedMultiStepLIF.apply(current_seq, tau, v_threshold, surrogate)
     return (spikes_seq, membrane_seq) if return_membrane else spikes_seq
 
@@ -195,8 +214,9 @@ def lif_multistep(
 class LIF(nn.Module):
     """Multi-step LIF neuron module on time-first input ``(T, ...)``; holds no parameters."""
 
-    def __init__(self, tau: float = TAU, v_threshold: float = V_THRESHOLD, surrogate: str = "rectangle",
-                 backend: str = "fused"):
+    def __init__(
+        self, tau: float = TAU, v_threshold: float = V_THRESHOLD, surrogate: str = "rectangle", backend: str = "fused"
+    ):
         super().__init__()
         if backend not in ("fused", "reference"):
             raise ValueError(f"unknown LIF backend {backend!r}; expected 'fused' or 'reference'")
@@ -212,4 +232,6 @@ class LIF(nn.Module):
         return lif_multistep(current_seq, self.tau, self.v_threshold, self.surrogate)
 
     def extra_repr(self) -> str:
-        return f"tau={self.tau}, v_threshold={self.v_threshold}, surrogate={self.surrogate_name}, backend={self.backend}"
+        return (
+            f"tau={self.tau}, v_threshold={self.v_threshold}, surrogate={self.surrogate_name}, backend={self.backend}"
+        )

@@ -34,6 +34,7 @@ division. Dilation 1 and one group only (the callers check). The sums run in a d
 from the dense kernels': float64 agrees to rounding (the tests and the bench's float64 check),
 float32 to float32 rounding.
 """
+
 from __future__ import annotations
 
 from collections import namedtuple
@@ -151,7 +152,7 @@ def _compile(cache: bool = True):
                             if ow < 0:
                                 continue
                             base = (kh * taps_w + kw) * channels
-                            row, tap = image[oh, ow], s[base:base + channels]  # views: no per-element index checks
+                            row, tap = image[oh, ow], s[base : base + channels]  # views: no per-element index checks
                             for co in range(channels):
                                 row[co] += tap[co]
 
@@ -189,7 +190,9 @@ def _compile(cache: bool = True):
                                 part[q, ci, c] += g[c]
 
     @jit
-    def weight_grad(idx, count, grad, out_row, out_col, part):  # grad (B, OH, OW, Co); part (chunks, KH, KW, Ci, Co) zeroed
+    def weight_grad(
+        idx, count, grad, out_row, out_col, part
+    ):  # grad (B, OH, OW, Co); part (chunks, KH, KW, Ci, Co) zeroed
         # Per pixel, tap by tap: the tap's output-gradient row is added to each fired channel's row
         # (each weight's sum still runs over the pixels in order).
         images, height, width, _ = idx.shape
@@ -229,8 +232,7 @@ def _compile(cache: bool = True):
                     s += part[j, i]
                 out[i] = s
 
-    return namedtuple("_SpikeConvKernels", "index forward forward_pixels weight_grad weight_grad_pixels sum_chunks")(
-        index, forward, forward_pixels, weight_grad, weight_grad_pixels, sum_chunks)
+    return _SpikeConvKernels(index, forward, forward_pixels, weight_grad, weight_grad_pixels, sum_chunks)
 
 
 def _kernels():
@@ -247,6 +249,9 @@ def reset_stats() -> None:
         STATS[key] = 0
 
 
+_SpikeConvKernels = namedtuple(
+    "_SpikeConvKernels", "index forward forward_pixels weight_grad weight_grad_pixels sum_chunks"
+)
 SpikeIndex = namedtuple("SpikeIndex", "idx count shape fired")
 
 
@@ -299,8 +304,14 @@ def output_size(size_in: int, kernel: int, stride: int, padding: int, output_pad
     return (size_in + 2 * padding - kernel) // stride + 1
 
 
-def _tap_tables(index: SpikeIndex, kernel: Sequence[int], out_size: Sequence[int], stride: Sequence[int],
-                padding: Sequence[int], transposed: bool):
+def _tap_tables(
+    index: SpikeIndex,
+    kernel: Sequence[int],
+    out_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    transposed: bool,
+):
     """:func:`taps` along the rows and the columns of the indexed input."""
     return tuple(taps(out_size[d], index.shape[2 + d], kernel[d], stride[d], padding[d], transposed) for d in range(2))
 
@@ -314,13 +325,22 @@ def by_pixel(rows: np.ndarray, cols: np.ndarray) -> bool:
     return used >= PIXEL_MIN_TAPS * rows.size * cols.size
 
 
-def forward(index: SpikeIndex, weight: torch.Tensor, bias: Optional[torch.Tensor], transposed: bool,
-            stride: Sequence[int], padding: Sequence[int], output_padding: Sequence[int]) -> torch.Tensor:
+def forward(
+    index: SpikeIndex,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    transposed: bool,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    output_padding: Sequence[int],
+) -> torch.Tensor:
     """The convolution (``weight (Co, Ci, kh, kw)``) or transposed convolution (``(Ci, Co, kh, kw)``)
     of the indexed spikes: ``(B, Co, OH, OW)``, channels last."""
     kernel = weight.shape[2:]
-    oh, ow = (output_size(index.shape[2 + d], kernel[d], stride[d], padding[d], output_padding[d], transposed)
-              for d in range(2))
+    oh, ow = (
+        output_size(index.shape[2 + d], kernel[d], stride[d], padding[d], output_padding[d], transposed)
+        for d in range(2)
+    )
     rows, cols = _tap_tables(index, kernel, (oh, ow), stride, padding, transposed)
     w = weight.detach()
     channels = w.shape[1] if transposed else w.shape[0]
@@ -330,8 +350,9 @@ def forward(index: SpikeIndex, weight: torch.Tensor, bias: Optional[torch.Tensor
     nhwc = out.permute(0, 2, 3, 1).numpy()  # the NHWC view of out's memory
     if by_pixel(rows, cols):
         wp = (w.permute(0, 2, 3, 1) if transposed else w.permute(1, 2, 3, 0)).contiguous()  # (Ci, kh, kw, Co)
-        _kernels().forward_pixels(index.idx.numpy(), index.count.numpy(), wp.view(wp.shape[0], -1).numpy(), b.numpy(),
-                                  rows, cols, nhwc)
+        _kernels().forward_pixels(
+            index.idx.numpy(), index.count.numpy(), wp.view(wp.shape[0], -1).numpy(), b.numpy(), rows, cols, nhwc
+        )
     else:
         wt = (w.permute(2, 3, 0, 1) if transposed else w.permute(2, 3, 1, 0)).contiguous()  # (kh, kw, Ci, Co)
         _kernels().forward(index.idx.numpy(), index.count.numpy(), wt.numpy(), b.numpy(), rows, cols, nhwc)
@@ -346,8 +367,14 @@ def partial_sums(weight_bytes: int) -> int:
     return max(2, min(CHUNKS, PART_BYTES // max(weight_bytes, 1)))
 
 
-def weight_grad(index: SpikeIndex, grad_out: torch.Tensor, weight_shape: Sequence[int], transposed: bool,
-                stride: Sequence[int], padding: Sequence[int]) -> torch.Tensor:
+def weight_grad(
+    index: SpikeIndex,
+    grad_out: torch.Tensor,
+    weight_shape: Sequence[int],
+    transposed: bool,
+    stride: Sequence[int],
+    padding: Sequence[int],
+) -> torch.Tensor:
     """dL/dW of :func:`forward` for the output gradient ``grad_out (B, Co, OH, OW)`` (any layout)."""
     grad = grad_out.permute(0, 2, 3, 1).contiguous()  # (B, OH, OW, Co): free for channels-last grad_out
     kh, kw = weight_shape[2:]
@@ -358,8 +385,9 @@ def weight_grad(index: SpikeIndex, grad_out: torch.Tensor, weight_shape: Sequenc
     k = _kernels()
     if by_pixel(rows, cols):  # partial sums (chunks, Ci, kh, kw, Co); the kernel sees (chunks, Ci, kh kw Co)
         part = torch.zeros((chunks, ci, kh, kw, co), dtype=grad.dtype)
-        k.weight_grad_pixels(index.idx.numpy(), index.count.numpy(), grad.numpy(), rows, cols,
-                             part.view(chunks, ci, -1).numpy())
+        k.weight_grad_pixels(
+            index.idx.numpy(), index.count.numpy(), grad.numpy(), rows, cols, part.view(chunks, ci, -1).numpy()
+        )
         order = (0, 3, 1, 2) if transposed else (3, 0, 1, 2)
     else:  # partial sums (chunks, kh, kw, Ci, Co)
         part = torch.zeros((chunks, kh, kw, ci, co), dtype=grad.dtype)

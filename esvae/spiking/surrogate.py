@@ -5,6 +5,7 @@ The original ESVAE/FSVAE code centres its window at ``u = 0`` rather than at the
 (docs/method.md section 1, a documented quirk); the surrogate receives ``u`` itself, never ``u - V_th``,
 so that quirk lives in one place: the neuron passes ``u``.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict
