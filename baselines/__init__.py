@@ -16,6 +16,7 @@ register_model(
         "ANN VAE (Table I's ANN row): BatchNorm + LeakyReLU, Gaussian latent, KLD weight 1/batches per epoch",
         samplers=(),
         paper_train=ann_vae_paper_train,
+        label="ANN VAE",
     )
 )
 
@@ -27,6 +28,7 @@ register_model(
         "FSVAE: autoregressive Bernoulli posterior/prior with k votes, PSP-MMD loss",
         samplers=("fsvae_autoregressive",),
         paper_train=fsvae_paper_train,
+        label="FSVAE",
     )
 )
 
@@ -38,6 +40,7 @@ register_model(
         "TAID: FSVAE with a learned temporal-attention readout (sigmoid(Conv1d over T)) instead of 0.8^(T-1-t)",
         samplers=("fsvae_autoregressive",),
         paper_train=taid_paper_train,
+        label="TAID",
     )
 )
 

@@ -23,7 +23,8 @@ import math
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
-from .report import MODEL_LABELS, PAPER_DATASET
+from .models.registry import model_label
+from .report import PAPER_DATASET
 
 SUPPORTED = "supported"
 CONTRADICTED = "contradicted"
@@ -414,7 +415,7 @@ def _metric_for(claim: Claim, rows: Sequence[Mapping], ds) -> Tuple[str, str, st
 
 
 def _label(model: str) -> str:
-    return MODEL_LABELS.get(model, model)
+    return model_label(model)
 
 
 def _num(v) -> str:

@@ -570,7 +570,7 @@ def _cmd_prepare_data(args) -> int:
     import hashlib
 
     from .data import data_source, load_split
-    from .files import write_json
+    from .results import write_result
 
     source = data_source(args.dataset)
     info: Dict[str, Any] = {"dataset": source.name, "label": source.label, "splits": {}}
@@ -583,7 +583,7 @@ def _cmd_prepare_data(args) -> int:
         }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out, info)
+    write_result(out, "data", info)
     print(
         f"{source.label}: "
         + ", ".join(f"{k} {v['images']} images" for k, v in info["splits"].items())

@@ -40,19 +40,17 @@ import torch
 from .checkpoints import code_version, load_checkpoint
 from .data import DataSource, data_source, first_n, load_split, to_model_range
 from .errors import CheckpointError, ConfigError, MetricUnavailableError
-from .files import write_json
 from .models.base import VAEModel
 from .models.registry import count_parameters
+from .results import METRIC_OPTIONS, metric, write_result
 from .train import EVAL_SEED_OFFSET, log_to_file, resolve_device
 from .train import evaluate as evaluate_terms
 
 log = logging.getLogger(__name__)
 
-METRICS = ("mse", "fid", "kid", "is", "fid_clean", "fad", "fad_published", "params", "spikes", "sampling")
+METRICS = METRIC_OPTIONS  # the --metrics names, from the registry in esvae.results
 INCEPTION_METRICS = ("fid", "kid", "is", "fid_clean")
-
-
-RESULT_KEYS = {"fid": "fid", "kid": "kid", "is": "inception_score", "fid_clean": "fid_clean"}  # metrics.json keys
+RESULT_KEYS = {m: metric(m).key for m in INCEPTION_METRICS}  # their metrics.json keys
 
 
 def parse_metrics(text: str) -> List[str]:
@@ -190,7 +188,7 @@ def evaluate_checkpoint(
         )
 
         def save() -> None:  # after every metric: a late failure keeps what was computed
-            write_json(out_dir / "metrics.json", result)
+            write_result(out_dir / "metrics.json", "evaluate", result)
 
         if "params" in wanted:
             result["parameters"] = {
@@ -266,7 +264,7 @@ def evaluate_checkpoint(
             cost = time_sampling(model, n=n, batch_size=min(batch_size, n), repeats=3, warmup=1, seed=seed)
             result["sampling_time"] = {**cost.to_dict(), "label": cost.label()}
             log.info("%s", cost.label())
-        write_json(out_dir / "metrics.json", result)
+        write_result(out_dir / "metrics.json", "evaluate", result)
         log.info("wrote %s", out_dir / "metrics.json")
         return result
 

@@ -4,8 +4,8 @@ Every file a pipeline rule declares is written through :func:`atomic_path` (a te
 the same folder, flushed to disk, then renamed over the target), so a job killed at any moment
 leaves either the previous complete version or nothing, never a half-written file that Snakemake
 or the report would take as complete. A full disk (or quota) becomes :class:`StorageError`, one
-line naming the file and the free space. Result JSON is checked against a small structural schema
-when read (:func:`read_result`): a truncated or foreign file is refused with its path.
+line naming the file and the free space. What a result file holds is checked by
+:mod:`esvae.results` when it is written and when it is read.
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Optional
 
 from .errors import EsvaeError
 
@@ -39,10 +38,6 @@ _FILE_MODE = _file_mode()
 
 class StorageError(EsvaeError):
     """A result file could not be written because the disk (or quota) is full."""
-
-
-class ResultFileError(EsvaeError):
-    """A result file that is unreadable, truncated or not of the expected kind."""
 
 
 def storage_error(path: Path, exc: OSError) -> StorageError:
@@ -136,62 +131,3 @@ def zip_damage(path: os.PathLike) -> Optional[str]:
     except Exception as exc:  # a damaged header or compressed stream: zipfile, zlib, struct errors
         return f"{type(exc).__name__}: {exc}"
     return None if bad is None else f"its entry {bad!r} fails its CRC-32 check (damaged on disk or in transfer)"
-
-
-# What each kind of result file must hold, as far as the report and the tracker read it: key ->
-# type, or a nested mapping of the same form; "?key" is optional (checked when present). "number"
-# is a finite int/float, or None where a metric was refused (its reason recorded next to it).
-_NUMBER = "number"
-_METRIC = {"value": _NUMBER}
-RESULT_SCHEMAS: Mapping[str, Mapping[str, Any]] = {
-    "train": {
-        "epochs": int,
-        "train_images": int,
-        "parameters": int,
-        "reconstruction_mse": {"value": _NUMBER, "n": int, "split": str},
-        "baseline_mean_image_mse": _METRIC,
-    },
-    "evaluate": {f"?{key}": _METRIC for key in ("reconstruction_mse", "fid", "kid", "fad", "inception_score")},
-    "probe": {"information_retention": dict, "?decoder_robustness": dict},  # ANN VAE: rows None (no spikes)
-    "config": {"model": str, "model_config": dict, "train_config": dict},
-    "preset": {"preset": str},
-}
-
-
-def _check(value: Any, schema: Mapping[str, Any], where: str) -> None:
-    for key, kind in schema.items():
-        optional, key = key.startswith("?"), key.lstrip("?")
-        if key not in value:
-            if optional:
-                continue
-            raise ValueError(f"missing {where}{key}")
-        item = value[key]
-        if isinstance(kind, Mapping):
-            if not isinstance(item, dict):
-                raise ValueError(f"{where}{key} is {type(item).__name__}, expected an object")
-            _check(item, kind, f"{where}{key}.")
-        elif kind == _NUMBER:
-            if item is not None and (
-                isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item)
-            ):
-                raise ValueError(f"{where}{key} is {item!r}, expected a finite number")
-        elif kind is int and (isinstance(item, bool) or not isinstance(item, int)):
-            raise ValueError(f"{where}{key} is {item!r}, expected an integer")
-        elif not isinstance(item, kind):
-            raise ValueError(f"{where}{key} is {type(item).__name__}, expected {kind.__name__}")
-
-
-def read_result(path: os.PathLike, kind: str) -> dict:
-    """Read a result JSON of ``kind`` (:data:`RESULT_SCHEMAS`) and check its structure; a missing,
-    truncated or foreign file raises :class:`ResultFileError` naming it and the rule to re-run."""
-    path = Path(path)
-    try:
-        value = json.loads(path.read_text())
-        if not isinstance(value, dict):
-            raise ValueError(f"holds a JSON {type(value).__name__}, expected an object")
-        _check(value, RESULT_SCHEMAS[kind], "")
-    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ResultFileError(
-            f"{path} is not a valid {kind} result file ({exc}); delete it and re-run the job that writes it"
-        ) from None
-    return value

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from .checkpoints import code_version
 from .data import ImageSplit, first_n, iterate_batches, load_split, seeded_subset
-from .files import atomic_path, write_json, write_text_atomic
+from .files import atomic_path, write_text_atomic
+from .results import write_result
 from .train import log_to_file
 
 log = logging.getLogger(__name__)
@@ -239,5 +240,5 @@ def run_probes(
             log.info("robustness: %s", ", ".join(f"{r['condition']} {r['mse']:.4f}" for r in rows))
         else:
             result["decoder_robustness"] = {"rows": None, "refused": "the model's latent is not a spike train"}
-        write_json(out_dir / "probes.json", result)
+        write_result(out_dir / "probes.json", "probe", result)
         return result

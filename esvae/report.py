@@ -26,12 +26,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from . import grid
 from .errors import EsvaeError
-from .files import read_result, write_text_atomic
+from .files import write_text_atomic
 from .metrics.energy import ENERGY_ASSUMPTIONS, energy_pj
+from .models.registry import model_label
+from .results import SCALAR_METRICS, read_result
 
 log = logging.getLogger(__name__)
 PAPER_TABLE = Path(__file__).resolve().parent / "resources" / "paper_table1.csv"
-MODEL_LABELS = {"esvae": "ESVAE", "fsvae": "FSVAE", "ann_vae": "ANN VAE", "taid": "TAID"}
 PAPER_DATASET = {"mnist": "mnist", "mnist5k": "mnist", "fashion": "fashion", "cifar10": "cifar10", "celeba": "celeba"}
 TABLES = ("table1", "training", "ablation_timesteps", "ablation_sampler", "probes", "costs", "runs", "timings")
 FIGURES = ("metrics_vs_timesteps", "sampler_ablation", "robustness", "probe_accuracy", "training_curves")
@@ -53,7 +54,7 @@ class RunResults:
 
 
 def _read_json(path: Path, kind: str) -> Optional[dict]:
-    """A result file checked by :func:`esvae.files.read_result`; None when the job has not run."""
+    """A result file checked by :func:`esvae.results.read_result`; None when the job has not run."""
     return read_result(path, kind) if path.is_file() else None
 
 
@@ -131,8 +132,8 @@ def run_row(r: RunResults) -> Dict[str, object]:
     row["lr_rule"] = tr.get("lr_rule")
     row["device"] = tr.get("device_name") or tr.get("device")
     row["baseline_mse"] = _value(tr.get("baseline_mean_image_mse"))
-    for key in ("fid", "kid", "fad", "inception_score", "fid_clean", "fad_published"):
-        row[key] = _value(ev.get(key))
+    for m in SCALAR_METRICS[1:]:  # the MSE (first) is above, with its N and split
+        row[m.column_name] = _value(ev.get(m.key))
     row["fid_n"] = (ev.get("fid") or {}).get("name")
     row["fid_ref"] = _ref(ev.get("fid"))
     row["fid_clean_ref"] = _ref(ev.get("fid_clean"))
@@ -406,7 +407,7 @@ def table1(frame, preset: str, main_points):
         seeds = sorted(group["seed"].unique())
         row = {
             "dataset": dataset,
-            "model": MODEL_LABELS.get(model, model),
+            "model": model_label(model),
             "source": f"this run ({preset}, N={_distinct(group['mse_n'].map(lambda v: int(v)))}, "
             f"seeds {','.join(map(str, seeds))})",
             "conditions": _conditions(group),

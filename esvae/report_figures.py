@@ -11,8 +11,6 @@ from typing import Any, Dict, List
 
 from .files import atomic_path
 
-MODEL_ORDER = ["ann_vae", "fsvae", "taid", "esvae"]
-
 
 def _plt():
     import matplotlib
@@ -43,8 +41,12 @@ def _empty(path: Path, title: str, note: str) -> Path:
 
 
 def _order(models) -> List[str]:
+    """Registered models in registry order, the model under study (ESVAE) last; unknown ones after."""
+    from .models.registry import MODELS
+
+    order = [m for m in MODELS if m != "esvae"] + ["esvae"]
     present = list(dict.fromkeys(models))
-    return [m for m in MODEL_ORDER if m in present] + sorted(m for m in present if m not in MODEL_ORDER)
+    return [m for m in order if m in present] + sorted(m for m in present if m not in order)
 
 
 def _labels(part, column) -> str:

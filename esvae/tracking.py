@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, TypeVar
 
 from .checkpoints import git_commit
-from .files import read_result
+from .results import SCALAR_METRICS, read_result
 
 log = logging.getLogger(__name__)
 KEY_TAG = "esvae.key"
@@ -122,17 +122,10 @@ def stage_metrics(stage: str, m: Mapping) -> Dict[str, float]:
             if _finite(m.get(key)):
                 out[key] = m[key]
     elif stage == "evaluate":
-        for key, name in (
-            ("reconstruction_mse", "eval_mse"),
-            ("fid", "fid"),
-            ("kid", "kid"),
-            ("fad", "fad"),
-            ("inception_score", "inception_score"),
-            ("fid_clean", "fid_clean"),
-            ("fad_published", "fad_published"),
-        ):
-            if isinstance(m.get(key), Mapping) and _finite(m[key].get("value")):
-                out[name] = m[key]["value"]
+        for metric in SCALAR_METRICS:
+            entry = m.get(metric.key)
+            if isinstance(entry, Mapping) and _finite(entry.get("value")):
+                out[metric.tracked_name] = entry["value"]
         costs = m.get("spike_costs") or {}
         if _finite(costs.get("mean_firing_rate")):
             out["mean_firing_rate"] = costs["mean_firing_rate"]

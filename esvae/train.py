@@ -36,8 +36,9 @@ from .checkpoints import code_version, mistyped_entries, one_line, read_checkpoi
 from .config import TrainConfig
 from .data import ImageSplit, data_source, first_n, iterate_batches, load_split, seeded_subset, to_model_range
 from .errors import CheckpointError, ConfigError, TrainingDivergedError, TrainingInterrupted
-from .files import atomic_path, remove_stale_temporaries, write_json, write_text_atomic
+from .files import atomic_path, remove_stale_temporaries, write_text_atomic
 from .models.registry import build_model, count_parameters
+from .results import write_result
 from .runtime import cpu_name
 from .samplers import RateOutOfRangeError
 
@@ -482,7 +483,7 @@ def _train(
     if removed:
         log.info("removed %d temporary file(s) left in %s by an interrupted write", removed, out_dir)
     state = checkpoints.load(resolved, model, optimizer)
-    write_json(out_dir / "config.json", resolved)
+    write_result(out_dir / "config.json", "config", resolved)
     log.info(
         "training %s on %s: %d train / %d test images, T=%d, batch %d, %d steps/epoch, device %s",
         model_name,
@@ -709,7 +710,7 @@ def _train(
         "torch_threads": torch.get_num_threads(),
         "code_version": code_version(),
     }
-    write_json(out_dir / "metrics.json", metrics)
+    write_result(out_dir / "metrics.json", "train", metrics)
     save_image_grids(model, test_data, out_dir, dev, eval_seed)
     # Last: the final state becomes checkpoint.pt (a rename), so a folder with checkpoint.pt is complete
     # and one with resume.pt is not; running the command again on a finished folder only redoes the files

@@ -13,8 +13,10 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SMOKE_COMMAND = ".venv/bin/snakemake --cores all --config preset=smoke"
-# The workflow lane (`pytest -m workflow`): the tests that run Snakemake, its SLURM executor or the
-# MLflow UI; everything else is the fast lane (`pytest -m "not workflow"`), for every change.
+# The workflow lane (`pytest -m workflow`): the files below (Snakemake, its SLURM executor, the MLflow
+# UI) and the tests marked `@pytest.mark.workflow` in place (whole commands end to end: real-data
+# training, SIGKILL and resume, the bench and GPU-check scripts, metrics against their references on
+# real images). Everything else is the fast lane (`pytest -m "not workflow"`), for every change.
 WORKFLOW_FILES = ("test_workflow.py", "test_pipeline_smoke.py", "test_slurm_cluster.py")
 
 

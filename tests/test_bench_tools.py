@@ -74,6 +74,7 @@ def test_peak_rss_failure_is_one_line():
     assert isinstance(info.value, EsvaeError) and "\n" not in str(info.value)
 
 
+@pytest.mark.workflow  # end to end (a whole command, real data or subprocesses): the long lane
 @pytest.mark.parametrize("model_name", ["esvae", "fsvae"])
 def test_device_check_passes_for_the_torch_op_path_and_catches_a_wrong_one(model_name, monkeypatch):
     """On CPU the device side runs the torch-op path a GPU runs: float64 equal to the compiled
@@ -88,6 +89,7 @@ def test_device_check_passes_for_the_torch_op_path_and_catches_a_wrong_one(model
     assert not broken["ok"] and broken["train"]["spike_mismatches"] > 0
 
 
+@pytest.mark.workflow  # end to end (a whole command, real data or subprocesses): the long lane
 def test_gpu_check_script_runs_on_cpu(tmp_path, data_root):
     """benchmarks/gpu_check.sh end to end with --device cpu --smoke (what a lent GPU runs at full size)."""
     env = dict(os.environ, PYTHON=sys.executable, ESVAE_DATA=data_root)

@@ -276,6 +276,7 @@ def test_training_step_on_cuda():
     assert model.sample(2, generator=gen).device.type == "cuda"
 
 
+@pytest.mark.workflow  # end to end (a whole command, real data or subprocesses): the long lane
 def test_short_real_training_run_learns_and_writes_outputs(tmp_path):
     """Fashion-MNIST (real, from the Debian package), 512 images, T=4: test MSE must fall clearly."""
     cfg = TrainConfig(
@@ -344,6 +345,7 @@ def test_short_real_training_run_learns_and_writes_outputs(tmp_path):
         ("ann_vae", {}, (3, 64, 2048)),
     ],
 )
+@pytest.mark.workflow  # end to end (a whole command, real data or subprocesses): the long lane
 def test_each_model_and_sampler_learns_on_real_data(tmp_path, model_name, overrides, run):
     """A short real run for the ablation samplers and the baselines, with each model's paper optimiser."""
     data_root = os.environ.get("ESVAE_DATA", tmp_path / "data")

@@ -9,6 +9,7 @@ from esvae.cli import main
 from esvae.metrics.fidelity import inception_score_splits
 
 
+@pytest.mark.workflow  # end to end (a whole command, real data or subprocesses): the long lane
 def test_evaluate_writes_every_metric_with_its_labels(
     short_run, fad_autoencoder, data_root, offline_inception, tmp_path, capsys
 ):

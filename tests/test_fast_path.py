@@ -360,6 +360,7 @@ def test_the_training_step_is_the_one_esvae_train_runs(monkeypatch):
     assert nodes.count("_TDBNThenLIFBackward") == layers_with_bn_and_lif == 10
 
 
+@pytest.mark.workflow  # end to end (a whole command, real data or subprocesses): the long lane
 def test_bench_command_writes_a_checked_report(tmp_path, capsys):
     """The README's quick benchmark command (with a temporary report path and one thread)."""
     import re

@@ -102,6 +102,7 @@ def test_inception_score_refused_offline_and_computed_with_a_full_layout_file(of
     assert 1.0 < result["inception_score_mean"] < 1008  # 4 splits of 2 images: defined and finite
 
 
+@pytest.mark.workflow  # end to end (a whole command, real data or subprocesses): the long lane
 def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(offline_inception, fashion):
     weights = resolve_inception_weights()
     real = fashion[:10]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import tomllib
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,6 +47,7 @@ print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[1:
 """
 
 
+@pytest.mark.workflow  # end to end (a whole command, real data or subprocesses): the long lane
 def test_library_use_loads_no_pipeline_package():
     out = subprocess.run(
         [sys.executable, "-c", LIBRARY_USE, *PIPELINE_ONLY], capture_output=True, text=True, timeout=300, cwd=REPO

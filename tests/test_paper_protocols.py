@@ -366,6 +366,7 @@ def test_pool3_on_299_images_equals_torch_fidelity(offline_inception, data_root)
     assert torch.equal(pool3(images.float()), pool3.network(images)[0])  # torch-fidelity's own path, at 299x299
 
 
+@pytest.mark.workflow  # end to end (a whole command, real data or subprocesses): the long lane
 def test_fid_clean_equals_clean_fids_compute_fid_with_our_inception(offline_inception, data_root, tmp_path):
     """clean-fid's generator path (float images on the 0-255 scale, as the ESVAE authors called it)
     against a folder of real uint8 test images, with our Inception as its feature extractor."""

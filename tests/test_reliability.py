@@ -20,7 +20,7 @@ from esvae.checkpoints import load_checkpoint, read_checkpoint
 from esvae.cli import main
 from esvae.config import TrainConfig, paper_train_config
 from esvae.errors import CheckpointError, ConfigError, EsvaeError
-from esvae.files import ResultFileError, read_result
+from esvae.results import read_result
 from esvae.train import RESUME_FILE, train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -149,6 +149,7 @@ def reference(data_root, tmp_path_factory):
     return out
 
 
+@pytest.mark.workflow  # end to end (a whole command, real data or subprocesses): the long lane
 def test_sigkill_mid_epoch_then_the_same_command_gives_the_uninterrupted_result(reference, data_root, tmp_path):
     out = tmp_path / "run"
     argv = train_argv(data_root, out, threads=1)
@@ -195,6 +196,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.workflow  # end to end (a whole command, real data or subprocesses): the long lane
 def test_kill_during_a_checkpoint_write_then_sigterm_both_resume_exactly(reference, data_root, tmp_path):
     out = tmp_path / "run"
     argv = train_argv(data_root, out, threads=1)
@@ -406,34 +408,6 @@ def test_full_disk_is_one_line_and_names_the_file(data_root, tmp_path, capsys):
         assert_complete_files(out)
     finally:
         subprocess.run(["umount", str(disk)], check=True)
-
-
-def test_result_json_is_validated_when_read(tmp_path):
-    good = {
-        "model": "esvae",
-        "dataset": "fashion",
-        "epochs": 1,
-        "train_images": 8,
-        "parameters": 3,
-        "reconstruction_mse": {"value": 0.1, "n": 8, "split": "test[:8]"},
-        "baseline_mean_image_mse": {"value": 0.3, "n": 8},
-    }
-    path = tmp_path / "metrics.json"
-    path.write_text(json.dumps(good))
-    assert read_result(path, "train") == good
-    for bad, why in [
-        (json.dumps(good)[:40], "Expecting property name enclosed in double quotes: line 1 column 41"),
-        ("[1, 2]", "holds a JSON list"),
-        (
-            json.dumps({**good, "reconstruction_mse": {"value": float("nan"), "n": 8, "split": "x"}}),
-            "reconstruction_mse.value is nan, expected a finite number",
-        ),
-        (json.dumps({**good, "epochs": "1"}), "epochs is '1', expected an integer"),
-        (json.dumps({k: v for k, v in good.items() if k != "parameters"}), "missing parameters"),
-    ]:
-        path.write_text(bad)
-        with pytest.raises(ResultFileError, match=f"{path} is not a valid train result file .*{why}"):
-            read_result(path, "train")
 
 
 def test_fuzzed_checkpoint_bytes_are_always_a_checkpoint_error(reference, tmp_path):

@@ -12,8 +12,8 @@ import pytest
 
 from esvae import grid
 from esvae.cli import main
-from esvae.files import ResultFileError
 from esvae.report import compile_report
+from esvae.results import ResultFileError
 from esvae.tracking import init_store, mirror
 
 POINT = "fashion/esvae/poisson/T4/seed{seed}"
@@ -30,6 +30,7 @@ def write_run(results: Path, key: str, mse: float, fid: float, probe_acc: float,
         json.dumps(
             {
                 "model": p.model,
+                "dataset": p.dataset,
                 "reconstruction_mse": block,
                 "baseline_mean_image_mse": {"value": 0.3},
                 "train_images": 256,
@@ -60,6 +61,8 @@ def write_run(results: Path, key: str, mse: float, fid: float, probe_acc: float,
         (run / "evaluate" / "metrics.json").write_text(
             json.dumps(
                 {
+                    "model": p.model,
+                    "dataset": p.dataset,
                     "reconstruction_mse": block,
                     "kid": {"value": 0.5},
                     "fid": {"value": fid, "name": "FID@64", "n_reference": 64, "reference_split": "test[:64]"},
@@ -90,6 +93,8 @@ def write_run(results: Path, key: str, mse: float, fid: float, probe_acc: float,
     (run / "probe" / "probes.json").write_text(
         json.dumps(
             {
+                "model": p.model,
+                "dataset": p.dataset,
                 "information_retention": {
                     "linear_probe": {"value": probe_acc, "n_train": 256, "test_split": "test[:128]"},
                     "mse_sampled": {"value": mse},
@@ -201,7 +206,9 @@ def test_report_refuses_what_it_cannot_read(tmp_path, two_seed_results, capsys):
     bad.write_text('{"fid": ')  # a truncated file
     with pytest.raises(ResultFileError, match="evaluate/metrics.json is not a valid evaluate result file"):
         compile_report(two_seed_results)
-    bad.write_text('{"fid": {"value": "high"}}')  # whole, but not what evaluate writes
+    bad.write_text(
+        '{"model": "esvae", "dataset": "fashion", "fid": {"value": "high"}}'
+    )  # whole, but not what evaluate writes
     with pytest.raises(
         ResultFileError, match=r"\(fid.value is 'high', expected a finite number\); delete it and re-run"
     ):
@@ -217,6 +224,7 @@ def test_tracking_never_fails_the_job(tmp_path, two_seed_results, caplog):
     assert "tracking skipped" in caplog.text and "result files" in caplog.text
 
 
+@pytest.mark.workflow  # end to end (a whole command, real data or subprocesses): the long lane
 def test_eight_concurrent_jobs_lose_no_run(tmp_path, two_seed_results):
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     init_store(uri, "concurrency")  # what the workflow's onstart does

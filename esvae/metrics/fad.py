@@ -120,7 +120,7 @@ def train_fad_autoencoder(
     from tqdm import tqdm
 
     from ..data import data_source, first_n, iterate_batches, load_split, seeded_subset
-    from ..files import write_json
+    from ..results import write_result
     from ..train import log_to_file, resolve_device
 
     source = data_source(dataset)
@@ -217,7 +217,7 @@ def train_fad_autoencoder(
         atomic_torch_save(record, out_dir / FILE)
         summary = {k: v for k, v in record.items() if k not in ("state_dict", "test_stats")}
         summary["test_stats"] = {"n": stats.n, "split": test_split}
-        write_json(out_dir / "metrics.json", summary)
+        write_result(out_dir / "metrics.json", "fad", summary)
         log.info("saved %s (test-split code statistics over %d images)", out_dir / FILE, stats.n)
         return summary
 

@@ -21,6 +21,7 @@ class ModelEntry:
     description: str
     paper_train: Callable[[str], TrainConfig]  # dataset -> the paper's training settings
     samplers: Tuple[str, ...] = ()  # latent samplers the model accepts (first = paper's)
+    label: str = ""  # how tables and figures name it ("" = its name)
 
 
 MODELS: Dict[str, ModelEntry] = {}
@@ -28,6 +29,12 @@ MODELS: Dict[str, ModelEntry] = {}
 
 def register_model(entry: ModelEntry) -> None:
     MODELS[entry.name] = entry
+
+
+def model_label(name: str) -> str:
+    """How tables and figures name a registered model (``"ANN VAE"``); an unknown name as it is."""
+    entry = MODELS.get(name)
+    return (entry.label or entry.name) if entry is not None else name
 
 
 def model_entry(name: str) -> ModelEntry:
@@ -96,6 +103,7 @@ register_model(
         _construct_esvae,
         "ESVAE: spiking VAE with reparameterizable Poisson latent sampling",
         samplers=("poisson", "bernoulli_st", "rate_repeat"),
+        label="ESVAE",
         paper_train=paper_train_config,
     )
 )

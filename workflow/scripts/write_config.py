@@ -6,7 +6,7 @@ import platform
 from pathlib import Path
 
 from esvae.checkpoints import git_commit
-from esvae.files import write_json
+from esvae.results import write_result
 from esvae.runtime import cpu_name
 
 config = json.loads(snakemake.params.config)  # noqa: F821 - injected by Snakemake
@@ -25,6 +25,6 @@ config["_provenance"] = {
     "gpu": gpu_name(),
     "python": platform.python_version(),
 }
-write_json(Path(snakemake.output[0]), config)  # noqa: F821
+write_result(Path(snakemake.output[0]), "preset", config)  # noqa: F821
 with open(snakemake.log[0], "w") as log:  # noqa: F821
     log.write(f"wrote {snakemake.output[0]} for preset {config['preset']}\n")  # noqa: F821
