@@ -629,7 +629,7 @@ def _cmd_bench(args) -> int:
     import torch
 
     from .bench import format_table, run_bench, write_report
-    from .train import resolve_device
+    from .device import resolve_device
 
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)

@@ -39,11 +39,13 @@ import torch
 
 from .checkpoints import code_version, load_checkpoint
 from .data import DataSource, data_source, first_n, load_split, to_model_range
+from .device import resolve_device
 from .errors import CheckpointError, ConfigError, MetricUnavailableError
+from .logs import log_to_file
 from .models.base import VAEModel
 from .models.registry import count_parameters
 from .results import METRIC_OPTIONS, metric, write_result
-from .train import EVAL_SEED_OFFSET, log_to_file, resolve_device
+from .train import EVAL_SEED_OFFSET
 from .train import evaluate as evaluate_terms
 
 log = logging.getLogger(__name__)

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from .checkpoints import code_version
 from .data import ImageSplit, first_n, iterate_batches, load_split, seeded_subset
 from .files import atomic_path, write_text_atomic
+from .logs import log_to_file
 from .results import write_result
-from .train import log_to_file
 
 log = logging.getLogger(__name__)
 

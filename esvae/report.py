@@ -59,7 +59,7 @@ def _read_json(path: Path, kind: str) -> Optional[dict]:
 
 
 def _read_history(path: Path) -> List[Dict[str, float]]:
-    from .train import read_history
+    from .history import read_history
 
     return read_history(path) if path.is_file() else []
 

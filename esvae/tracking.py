@@ -98,7 +98,7 @@ def _finite(value) -> bool:
 
 def history_metrics(path: Path) -> List[tuple]:
     """``(name, value, epoch)`` for every finite number of ``history.tsv``."""
-    from .train import read_history
+    from .history import read_history
 
     return [
         (name, value, int(row["epoch"]))

@@ -17,83 +17,50 @@ Files written in ``out_dir`` (each atomically, so a killed job leaves the previo
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import signal
 import sys
-import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
 
 from . import runtime
-from .checkpoints import code_version, mistyped_entries, one_line, read_checkpoint, save_checkpoint
+from .checkpoints import code_version, one_line, save_checkpoint
 from .config import TrainConfig
-from .data import ImageSplit, data_source, first_n, iterate_batches, load_split, seeded_subset, to_model_range
+from .data import (
+    DataSource,
+    ImageSplit,
+    data_source,
+    first_n,
+    iterate_batches,
+    load_split,
+    seeded_subset,
+    to_model_range,
+)
+from .device import resolve_device
 from .errors import CheckpointError, ConfigError, TrainingDivergedError, TrainingInterrupted
-from .files import atomic_path, remove_stale_temporaries, write_text_atomic
+from .files import atomic_path, remove_stale_temporaries
+from .history import History, history_columns
+from .logs import log_to_file
+from .models.base import VAEModel
 from .models.registry import build_model, count_parameters
 from .results import write_result
+from .resume import RESUME_FILE, Checkpointing, StopSignals, only_trainer, rng_states, set_rng_states
 from .runtime import cpu_name
 from .samplers import RateOutOfRangeError
 
 log = logging.getLogger(__name__)
 
-
-def history_columns(model) -> List[str]:
-    """``history.tsv`` columns: the model's loss terms and statistics, for train and test."""
-    names = list(model.loss_terms) + list(model.stat_names)
-    return (
-        ["epoch", "step"]
-        + [f"train_{k}" for k in names]
-        + [f"test_{k}" for k in names]
-        + ["train_images_per_s", "epoch_seconds"]
-    )
-
-
 EVAL_SEED_OFFSET = 1_000_003  # eval/sample generators are seeded apart from the training stream
-
-
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; unavailable CUDA is a ConfigError."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {spec!r}; expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {spec!r} requested but CUDA is not available here; use --device cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
-    elif device.type != "cpu":
-        raise ConfigError(f"unsupported device {spec!r}; expected auto, cpu, cuda or cuda:N")
-    return device
-
-
-def read_history(path: Path) -> List[Dict[str, float]]:
-    """The rows of a ``history.tsv`` written by :func:`train`: column -> number (empty cells left out)."""
-    import csv
-
-    rows = []
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh, delimiter="\t"):
-            cells = {}
-            for name, cell in row.items():
-                if cell in ("", None):
-                    continue
-                try:
-                    cells[name] = float(cell)
-                except ValueError:
-                    continue
-            rows.append(cells)
-    return rows
+RERUN_HINT = (
+    " (the same command resumes there and, with the same seed, diverges again: change the settings and "
+    "use another --out)"
+)
 
 
 class _NonFiniteLoss(Exception):
@@ -169,50 +136,6 @@ class TrainResult:
     metrics: Dict
 
 
-@contextlib.contextmanager
-def log_to_file(out_dir: Path, filename: str = "train.log"):
-    """Copy the package's log records into ``out_dir / filename`` (appending) for the block."""
-    handler = logging.FileHandler(out_dir / filename, mode="a")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("esvae")
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        handler.close()
-
-
-RESUME_FILE = "resume.pt"
-RERUN_HINT = (
-    " (the same command resumes there and, with the same seed, diverges again: change the settings and "
-    "use another --out)"
-)
-# The resolved settings that define a training run: a resume state that differs in any is refused.
-RUN_DEFINING_KEYS = (
-    "model",
-    "dataset",
-    "model_config_dataset",
-    "model_config",
-    "train_config",
-    "train_images",
-    "test_images",
-    "steps_per_epoch",
-    "derived",
-    "eval_at_init",
-    "device_type",
-)
-_DESCRIPTIVE = ("lr_derivation", "lr_rule")  # train_config entries that describe, not define, the run (lr does)
-
-
-def _run_defining(resolved: Dict) -> Dict:
-    out = {k: resolved.get(k, "<absent>") for k in RUN_DEFINING_KEYS}
-    if isinstance(out["train_config"], dict):
-        out["train_config"] = {k: v for k, v in out["train_config"].items() if k not in _DESCRIPTIVE}
-    return out
-
-
 def train(
     *,
     model_name: str,
@@ -251,7 +174,7 @@ def train(
     test_data, test_label = first_n(test_full, cfg.test_subset)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _only_trainer(out_dir), log_to_file(out_dir):
+    with only_trainer(out_dir), log_to_file(out_dir):
         return _train(
             model_name,
             source,
@@ -264,200 +187,137 @@ def train(
             dev,
             eval_at_init,
             sys.stderr.isatty() if progress is None else progress,
-            _Checkpointing(out_dir / RESUME_FILE, checkpoint_every, checkpoint_minutes),
+            Checkpointing(out_dir / RESUME_FILE, checkpoint_every, checkpoint_minutes),
         )
 
 
-@contextlib.contextmanager
-def _only_trainer(out_dir: Path):
-    """Hold an exclusive lock on ``out_dir/.train.lock`` for the run: a second process training into
-    the same folder (a job run twice, a lost scheduler job still alive) is refused instead of both
-    overwriting each other's state."""
-    import fcntl
+@dataclass
+class TrainingState:
+    """Where training is: the position, and the running sums of the epoch in progress (what a
+    resume state holds besides the weights, the optimiser, the random states and the history)."""
 
-    fd = os.open(out_dir / ".train.lock", os.O_CREAT | os.O_RDWR, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(
-                f"another process is training into {out_dir} (it holds {out_dir / '.train.lock'}); "
-                "wait for it or stop it, or use another --out"
-            ) from None
-        yield
-    finally:
-        os.close(fd)
+    epoch: int = 1  # the epoch in progress, from 1
+    batch: int = 0  # its batches done
+    step: int = 0  # optimiser steps done in all
+    epoch_sums: Dict[str, float] = field(default_factory=dict)  # loss terms and statistics x images
+    epoch_seen: int = 0  # training images of the epoch so far
+    epoch_seconds: float = 0.0  # training time of the epoch so far
 
+    @classmethod
+    def saved(cls, state: Dict[str, Any]) -> "TrainingState":
+        return cls(**{k: state[k] for k in ("epoch", "batch", "step", "epoch_sums", "epoch_seen", "epoch_seconds")})
 
-def _differences(saved, now, prefix: str = "") -> List[str]:
-    """Dotted keys whose values differ between two nested dicts, as ``key: saved -> now``."""
-    if isinstance(saved, dict) and isinstance(now, dict):
-        out = []
-        for key in sorted(set(saved) | set(now), key=str):
-            out += _differences(saved.get(key, "<absent>"), now.get(key, "<absent>"), f"{prefix}{key}.")
-        return out
-    if isinstance(saved, (list, tuple)) and isinstance(now, (list, tuple)):
-        saved, now = list(saved), list(now)
-    return [] if saved == now else [f"{prefix[:-1]}: {saved!r} in the checkpoint, {now!r} now"]
+    def running(self) -> Dict[str, Any]:
+        return {"epoch_sums": self.epoch_sums, "epoch_seen": self.epoch_seen, "epoch_seconds": self.epoch_seconds}
+
+    def next_epoch(self) -> None:
+        self.epoch, self.batch = self.epoch + 1, 0
+        self.epoch_sums, self.epoch_seen, self.epoch_seconds = {}, 0, 0.0
 
 
-def _rng_states(model_gen: torch.Generator, device: torch.device) -> Dict:
-    """Every random stream the loop may touch: the model's generator, torch's CPU and CUDA
-    defaults, Python's and NumPy's (NumPy's key array stored as a tensor for weights-only loading)."""
-    import random
+@dataclass
+class _Run:
+    """What the loop works with and does not replace: the model and optimiser, the data, the
+    resolved settings, the random streams, the history file and where the state is saved."""
 
-    import numpy as np
+    model_name: str
+    source: DataSource
+    out_dir: Path
+    cfg: TrainConfig
+    train_data: ImageSplit
+    test_data: ImageSplit
+    test_label: str
+    dev: torch.device
+    progress: bool
+    checkpoints: Checkpointing
+    model: VAEModel
+    optimizer: torch.optim.Optimizer
+    resolved: Dict[str, Any]
+    history: History
+    data_gen: torch.Generator  # the data order and flips
+    model_gen: torch.Generator  # the model's sampling
 
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {
-        "model": model_gen.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), pos, has_gauss, gauss),
-    }
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.resolved["steps_per_epoch"]
 
+    @property
+    def eval_seed(self) -> int:
+        return self.cfg.seed + EVAL_SEED_OFFSET
 
-def _set_rng_states(states: Dict, model_gen: torch.Generator, device: torch.device) -> None:
-    import random
-
-    import numpy as np
-
-    model_gen.set_state(states["model"])
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(states["cuda"], device)
-    random.setstate(states["python"])
-    kind, keys, pos, has_gauss, gauss = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-
-
-# The training_state entries a resume state must hold, with their types.
-_STATE_ENTRIES = {
-    "epoch": int,
-    "batch": int,
-    "epoch_data_rng": torch.Tensor,
-    "rng": dict,
-    "epoch_sums": dict,
-    "epoch_seen": int,
-    "epoch_seconds": float,
-    "history": list,
-}
-
-
-class _Checkpointing:
-    """Where and how often the training state is saved, and what the last save was."""
-
-    def __init__(self, path: Path, every_steps: int, every_minutes: float):
-        self.path, self.every_steps, self.every_minutes = path, every_steps, every_minutes
-        self.last: Optional[str] = None  # "epoch E, batch B, step S": named when training fails or stops
-        self.source: Optional[Path] = None  # the file a resumed run was loaded from
-        self._since = time.monotonic()
-
-    def due(self, step: int) -> bool:
-        return bool(
-            (self.every_steps and step % self.every_steps == 0)
-            or (self.every_minutes and time.monotonic() - self._since >= 60 * self.every_minutes)
-        )
-
-    def describe_last(self) -> str:
-        return f"last good checkpoint {self.path} ({self.last})" if self.last else "no checkpoint was saved yet"
-
-    def saved(self, where: str) -> None:
-        self.last, self._since = where, time.monotonic()
-        log.info("checkpoint: %s saved to %s", where, self.path)
-
-    def load(self, resolved: Dict, model, optimizer) -> Optional[Dict]:
-        """The training state of a resume file in the output folder (weights and optimiser loaded
-        into ``model``/``optimizer``), or None when there is none. Refuses another run's state by
-        naming the settings that differ, and a damaged file by naming it."""
-        source = self.path if self.path.exists() else self.path.with_name("checkpoint.pt")
-        if not source.exists():
-            return None
-        try:
-            ckpt = read_checkpoint(source)
-        except CheckpointError as exc:
-            raise CheckpointError(f"{exc}; it holds this folder's training: delete it to start over") from None
-        state = ckpt.get("training_state")
-        diffs = _differences(_run_defining(ckpt["train_config"]), _run_defining(resolved))
-        if diffs:
-            raise CheckpointError(
-                f"{source} holds another run's state; differing settings: "
-                + "; ".join(diffs)
-                + f". Use another --out, or delete {source} to start this folder over"
-            )
-        bad = mistyped_entries(state, _STATE_ENTRIES)
-        if bad or not isinstance(state, dict):
-            raise CheckpointError(
-                f"{source} is damaged: its training state lacks {', '.join(bad)}; delete it to start over"
-            )
-        try:
-            model.load_state_dict(ckpt["state_dict"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{source} is damaged: {one_line(exc)}; delete it to start over") from None
-        threads = ckpt["train_config"].get("torch_threads")
-        if threads != resolved["torch_threads"]:
-            log.warning(
-                "resuming with %s torch threads where the state was saved with %s: the result may differ "
-                "in the last bits from an uninterrupted run",
-                resolved["torch_threads"],
-                threads,
-            )
-        self.last = f"epoch {state['epoch']}, batch {state['batch']}, step {ckpt['step']}"
-        self.source = source
-        state["step"] = ckpt["step"]
-        return state
-
-
-class _StopSignals:
-    """SIGTERM (a scheduler's pre-emption or time limit) and SIGINT during training: the current
-    step finishes, the state is saved, training stops. A second signal stops at once."""
-
-    def __enter__(self):
-        self.received: Optional[int] = None
-        self._previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.received is not None:
-            raise KeyboardInterrupt
-        self.received = signum
-        log.warning("%s received: stopping after the current step, with the state saved", signal.Signals(signum).name)
-
-    def __exit__(self, *exc_info):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
+    def test_terms(self) -> Dict[str, float]:
+        return evaluate(self.model, self.test_data, self.cfg.batch_size, self.dev, self.eval_seed)
 
 
 def _train(
-    model_name,
-    source,
-    out_dir,
-    cfg,
-    overrides,
-    train_data,
-    test_data,
-    test_label,
-    dev,
-    eval_at_init,
-    progress,
-    checkpoints: _Checkpointing,
-):
-    from tqdm import tqdm
-
+    model_name: str,
+    source: DataSource,
+    out_dir: Path,
+    cfg: TrainConfig,
+    overrides: Dict[str, Any],
+    train_data: ImageSplit,
+    test_data: ImageSplit,
+    test_label: str,
+    dev: torch.device,
+    eval_at_init: bool,
+    progress: bool,
+    checkpoints: Checkpointing,
+) -> TrainResult:
     torch.manual_seed(cfg.seed)
     model = build_model(model_name, source.model_dataset, **overrides).to(dev)
-
     steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
     derived = model.configure_training(steps_per_epoch=steps_per_epoch)  # e.g. the ANN VAE's KLD weight
     groups = model.param_groups(cfg.lr, cfg.prior_lr_multiplier)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    resolved = {
+    beta1, beta2 = cfg.betas
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(beta1, beta2), weight_decay=cfg.weight_decay)
+    resolved = _resolved_settings(model_name, source, model, cfg, len(train_data), len(test_data), dev)
+    resolved.update(
+        steps_per_epoch=steps_per_epoch,
+        derived=derived,
+        eval_at_init=eval_at_init,
+        learning_rates={g["name"]: g["lr"] for g in groups},
+        checkpoint_every={"steps": checkpoints.every_steps, "minutes": checkpoints.every_minutes},
+        code_version=code_version(),
+        torch_version=str(torch.__version__),
+    )
+    removed = remove_stale_temporaries(out_dir)
+    if removed:
+        log.info("removed %d temporary file(s) left in %s by an interrupted write", removed, out_dir)
+    saved = checkpoints.load(resolved, model, optimizer)
+    write_result(out_dir / "config.json", "config", resolved)
+    _log_settings(model_name, source, model, cfg, groups, derived, train_data, test_data, dev, steps_per_epoch)
+    run = _Run(
+        model_name=model_name,
+        source=source,
+        out_dir=out_dir,
+        cfg=cfg,
+        train_data=train_data,
+        test_data=test_data,
+        test_label=test_label,
+        dev=dev,
+        progress=progress,
+        checkpoints=checkpoints,
+        model=model,
+        optimizer=optimizer,
+        resolved=resolved,
+        history=History(out_dir / "history.tsv", history_columns(model)),
+        data_gen=torch.Generator().manual_seed(cfg.seed),
+        model_gen=torch.Generator(device=dev).manual_seed(cfg.seed + 1),
+    )
+    state = _resume(run, saved) if saved is not None else _start(run, eval_at_init)
+    model.train()
+    with StopSignals() as signals:
+        while state.epoch <= cfg.epochs:
+            _run_epoch(run, state, signals)
+        if checkpoints.last is None:  # zero epochs: the untrained model is the result
+            _save(run, state, run.data_gen.get_state())
+    return _finish(run)
+
+
+def _resolved_settings(model_name, source, model, cfg, n_train, n_test, dev) -> Dict[str, Any]:
+    """The first entries of ``config.json``, in its order: what defines the run (see
+    :data:`esvae.resume.RUN_DEFINING_KEYS`) and where it runs; the caller adds the rest."""
+    return {
         "model": model_name,
         "dataset": source.name,
         "data_label": source.label,
@@ -469,21 +329,12 @@ def _train(
         "torch_threads": torch.get_num_threads(),
         "allocator_tuned": runtime.ALLOCATOR_TUNED,
         "parameters": count_parameters(model),
-        "train_images": len(train_data),
-        "test_images": len(test_data),
-        "steps_per_epoch": steps_per_epoch,
-        "derived": derived,
-        "eval_at_init": eval_at_init,
-        "learning_rates": {g["name"]: g["lr"] for g in groups},
-        "checkpoint_every": {"steps": checkpoints.every_steps, "minutes": checkpoints.every_minutes},
-        "code_version": code_version(),
-        "torch_version": str(torch.__version__),
+        "train_images": n_train,
+        "test_images": n_test,
     }
-    removed = remove_stale_temporaries(out_dir)
-    if removed:
-        log.info("removed %d temporary file(s) left in %s by an interrupted write", removed, out_dir)
-    state = checkpoints.load(resolved, model, optimizer)
-    write_result(out_dir / "config.json", "config", resolved)
+
+
+def _log_settings(model_name, source, model, cfg, groups, derived, train_data, test_data, dev, steps_per_epoch) -> None:
     log.info(
         "training %s on %s: %d train / %d test images, T=%d, batch %d, %d steps/epoch, device %s",
         model_name,
@@ -506,224 +357,233 @@ def _train(
     if derived:
         log.info("derived from the data: %s", derived)
 
-    history: List[Dict[str, float]] = []
-    eval_seed = cfg.seed + EVAL_SEED_OFFSET
-    columns = history_columns(model)
 
-    def record(row: Optional[Dict[str, float]] = None) -> None:
-        if row is not None:
-            history.append(row)
-        lines = ["\t".join(columns)]
-        for r in history:
-            lines.append(
-                "\t".join(
-                    "" if r.get(c) is None else (f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]))
-                    for c in columns
-                )
-            )
-        write_text_atomic(out_dir / "history.tsv", "\n".join(lines) + "\n")
+def _resume(run: _Run, saved: Dict[str, Any]) -> TrainingState:
+    """The state a resume file holds: position, running sums, history and every random stream."""
+    state = TrainingState.saved(saved)
+    run.history.rows.extend(saved["history"])
+    run.data_gen.set_state(saved["epoch_data_rng"])
+    try:
+        set_rng_states(saved["rng"], run.model_gen, run.dev)
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(
+            f"{run.checkpoints.source} is damaged: its random states cannot be restored "
+            f"({one_line(exc)}); delete it to start over"
+        ) from None
+    run.history.record()  # the history so far (a scheduler may have removed the file with the failed job's outputs)
+    log.info(
+        "resuming from %s: epoch %d, batch %d of %d (step %d)",
+        run.checkpoints.source,
+        state.epoch,
+        state.batch,
+        run.steps_per_epoch,
+        state.step,
+    )
+    return state
 
-    data_gen = torch.Generator().manual_seed(cfg.seed)
-    model_gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
-    epoch, batch, step = 1, 0, 0
-    partial: Dict[str, Any] = {"epoch_sums": {}, "epoch_seen": 0, "epoch_seconds": 0.0}  # the epoch so far
-    if state is not None:
-        epoch, batch, step = state["epoch"], state["batch"], state["step"]
-        history.extend(state["history"])
-        partial = {k: state[k] for k in partial}
-        data_gen.set_state(state["epoch_data_rng"])
-        try:
-            _set_rng_states(state["rng"], model_gen, dev)
-        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-            raise CheckpointError(
-                f"{checkpoints.source} is damaged: its random states cannot be restored "
-                f"({one_line(exc)}); delete it to start over"
-            ) from None
-        record()  # the history so far (a scheduler may have removed the file with the failed job's outputs)
+
+def _start(run: _Run, eval_at_init: bool) -> TrainingState:
+    """A fresh run: epoch 0 of the history is the untrained model on the test split (or just the
+    header: history.tsv exists from the start, a declared output even for 0 epochs)."""
+    if eval_at_init:
+        test_terms = run.test_terms()
+        run.history.record({"epoch": 0, "step": 0, **{f"test_{k}": v for k, v in test_terms.items()}})
         log.info(
-            "resuming from %s: epoch %d, batch %d of %d (step %d)",
-            checkpoints.source,
-            epoch,
-            batch,
-            steps_per_epoch,
-            step,
-        )
-    elif eval_at_init:
-        test_terms = evaluate(model, test_data, cfg.batch_size, dev, eval_seed)
-        record({"epoch": 0, "step": 0, **{f"test_{k}": v for k, v in test_terms.items()}})
-        log.info(
-            "epoch 0 (untrained): test MSE %.5f on %d %s test images", test_terms["mse"], len(test_data), source.label
+            "epoch 0 (untrained): test MSE %.5f on %d %s test images",
+            test_terms["mse"],
+            len(run.test_data),
+            run.source.label,
         )
     else:
-        record()  # the header: history.tsv exists from the start (a declared output, even for 0 epochs)
+        run.history.record()
+    return TrainingState()
 
-    def save(epoch_data_rng: torch.Tensor) -> None:
-        """The whole training state, positioned before batch ``batch`` of epoch ``epoch``."""
-        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # a finite loss, infinite gradients
-            raise TrainingDivergedError(
-                f"non-finite weights after epoch {epoch}, batch {batch}, step {step}; "
-                f"{checkpoints.describe_last()}{RERUN_HINT}"
-            )
-        save_checkpoint(
-            checkpoints.path,
-            model,
-            optimizer=optimizer,
-            epoch=epoch - 1,
-            step=step,
-            train_config=resolved,
-            training_state={
-                "epoch": epoch,
-                "batch": batch,
-                "epoch_data_rng": epoch_data_rng,
-                "rng": _rng_states(model_gen, dev),
-                **partial,
-                "history": history,
-            },
-        )
-        checkpoints.saved(f"epoch {epoch}, batch {batch}, step {step}")
 
-    def stop_if_asked(signals: _StopSignals) -> None:
-        if signals.received is not None:
-            name = signal.Signals(signals.received).name
-            raise TrainingInterrupted(
-                f"training stopped by {name} at {checkpoints.last}; state saved in "
-                f"{checkpoints.path}: run the same command again to continue",
-                signals.received,
-            )
-
-    model.train()
-    with _StopSignals() as signals:
-        while epoch <= cfg.epochs:
-            schedule = model.start_epoch(epoch - 1, cfg.epochs)
-            if schedule:
-                log.info("epoch %d schedule: %s", epoch, schedule)
-            epoch_data_rng = data_gen.get_state()
-            batches = iterate_batches(
-                train_data.images, cfg.batch_size, shuffle=True, generator=data_gen, hflip=cfg.hflip, device=dev
-            )
-            for _ in range(batch):  # a resumed epoch: the same order and flips, its finished batches skipped
-                next(batches)
-            bar = tqdm(
-                batches,
-                total=steps_per_epoch,
-                initial=batch,
-                desc=f"epoch {epoch}/{cfg.epochs}",
-                disable=not progress,
-                unit="batch",
-                dynamic_ncols=True,
-            )
-            sums = partial["epoch_sums"]
-            start = time.perf_counter() - partial["epoch_seconds"]
-            for images in bar:
-                try:
-                    out, terms = train_step(model, optimizer, images, model_gen)
-                except RateOutOfRangeError as exc:  # NaN weights reach the sampler before the loss
-                    raise TrainingDivergedError(
-                        f"diverged at epoch {epoch}, step {step + 1}: {exc}; {checkpoints.describe_last()}{RERUN_HINT}"
-                    ) from None
-                except _NonFiniteLoss as exc:
-                    raise TrainingDivergedError(
-                        f"non-finite loss at epoch {epoch}, step {step + 1}: "
-                        + ", ".join(f"{k}={v.item():.4g}" for k, v in exc.terms.items())
-                        + f"; {checkpoints.describe_last()}{RERUN_HINT}"
-                    ) from exc
-                step += 1
-                batch += 1
-                b = images.shape[0]
-                for key, value in {**terms, **model.batch_stats(out)}.items():
-                    sums[key] = sums.get(key, 0.0) + value.item() * b
-                partial["epoch_seen"] += b
-                partial["epoch_seconds"] = time.perf_counter() - start
-                bar.set_postfix(loss=f"{terms['loss'].item():.4f}", mse=f"{terms['mse'].item():.4f}")
-                if signals.received is not None or (batch < steps_per_epoch and checkpoints.due(step)):
-                    save(epoch_data_rng)
-                    stop_if_asked(signals)
-            bar.close()
-            seconds, seen = time.perf_counter() - start, partial["epoch_seen"]
-            test_terms = evaluate(model, test_data, cfg.batch_size, dev, eval_seed)
-            row = {
-                "epoch": epoch,
-                "step": step,
-                **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
-                **{f"test_{k}": v for k, v in test_terms.items()},
-                "train_images_per_s": seen / seconds,
-                "epoch_seconds": seconds,
-            }
-            record(row)
-            log.info(
-                "epoch %d: train loss %.5f (MSE %.5f), test MSE %.5f on %d %s test images, %.1f train images/s",
-                epoch,
-                row["train_loss"],
-                row["train_mse"],
-                test_terms["mse"],
-                len(test_data),
-                source.label,
-                row["train_images_per_s"],
-            )
-            epoch, batch = epoch + 1, 0
-            partial = {"epoch_sums": {}, "epoch_seen": 0, "epoch_seconds": 0.0}
-            save(data_gen.get_state())
-            if epoch <= cfg.epochs:  # after the last epoch only the result files remain: write them
-                stop_if_asked(signals)
-        if checkpoints.last is None:  # zero epochs: the untrained model is the result
-            save(data_gen.get_state())
-
-    final = (
-        history[-1]
-        if history and "test_mse" in history[-1]
-        else {**{f"test_{k}": v for k, v in evaluate(model, test_data, cfg.batch_size, dev, eval_seed).items()}}
+def _save(run: _Run, state: TrainingState, epoch_data_rng: torch.Tensor) -> None:
+    """The whole training state, positioned before batch ``state.batch`` of epoch ``state.epoch``."""
+    where = f"epoch {state.epoch}, batch {state.batch}, step {state.step}"
+    if not all(bool(torch.isfinite(p).all()) for p in run.model.parameters()):  # a finite loss, infinite gradients
+        raise TrainingDivergedError(f"non-finite weights after {where}; {run.checkpoints.describe_last()}{RERUN_HINT}")
+    save_checkpoint(
+        run.checkpoints.path,
+        run.model,
+        optimizer=run.optimizer,
+        epoch=state.epoch - 1,
+        step=state.step,
+        train_config=run.resolved,
+        training_state={
+            "epoch": state.epoch,
+            "batch": state.batch,
+            "epoch_data_rng": epoch_data_rng,
+            "rng": rng_states(run.model_gen, run.dev),
+            **state.running(),
+            "history": run.history.rows,
+        },
     )
+    run.checkpoints.saved(where)
+
+
+def _stop_if_asked(run: _Run, signals: StopSignals) -> None:
+    if signals.received is not None:
+        name = signal.Signals(signals.received).name
+        raise TrainingInterrupted(
+            f"training stopped by {name} at {run.checkpoints.last}; state saved in "
+            f"{run.checkpoints.path}: run the same command again to continue",
+            signals.received,
+        )
+
+
+def _run_epoch(run: _Run, state: TrainingState, signals: StopSignals) -> None:
+    """Epoch ``state.epoch`` from batch ``state.batch`` on (a resumed epoch re-draws the same order
+    and flips and skips its finished batches), then its test evaluation, history row and save."""
+    from tqdm import tqdm
+
+    cfg, model = run.cfg, run.model
+    schedule = model.start_epoch(state.epoch - 1, cfg.epochs)
+    if schedule:
+        log.info("epoch %d schedule: %s", state.epoch, schedule)
+    epoch_data_rng = run.data_gen.get_state()
+    batches = iterate_batches(
+        run.train_data.images, cfg.batch_size, shuffle=True, generator=run.data_gen, hflip=cfg.hflip, device=run.dev
+    )
+    for _ in range(state.batch):
+        next(batches)
+    bar = tqdm(
+        batches,
+        total=run.steps_per_epoch,
+        initial=state.batch,
+        desc=f"epoch {state.epoch}/{cfg.epochs}",
+        disable=not run.progress,
+        unit="batch",
+        dynamic_ncols=True,
+    )
+    start = time.perf_counter() - state.epoch_seconds
+    for images in bar:
+        terms = _step(run, state, images)
+        state.epoch_seconds = time.perf_counter() - start
+        bar.set_postfix(loss=f"{terms['loss'].item():.4f}", mse=f"{terms['mse'].item():.4f}")
+        if signals.received is not None or (state.batch < run.steps_per_epoch and run.checkpoints.due(state.step)):
+            _save(run, state, epoch_data_rng)
+            _stop_if_asked(run, signals)
+    bar.close()
+    _end_epoch(run, state, time.perf_counter() - start)
+    _save(run, state, run.data_gen.get_state())
+    if state.epoch <= cfg.epochs:  # after the last epoch only the result files remain: write them
+        _stop_if_asked(run, signals)
+
+
+def _step(run: _Run, state: TrainingState, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """One optimiser step (:func:`train_step`), its terms added to the epoch's sums; a diverged
+    step is one error naming the position and the last good checkpoint."""
+    try:
+        out, terms = train_step(run.model, run.optimizer, images, run.model_gen)
+    except RateOutOfRangeError as exc:  # NaN weights reach the sampler before the loss
+        raise TrainingDivergedError(
+            f"diverged at epoch {state.epoch}, step {state.step + 1}: {exc}; "
+            f"{run.checkpoints.describe_last()}{RERUN_HINT}"
+        ) from None
+    except _NonFiniteLoss as exc:
+        raise TrainingDivergedError(
+            f"non-finite loss at epoch {state.epoch}, step {state.step + 1}: "
+            + ", ".join(f"{k}={v.item():.4g}" for k, v in exc.terms.items())
+            + f"; {run.checkpoints.describe_last()}{RERUN_HINT}"
+        ) from exc
+    state.step += 1
+    state.batch += 1
+    b = images.shape[0]
+    for key, value in {**terms, **run.model.batch_stats(out)}.items():
+        state.epoch_sums[key] = state.epoch_sums.get(key, 0.0) + value.item() * b
+    state.epoch_seen += b
+    return terms
+
+
+def _end_epoch(run: _Run, state: TrainingState, seconds: float) -> None:
+    """The epoch's history row (training means, test evaluation, speed), then on to the next."""
+    seen = state.epoch_seen
+    test_terms = run.test_terms()
+    row = {
+        "epoch": state.epoch,
+        "step": state.step,
+        **{f"train_{k}": v / max(seen, 1) for k, v in state.epoch_sums.items()},
+        **{f"test_{k}": v for k, v in test_terms.items()},
+        "train_images_per_s": seen / seconds,
+        "epoch_seconds": seconds,
+    }
+    run.history.record(row)
+    log.info(
+        "epoch %d: train loss %.5f (MSE %.5f), test MSE %.5f on %d %s test images, %.1f train images/s",
+        state.epoch,
+        row["train_loss"],
+        row["train_mse"],
+        test_terms["mse"],
+        len(run.test_data),
+        run.source.label,
+        row["train_images_per_s"],
+    )
+    state.next_epoch()
+
+
+def _finish(run: _Run) -> TrainResult:
+    """The result files (``metrics.json``, the image grids), then ``resume.pt`` becomes
+    ``checkpoint.pt`` (a rename, last: a folder with checkpoint.pt is complete and one with
+    resume.pt is not; the command run again on a finished folder only redoes the files, since
+    Checkpointing.load reads checkpoint.pt when there is no resume.pt)."""
+    rows = run.history.rows
+    final = rows[-1] if rows and "test_mse" in rows[-1] else {f"test_{k}": v for k, v in run.test_terms().items()}
     # Reference point: predicting the mean training image for every test image.
-    mean_image = to_model_range(train_data.images).mean(0, keepdim=True)
-    baseline_mse = to_model_range(test_data.images).sub_(mean_image).pow_(2).flatten(1).mean(1).mean().item()
-    metrics = {
-        "model": model_name,
-        "dataset": source.name,
-        "data_label": source.label,
+    mean_image = to_model_range(run.train_data.images).mean(0, keepdim=True)
+    baseline_mse = to_model_range(run.test_data.images).sub_(mean_image).pow_(2).flatten(1).mean(1).mean().item()
+    metrics = _final_metrics(run, final["test_mse"], baseline_mse)
+    write_result(run.out_dir / "metrics.json", "train", metrics)
+    save_image_grids(run.model, run.test_data, run.out_dir, run.dev, run.eval_seed)
+    if run.checkpoints.path.exists():  # absent when a finished folder was only redone
+        os.replace(run.checkpoints.path, run.out_dir / "checkpoint.pt")
+    log.info(
+        "done: test reconstruction MSE %.5f (N=%d, split %s, %s; the mean training image scores %.5f); files in %s",
+        final["test_mse"],
+        len(run.test_data),
+        run.test_label,
+        run.source.label,
+        baseline_mse,
+        run.out_dir,
+    )
+    return TrainResult(run.out_dir, rows, metrics)
+
+
+def _final_metrics(run: _Run, test_mse: float, baseline_mse: float) -> Dict[str, Any]:
+    """``metrics.json`` (schema ``train`` in :mod:`esvae.results`)."""
+    cfg, model, rows, n = run.cfg, run.model, run.history.rows, len(run.test_data)
+    return {
+        "model": run.model_name,
+        "dataset": run.source.name,
+        "data_label": run.source.label,
         "reconstruction_mse": {
-            "value": final["test_mse"],
-            "n": len(test_data),
-            "split": test_label,
+            "value": test_mse,
+            "n": n,
+            "split": run.test_label,
             "averaging": "mean over images of the per-image pixel MSE, images in [-1, 1]",
-            "latent": f"{model.latent_description} (eval-mode batch norm, generator seed {eval_seed})",
+            "latent": f"{model.latent_description} (eval-mode batch norm, generator seed {run.eval_seed})",
         },
         "baseline_mean_image_mse": {
             "value": baseline_mse,
-            "n": len(test_data),
-            "what": f"MSE of the mean of the {len(train_data)} training images, used as every reconstruction",
+            "n": n,
+            "what": f"MSE of the mean of the {len(run.train_data)} training images, used as every reconstruction",
         },
         "timesteps": model.config.timesteps,
         "epochs": cfg.epochs,
-        "train_images": len(train_data),
+        "train_images": len(run.train_data),
         "seed": cfg.seed,
         "batch_size": cfg.batch_size,
-        "steps": int(history[-1].get("step", 0)) if history else 0,
+        "steps": int(rows[-1].get("step", 0)) if rows else 0,
         # training time only (the per-epoch sums of history.tsv; test evaluations excluded), resumes included
         "train_seconds": float(
-            sum(v for r in history if isinstance(v := r.get("epoch_seconds"), (int, float)) and math.isfinite(v))
+            sum(v for r in rows if isinstance(v := r.get("epoch_seconds"), (int, float)) and math.isfinite(v))
         ),
         "lr": cfg.lr,
         "lr_rule": cfg.lr_rule,
         "parameters": count_parameters(model),
-        "device": str(dev),
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
+        "device": str(run.dev),
+        "device_name": torch.cuda.get_device_name(run.dev) if run.dev.type == "cuda" else cpu_name(),
         "torch_threads": torch.get_num_threads(),
         "code_version": code_version(),
     }
-    write_result(out_dir / "metrics.json", "train", metrics)
-    save_image_grids(model, test_data, out_dir, dev, eval_seed)
-    # Last: the final state becomes checkpoint.pt (a rename), so a folder with checkpoint.pt is complete
-    # and one with resume.pt is not; running the command again on a finished folder only redoes the files
-    # (Checkpointing.load reads checkpoint.pt when there is no resume.pt).
-    if checkpoints.path.exists():  # absent when a finished folder was only redone
-        os.replace(checkpoints.path, out_dir / "checkpoint.pt")
-    log.info(
-        "done: test reconstruction MSE %.5f (N=%d, split %s, %s; the mean training image scores %.5f); files in %s",
-        final["test_mse"],
-        len(test_data),
-        metrics["reconstruction_mse"]["split"],
-        source.label,
-        baseline_mse,
-        out_dir,
-    )
-    return TrainResult(out_dir, history, metrics)

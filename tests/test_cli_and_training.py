@@ -13,7 +13,8 @@ import torch
 import esvae
 from esvae.cli import main
 from esvae.config import TrainConfig, paper_train_config
-from esvae.train import resolve_device, train
+from esvae.device import resolve_device
+from esvae.train import train
 
 REPO = Path(__file__).resolve().parent.parent
 

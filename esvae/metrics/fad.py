@@ -120,8 +120,9 @@ def train_fad_autoencoder(
     from tqdm import tqdm
 
     from ..data import data_source, first_n, iterate_batches, load_split, seeded_subset
+    from ..device import resolve_device
+    from ..logs import log_to_file
     from ..results import write_result
-    from ..train import log_to_file, resolve_device
 
     source = data_source(dataset)
     if epochs < 1 or batch_size < 1 or lr <= 0:
