@@ -1,0 +1,66 @@
+"""Command line: ``python -m esvae COMMAND ...``, one module per command in this package (each
+with ``register(sub)``, which adds its arguments, and ``run(args)``); what they share is in
+``_common``.
+
+User errors (a wrong name, a bad value, a missing dataset) print one line ``esvae: error: ...`` and
+exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import List, Optional
+
+from ..errors import EsvaeError
+from . import bench, describe, evaluate, fad, prepare_data, probe, report, track, train
+from ._common import OneLineParser, positive_int
+
+COMMANDS = (train, describe, evaluate, probe, fad, prepare_data, track, bench, report)  # in --help's order
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="python -m esvae", description="Spiking VAE benchmark: train and inspect models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command.register(sub)
+    for command_parser in sub.choices.values():  # every command takes --threads (the workflow passes each rule's)
+        command_parser.add_argument(
+            "--threads",
+            type=positive_int,
+            default=None,
+            help="CPU threads for torch (default: torch's own choice; bench: all cores)",
+        )
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from ..runtime import tune_allocator
+
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    # A log file on a full disk must not print a traceback per record; the write that fails
+    # next reports the full disk in one line.
+    logging.raiseExceptions = False
+    if args.command != "bench":  # the benchmark times glibc's defaults first, then tunes the allocator itself
+        tune_allocator()
+    try:
+        if getattr(args, "threads", None):
+            import torch
+
+            torch.set_num_threads(args.threads)
+        return args.run(args)
+    except EsvaeError as exc:
+        print(f"esvae: error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)
+    except OSError as exc:  # an unwritable --out, a full disk: the environment, not a bug
+        print(f"esvae: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("esvae: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Mirror a run folder's result files into MLflow (the workflow calls it after each stage)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import ConfigError
+from ._common import setup_logging
+
+
+def register(sub) -> None:
+    tr = sub.add_parser("track", help="mirror a run folder's result files into MLflow (never fails the job)")
+    tr.add_argument("--stage", required=True, choices=("train", "evaluate", "probe"))
+    tr.add_argument("--dir", required=True, help="the stage's output folder")
+    tr.add_argument("--key", required=True, help="run key dataset/model/sampler/T<n>/seed<n>")
+    tr.add_argument(
+        "--uri",
+        default=os.environ.get("ESVAE_MLFLOW_URI"),
+        help="MLflow tracking URI (default: $ESVAE_MLFLOW_URI, which the workflow sets)",
+    )
+    tr.add_argument(
+        "--experiment",
+        default=os.environ.get("ESVAE_MLFLOW_EXPERIMENT"),
+        help="MLflow experiment name (default: $ESVAE_MLFLOW_EXPERIMENT)",
+    )
+    tr.add_argument("--tag", action="append", default=[], metavar="NAME=VALUE", help="extra run tag (repeatable)")
+    tr.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..grid import RunPoint
+    from ..tracking import mirror
+
+    if not args.uri or not args.experiment:
+        raise ConfigError("track needs --uri and --experiment (or $ESVAE_MLFLOW_URI and $ESVAE_MLFLOW_EXPERIMENT)")
+    tags = dict(RunPoint.from_key(args.key).wildcards())
+    if os.environ.get("ESVAE_PRESET"):
+        tags["preset"] = os.environ["ESVAE_PRESET"]
+    for item in args.tag:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--tag expects NAME=VALUE, got {item!r}")
+        tags[name] = value
+    setup_logging()
+    run_id = mirror(args.stage, Path(args.dir), args.key, args.uri, args.experiment, tags)
+    print(
+        f"MLflow run {run_id} ({args.stage} of {args.key})"
+        if run_id
+        else f"tracking skipped for {args.key} ({args.stage}); result files are complete"
+    )
+    return 0
