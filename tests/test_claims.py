@@ -7,8 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from esvae import claims, grid
-from esvae.report import compile_report
+from esvae_pipeline import claims, grid
+from esvae_pipeline.report import compile_report
 
 T2 = 4.302652729749464  # t(0.975, df=2)
 

@@ -207,11 +207,15 @@ def test_describe_prints_resolved_config_and_parameter_count(capsys):
 
 
 def test_every_command_takes_threads_and_the_workflow_passes_each_rules(capsys):
-    from esvae.cli import _build_parser
+    from esvae.cli import COMMANDS, _build_parser, build_parser
+    from esvae_pipeline.cli import COMMANDS as PIPELINE_COMMANDS
 
-    parser = _build_parser()
-    commands = next(a for a in parser._actions if a.dest == "command").choices
-    assert {"train", "describe", "evaluate", "probe", "track", "report", "bench", "prepare-data"} <= set(commands)
+    library = next(a for a in _build_parser()._actions if a.dest == "command").choices
+    pipeline_parser = build_parser("python -m esvae_pipeline", "", PIPELINE_COMMANDS)
+    pipeline = next(a for a in pipeline_parser._actions if a.dest == "command").choices
+    assert set(library) == {"train", "describe", "evaluate", "probe", "train-fad-autoencoder", "bench", "prepare-data"}
+    assert set(pipeline) == {"track", "report"} and len(COMMANDS) == len(library)
+    commands = {**library, **pipeline}
     lacking = [name for name, p in commands.items() if "--threads" not in p._option_string_actions]
     assert lacking == []
     before = torch.get_num_threads()
@@ -225,7 +229,7 @@ def test_every_command_takes_threads_and_the_workflow_passes_each_rules(capsys):
     rules = Path(__file__).resolve().parents[1] / "workflow" / "rules"
     for smk in sorted(rules.glob("*.smk")):
         for block in smk.read_text().split("\nrule ")[1:]:
-            if "    threads:" in block and "python -m esvae" in block:
+            if "    threads:" in block and "python -m esvae" in block:  # esvae and esvae_pipeline
                 assert "--threads {threads}" in block, f"{smk.name}: rule {block.split(':')[0]} drops its threads"
 
 

@@ -417,8 +417,8 @@ def test_fid_clean_equals_clean_fids_compute_fid_with_our_inception(offline_ince
 
 
 def test_preset_key_names_the_authors_folder(tmp_path):
-    from esvae import grid
     from esvae.errors import ConfigError
+    from esvae_pipeline import grid
 
     with pytest.raises(ConfigError, match=r"evaluate.fad_published_dir: .*none is not a folder"):
         grid.resolve_config({"preset": "smoke", "evaluate": {"fad_published_dir": str(tmp_path / "none")}})

@@ -21,8 +21,8 @@ import pytest
 from conftest import BIN, REPO, workflow_env
 from PIL import Image
 
-from esvae import grid
-from esvae.report import FIGURES, TABLES
+from esvae_pipeline import grid
+from esvae_pipeline.report import FIGURES, TABLES
 
 CONFIG = grid.resolve_config({"preset": "smoke"})
 POINTS = grid.all_points(CONFIG)

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from esvae import grid
 from esvae.checkpoints import load_checkpoint, read_checkpoint
 from esvae.cli import main
 from esvae.config import TrainConfig, paper_train_config
 from esvae.errors import CheckpointError, ConfigError, EsvaeError
 from esvae.results import read_result
 from esvae.train import RESUME_FILE, train
+from esvae_pipeline import grid
 
 REPO = Path(__file__).resolve().parent.parent
 TIMING = {"train_images_per_s", "epoch_seconds"}  # the only history columns allowed to differ

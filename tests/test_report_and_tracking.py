@@ -1,4 +1,4 @@
-"""``python -m esvae report`` on hand-made result files (golden means/stds, missing runs, bad files)
+"""``python -m esvae_pipeline report`` on hand-made result files (golden means/stds, missing runs, bad files)
 and the MLflow mirror (unreachable store, 8 concurrent jobs on one SQLite store)."""
 
 import json
@@ -10,11 +10,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from esvae import grid
-from esvae.cli import main
-from esvae.report import compile_report
 from esvae.results import ResultFileError
-from esvae.tracking import init_store, mirror
+from esvae_pipeline import grid
+from esvae_pipeline.cli import main
+from esvae_pipeline.report import compile_report
+from esvae_pipeline.tracking import init_store, mirror
 
 POINT = "fashion/esvae/poisson/T4/seed{seed}"
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from esvae import grid
 from esvae.cli import main
 from esvae.evaluate import METRICS as CLI_METRICS
 from esvae.results import METRICS, SCALAR_METRICS, SCHEMAS, ResultFileError, read_result, write_result
+from esvae_pipeline import grid
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +107,8 @@ def test_damaged_files_are_refused(tmp_path):
 
 def test_metric_names_come_from_one_registry(written):
     """The CLI's --metrics choices, the file's keys, the MLflow names and the report's columns."""
-    from esvae.report import RunResults, run_row
-    from esvae.tracking import stage_metrics
+    from esvae_pipeline.report import RunResults, run_row
+    from esvae_pipeline.tracking import stage_metrics
 
     assert CLI_METRICS == tuple(m.option for m in METRICS)
     assert len({m.key for m in METRICS}) == len(METRICS) == len({m.option for m in METRICS})

@@ -27,8 +27,8 @@ import pytest
 import torch
 from conftest import BIN, REPO, workflow_env
 
-from esvae import grid
-from esvae.report import TABLES
+from esvae_pipeline import grid
+from esvae_pipeline.report import TABLES
 
 pytestmark = pytest.mark.slurm
 REQUIRED = os.environ.get("ESVAE_REQUIRE_SLURM") == "1"

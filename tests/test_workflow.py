@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from esvae import grid
 from esvae.data import SOURCES
 from esvae.errors import ConfigError
 from esvae.models import MODELS
 from esvae.samplers import SAMPLERS
+from esvae_pipeline import grid
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())

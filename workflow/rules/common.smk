@@ -5,9 +5,9 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from esvae import grid
+from esvae_pipeline import grid
 from esvae.errors import ConfigError
-from esvae.report import FIGURES, TABLES
+from esvae_pipeline.report import FIGURES, TABLES
 
 REPO = Path(workflow.current_basedir).parents[1]  # this file is workflow/rules/common.smk
 try:
@@ -66,8 +66,8 @@ def resources_of(kind):
 
 def track_command(stage, out_dir, wildcards):
     """Mirror a finished stage into MLflow (store, experiment and preset from the environment above);
-    `esvae track` exits 0 even when tracking is unavailable."""
-    return f"python -m esvae track --stage {stage} --dir {out_dir} --key {run_key(wildcards)}"
+    `esvae_pipeline track` exits 0 even when tracking is unavailable."""
+    return f"python -m esvae_pipeline track --stage {stage} --dir {out_dir} --key {run_key(wildcards)}"
 
 
 def tracked(stage, output_name):
@@ -78,7 +78,7 @@ def tracked(stage, output_name):
 def init_tracking():
     """Create the MLflow store and experiment once, before any job logs to it (SQLite cannot be
     created concurrently). A failure here only means jobs will report "tracking skipped"."""
-    from esvae.tracking import init_store
+    from esvae_pipeline.tracking import init_store
 
     try:
         experiment_id = init_store(TRACKING_URI, CONFIG["experiment"])

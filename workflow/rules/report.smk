@@ -32,4 +32,4 @@ rule report:
     resources:
         **resources_of("light"),
     shell:
-        "python -m esvae report --results {params.out} --threads {threads} > {log} 2>&1"
+        "python -m esvae_pipeline report --results {params.out} --threads {threads} > {log} 2>&1"

@@ -1,4 +1,4 @@
-"""The figures of ``python -m esvae report`` (seaborn on the frames built in :mod:`esvae.report`).
+"""The figures of ``python -m esvae_pipeline report`` (seaborn on the frames built in :mod:`esvae_pipeline.report`).
 
 Each figure's title names the preset; a figure with no data to show is still written, with a note
 saying which runs it waits for, so the workflow's outputs always exist and never mislead.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List
 
-from .files import atomic_path
+from esvae.files import atomic_path
 
 
 def _plt():
@@ -42,7 +42,7 @@ def _empty(path: Path, title: str, note: str) -> Path:
 
 def _order(models) -> List[str]:
     """Registered models in registry order, the model under study (ESVAE) last; unknown ones after."""
-    from .models.registry import MODELS
+    from esvae.models.registry import MODELS
 
     order = [m for m in MODELS if m != "esvae"] + ["esvae"]
     present = list(dict.fromkeys(models))
@@ -80,7 +80,7 @@ def _first_run_per_model(results, points, dataset: str, needed: str):
 
 
 def write_figures(frame, results, experiments, out_dir: Path, preset: str) -> List[Path]:
-    """``frame``: one row per usable run (:func:`esvae.report.run_row`); ``results``: their files."""
+    """``frame``: one row per usable run (:func:`esvae_pipeline.report.run_row`); ``results``: their files."""
     import pandas as pd
     import seaborn as sns
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import setup_logging
+from esvae.cli._common import setup_logging
 
 
 def register(sub) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import ConfigError
-from ._common import setup_logging
+from esvae.cli._common import setup_logging
+from esvae.errors import ConfigError
 
 
 def register(sub) -> None:

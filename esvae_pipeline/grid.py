@@ -1,6 +1,6 @@
 """The benchmark grid: presets, their validation, and the runs they expand to.
 
-Used by the Snakemake workflow (``workflow/rules/common.smk``) and by ``python -m esvae report``, so
+Used by the Snakemake workflow (``workflow/rules/common.smk``) and by ``python -m esvae_pipeline report``, so
 the runs the workflow plans and the runs the tables expect are the same list.
 
 A *run point* is one trained model: (dataset, model, sampler, T, seed). Its folder, under
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional
 
-from .errors import ConfigError
+from esvae.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PRESETS_DIR = REPO_ROOT / "config" / "presets"
@@ -151,7 +151,7 @@ def validate_config(config: Mapping, schema_path: Optional[Path] = None) -> None
             "authors' metrics/ folder there: stat_checkpoints/<dataset>_<D>.pth and "
             "stats/<dataset>_test_<D>.npz), or set it to null"
         )
-    from .models import model_entry
+    from esvae.models import model_entry
 
     for i, model in enumerate(config["ablation_timesteps"]["models"]):
         if not model_entry(model).samplers:
@@ -176,14 +176,14 @@ def validate_config(config: Mapping, schema_path: Optional[Path] = None) -> None
 
 def default_sampler(model: str) -> str:
     """The model's paper latent: its first registered sampler, ``gaussian`` for the ANN VAE."""
-    from .models import model_entry
+    from esvae.models import model_entry
 
     samplers = model_entry(model).samplers
     return samplers[0] if samplers else ANN_LATENT
 
 
 def _timesteps_for(model: str, timesteps: int) -> int:
-    from .models import model_entry
+    from esvae.models import model_entry
 
     return timesteps if model_entry(model).samplers else 1  # the ANN VAE has no time axis (T=1)
 
@@ -199,7 +199,7 @@ def seeds_for(config: Mapping, experiment: str, dataset: str) -> List[int]:
 
 def experiment_points(config: Mapping) -> Dict[str, List[RunPoint]]:
     """Run points per experiment (``main``, ``ablation_timesteps``, ``ablation_sampler``), sorted."""
-    from .models import model_entry
+    from esvae.models import model_entry
 
     out: Dict[str, set] = {name: set() for name in EXPERIMENTS}
     main = config["main"]
@@ -261,7 +261,7 @@ def batch_size_for(config: Mapping, model: str) -> Optional[int]:
 
 def train_args(config: Mapping, point: RunPoint) -> List[str]:
     """Arguments of ``python -m esvae train`` for ``point`` (output folder and environment excluded)."""
-    from .models import model_entry
+    from esvae.models import model_entry
 
     train = config["train"]
     args = [
@@ -290,7 +290,7 @@ def train_args(config: Mapping, point: RunPoint) -> List[str]:
 def train_cost(config: Mapping, point: RunPoint) -> int:
     """A rough relative cost of training ``point`` (for the scheduler's longest-first order, 0-100):
     epochs x T, FSVAE/TAID counted 1.5x for their posterior/prior networks, the ANN VAE as T = 1."""
-    from .models import model_entry
+    from esvae.models import model_entry
 
     weight = 1.5 if point.model in ("fsvae", "taid") else 1.0
     t = point.timesteps if model_entry(point.model).samplers else 1
@@ -303,7 +303,7 @@ def published_fad_inputs(config: Mapping, dataset: str) -> List[str]:
     folder = config["evaluate"].get("fad_published_dir")
     if not folder:
         return []
-    from .metrics.fad import published_dataset, published_files
+    from esvae.metrics.fad import published_dataset, published_files
 
     if published_dataset(dataset) is None:
         return []
@@ -327,7 +327,7 @@ def environment_args(config: Mapping) -> List[str]:
 def expected_train_settings(config: Mapping, point: RunPoint) -> Dict[str, object]:
     """What ``train_config`` / ``model_config`` of a run's ``config.json`` must hold for ``point``
     under ``config`` (keys as stored there)."""
-    from .models import model_entry
+    from esvae.models import model_entry
 
     train = config["train"]
     out = {
@@ -366,7 +366,7 @@ def export_job_environment(repo: Path, uri: str, config: Mapping) -> None:
     """Environment variables every job inherits (locally and through SLURM), set by the workflow:
     the interpreter running snakemake first on PATH (it has esvae installed), the repository on
     PYTHONPATH (for --use-conda envs, which do not install esvae), the MLflow store, experiment and
-    preset for ``esvae track``, the checkpoint interval of ``esvae train``, and the data root.
+    preset for ``esvae_pipeline track``, the checkpoint interval of ``esvae train``, and the data root.
     Environment, not rule params: Snakemake re-runs a job whose params change, and none of these
     changes a result."""
     import os

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, TypeVar
 
-from .checkpoints import git_commit
-from .results import SCALAR_METRICS, read_result
+from esvae.checkpoints import git_commit
+from esvae.results import SCALAR_METRICS, read_result
 
 log = logging.getLogger(__name__)
 KEY_TAG = "esvae.key"
@@ -98,7 +98,7 @@ def _finite(value) -> bool:
 
 def history_metrics(path: Path) -> List[tuple]:
     """``(name, value, epoch)`` for every finite number of ``history.tsv``."""
-    from .history import read_history
+    from esvae.history import read_history
 
     return [
         (name, value, int(row["epoch"]))

@@ -23,7 +23,8 @@ import math
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
-from .models.registry import model_label
+from esvae.models.registry import model_label
+
 from .report import PAPER_DATASET
 
 SUPPORTED = "supported"
@@ -39,7 +40,7 @@ class Claim:
 
     id: str
     statement: str
-    metric: str  # a column of the run frame (``esvae.report.run_row``)
+    metric: str  # a column of the run frame (``esvae_pipeline.report.run_row``)
     model: str
     others: Tuple[str, ...]  # one competitor, or several for "lowest of all"
     lower_is_claimed: bool  # True: the claim is metric(model) < metric(other)
