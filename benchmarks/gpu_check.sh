@@ -2,7 +2,7 @@
 # The GPU check: on a machine with a GPU (under 8 minutes on one card), in order
 #   1. numerics: ESVAE and FSVAE on the device against the CPU reference, float64 (the verdict:
 #      identical spikes, outputs within 1e-9, gradients within 1e-6) and float32 (reported);
-#   2. `esvae bench --device DEVICE` for ESVAE and FSVAE at T = 16, batch 64 and the paper's batch;
+#   2. `python -m esvae_bench --device DEVICE` for ESVAE and FSVAE at T = 16, batch 64 and the paper's batch;
 #   3. a bf16 variant: this project has no reduced-precision mode, so this step says so;
 #   4. one epoch of the paper configuration (ESVAE, Fashion-MNIST, T = 16, the paper's batch) with
 #      its training images/s;
@@ -53,14 +53,14 @@ start=$(date +%s)
 step() { echo "[gpu_check $(( $(date +%s) - start ))s] $*" >&2; }
 
 step "1/4 numerics against the CPU reference ($DEVICE, T=$T)"
-"$PY" -m esvae.bench.devices --device "$DEVICE" --timesteps "$T" --batch 16 --json "$OUT/numerics.json" \
+"$PY" -m esvae_bench.devices --device "$DEVICE" --timesteps "$T" --batch 16 --json "$OUT/numerics.json" \
   > "$OUT/numerics.md" 2> "$OUT/numerics.log" || { cat "$OUT/numerics.md" "$OUT/numerics.log" >&2; exit 1; }
 
 BATCHES=("$BATCH")
 [ "$PAPER_BATCH" = "$BATCH" ] || BATCHES+=("$PAPER_BATCH")
 for b in "${BATCHES[@]}"; do
-  step "2/4 esvae bench --device $DEVICE, T=$T, batch $b"
-  "$PY" -m esvae bench --device "$DEVICE" --models esvae fsvae --timesteps "$T" --batch "$b" --repeats "$REPEATS" \
+  step "2/4 esvae_bench --device $DEVICE, T=$T, batch $b"
+  "$PY" -m esvae_bench --device "$DEVICE" --models esvae fsvae --timesteps "$T" --batch "$b" --repeats "$REPEATS" \
     --check-batch 8 "${BENCH[@]}" --json "$OUT/bench_batch$b.json" > "$OUT/bench_batch$b.md" 2> "$OUT/bench_batch$b.log" \
     || { tail -5 "$OUT/bench_batch$b.log" >&2; exit 1; }
 done
@@ -76,7 +76,7 @@ rm -rf "$OUT/epoch"
 "$PY" - "$OUT" "$DEVICE" "$SMOKE" "$(( $(date +%s) - start ))" <<'EOF'
 import json, sys
 from pathlib import Path
-from esvae.train import read_history
+from esvae.history import read_history
 out, device, smoke, seconds = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
 num = json.loads((out / "numerics.json").read_text())
 lines = [f"# GPU check on {num['device']}" + (" (SMOKE RUN: sizes shrunk, numbers meaningless)" if smoke else ""), "",

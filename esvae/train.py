@@ -70,7 +70,7 @@ class _NonFiniteLoss(Exception):
 
 
 def train_step(model, optimizer, images: torch.Tensor, generator: Optional[torch.Generator]):
-    """One optimisation step exactly as ``esvae train`` runs it (also timed by ``esvae bench``):
+    """One optimisation step exactly as ``esvae train`` runs it (also timed by ``esvae_bench``):
     forward, loss, backward, optimiser step. Returns ``(out, terms)``; a non-finite loss raises
     before any weight changes."""
     out = model(images, generator=generator)

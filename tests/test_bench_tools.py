@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import esvae
-from esvae.bench import flops_per_image
-from esvae.bench.devices import compare_with_cpu
-from esvae.bench.rss import peak_rss
+from esvae_bench import flops_per_image
+from esvae_bench.devices import compare_with_cpu
+from esvae_bench.rss import peak_rss
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -57,7 +57,7 @@ def test_esvae_evaluation_flops_equal_the_layer_shapes(T):
 def test_peak_rss_sees_the_memory_a_call_holds():
     """A fresh process's VmHWM rises over its resident set before the calls by at least the tensors
     the naive training step holds at once (which must all be resident while written)."""
-    from esvae.bench import build_pair, peak_memory_bytes
+    from esvae_bench import build_pair, peak_memory_bytes
 
     pair = build_pair("esvae", "fashion", 4, 16)
     tensors = peak_memory_bytes(pair.call("naive", "train"))
@@ -66,8 +66,8 @@ def test_peak_rss_sees_the_memory_a_call_holds():
 
 
 def test_peak_rss_failure_is_one_line():
-    from esvae.bench.rss import MeasurementError
     from esvae.errors import EsvaeError
+    from esvae_bench.rss import MeasurementError
 
     with pytest.raises(MeasurementError, match="peak-memory process for nosuchmodel") as info:
         peak_rss("nosuchmodel", "fashion", 2, 2, "ours", "train", "default", calls=1)
@@ -125,6 +125,6 @@ def test_gpu_check_script_runs_on_cpu(tmp_path, data_root):
         )
         assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and message in bad.stderr, args
     dev = subprocess.run(
-        [sys.executable, "-m", "esvae.bench.devices", "--device", "tpu:9"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "esvae_bench.devices", "--device", "tpu:9"], capture_output=True, text=True, timeout=120
     )
     assert dev.returncode == 2 and dev.stderr.strip().count("\n") == 0 and "device 'tpu:9'" in dev.stderr

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import esvae
-from esvae.bench import build_pair, check_numerics, peak_memory_bytes
-from esvae.bench.naive import NaiveLIF
 from esvae.spiking import LIF, TDBatchNorm, kernels, lif_multistep, lif_multistep_reference
 from esvae.spiking.layers import tdbn_lif
+from esvae_bench import build_pair, check_numerics, peak_memory_bytes
+from esvae_bench.naive import NaiveLIF
 
 BACKENDS = ["numba", "torch-ops"]
 
@@ -287,7 +287,7 @@ def test_the_numerics_check_catches_a_wrong_neuron(monkeypatch):
 
 def test_the_numerics_check_catches_a_wrong_gradient(monkeypatch):
     """Same spikes, a different surrogate window in the naive port: only gradients differ."""
-    import esvae.bench.naive as naive_module
+    import esvae_bench.naive as naive_module
 
     pair = build_pair("esvae", "fashion", 3, batch=4)
     monkeypatch.setattr(naive_module, "rectangle", lambda u: (u.abs() < 0.4).to(u.dtype))
@@ -367,10 +367,10 @@ def test_bench_command_writes_a_checked_report(tmp_path, capsys):
     import shlex
     from pathlib import Path
 
-    from esvae.cli import main
+    from esvae_bench.cli import main
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    (command,) = re.findall(r"^\.venv/bin/python -m esvae bench --timesteps 2 .*$", readme, flags=re.M)
+    (command,) = re.findall(r"^\.venv/bin/python -m esvae_bench --timesteps 2 .*$", readme, flags=re.M)
     out = tmp_path / "bench.json"
     rc = main(shlex.split(command)[3:] + ["--threads", "1", "--json", str(out)])
     assert rc == 0
@@ -411,10 +411,10 @@ def test_bench_command_writes_a_checked_report(tmp_path, capsys):
 
 
 def test_bench_refuses_an_unavailable_device(monkeypatch, capsys):
-    from esvae.cli import main
+    from esvae_bench.cli import main
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert main(["bench", "--device", "cuda", "--timesteps", "2"]) == 2
+    assert main(["--device", "cuda", "--timesteps", "2"]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
 
 

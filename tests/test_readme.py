@@ -56,7 +56,7 @@ def test_readme_is_short_and_every_command_in_it_is_run_by_a_test():
     bash = [b.strip() for lang, b in blocks if lang == "bash"]
     assert bash[0] == "bash scripts/setup.sh && .venv/bin/snakemake --cores all"
     assert "pytest" in bash[1] and bash[2] == SMOKE_COMMAND
-    assert bash[3].startswith(".venv/bin/python -m esvae bench --timesteps 2 ") and len(bash) == 4
+    assert bash[3].startswith(".venv/bin/python -m esvae_bench --timesteps 2 ") and len(bash) == 4
     fast_lane = re.findall(r"`(\.venv/bin/python -m pytest[^`]*)`", README)
     assert fast_lane and all(cmd in bash[1] for cmd in fast_lane)
 

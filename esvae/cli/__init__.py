@@ -14,10 +14,10 @@ import sys
 from typing import List, Optional
 
 from ..errors import EsvaeError
-from . import bench, describe, evaluate, fad, prepare_data, probe, train
+from . import describe, evaluate, fad, prepare_data, probe, train
 from ._common import OneLineParser, positive_int
 
-COMMANDS = (train, describe, evaluate, probe, fad, prepare_data, bench)  # in --help's order
+COMMANDS = (train, describe, evaluate, probe, fad, prepare_data)  # in --help's order
 
 
 def build_parser(prog: str, description: str, commands) -> argparse.ArgumentParser:
@@ -31,7 +31,7 @@ def build_parser(prog: str, description: str, commands) -> argparse.ArgumentPars
             "--threads",
             type=positive_int,
             default=None,
-            help="CPU threads for torch (default: torch's own choice; bench: all cores)",
+            help="CPU threads for torch (default: torch's own choice)",
         )
     return parser
 
@@ -53,7 +53,7 @@ def run(parser: argparse.ArgumentParser, argv: Optional[List[str]] = None) -> in
     # A log file on a full disk must not print a traceback per record; the write that fails
     # next reports the full disk in one line.
     logging.raiseExceptions = False
-    if args.command != "bench":  # the benchmark times glibc's defaults first, then tunes the allocator itself
+    if getattr(args, "tune_allocator", True):  # the bench times glibc's defaults first, then keeps the heap itself
         tune_allocator()
     try:
         if getattr(args, "threads", None):

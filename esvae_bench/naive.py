@@ -1,7 +1,7 @@
 """A naive port of the original ESVAE/FSVAE implementation approach, for the speed benchmark only.
 
 It computes the same functions as :mod:`esvae.models` and :mod:`baselines.fsvae`, written the way
-the authors' code is structured (docs/method.md sections 1-6), so ``python -m esvae bench`` can measure
+the authors' code is structured (docs/method.md sections 1-6), so ``python -m esvae_bench`` can measure
 what this project's layout buys:
 
 * tensors are **time-last**: ``(N, C, H, W, T)`` and ``(N, F, T)``;
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..spiking.surrogate import rectangle
+from esvae.spiking.surrogate import rectangle
 
 
 class _SpikeFn(torch.autograd.Function):

@@ -1,5 +1,5 @@
-"""``python -m esvae bench``: this project's training step, evaluation forward and sampling against
-a naive port of the original implementation approach (:mod:`esvae.bench.naive`), in one process.
+"""``python -m esvae_bench``: this project's training step, evaluation forward and sampling against
+a naive port of the original implementation approach (:mod:`esvae_bench.naive`), in one process.
 
 For every model (ESVAE with the Poisson sampler, FSVAE) and T, both are built from the same weights
 (the paper configuration, random initialisation with seed 0) and fed the same images and the same
@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 
-from ..runtime import cpu_name
+from esvae.runtime import cpu_name
 
 MODES = ("train", "eval", "sample")
 RSS_MODES = ("train",)  # a fresh process per measurement: the training step, where memory matters
@@ -128,7 +128,7 @@ class Pair:
 
     def call(self, impl: str, mode: str, seed: int = 7) -> Callable[[], object]:
         """A zero-argument callable running ``mode`` once with ``impl`` (fresh generator each call)."""
-        from ..train import train_step
+        from esvae.train import train_step
 
         module, images = self.module(impl), self.images
 
@@ -155,7 +155,8 @@ def build_pair(
     overrides: Optional[dict] = None,
     device: str = "cpu",
 ) -> Pair:
-    from ..models import build_model
+    from esvae.models import build_model
+
     from .naive import naive_param_groups, naive_port
 
     torch.manual_seed(0)
@@ -291,7 +292,7 @@ def flops_per_image(fn: Callable[[], object], batch: int) -> float:
     which skip the inputs that did not fire, are switched off while counting."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ..spiking import spike_conv
+    from esvae.spiking import spike_conv
 
     saved, spike_conv.MAX_DENSITY = spike_conv.MAX_DENSITY, 0.0
     try:
@@ -305,7 +306,7 @@ def flops_per_image(fn: Callable[[], object], batch: int) -> float:
 def spike_inputs(fn: Callable[[], object]) -> Dict[str, float]:
     """The convolutions on spike trains during one call: how many, how many ran spike-driven and
     the fraction of their input values that were spikes (the spike-driven kernels' speed depends on it)."""
-    from ..spiking import spike_conv
+    from esvae.spiking import spike_conv
 
     spike_conv.reset_stats()
     fn()
@@ -385,7 +386,7 @@ def run_bench(
     On a CUDA device there is one timing phase ("cuda", PyTorch's caching allocator: glibc's
     settings do not apply), peak memory is the caching allocator's peak and ``profile`` is skipped.
     """
-    from ..runtime import tune_allocator
+    from esvae.runtime import tune_allocator
 
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -393,7 +394,7 @@ def run_bench(
     elif list(allocators) not in (["default"], ["tuned"], ["default", "tuned"]):
         raise ValueError(f"allocators must be default, tuned or both in that order, got {list(allocators)}")
     if "tuned" in allocators and os.environ.get("ESVAE_NO_MALLOC_TUNING") == "1":
-        from ..errors import ConfigError
+        from esvae.errors import ConfigError
 
         raise ConfigError("ESVAE_NO_MALLOC_TUNING=1 forbids the heap-kept timing; use --allocator default")
     pairs = [build_pair(m, dataset, t, batch, overrides=overrides, device=device) for m in models for t in timesteps]
@@ -412,7 +413,7 @@ def run_bench(
     for allocator in allocators:
         if allocator == "tuned":
             if not tune_allocator():
-                from ..errors import ConfigError
+                from esvae.errors import ConfigError
 
                 raise ConfigError(
                     "timing with the heap kept needs glibc's mallopt and ESVAE_NO_MALLOC_TUNING unset; "
@@ -686,7 +687,7 @@ def format_table(report: Dict[str, Any]) -> str:
 def write_report(report: Dict[str, Any], path: os.PathLike) -> None:
     from pathlib import Path
 
-    from ..files import write_json
+    from esvae.files import write_json
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_json(Path(path), report)

@@ -1,8 +1,8 @@
 """Peak resident memory of one implementation's calls, as the OS sees it, in a process of its own.
 
-``python -m esvae.bench.rss MODEL DATASET T BATCH IMPL MODE ALLOCATOR CALLS THREADS [OVERRIDES_JSON]``
+``python -m esvae_bench.rss MODEL DATASET T BATCH IMPL MODE ALLOCATOR CALLS THREADS [OVERRIDES_JSON]``
 builds the benchmark's
-pair of models (:func:`esvae.bench.build_pair`: both implementations, so every measurement starts
+pair of models (:func:`esvae_bench.build_pair`: both implementations, so every measurement starts
 from the same process state), runs ``CALLS`` calls of ``IMPL``'s ``MODE`` and prints one JSON line:
 ``VmHWM`` (the process's peak resident set, every page it held at once: tensors, the allocator's
 kept heap, libraries, thread stacks) and ``VmRSS`` just before the first call (the same for both
@@ -20,7 +20,7 @@ import subprocess
 import sys
 from typing import Dict, Optional
 
-from ..errors import EsvaeError
+from esvae.errors import EsvaeError
 
 
 def _status_kib(field: str) -> int:
@@ -35,7 +35,7 @@ def _main(argv) -> int:
     model, dataset, timesteps, batch, impl, mode, allocator, calls, threads = argv[:9]
     overrides = json.loads(argv[9]) if len(argv) > 9 else None
     if allocator == "tuned":
-        from ..runtime import tune_allocator
+        from esvae.runtime import tune_allocator
 
         if not tune_allocator():
             print(json.dumps({"error": "the heap-kept setting needs glibc's mallopt"}))
@@ -73,7 +73,7 @@ def peak_rss(
     cmd = [
         sys.executable,
         "-m",
-        "esvae.bench.rss",
+        "esvae_bench.rss",
         model,
         dataset,
         str(timesteps),

@@ -1,4 +1,4 @@
-"""The network on another device against the CPU reference: ``python -m esvae.bench.devices``.
+"""The network on another device against the CPU reference: ``python -m esvae_bench.devices``.
 
 The CPU path (compiled LIF kernels) is the reference the tests and the float64 benchmark check tie
 to the step-by-step original. On a GPU the same model runs the torch-op path of the fused tdBN + LIF
@@ -110,7 +110,7 @@ def compare_with_cpu(
     model_name: str, dataset: str, timesteps: int, batch: int, device: str, dtype: torch.dtype
 ) -> Dict[str, Any]:
     """Training-mode and evaluation-mode differences between the CPU reference and ``device``."""
-    from ..models import build_model
+    from esvae.models import build_model
 
     torch.manual_seed(0)
     cpu = build_model(model_name, dataset, timesteps=timesteps).to(dtype)
@@ -121,7 +121,7 @@ def compare_with_cpu(
     torch_ops = torch.device(device).type == "cpu"
     report: Dict[str, Any] = {}
     # Momentum 1 in training: the running statistics become the batch's, so that evaluation mode
-    # then runs a network whose units fire (see esvae.bench._running_stats_set_to_batch).
+    # then runs a network whose units fire (see esvae_bench._running_stats_set_to_batch).
     from . import _running_stats_set_to_batch
 
     with _running_stats_set_to_batch(cpu, other):
@@ -199,7 +199,7 @@ def format_rows(report: Dict[str, Any]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m esvae.bench.devices", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m esvae_bench.devices", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu (the torch-op path on CPU)")
     parser.add_argument("--models", nargs="+", choices=("esvae", "fsvae"), default=["esvae", "fsvae"])
     parser.add_argument("--dataset", default="fashion", choices=("mnist", "fashion", "cifar10", "celeba"))
@@ -210,29 +210,29 @@ def main(argv=None) -> int:
     try:
         dev = torch.device(args.device)
     except RuntimeError:
-        print(f"esvae.bench.devices: error: unknown device {args.device!r} (cpu, cuda or cuda:N)", file=sys.stderr)
+        print(f"esvae_bench.devices: error: unknown device {args.device!r} (cpu, cuda or cuda:N)", file=sys.stderr)
         return 2
     if dev.type not in ("cpu", "cuda"):
-        print(f"esvae.bench.devices: error: device {args.device!r}: only cpu and cuda are supported", file=sys.stderr)
+        print(f"esvae_bench.devices: error: device {args.device!r}: only cpu and cuda are supported", file=sys.stderr)
         return 2
     if dev.type == "cuda" and not torch.cuda.is_available():
         print(
-            f"esvae.bench.devices: error: device {args.device!r} requested but CUDA is not available", file=sys.stderr
+            f"esvae_bench.devices: error: device {args.device!r} requested but CUDA is not available", file=sys.stderr
         )
         return 2
     if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
         print(
-            f"esvae.bench.devices: error: device {args.device!r}: this machine has {torch.cuda.device_count()} "
+            f"esvae_bench.devices: error: device {args.device!r}: this machine has {torch.cuda.device_count()} "
             "CUDA device(s)",
             file=sys.stderr,
         )
         return 2
     if args.timesteps < 1 or args.batch < 2:
-        print("esvae.bench.devices: error: --timesteps must be >= 1 and --batch >= 2", file=sys.stderr)
+        print("esvae_bench.devices: error: --timesteps must be >= 1 and --batch >= 2", file=sys.stderr)
         return 2
     report = run(args.models, args.dataset, args.timesteps, args.batch, args.device)
     if args.json:
-        from ..files import write_json
+        from esvae.files import write_json
 
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(args.json), report)
