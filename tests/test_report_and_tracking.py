@@ -235,7 +235,7 @@ def test_eight_concurrent_jobs_lose_no_run(tmp_path, two_seed_results):
             [
                 sys.executable,
                 "-m",
-                "esvae",
+                "esvae_pipeline",
                 "track",
                 "--stage",
                 "train",
