@@ -274,6 +274,12 @@ def test_device_resolution():
     not torch.cuda.is_available(), reason="no CUDA device on this machine; the CUDA step test ran nowhere"
 )
 def test_training_step_on_cuda():
+    """The CUDA network computes what the CPU reference does (float64: same spikes, gradients and
+    outputs within the bench's tolerances), and a training step and sampling stay on the device."""
+    from esvae_bench.devices import compare_with_cpu
+
+    report = compare_with_cpu("esvae", "fashion", 4, 8, "cuda", torch.float64)
+    assert report["ok"] and report["train"]["spikes_compared"] > 0, report
     model = esvae.build_model("esvae", "fashion", timesteps=4).cuda()
     x = torch.rand(8, 1, 32, 32, device="cuda") * 2 - 1
     gen = torch.Generator(device="cuda").manual_seed(0)

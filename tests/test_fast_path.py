@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import esvae
-from esvae.spiking import LIF, TDBatchNorm, kernels, lif_multistep, lif_multistep_reference
+from esvae.spiking import LIF, TDBatchNorm, kernels, lif_multistep_reference
 from esvae.spiking.layers import tdbn_lif
 from esvae_bench import build_pair, check_numerics, peak_memory_bytes
 from esvae_bench.naive import NaiveLIF
@@ -118,11 +118,11 @@ def test_channels_last_and_readout_kernels_equal_the_contiguous_ones(dtype):
         )
         assert torch.equal(via_readout, full)
         torch.testing.assert_close(s_r, s_f, rtol=1e-12, atol=1e-12)
-    threads = torch.get_num_threads()
+    threads, channel_sums_l = torch.get_num_threads(), kernels.channel_sums(xl, xl)
     try:
         torch.set_num_threads(1)
         assert torch.equal(kernels.lif_backward(xl, grad, scale, shift, T, 0.25, 0.2, sums=True)[1], sums_l)
-        assert torch.equal(kernels.channel_sums(xl, xl), kernels.channel_sums(xl, xl).clone())
+        assert torch.equal(kernels.channel_sums(xl, xl), channel_sums_l)
     finally:
         torch.set_num_threads(threads)
 
@@ -171,18 +171,6 @@ def test_transposed_convolution_gradients_equal_autograd():
     torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("T", [1, 3, 8])
-def test_torch_op_sweeps_match_the_reference(T):
-    x = _currents(T).requires_grad_()
-    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
-    ref = lif_multistep_reference(x)
-    spikes = lif_multistep(x)
-    assert torch.equal(spikes, ref)
-    (a,) = torch.autograd.grad(ref, x, g)
-    (b,) = torch.autograd.grad(spikes, x, g)
-    torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
 
 
 def test_recomputed_currents_are_batch_norm_and_deterministic():

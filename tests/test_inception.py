@@ -100,6 +100,14 @@ def test_inception_score_refused_offline_and_computed_with_a_full_layout_file(of
     synthetic = resolve_inception_weights(tmp_path / "synthetic-full-layout.pth")
     result = fidelity_metrics(images, None, synthetic, fid=False, kid=False, isc=True)
     assert 1.0 < result["inception_score_mean"] < 1008  # 4 splits of 2 images: defined and finite
+    # A head that ignores its input gives every image the same p(y|x), equal to the marginal p(y):
+    # every KL term is 0, so IS = exp(0) = 1 exactly, whatever the (non-uniform) bias.
+    state["fc.weight"] = torch.zeros(1008, 2048)
+    state["fc.bias"] = torch.randn(1008, generator=torch.Generator().manual_seed(1))
+    torch.save(state, tmp_path / "constant-head.pth")
+    constant = resolve_inception_weights(tmp_path / "constant-head.pth")
+    result = fidelity_metrics(images, None, constant, fid=False, kid=False, isc=True)
+    assert result["inception_score_mean"] == pytest.approx(1.0, abs=1e-5)
 
 
 @pytest.mark.workflow  # end to end (a whole command, real data or subprocesses): the long lane

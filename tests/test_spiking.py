@@ -50,10 +50,11 @@ def test_surrogate_window_is_centred_at_zero_not_threshold():
     assert current.grad.tolist() == [[1.0, 0.0, 1.0, 1.0]]
 
 
-def test_fused_lif_equals_step_loop_on_random_input():
+@pytest.mark.parametrize("T", [1, 3, 7, 16])
+def test_fused_lif_equals_step_loop_on_random_input(T):
     g = torch.Generator().manual_seed(3)
-    current = (torch.randn(7, 3, 4, 5, generator=g) * 0.4).requires_grad_(True)
-    upstream = torch.randn(7, 3, 4, 5, generator=g)
+    current = (torch.randn(T, 3, 4, 5, generator=g) * 0.4).requires_grad_(True)
+    upstream = torch.randn(T, 3, 4, 5, generator=g)
     fused = lif_multistep(current)
     (fused * upstream).sum().backward()
     grad_fused = current.grad.clone()
