@@ -15,6 +15,7 @@ register_model(
         ANNVAE,
         "ANN VAE (Table I's ANN row): BatchNorm + LeakyReLU, Gaussian latent, KLD weight 1/batches per epoch",
         samplers=(),
+        time_axis=False,
         paper_train=ann_vae_paper_train,
         label="ANN VAE",
     )

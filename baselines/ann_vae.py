@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esvae.config import TrainConfig, dataset_spec, hidden_dims_for
+from esvae.config import TrainConfig, hidden_dims_for, paper_setting
 from esvae.errors import ConfigError
 from esvae.models.ann_blocks import ann_decoder, ann_encoder, ann_final_layer
 from esvae.models.base import VAEModel
@@ -159,8 +159,8 @@ class ANNVAE(VAEModel, nn.Module):
         )
 
 
-def ann_vae_paper_config(dataset: str) -> ANNVAEConfig:
-    spec = dataset_spec(dataset)
+def ann_vae_paper_config(setting: str) -> ANNVAEConfig:
+    spec = paper_setting(setting)
     return ANNVAEConfig(
         in_channels=spec.in_channels,
         image_size=spec.image_size,
@@ -169,12 +169,12 @@ def ann_vae_paper_config(dataset: str) -> ANNVAEConfig:
     )
 
 
-def ann_vae_paper_train(dataset: str) -> TrainConfig:
+def ann_vae_paper_train(setting: str) -> TrainConfig:
     """FSVAE paper's ANN VAE: AdamW lr 0.001, batch 250, 150 epochs (docs/method.md section 4).
 
     Weight decay is not given for the ANN VAE; FSVAE's 0.001 is used. No augmentation.
     """
-    dataset_spec(dataset)
+    paper_setting(setting)
     return TrainConfig(
         epochs=150,
         batch_size=250,

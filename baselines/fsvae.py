@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esvae.config import SpikingVAEConfig, TrainConfig, dataset_spec, hidden_dims_for
+from esvae.config import SpikingVAEConfig, TrainConfig, hidden_dims_for, paper_setting
 from esvae.errors import ConfigError
 from esvae.models.backbone import SpikingConvBackbone
 from esvae.models.base import OriginalLayout, VAEModel
@@ -327,8 +327,8 @@ class FSVAE(VAEModel, SpikingConvBackbone):
         return self.decode(self.prior.sample(n, self.timesteps, device, generator))
 
 
-def fsvae_paper_config(dataset: str) -> FSVAEConfig:
-    spec = dataset_spec(dataset)
+def fsvae_paper_config(setting: str) -> FSVAEConfig:
+    spec = paper_setting(setting)
     return FSVAEConfig(
         in_channels=spec.in_channels,
         image_size=spec.image_size,
@@ -338,9 +338,9 @@ def fsvae_paper_config(dataset: str) -> FSVAEConfig:
     )
 
 
-def fsvae_paper_train(dataset: str) -> TrainConfig:
+def fsvae_paper_train(setting: str) -> TrainConfig:
     """AdamW lr 0.001, weight decay 0.001, batch 250, 150 epochs (docs/method.md section 4); no augmentation."""
-    dataset_spec(dataset)
+    paper_setting(setting)
     return TrainConfig(
         epochs=150,
         batch_size=250,

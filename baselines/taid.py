@@ -21,7 +21,7 @@ from typing import ClassVar, Dict, Optional
 import torch
 from torch import nn
 
-from esvae.config import TrainConfig, dataset_spec, hidden_dims_for
+from esvae.config import TrainConfig, hidden_dims_for, paper_setting
 from esvae.models.base import OriginalLayout
 
 from .fsvae import FSVAE, FSVAEConfig, fsvae_paper_train
@@ -67,8 +67,8 @@ class TAID(FSVAE):
         self.readout = TemporalAttentionReadout(config.timesteps)
 
 
-def taid_paper_config(dataset: str) -> TAIDConfig:
-    spec = dataset_spec(dataset)
+def taid_paper_config(setting: str) -> TAIDConfig:
+    spec = paper_setting(setting)
     return TAIDConfig(
         in_channels=spec.in_channels,
         image_size=spec.image_size,
@@ -78,8 +78,8 @@ def taid_paper_config(dataset: str) -> TAIDConfig:
     )
 
 
-def taid_paper_train(dataset: str) -> TrainConfig:
+def taid_paper_train(setting: str) -> TrainConfig:
     """FSVAE's settings (TAID is built on FSVAE's code; docs/method.md gives no separate recipe)."""
-    cfg = fsvae_paper_train(dataset)
+    cfg = fsvae_paper_train(setting)
     cfg.lr_derivation = "FSVAE's setting (lr 0.001, batch 250), which TAID builds on"
     return cfg

@@ -2,8 +2,15 @@
 
 Own format (one ``torch.save`` dict, written atomically)::
 
-    {"format": "esvae-checkpoint", "format_version": 1, "model_name", "dataset", "model_config",
-     "train_config", "state_dict", "optimizer", "epoch", "step", "code_version", "torch_version"}
+    {"format": "esvae-checkpoint", "format_version": 2, "model_name", "setting", "model_config",
+     "run_config", "state_dict", "optimizer", "epoch", "step", "code_version", "torch_version",
+     "training_state"}
+
+``setting`` is the paper setting the model was built with (``build_model(model_name, setting,
+**model_config)``); ``run_config`` is the training run's resolved settings (its ``config.json``).
+Version 1 named them ``dataset`` and ``train_config`` (the latter holding a ``train_config`` of its
+own, and ``model_config_dataset`` for ``model_setting``); :func:`read_checkpoint` reads those files
+under today's names.
 
 Original layout: a ``state_dict`` (bare or under the key ``"state_dict"``) whose conv and
 transposed-conv weights are time-last 3-D ``(Cout, Cin, 3, 3, 1)`` / ``(Cin, Cout, 3, 3, 1)``, with
@@ -34,7 +41,7 @@ from .spiking import MembraneReadout
 log = logging.getLogger(__name__)
 
 FORMAT = "esvae-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # The original readout stores its decay weights 0.8^(T-1-t) as a buffer of shape (1, 1, 1, 1, T);
 # ours computes them. The buffer is checked against the model (T and decay), then dropped.
@@ -96,7 +103,7 @@ def save_checkpoint(
     optimizer: Optional[torch.optim.Optimizer] = None,
     epoch: int = 0,
     step: int = 0,
-    train_config: Optional[Dict[str, Any]] = None,
+    run_config: Optional[Dict[str, Any]] = None,
     training_state: Optional[Dict[str, Any]] = None,
 ) -> None:
     """Write the project's checkpoint format atomically (model, optimiser, epoch, config, code
@@ -106,9 +113,9 @@ def save_checkpoint(
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "model_name": model.model_name,
-            "dataset": model.dataset,
+            "setting": model.setting,
             "model_config": model.config.to_dict(),
-            "train_config": train_config or {},
+            "run_config": run_config or {},
             "state_dict": model.state_dict(),
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "epoch": epoch,
@@ -155,9 +162,9 @@ def one_line(exc: Exception) -> str:
 # damaged or foreign file is refused by name instead of failing later with a KeyError).
 _ENTRIES = {
     "model_name": str,
-    "dataset": str,
+    "setting": str,
     "model_config": dict,
-    "train_config": dict,
+    "run_config": dict,
     "state_dict": dict,
     "epoch": int,
     "step": int,
@@ -178,6 +185,8 @@ def read_checkpoint(path: os.PathLike, map_location="cpu") -> Dict[str, Any]:
             f"{path} is not an esvae checkpoint (no 'format': '{FORMAT}' entry); "
             "for the original authors' checkpoints use load_original_checkpoint"
         )
+    if ckpt.get("format_version") == 1:
+        _upgrade_version_1(ckpt)
     bad = mistyped_entries(ckpt, _ENTRIES)
     if bad:
         raise CheckpointError(
@@ -189,21 +198,31 @@ def read_checkpoint(path: os.PathLike, map_location="cpu") -> Dict[str, Any]:
     return ckpt
 
 
+def _upgrade_version_1(ckpt: Dict[str, Any]) -> None:
+    """Version 1's names -> today's (see the module doc), in place."""
+    for old, new in (("dataset", "setting"), ("train_config", "run_config")):
+        if old in ckpt and new not in ckpt:
+            ckpt[new] = ckpt.pop(old)
+    run = ckpt.get("run_config")
+    if isinstance(run, dict) and "model_config_dataset" in run:
+        run["model_setting"] = run.pop("model_config_dataset")
+
+
 def load_checkpoint(path: os.PathLike, map_location="cpu") -> Tuple[VAEModel, Dict[str, Any]]:
     """Load a checkpoint of this project's format; returns ``(model, checkpoint dict)``."""
     ckpt = read_checkpoint(path, map_location)
     try:
-        model = build_model(ckpt["model_name"], ckpt["dataset"], **ckpt["model_config"])
+        model = build_model(ckpt["model_name"], ckpt["setting"], **ckpt["model_config"])
     except (EsvaeError, TypeError, ValueError) as exc:
         raise CheckpointError(
             f"checkpoint {path} names a model that cannot be built "
-            f"({ckpt['model_name']!r} on {ckpt['dataset']!r}): {exc}"
+            f"({ckpt['model_name']!r} in setting {ckpt['setting']!r}): {exc}"
         ) from None
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {path} does not fit model {ckpt['model_name']!r}: {one_line(exc)}") from None
-    steps = ckpt["train_config"].get("steps_per_epoch")
+    steps = ckpt["run_config"].get("steps_per_epoch")
     if isinstance(steps, int) and steps > 0:  # derived from the training data (the ANN VAE's KLD weight)
         model.configure_training(steps_per_epoch=steps)
     return model, ckpt
@@ -256,15 +275,15 @@ def convert_original_state_dict(
     return converted, ignored
 
 
-def load_original_checkpoint(path: os.PathLike, name: str, dataset: str, map_location="cpu", **overrides) -> VAEModel:
-    """Load a checkpoint saved by the paper authors' code into ``build_model(name, dataset, **overrides)``.
+def load_original_checkpoint(path: os.PathLike, name: str, setting: str, map_location="cpu", **overrides) -> VAEModel:
+    """Load a checkpoint saved by the paper authors' code into ``build_model(name, setting, **overrides)``.
 
     The model computes the same function as the original network. Models with a known layout:
     ``esvae`` and ``fsvae`` (``model.original_layout``). Unused FSVAE modules stored in ESVAE
     checkpoints are ignored with a logged note (also kept in ``model.checkpoint_notes``).
     Returns the model in eval mode.
     """
-    model = build_model(name, dataset, **overrides)  # fails on bad names before reading a large file
+    model = build_model(name, setting, **overrides)  # fails on bad names before reading a large file
     if model.original_layout is None:
         known = sorted(n for n in MODELS if getattr(build_model(n, "mnist"), "original_layout", None))
         raise CheckpointError(

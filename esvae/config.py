@@ -1,4 +1,9 @@
-"""Paper configurations per dataset and the resolved model/training configs.
+"""The paper's settings and the resolved model/training configs.
+
+Two words, kept apart everywhere: a *dataset* is a data source you train on (``mnist5k``,
+``fashion``, ...; :data:`esvae.data.SOURCES`), a *setting* is the paper's per-dataset model and
+training configuration (``mnist``, ``fashion``, ``cifar10``, ``celeba``; :data:`SETTINGS`). Each
+dataset names the setting its models use (``mnist5k`` -> ``mnist``).
 
 The values are docs/method.md section 3's table. The original code multiplies a configured LR by
 ``batch / 250``; this project stores and uses the resulting *effective* LR directly and shows how
@@ -15,8 +20,9 @@ from .errors import ConfigError
 
 
 @dataclass(frozen=True)
-class DatasetSpec:
-    """What a dataset fixes for the models (shape) and the paper's training settings for ESVAE."""
+class PaperSetting:
+    """A setting: what the paper fixes per dataset for the models (shape, ESVAE's latent size) and
+    for ESVAE's training (batch, LR, flips)."""
 
     name: str
     in_channels: int
@@ -35,19 +41,22 @@ class DatasetSpec:
         )
 
 
-DATASETS: Dict[str, DatasetSpec] = {
-    "mnist": DatasetSpec("mnist", 1, 32, 32, 256, 0.003072, 0.003, False),
-    "fashion": DatasetSpec("fashion", 1, 32, 32, 256, 0.003072, 0.003, False),
-    "cifar10": DatasetSpec("cifar10", 3, 32, 128, 256, 0.0006144, 0.0006, True),
-    "celeba": DatasetSpec("celeba", 3, 64, 128, 64, 0.000256, 0.001, True),
+SETTINGS: Dict[str, PaperSetting] = {
+    "mnist": PaperSetting("mnist", 1, 32, 32, 256, 0.003072, 0.003, False),
+    "fashion": PaperSetting("fashion", 1, 32, 32, 256, 0.003072, 0.003, False),
+    "cifar10": PaperSetting("cifar10", 3, 32, 128, 256, 0.0006144, 0.0006, True),
+    "celeba": PaperSetting("celeba", 3, 64, 128, 64, 0.000256, 0.001, True),
 }
 
 
-def dataset_spec(name: str) -> DatasetSpec:
+def paper_setting(name: str) -> PaperSetting:
     try:
-        return DATASETS[name]
+        return SETTINGS[name]
     except KeyError:
-        raise ConfigError(f"unknown dataset {name!r}; expected one of: {', '.join(DATASETS)}") from None
+        from .data import SOURCES
+
+        hint = f" (the dataset {name!r} uses the setting {SOURCES[name].setting!r})" if name in SOURCES else ""
+        raise ConfigError(f"unknown setting {name!r}; expected one of: {', '.join(SETTINGS)}{hint}") from None
 
 
 def hidden_dims_for(image_size: int) -> Tuple[int, ...]:
@@ -117,7 +126,7 @@ def apply_overrides(config, overrides: Mapping[str, Any]):
 
 @dataclass
 class TrainConfig:
-    """Optimiser and loop settings; defaults for a dataset come from :func:`paper_train_config`."""
+    """Optimiser and loop settings; defaults for a setting come from :func:`paper_train_config`."""
 
     epochs: int = 300
     batch_size: int = 256
@@ -174,8 +183,8 @@ def apply_lr_rule(cfg: TrainConfig, paper: TrainConfig, rule: str) -> TrainConfi
     return cfg
 
 
-def paper_train_config(dataset: str) -> TrainConfig:
-    spec = dataset_spec(dataset)
+def paper_train_config(setting: str) -> TrainConfig:
+    spec = paper_setting(setting)
     return TrainConfig(
         batch_size=spec.batch_size, lr=spec.effective_lr, lr_derivation=spec.lr_derivation, hflip=spec.hflip
     )

@@ -49,7 +49,7 @@ MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-image
 @dataclass(frozen=True)
 class DataSource:
     name: str  # data name used on the command line
-    model_dataset: str  # which paper configuration models use ("mnist", "fashion", ...)
+    setting: str  # the paper setting its models use (esvae.config.SETTINGS: "mnist", "fashion", ...)
     label: str  # how results name it
     splits: Tuple[str, ...]
 

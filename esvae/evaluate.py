@@ -89,13 +89,13 @@ def open_run(checkpoint: os.PathLike, device: str = "auto", seed: Optional[int] 
     """Load a training run's checkpoint for evaluation: model, data source and generator seed."""
     dev = resolve_device(device)
     model, ckpt = load_checkpoint(checkpoint, map_location=dev)
-    resolved = ckpt.get("train_config", {})
-    train_config = resolved.get("train_config", {})
+    run_config = ckpt["run_config"]  # the run's config.json; its "train_config" the optimiser and loop settings
+    train_config = run_config.get("train_config", {})
     if seed is None:  # the same generator seed as the training run's own evaluation
         seed = train_config.get("seed", 0) + EVAL_SEED_OFFSET
-    return OpenedRun(
-        dev, model.to(dev).eval(), ckpt, data_source(resolved.get("dataset", ckpt["dataset"])), seed, train_config
-    )
+    # a checkpoint saved outside a training run has no run config: its setting's own dataset then
+    source = data_source(run_config.get("dataset", ckpt["setting"]))
+    return OpenedRun(dev, model.to(dev).eval(), ckpt, source, seed, train_config)
 
 
 def evaluate_checkpoint(
@@ -477,7 +477,7 @@ def _open_published_fad(source: DataSource, autoencoder, stats, directory) -> Di
     if autoencoder is not None and directory is not None:
         raise ConfigError("give either the two published FAD files or --fad-published-dir, not both")
     if autoencoder is None and directory is None:
-        files = PUBLISHED_FILES.get(source.model_dataset)
+        files = PUBLISHED_FILES.get(source.setting)
         where = f"metrics/{files[0]} and metrics/{files[1]}" if files else "their files"
         return {
             "refused": f"the published FAD files were not supplied: copy the FSVAE/ESVAE authors' {where} and "
@@ -489,14 +489,14 @@ def _open_published_fad(source: DataSource, autoencoder, stats, directory) -> Di
             raise ConfigError(f"--fad-published-dir {directory} is not a folder")
         if published_dataset(source.name) is None:
             return {"refused": f"the authors published no FAD autoencoder for {source.label}"}
-        autoencoder, stats = published_files(directory, source.model_dataset)
+        autoencoder, stats = published_files(directory, source.setting)
         absent = [str(p) for p in (autoencoder, stats) if not p.is_file()]
         if absent:
             return {"refused": f"published FAD files for {source.label} not found: {', '.join(absent)}"}
-    encoder = load_published_autoencoder(autoencoder, source.model_dataset)
-    other = _named_for_another_dataset(Path(stats), source.model_dataset, 1)
+    encoder = load_published_autoencoder(autoencoder, source.setting)
+    other = _named_for_another_dataset(Path(stats), source.setting, 1)
     if other:
-        raise CheckpointError(f"{stats} is named as the authors' {other} statistics, not {source.model_dataset}'s")
+        raise CheckpointError(f"{stats} is named as the authors' {other} statistics, not {source.setting}'s")
     reference = load_published_stats(stats)
     if reference.mean.shape[0] != encoder.code_dim:
         raise CheckpointError(
@@ -536,15 +536,15 @@ def _published_fad_entry(published: Dict, generated, num_samples: int, source: D
         "stats": published["stats_file"],
         "stats_sha256": published["stats_sha256"],
         "code_dim": published["encoder"].code_dim,
-        "reference": f"the authors' published statistics of the {source.model_dataset} test split's codes "
+        "reference": f"the authors' published statistics of the {source.setting} test split's codes "
         "(N not recorded in the file)",
         "inputs": "generated images in [-1, 1] at native resolution",
         "batch_norm": PUBLISHED_BATCH_NORM,
     }
-    if source.name != source.model_dataset:
+    if source.name != source.setting:
         entry["note"] = (
             f"the generator was trained on {source.label}; the reference statistics are of the full "
-            f"{source.model_dataset} test split"
+            f"{source.setting} test split"
         )
     entry["label"] = published_fad_label(entry)
     log.info("FAD@%d with the published autoencoder %.4f (%s)", num_samples, value, entry["label"])

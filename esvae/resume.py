@@ -30,7 +30,7 @@ RESUME_FILE = "resume.pt"
 RUN_DEFINING_KEYS = (
     "model",
     "dataset",
-    "model_config_dataset",
+    "model_setting",
     "model_config",
     "train_config",
     "train_images",
@@ -161,7 +161,7 @@ class Checkpointing:
         except CheckpointError as exc:
             raise CheckpointError(f"{exc}; it holds this folder's training: delete it to start over") from None
         state = ckpt.get("training_state")
-        diffs = differences(run_defining(ckpt["train_config"]), run_defining(resolved))
+        diffs = differences(run_defining(ckpt["run_config"]), run_defining(resolved))
         if diffs:
             raise CheckpointError(
                 f"{source} holds another run's state; differing settings: "
@@ -178,7 +178,7 @@ class Checkpointing:
             optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{source} is damaged: {one_line(exc)}; delete it to start over") from None
-        threads = ckpt["train_config"].get("torch_threads")
+        threads = ckpt["run_config"].get("torch_threads")
         if threads != resolved["torch_threads"]:
             log.warning(
                 "resuming with %s torch threads where the state was saved with %s: the result may differ "

@@ -12,6 +12,7 @@ Files written in ``out_dir`` (each atomically, so a killed job leaves the previo
 * ``history.tsv``   -- one row per epoch (epoch 0 = the untrained model on the test split)
 * ``metrics.json``  -- the final test reconstruction MSE with N, split and conditions
 * ``reconstructions.png`` (rows alternate: test inputs, their reconstructions) and ``samples.png``
+  (a generative model's; the FAD autoencoder, trained by this loop too, has none)
 * ``config.json`` and ``train.log``
 """
 
@@ -123,9 +124,10 @@ def save_image_grids(model, test: ImageSplit, out_dir: Path, device: torch.devic
             rows += [inputs[start : start + 8], recon[start : start + 8]]
         with atomic_path(out_dir / "reconstructions.png") as tmp:
             save_image((torch.cat(rows) + 1) / 2, tmp, nrow=8, padding=2, pad_value=1.0)
-        samples = model.sample(64, generator=gen)
-        with atomic_path(out_dir / "samples.png") as tmp:
-            save_image((samples + 1) / 2, tmp, nrow=8, padding=2, pad_value=1.0)
+        if model.generative:
+            samples = model.sample(64, generator=gen)
+            with atomic_path(out_dir / "samples.png") as tmp:
+                save_image((samples + 1) / 2, tmp, nrow=8, padding=2, pad_value=1.0)
     model.train(was_training)
 
 
@@ -168,7 +170,7 @@ def train(
     # Names and data first: a wrong model key or a missing dataset leaves no output folder behind.
     from .models.registry import resolve_config
 
-    resolve_config(model_name, source.model_dataset, **(model_overrides or {}))
+    resolve_config(model_name, source.setting, **(model_overrides or {}))
     train_data = seeded_subset(load_split(source.name, "train", data_root, download), cfg.train_subset)
     test_full = load_split(source.name, "test", data_root, download)
     test_data, test_label = first_n(test_full, cfg.test_subset)
@@ -264,7 +266,7 @@ def _train(
     checkpoints: Checkpointing,
 ) -> TrainResult:
     torch.manual_seed(cfg.seed)
-    model = build_model(model_name, source.model_dataset, **overrides).to(dev)
+    model = build_model(model_name, source.setting, **overrides).to(dev)
     steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
     derived = model.configure_training(steps_per_epoch=steps_per_epoch)  # e.g. the ANN VAE's KLD weight
     groups = model.param_groups(cfg.lr, cfg.prior_lr_multiplier)
@@ -321,7 +323,7 @@ def _resolved_settings(model_name, source, model, cfg, n_train, n_test, dev) -> 
         "model": model_name,
         "dataset": source.name,
         "data_label": source.label,
-        "model_config_dataset": source.model_dataset,
+        "model_setting": source.setting,
         "model_config": model.config.to_dict(),
         "train_config": cfg.to_dict(),
         "device": str(dev),
@@ -410,7 +412,7 @@ def _save(run: _Run, state: TrainingState, epoch_data_rng: torch.Tensor) -> None
         optimizer=run.optimizer,
         epoch=state.epoch - 1,
         step=state.step,
-        train_config=run.resolved,
+        run_config=run.resolved,
         training_state={
             "epoch": state.epoch,
             "batch": state.batch,

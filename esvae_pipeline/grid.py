@@ -154,7 +154,7 @@ def validate_config(config: Mapping, schema_path: Optional[Path] = None) -> None
     from esvae.models import model_entry
 
     for i, model in enumerate(config["ablation_timesteps"]["models"]):
-        if not model_entry(model).samplers:
+        if not model_entry(model).time_axis:
             raise ConfigError(
                 f"config key ablation_timesteps.models[{i}]: {model!r} has no time axis (T is 1); "
                 "leave it out of the T ablation"
@@ -185,7 +185,7 @@ def default_sampler(model: str) -> str:
 def _timesteps_for(model: str, timesteps: int) -> int:
     from esvae.models import model_entry
 
-    return timesteps if model_entry(model).samplers else 1  # the ANN VAE has no time axis (T=1)
+    return timesteps if model_entry(model).time_axis else 1  # the ANN VAE has no time axis (T=1)
 
 
 def seeds_for(config: Mapping, experiment: str, dataset: str) -> List[int]:
@@ -278,8 +278,11 @@ def train_args(config: Mapping, point: RunPoint) -> List[str]:
         "--test-subset",
         str(train["test_subset"]),
     ]
-    if model_entry(point.model).samplers:
-        args += ["--timesteps", str(point.timesteps), "--sampler", point.sampler]
+    entry = model_entry(point.model)
+    if entry.time_axis:
+        args += ["--timesteps", str(point.timesteps)]
+    if entry.samplers:
+        args += ["--sampler", point.sampler]
     batch = batch_size_for(config, point.model)
     if batch:
         args += ["--batch-size", str(batch)]
@@ -293,7 +296,7 @@ def train_cost(config: Mapping, point: RunPoint) -> int:
     from esvae.models import model_entry
 
     weight = 1.5 if point.model in ("fsvae", "taid") else 1.0
-    t = point.timesteps if model_entry(point.model).samplers else 1
+    t = point.timesteps if model_entry(point.model).time_axis else 1
     return min(100, int(epochs_for(config, point.model, point.timesteps, point.dataset) * t * weight))
 
 
@@ -340,8 +343,10 @@ def expected_train_settings(config: Mapping, point: RunPoint) -> Dict[str, objec
     batch = batch_size_for(config, point.model)
     if batch:
         out["train_config.batch_size"] = batch
-    if model_entry(point.model).samplers:
+    entry = model_entry(point.model)
+    if entry.time_axis:
         out["model_config.timesteps"] = point.timesteps
+    if entry.samplers:
         out["model_config.sampler"] = point.sampler
     return out
 

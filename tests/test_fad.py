@@ -5,18 +5,27 @@ import torch
 
 from esvae.data import load_split, to_model_range
 from esvae.errors import CheckpointError
-from esvae.metrics.fad import FADAutoencoder, encode_all, fad, fad_code_dim, load_fad_autoencoder
+from esvae.metrics.fad import (
+    FADAutoencoder,
+    encode_all,
+    fad,
+    fad_autoencoder_config,
+    fad_code_dim,
+    load_fad_autoencoder,
+    train_fad_autoencoder,
+)
 from esvae.metrics.frechet import GaussianStats, frechet_distance
 
 
 def test_code_sizes_and_shapes():
     assert fad_code_dim("mnist") == fad_code_dim("fashion") == 64
     assert fad_code_dim("cifar10") == fad_code_dim("celeba") == 128
-    small, large = FADAutoencoder(1, 32, 64), FADAutoencoder(3, 64, 128)
-    assert small(torch.zeros(2, 1, 32, 32)).shape == (2, 1, 32, 32) and small.encode(
+    small, large = FADAutoencoder(fad_autoencoder_config("fashion")), FADAutoencoder(fad_autoencoder_config("celeba"))
+    assert small(torch.zeros(2, 1, 32, 32)).reconstruction.shape == (2, 1, 32, 32) and small.encode(
         torch.zeros(2, 1, 32, 32)
     ).shape == (2, 64)
-    assert large(torch.zeros(2, 3, 64, 64)).shape == (2, 3, 64, 64) and large.encoder[-1][0].out_channels == 512
+    assert large(torch.zeros(2, 3, 64, 64)).reconstruction.shape == (2, 3, 64, 64)
+    assert large.encoder[-1][0].out_channels == 512
     with pytest.raises(ValueError, match=r"takes images \(N, 1, 32, 32\)"):
         small.encode(torch.zeros(2, 3, 32, 32))
 
@@ -44,3 +53,33 @@ def test_bad_autoencoder_files_are_refused(tmp_path):
     torch.save({"format": "other"}, tmp_path / "x.pt")
     with pytest.raises(CheckpointError, match="is not a FAD autoencoder file"):
         load_fad_autoencoder(tmp_path / "x.pt")
+
+
+def test_the_training_loop_trains_it_as_a_plain_adamw_loop_would(tmp_path, data_root):
+    """The FAD autoencoder is trained by esvae.train.train (resume, logs, history for free); that must
+    leave exactly the weights of the plain loop it replaced: seeded init, the same seeded batch order,
+    MSE, AdamW(lr) with torch's defaults (betas 0.9/0.999, weight decay 0.01)."""
+    import esvae
+    from esvae.data import iterate_batches, seeded_subset
+
+    summary = train_fad_autoencoder(
+        "fashion", tmp_path, epochs=2, batch_size=64, train_subset=256, test_subset=64, seed=3, data_root=data_root
+    )
+    model, record = load_fad_autoencoder(tmp_path)
+    assert summary["training"]["epochs"] == 2 and record["test_stats"]["split"] == "test[:64]"
+    assert not (tmp_path / "autoencoder" / "samples.png").exists()  # not generative
+    assert (tmp_path / "autoencoder" / "checkpoint.pt").is_file() and "fad_autoencoder" not in esvae.MODELS
+
+    torch.manual_seed(3)
+    plain = FADAutoencoder(fad_autoencoder_config("fashion"))
+    optimizer = torch.optim.AdamW(plain.parameters(), lr=1e-3)
+    images = seeded_subset(load_split("fashion", "train", data_root), 256).images
+    order = torch.Generator().manual_seed(3)
+    for _ in range(2):
+        for batch in iterate_batches(images, 64, shuffle=True, generator=order):
+            loss = torch.nn.functional.mse_loss(plain(batch).reconstruction, batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    for name, value in plain.state_dict().items():
+        assert torch.equal(value, model.state_dict()[name]), name

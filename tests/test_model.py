@@ -158,6 +158,32 @@ def test_own_checkpoint_round_trip_and_corrupt_file(tmp_path):
         esvae.load_checkpoint(tmp_path / "nope.pt")
 
 
+def test_version_1_checkpoints_read_under_todays_names(tmp_path):
+    """Format 1 called the setting "dataset" and the run's settings "train_config" (holding its own
+    "train_config" and "model_config_dataset"); such a file loads, and evaluation finds its data source
+    (mnist5k, setting mnist) in the run's settings, not in the setting."""
+    from esvae.evaluate import open_run
+
+    torch.manual_seed(0)
+    model = esvae.build_model("esvae", "mnist", timesteps=2).eval()
+    run = {"dataset": "mnist5k", "model_config_dataset": "mnist", "train_config": {"seed": 5}}
+    save_checkpoint(tmp_path / "new.pt", model, run_config={**run, "model_setting": "mnist"})
+    old = torch.load(tmp_path / "new.pt", weights_only=True)
+    old["format_version"] = 1
+    old["dataset"] = old.pop("setting")
+    del old["run_config"]
+    old["train_config"] = run
+    torch.save(old, tmp_path / "v1.pt")
+    loaded, ckpt = esvae.load_checkpoint(tmp_path / "v1.pt")
+    assert ckpt["setting"] == loaded.setting == "mnist" and ckpt["run_config"]["model_setting"] == "mnist"
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[name])
+    opened = open_run(tmp_path / "v1.pt", device="cpu")
+    assert opened.source.name == "mnist5k" and opened.train_config == {"seed": 5}
+    with pytest.raises(ConfigError, match="unknown setting 'mnist5k'.*uses the setting 'mnist'"):
+        esvae.build_model("esvae", "mnist5k")
+
+
 def test_linear_mmd_option_changes_the_loss_term():
     torch.manual_seed(0)
     model = esvae.build_model("esvae", "fashion", timesteps=2, mmd_kernel="linear")
@@ -195,3 +221,15 @@ def test_model_refuses_a_sampler_it_does_not_take():
         r"fsvae_autoregressive \(poisson is the latent of: esvae\)",
     ):
         esvae.build_model("taid", "fashion", sampler="poisson")
+
+
+def test_time_axis_flag_matches_each_models_own_configuration():
+    """The grid asks the registry whether a model has a time axis (T ablation, --timesteps); that flag
+    must agree with the model itself: T > 1 in its paper configuration, and T fixed at 1 otherwise."""
+    from esvae.models.registry import TOOL_MODELS
+
+    for name, entry in {**esvae.MODELS, **TOOL_MODELS}.items():
+        assert entry.time_axis == (esvae.build_model(name, "mnist").config.timesteps > 1), name
+        if not entry.time_axis:
+            with pytest.raises(ConfigError):
+                esvae.build_model(name, "mnist", timesteps=4)

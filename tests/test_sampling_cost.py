@@ -65,6 +65,6 @@ def test_each_model_is_timed_generating_n_images(name, monkeypatch):
     cost = time_sampling(model, n=5, batch_size=3, repeats=1, warmup=0)
     assert shapes == [(3, 1, 32, 32), (2, 1, 32, 32)]
     assert (
-        cost.model == name and cost.dataset == "fashion" and cost.timesteps == overrides.get("timesteps", 1)
+        cost.model == name and cost.setting == "fashion" and cost.timesteps == overrides.get("timesteps", 1)
     )  # the ANN reports T=1
     assert cost.seconds > 0 and f"{name} (fashion" in cost.label()

@@ -18,7 +18,7 @@ def run(args) -> int:
     from ..models import build_model, count_parameters, model_entry
 
     source = data_source(args.dataset)
-    model = build_model(args.model, source.model_dataset, **model_overrides(args))
+    model = build_model(args.model, source.setting, **model_overrides(args))
     per_module = {
         name: sum(p.numel() for p in child.parameters())
         for name, child in model.named_children()
@@ -31,7 +31,7 @@ def run(args) -> int:
         "latent": model.latent_description,
         "parameters": count_parameters(model),
         "parameters_by_module": per_module,
-        "paper_train_config": model_entry(args.model).paper_train(source.model_dataset).to_dict(),
+        "paper_train_config": model_entry(args.model).paper_train(source.setting).to_dict(),
     }
     print(json.dumps(report, indent=2))
     return 0

@@ -78,7 +78,7 @@ def run(args) -> int:
 
     source = data_source(args.dataset)
     paper_train_config = model_entry(args.model).paper_train
-    cfg = paper_train_config(source.model_dataset)
+    cfg = paper_train_config(source.setting)
     cfg.epochs = args.epochs
     cfg.seed = args.seed
     cfg.train_subset = args.train_subset
@@ -90,7 +90,7 @@ def run(args) -> int:
             raise ConfigError("give --lr or --lr-rule, not both (--lr sets the LR itself)")
         cfg.lr, cfg.lr_derivation, cfg.lr_rule = args.lr, "given with --lr", "given"
     else:
-        apply_lr_rule(cfg, paper_train_config(source.model_dataset), args.lr_rule or "paper_effective")
+        apply_lr_rule(cfg, paper_train_config(source.setting), args.lr_rule or "paper_effective")
     setup_logging()
     result = train(
         model_name=args.model,

@@ -1,14 +1,16 @@
 """FAD, the Frechet Autoencoder Distance of the FSVAE paper (docs/metrics.md section 2).
 
 A deterministic ANN autoencoder per dataset, trained on its training split with MSE and AdamW
-(lr 1e-3): the conv stack of :mod:`esvae.models.ann_blocks`, a linear layer to the code (64-d for
+(lr 1e-3) by the project's one training loop (:func:`esvae.train.train`, model ``fad_autoencoder``,
+which is registered but not one of the benchmark's models): the conv stack of
+:mod:`esvae.models.ann_blocks`, a linear layer to the code (64-d for
 MNIST/Fashion, 128-d for CIFAR-10/CelebA) and the mirrored decoder. FAD is the Frechet distance
 between the codes of generated images (in [-1, 1], native resolution) and the codes of the test
 split, whose statistics are computed once when the autoencoder is trained and stored with it.
 
 ``python -m esvae train-fad-autoencoder --dataset D --out DIR`` writes ``DIR/fad_autoencoder.pt``
 (weights, configuration, training record and the test-split code statistics), ``metrics.json`` and
-``train.log``.
+``train.log``; the training run itself (checkpoint, history, resume state) is ``DIR/autoencoder/``.
 
 The published variant (``fad_published``, docs/metrics.md section 6) uses instead the FSVAE authors'
 released autoencoders and test-split statistics, which make FAD values comparable with the papers'
@@ -19,11 +21,11 @@ copies those files from the authors' repositories; this project never downloads 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 import os
-import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union, cast
 
@@ -32,34 +34,89 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoints import code_version
-from ..config import dataset_spec, hidden_dims_for
+from ..config import TrainConfig, hidden_dims_for, paper_setting
 from ..errors import CheckpointError, ConfigError
 from ..files import atomic_torch_save
 from ..models.ann_blocks import ann_decoder, ann_encoder, ann_final_layer
+from ..models.base import VAEModel
 from .frechet import GaussianStats, frechet_distance
 
 log = logging.getLogger(__name__)
 
 FORMAT = "esvae-fad-autoencoder"
 FILE = "fad_autoencoder.pt"
+TRAINING_DIR = "autoencoder"  # its training run (esvae.train): checkpoint, history, log
 
 
-def fad_code_dim(model_dataset: str) -> int:
+def fad_code_dim(setting: str) -> int:
     """64 for MNIST-like datasets, 128 otherwise."""
-    return 64 if dataset_spec(model_dataset).in_channels == 1 else 128
+    return 64 if paper_setting(setting).in_channels == 1 else 128
 
 
-class FADAutoencoder(nn.Module):
-    def __init__(self, in_channels: int, image_size: int, code_dim: int):
+@dataclass
+class FADAutoencoderConfig:
+    in_channels: int = 1
+    image_size: int = 32
+    code_dim: int = 64
+    timesteps: int = 1  # no time axis; kept so every trained network reports T
+
+    def validate(self) -> "FADAutoencoderConfig":
+        hidden_dims_for(self.image_size)  # 32 or 64, else a ConfigError
+        if self.in_channels < 1 or self.code_dim < 1 or self.timesteps != 1:
+            raise ConfigError(
+                f"the FAD autoencoder needs in_channels >= 1, code_dim >= 1 and timesteps 1; got "
+                f"{self.in_channels}, {self.code_dim}, {self.timesteps}"
+            )
+        return self
+
+    def to_dict(self) -> Dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+def fad_autoencoder_config(setting: str) -> FADAutoencoderConfig:
+    spec = paper_setting(setting)
+    return FADAutoencoderConfig(spec.in_channels, spec.image_size, fad_code_dim(setting))
+
+
+def fad_train_config(epochs: int = 20, batch_size: int = 128, lr: float = 1e-3, seed: int = 0) -> TrainConfig:
+    """The autoencoder's training: MSE, AdamW at ``lr`` with torch's default betas and weight decay
+    (0.01), one parameter group, no flips."""
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        lr_derivation="the FAD autoencoder's setting (AdamW, lr 1e-3 unless given)",
+        prior_lr_multiplier=1.0,
+        weight_decay=0.01,
+        hflip=False,
+        seed=seed,
+    )
+
+
+@dataclass
+class FADAutoencoderOutput:
+    reconstruction: torch.Tensor
+    code: torch.Tensor
+
+
+class FADAutoencoder(VAEModel):
+    """Deterministic: trained by the same loop as the benchmark's models (registry name
+    ``fad_autoencoder``, not one of the benchmark's), with the plain MSE as its loss."""
+
+    generative = False  # no prior to sample from: training writes no samples.png
+    spiking_latent = False
+
+    def __init__(self, config: FADAutoencoderConfig):
         super().__init__()
-        dims = hidden_dims_for(image_size)
-        self.in_channels, self.image_size, self.code_dim = in_channels, image_size, code_dim
+        self.config = config
+        dims = hidden_dims_for(config.image_size)
+        self.in_channels, self.image_size, self.code_dim = config.in_channels, config.image_size, config.code_dim
         self.bottom_channels = dims[-1]
-        self.encoder = ann_encoder(in_channels, dims)
-        self.to_code = nn.Linear(dims[-1] * 4, code_dim)
-        self.from_code = nn.Linear(code_dim, dims[-1] * 4)
+        self.encoder = ann_encoder(config.in_channels, dims)
+        self.to_code = nn.Linear(dims[-1] * 4, config.code_dim)
+        self.from_code = nn.Linear(config.code_dim, dims[-1] * 4)
         self.decoder = ann_decoder(dims)
-        self.final_layer = ann_final_layer(dims, in_channels)
+        self.final_layer = ann_final_layer(dims, config.in_channels)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images ``(N, C, S, S)`` in [-1, 1] -> codes ``(N, code_dim)``."""
@@ -73,8 +130,26 @@ class FADAutoencoder(nn.Module):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return self.final_layer(self.decoder(self.from_code(codes).unflatten(1, (self.bottom_channels, 2, 2))))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(images))
+    def latent_code(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return self.encode(images)
+
+    def decode_code(self, code: torch.Tensor) -> torch.Tensor:
+        return self.decode(code)
+
+    def forward(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> FADAutoencoderOutput:
+        code = self.encode(images)
+        return FADAutoencoderOutput(self.decode(code), code)
+
+    def loss(self, images: torch.Tensor, out: FADAutoencoderOutput) -> Dict[str, torch.Tensor]:
+        mse = F.mse_loss(out.reconstruction, images)
+        return {"loss": mse, "mse": mse}
+
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        raise ConfigError("the FAD autoencoder is not generative: it has no prior to sample from")
+
+    @property
+    def latent_description(self) -> str:
+        return f"deterministic {self.code_dim}-d code (no sampling)"
 
 
 @torch.no_grad()
@@ -114,91 +189,44 @@ def train_fad_autoencoder(
     device: str = "auto",
     progress: Optional[bool] = None,
 ) -> Dict:
-    """Train the dataset's FAD autoencoder and store it with the test split's code statistics."""
-    import sys
-
-    from tqdm import tqdm
-
-    from ..data import data_source, first_n, iterate_batches, load_split, seeded_subset
+    """Train the dataset's FAD autoencoder with :func:`esvae.train.train` (in ``out_dir/autoencoder/``,
+    so it resumes after an interruption like any training run) and store it with the test split's
+    code statistics in ``out_dir/fad_autoencoder.pt``; ``out_dir/metrics.json`` summarises it."""
+    from ..checkpoints import load_checkpoint
+    from ..data import data_source, first_n, load_split
     from ..device import resolve_device
     from ..logs import log_to_file
     from ..results import write_result
+    from ..train import train
 
     source = data_source(dataset)
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ConfigError(f"need epochs >= 1, batch_size >= 1 and lr > 0; got {epochs}, {batch_size}, {lr}")
-    dev = resolve_device(device)
-    train = seeded_subset(load_split(source.name, "train", data_root, download), train_subset)
-    # test_subset is for quick checks; FAD's reference is then test[:N], and says so
-    test, test_split = first_n(load_split(source.name, "test", data_root, download), test_subset)
+    cfg = fad_train_config(epochs, batch_size, lr, seed)
+    cfg.train_subset, cfg.test_subset = train_subset, test_subset
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    progress = sys.stderr.isatty() if progress is None else progress
     with log_to_file(out_dir, "train.log"):
-        spec = dataset_spec(source.model_dataset)
-        torch.manual_seed(seed)
-        model = FADAutoencoder(spec.in_channels, spec.image_size, fad_code_dim(source.model_dataset)).to(dev)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-        gen = torch.Generator().manual_seed(seed)
-
-        def test_mse() -> float:
-            model.eval()
-            total = 0.0
-            with torch.no_grad():
-                for batch in iterate_batches(test.images, 500, shuffle=False, device=dev):
-                    total += F.mse_loss(model(batch), batch, reduction="none").flatten(1).mean(1).sum().item()
-            model.train()
-            return total / len(test)
-
-        history = [{"epoch": 0, "test_mse": test_mse()}]
-        log.info(
-            "FAD autoencoder for %s: code %d-d, %d train images, %d epochs, batch %d, AdamW lr %g; "
-            "untrained test MSE %.5f",
-            source.label,
-            model.code_dim,
-            len(train),
-            epochs,
-            batch_size,
-            lr,
-            history[0]["test_mse"],
+        result = train(
+            model_name="fad_autoencoder",
+            dataset=dataset,
+            out_dir=out_dir / TRAINING_DIR,
+            train_config=cfg,
+            data_root=data_root,
+            download=download,
+            device=device,
+            progress=progress,
         )
-        steps = math.ceil(len(train) / batch_size)
-        for epoch in range(1, epochs + 1):
-            start, total, seen = time.perf_counter(), 0.0, 0
-            for batch in tqdm(
-                iterate_batches(train.images, batch_size, shuffle=True, generator=gen, device=dev),
-                total=steps,
-                desc=f"FAD AE epoch {epoch}/{epochs}",
-                disable=not progress,
-                unit="batch",
-            ):
-                loss = F.mse_loss(model(batch), batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * batch.shape[0]
-                seen += batch.shape[0]
-            history.append(
-                {
-                    "epoch": epoch,
-                    "train_mse": total / seen,
-                    "test_mse": test_mse(),
-                    "seconds": time.perf_counter() - start,
-                }
-            )
-            log.info(
-                "epoch %d: train MSE %.5f, test MSE %.5f (%.1f s)",
-                epoch,
-                history[-1]["train_mse"],
-                history[-1]["test_mse"],
-                history[-1]["seconds"],
-            )
+        dev = resolve_device(device)
+        model = cast(FADAutoencoder, load_checkpoint(result.out_dir / "checkpoint.pt", map_location=dev)[0])
+        # test_subset is for quick checks; FAD's reference is then test[:N], and says so
+        test, test_split = first_n(load_split(source.name, "test", data_root, download), test_subset)
         stats = GaussianStats.of(encode_all(model, test.images, device=dev))
         record = {
             "format": FORMAT,
             "dataset": source.name,
             "data_label": source.label,
-            "model_dataset": source.model_dataset,
+            "setting": source.setting,
             "in_channels": model.in_channels,
             "image_size": model.image_size,
             "code_dim": model.code_dim,
@@ -209,8 +237,9 @@ def train_fad_autoencoder(
                 "lr": lr,
                 "optimizer": "AdamW",
                 "seed": seed,
-                "train_images": len(train),
-                "history": history,
+                "train_images": result.metrics["train_images"],
+                "history": result.history,
+                "run": str(result.out_dir),
             },
             "test_stats": {"mean": stats.mean, "cov": stats.cov, "n": stats.n, "split": test_split},
             "code_version": code_version(),
@@ -239,7 +268,7 @@ def load_fad_autoencoder(path: os.PathLike, map_location="cpu"):
         raise CheckpointError(f"cannot read FAD autoencoder {path}: {type(exc).__name__}: {exc}") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a FAD autoencoder file (no 'format': '{FORMAT}')")
-    model = FADAutoencoder(record["in_channels"], record["image_size"], record["code_dim"])
+    model = FADAutoencoder(FADAutoencoderConfig(record["in_channels"], record["image_size"], record["code_dim"]))
     model.load_state_dict(record["state_dict"])
     record["path"] = str(path)
     return model.eval(), record
@@ -323,7 +352,7 @@ def published_dataset(dataset: str) -> Optional[str]:
     ``mnist5k`` -> ``mnist``, or a model configuration name), or None when they published none."""
     from ..data import SOURCES
 
-    name = SOURCES[dataset].model_dataset if dataset in SOURCES else dataset
+    name = SOURCES[dataset].setting if dataset in SOURCES else dataset
     return name if name in PUBLISHED_FILES else None
 
 
@@ -378,7 +407,7 @@ def load_published_autoencoder(path: os.PathLike, dataset: str) -> PublishedFADE
     """
     path = Path(path)
     name = _published_or_refuse(dataset)
-    spec = dataset_spec(name)
+    spec = paper_setting(name)
     encoder = PublishedFADEncoder(spec.in_channels, spec.image_size, fad_code_dim(name))
     expected = encoder.state_dict()
     what = f"the published {name} FAD autoencoder {path}"

@@ -1,5 +1,5 @@
 """How long a model's ``sample(n)`` takes: wall-clock time per generated image, labelled with the
-conditions that produced it (model, dataset, T, batch, device, threads, repeats).
+conditions that produced it (model, setting, T, batch, device, threads, repeats).
 
 FSVAE and TAID generate autoregressively (their prior MLP stepped T times), ESVAE draws a prior
 rate and samples once, the ANN VAE decodes a Gaussian draw; this helper makes the comparison one
@@ -21,7 +21,7 @@ from torch import nn
 @dataclass(frozen=True)
 class SamplingCost:
     model: str
-    dataset: str
+    setting: str  # the paper setting the model was built with
     timesteps: Optional[int]
     n: int  # images generated per repeat
     batch_size: int  # images per sample() call
@@ -43,7 +43,7 @@ class SamplingCost:
     def label(self) -> str:
         t = f", T={self.timesteps}" if self.timesteps is not None else ""
         return (
-            f"{self.model} ({self.dataset}{t}) sample(): {self.milliseconds_per_image:.3f} ms/image, "
+            f"{self.model} ({self.setting} setting{t}) sample(): {self.milliseconds_per_image:.3f} ms/image, "
             f"{self.images_per_second:.1f} images/s; n={self.n} in batches of {self.batch_size} on {self.device}"
             f" ({self.threads} threads), median of {self.repeats} after {self.warmup_calls} warm-up call(s)"
         )
@@ -96,7 +96,7 @@ def time_sampling(
     config = getattr(model, "config", None)
     return SamplingCost(
         model=getattr(model, "model_name", type(model).__name__),
-        dataset=getattr(model, "dataset", "?"),
+        setting=getattr(model, "setting", "?"),
         timesteps=getattr(config, "timesteps", None),
         n=n,
         batch_size=batch_size,

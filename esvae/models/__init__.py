@@ -1,4 +1,4 @@
-"""Registered models. ``build_model(name, dataset, **overrides)`` is the entry point."""
+"""Registered models. ``build_model(name, setting, **overrides)`` is the entry point."""
 
 from .backbone import SpikingConvBackbone
 from .esvae import ESVAE, ESVAEOutput

@@ -50,7 +50,7 @@ class VAEModel(nn.Module):
     if TYPE_CHECKING:
         config: Any  # the model's configuration dataclass (``to_dict()``)
         model_name: str  # set by build_model: the registry name
-        dataset: str  # set by build_model: the dataset whose paper configuration it has
+        setting: str  # set by build_model: the paper setting it was built with (esvae.config.SETTINGS)
         checkpoint_notes: List[str]  # set by load_original_checkpoint: what the conversion ignored
 
         def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> Any: ...
@@ -65,6 +65,7 @@ class VAEModel(nn.Module):
     stat_names: Tuple[str, ...] = ()
     original_layout: Optional[OriginalLayout] = None
     spiking_latent: bool = True  # the decoder reads a (T, N, L) spike train (robustness probe applies)
+    generative: bool = True  # sample() draws from a prior (False: an autoencoder a metric uses)
 
     def batch_stats(self, out) -> Dict[str, torch.Tensor]:
         return {}

@@ -7,6 +7,8 @@ rule fad_autoencoder:
     output:
         model=f"{OUT}/fad/{{dataset}}/fad_autoencoder.pt",
         metrics=f"{OUT}/fad/{{dataset}}/metrics.json",
+        # its training run; declared so that a rerun starts it afresh (an interrupted one resumes from resume.pt)
+        run=f"{OUT}/fad/{{dataset}}/autoencoder/checkpoint.pt",
     params:
         env=ENV_ARGS,
         out=lambda wildcards, output: Path(output.model).parent,
