@@ -18,6 +18,7 @@ Files written in ``out_dir`` (each atomically, so a killed job leaves the previo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -205,12 +206,14 @@ class TrainingState:
     epoch_seen: int = 0  # training images of the epoch so far
     epoch_seconds: float = 0.0  # training time of the epoch so far
 
+    RUNNING = ("epoch_sums", "epoch_seen", "epoch_seconds")  # the epoch's running sums, saved as they are
+
     @classmethod
     def saved(cls, state: Dict[str, Any]) -> "TrainingState":
-        return cls(**{k: state[k] for k in ("epoch", "batch", "step", "epoch_sums", "epoch_seen", "epoch_seconds")})
+        return cls(**{f.name: state[f.name] for f in dataclasses.fields(cls)})
 
     def running(self) -> Dict[str, Any]:
-        return {"epoch_sums": self.epoch_sums, "epoch_seen": self.epoch_seen, "epoch_seconds": self.epoch_seconds}
+        return {name: getattr(self, name) for name in self.RUNNING}
 
     def next_epoch(self) -> None:
         self.epoch, self.batch = self.epoch + 1, 0
@@ -272,15 +275,8 @@ def _train(
     groups = model.param_groups(cfg.lr, cfg.prior_lr_multiplier)
     beta1, beta2 = cfg.betas
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(beta1, beta2), weight_decay=cfg.weight_decay)
-    resolved = _resolved_settings(model_name, source, model, cfg, len(train_data), len(test_data), dev)
-    resolved.update(
-        steps_per_epoch=steps_per_epoch,
-        derived=derived,
-        eval_at_init=eval_at_init,
-        learning_rates={g["name"]: g["lr"] for g in groups},
-        checkpoint_every={"steps": checkpoints.every_steps, "minutes": checkpoints.every_minutes},
-        code_version=code_version(),
-        torch_version=str(torch.__version__),
+    resolved = _resolved_settings(
+        model_name, source, model, cfg, len(train_data), len(test_data), dev, derived, eval_at_init, groups, checkpoints
     )
     removed = remove_stale_temporaries(out_dir)
     if removed:
@@ -316,9 +312,11 @@ def _train(
     return _finish(run)
 
 
-def _resolved_settings(model_name, source, model, cfg, n_train, n_test, dev) -> Dict[str, Any]:
-    """The first entries of ``config.json``, in its order: what defines the run (see
-    :data:`esvae.resume.RUN_DEFINING_KEYS`) and where it runs; the caller adds the rest."""
+def _resolved_settings(
+    model_name, source, model, cfg, n_train, n_test, dev, derived, eval_at_init, groups, checkpoints
+) -> Dict[str, Any]:
+    """``config.json`` (schema ``config``), in its order: what defines the run (see
+    :data:`esvae.resume.RUN_DEFINING_KEYS`), where it runs, and how it was set up."""
     return {
         "model": model_name,
         "dataset": source.name,
@@ -333,6 +331,13 @@ def _resolved_settings(model_name, source, model, cfg, n_train, n_test, dev) -> 
         "parameters": count_parameters(model),
         "train_images": n_train,
         "test_images": n_test,
+        "steps_per_epoch": math.ceil(n_train / cfg.batch_size),
+        "derived": derived,
+        "eval_at_init": eval_at_init,
+        "learning_rates": {g["name"]: g["lr"] for g in groups},
+        "checkpoint_every": {"steps": checkpoints.every_steps, "minutes": checkpoints.every_minutes},
+        "code_version": code_version(),
+        "torch_version": str(torch.__version__),
     }
 
 
