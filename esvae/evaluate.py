@@ -31,14 +31,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from .checkpoints import code_version, load_checkpoint
-from .data import DataSource, data_source, first_n, load_split, to_model_range
+from .data import DataSource, ImageSplit, data_source, first_n, load_split, to_model_range
 from .device import resolve_device
 from .errors import CheckpointError, ConfigError, MetricUnavailableError
 from .logs import log_to_file
@@ -98,6 +98,42 @@ def open_run(checkpoint: os.PathLike, device: str = "auto", seed: Optional[int] 
     return OpenedRun(dev, model.to(dev).eval(), ckpt, source, seed, train_config)
 
 
+@dataclass
+class _Evaluation:
+    """One evaluation in progress: the opened run, what was asked, the inputs opened before the
+    output folder exists, and the result so far (rewritten after every metric)."""
+
+    run: OpenedRun
+    checkpoint: str
+    out_dir: Path
+    wanted: List[str]
+    num_samples: int
+    batch_size: int
+    test_subset: int
+    reference_subset: int
+    data_root: Optional[os.PathLike]
+    download: bool
+    cache_dir: Optional[os.PathLike]
+    progress: bool
+    test_full: Optional[ImageSplit] = None  # loaded when a metric reads the test split
+    fad_model: Any = None  # our FAD autoencoder and its record, when given
+    fad_record: Optional[Dict] = None
+    published: Optional[Dict] = None  # the authors' FAD files (or the reason they are missing)
+    weights: Any = None  # the Inception weights, or None with weights_refusal saying why
+    weights_refusal: Optional[str] = None
+    generated: Optional[torch.Tensor] = None  # num_samples images in [-1, 1], CPU, once generated
+    result: Dict = field(default_factory=dict)
+
+    def save(self) -> None:  # after every metric: a late failure keeps what was computed
+        write_result(self.out_dir / "metrics.json", "evaluate", self.result)
+
+    @property
+    def images(self) -> torch.Tensor:
+        """The generated images (generated before any metric that reads them)."""
+        assert self.generated is not None
+        return self.generated
+
+
 def evaluate_checkpoint(
     checkpoint: os.PathLike,
     out_dir: os.PathLike,
@@ -122,153 +158,167 @@ def evaluate_checkpoint(
     """Evaluate a checkpoint of this project; returns (and writes) the metrics dict."""
     import sys
 
-    from .metrics import time_sampling
-
     run = open_run(checkpoint, device, seed)
-    dev, model, ckpt, source, seed = run.device, run.model, run.ckpt, run.source, run.seed
     if batch_size is None:  # the latent noise is drawn per batch: the run's batch size repeats its MSE
         batch_size = run.train_config.get("batch_size", 100)
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
         if value < 1:
             raise ConfigError(f"{name} must be positive, got {value}")
-    wanted = list(dict.fromkeys(metrics))
-    # Everything that can fail on input comes before the output folder exists.
-    test_full = (
-        load_split(source.name, "test", data_root, download)
-        if {"mse", "fid", "kid", "fid_clean", "spikes"} & set(wanted)
-        else None
+    ev = _Evaluation(
+        run,
+        str(checkpoint),
+        Path(out_dir),
+        list(dict.fromkeys(metrics)),
+        num_samples,
+        batch_size,
+        test_subset,
+        reference_subset,
+        data_root,
+        download,
+        cache_dir,
+        sys.stderr.isatty() if progress is None else progress,
     )
-    fad_model = fad_record = None
+    # Everything that can fail on input comes before the output folder exists.
+    _open_inputs(
+        ev, inception_weights, fad_autoencoder, fad_published_autoencoder, fad_published_stats, fad_published_dir
+    )
+    ev.out_dir.mkdir(parents=True, exist_ok=True)
+    with log_to_file(ev.out_dir, "evaluate.log"):
+        _start(ev)
+        _measure(ev)
+        write_result(ev.out_dir / "metrics.json", "evaluate", ev.result)
+        log.info("wrote %s", ev.out_dir / "metrics.json")
+        return ev.result
+
+
+def _open_inputs(
+    ev: _Evaluation, inception_weights, fad_autoencoder, published_autoencoder, published_stats, published_dir
+):
+    """The test split, the FAD autoencoders and the Inception weights the wanted metrics read;
+    a file the user named must work, a missing default only refuses its metrics."""
+    wanted, source = set(ev.wanted), ev.run.source
+    if {"mse", "fid", "kid", "fid_clean", "spikes"} & wanted:
+        ev.test_full = load_split(source.name, "test", ev.data_root, ev.download)
     if "fad" in wanted and fad_autoencoder is not None:
         from .metrics.fad import load_fad_autoencoder
 
-        fad_model, fad_record = load_fad_autoencoder(fad_autoencoder)
-        if fad_record["dataset"] != source.name:
+        ev.fad_model, ev.fad_record = load_fad_autoencoder(fad_autoencoder)
+        if ev.fad_record["dataset"] != source.name:
             raise ConfigError(
-                f"the FAD autoencoder {fad_record['path']} was trained on {fad_record['dataset']!r}, "
+                f"the FAD autoencoder {ev.fad_record['path']} was trained on {ev.fad_record['dataset']!r}, "
                 f"the checkpoint on {source.name!r}"
             )
-    published = (
-        _open_published_fad(source, fad_published_autoencoder, fad_published_stats, fad_published_dir)
-        if "fad_published" in wanted
-        else None
-    )
-    weights, weights_refusal = None, None
-    if set(INCEPTION_METRICS) & set(wanted):
+    if "fad_published" in wanted:
+        ev.published = _open_published_fad(source, published_autoencoder, published_stats, published_dir)
+    if set(INCEPTION_METRICS) & wanted:
         from .metrics.inception import resolve_inception_weights
 
         try:
-            weights = resolve_inception_weights(inception_weights, cache_dir=cache_dir, allow_download=download)
+            ev.weights = resolve_inception_weights(
+                inception_weights, cache_dir=ev.cache_dir, allow_download=ev.download
+            )
         except MetricUnavailableError as exc:
             if inception_weights is not None:  # a file the user named must work
                 raise
-            weights_refusal = str(exc)  # recorded for FID/KID/IS; the other metrics still run
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    progress = sys.stderr.isatty() if progress is None else progress
-    with log_to_file(out_dir, "evaluate.log"):
-        result: Dict = {
-            "model": ckpt["model_name"],
-            "dataset": source.name,
-            "data_label": source.label,
-            "checkpoint": str(checkpoint),
-            "checkpoint_epoch": ckpt.get("epoch"),
-            "checkpoint_step": ckpt.get("step"),
-            "timesteps": getattr(model.config, "timesteps", None),
-            "device": str(dev),
-            "seed": seed,
-            "code_version": code_version(),
-            "torch_version": str(torch.__version__),
-        }
-        log.info(
-            "evaluating %s (%s, epoch %s) on %s: %s",
-            ckpt["model_name"],
-            checkpoint,
-            ckpt.get("epoch"),
-            source.label,
-            ", ".join(wanted),
+            ev.weights_refusal = str(exc)  # recorded for FID/KID/IS; the other metrics still run
+
+
+def _start(ev: _Evaluation) -> None:
+    run = ev.run
+    ev.result = {
+        "model": run.ckpt["model_name"],
+        "dataset": run.source.name,
+        "data_label": run.source.label,
+        "checkpoint": ev.checkpoint,
+        "checkpoint_epoch": run.ckpt.get("epoch"),
+        "checkpoint_step": run.ckpt.get("step"),
+        "timesteps": getattr(run.model.config, "timesteps", None),
+        "device": str(run.device),
+        "seed": run.seed,
+        "code_version": code_version(),
+        "torch_version": str(torch.__version__),
+    }
+    log.info(
+        "evaluating %s (%s, epoch %s) on %s: %s",
+        run.ckpt["model_name"],
+        ev.checkpoint,
+        run.ckpt.get("epoch"),
+        run.source.label,
+        ", ".join(ev.wanted),
+    )
+
+
+def _measure(ev: _Evaluation) -> None:
+    """Each wanted metric in turn, ``metrics.json`` rewritten after each."""
+    run, wanted, result = ev.run, ev.wanted, ev.result
+    if "params" in wanted:
+        result["parameters"] = _parameters_entry(run.model)
+    if "mse" in wanted:
+        result["reconstruction_mse"] = _mse_entry(ev)
+        ev.save()
+    if "spikes" in wanted:
+        result["spike_costs"] = _spike_entry(run.model, ev.test_full, run.device, run.seed)
+        ev.save()
+    if (
+        (set(INCEPTION_METRICS) & set(wanted) and ev.weights is not None)
+        or ev.fad_model is not None
+        or (ev.published is not None and "encoder" in ev.published)
+    ):
+        start = time.perf_counter()
+        ev.generated = generate(run.model, ev.num_samples, ev.batch_size, run.device, run.seed, ev.progress)
+        log.info("generated %d images in %.1f s", ev.num_samples, time.perf_counter() - start)
+    inception_wanted = [m for m in INCEPTION_METRICS if m in wanted]
+    if inception_wanted and ev.weights is None:
+        log.warning("FID/KID/IS not computed: %s", ev.weights_refusal)
+        for key in inception_wanted:
+            result[RESULT_KEYS[key]] = {"value": None, "refused": ev.weights_refusal}
+    elif inception_wanted:
+        _inception_metrics(ev, inception_wanted)
+    ev.save()
+    if "fad" in wanted:
+        result["fad"] = _fad_entry(ev.fad_model, ev.fad_record, ev.generated, ev.num_samples, run.device)
+        ev.save()
+    if "fad_published" in wanted:
+        assert ev.published is not None  # opened whenever "fad_published" is wanted
+        result["fad_published"] = _published_fad_entry(
+            ev.published, ev.generated, ev.num_samples, run.source, run.device
         )
+        ev.save()
+    if "sampling" in wanted:
+        from .metrics import time_sampling
 
-        def save() -> None:  # after every metric: a late failure keeps what was computed
-            write_result(out_dir / "metrics.json", "evaluate", result)
+        n = min(ev.num_samples, 256)
+        cost = time_sampling(run.model, n=n, batch_size=min(ev.batch_size, n), repeats=3, warmup=1, seed=run.seed)
+        result["sampling_time"] = {**cost.to_dict(), "label": cost.label()}
+        log.info("%s", cost.label())
 
-        if "params" in wanted:
-            result["parameters"] = {
-                "total": count_parameters(model),
-                "by_module": {
-                    n: sum(p.numel() for p in c.parameters())
-                    for n, c in model.named_children()
-                    if sum(p.numel() for p in c.parameters())
-                },
-                "what": "trainable parameters of the modules the model uses (buffers excluded)",
-            }
-        if "mse" in wanted:
-            assert test_full is not None  # loaded above whenever "mse" is wanted
-            test, test_label = first_n(test_full, test_subset)
-            terms = evaluate_terms(model, test, batch_size, dev, seed)
-            result["reconstruction_mse"] = {
-                "value": terms["mse"],
-                "n": len(test),
-                "split": test_label,
-                "averaging": "mean over images of the per-image pixel MSE, images in [-1, 1] (the original code "
-                "averaged batch means)",
-                "latent": f"{model.latent_description} (eval-mode batch norm, generator seed {seed})",
-            }
-            log.info(
-                "reconstruction MSE %.5f (N=%d, %s)", terms["mse"], len(test), result["reconstruction_mse"]["split"]
-            )
-            save()
-        if "spikes" in wanted:
-            result["spike_costs"] = _spike_entry(model, test_full, dev, seed)
-            save()
-        generated = None
-        if (
-            (set(INCEPTION_METRICS) & set(wanted) and weights is not None)
-            or fad_model is not None
-            or (published is not None and "encoder" in published)
-        ):
-            start = time.perf_counter()
-            generated = generate(model, num_samples, batch_size, dev, seed, progress)  # in [-1, 1], CPU
-            log.info("generated %d images in %.1f s", num_samples, time.perf_counter() - start)
-        inception_wanted = [m for m in INCEPTION_METRICS if m in wanted]
-        if inception_wanted and weights is None:
-            log.warning("FID/KID/IS not computed: %s", weights_refusal)
-            for key in inception_wanted:
-                result[RESULT_KEYS[key]] = {"value": None, "refused": weights_refusal}
-        elif inception_wanted:
-            _inception_metrics(
-                result,
-                generated,
-                source,
-                inception_wanted,
-                weights,
-                num_samples,
-                reference_subset,
-                test_full,
-                data_root,
-                download,
-                batch_size,
-                dev,
-                cache_dir,
-                progress,
-                save,
-            )
-        save()
-        if "fad" in wanted:
-            result["fad"] = _fad_entry(fad_model, fad_record, generated, num_samples, dev)
-            save()
-        if "fad_published" in wanted:
-            assert published is not None  # opened above whenever "fad_published" is wanted
-            result["fad_published"] = _published_fad_entry(published, generated, num_samples, source, dev)
-            save()
-        if "sampling" in wanted:
-            n = min(num_samples, 256)
-            cost = time_sampling(model, n=n, batch_size=min(batch_size, n), repeats=3, warmup=1, seed=seed)
-            result["sampling_time"] = {**cost.to_dict(), "label": cost.label()}
-            log.info("%s", cost.label())
-        write_result(out_dir / "metrics.json", "evaluate", result)
-        log.info("wrote %s", out_dir / "metrics.json")
-        return result
+
+def _parameters_entry(model: VAEModel) -> Dict:
+    return {
+        "total": count_parameters(model),
+        "by_module": {
+            n: sum(p.numel() for p in c.parameters())
+            for n, c in model.named_children()
+            if sum(p.numel() for p in c.parameters())
+        },
+        "what": "trainable parameters of the modules the model uses (buffers excluded)",
+    }
+
+
+def _mse_entry(ev: _Evaluation) -> Dict:
+    run = ev.run
+    assert ev.test_full is not None  # loaded whenever "mse" is wanted
+    test, test_label = first_n(ev.test_full, ev.test_subset)
+    terms = evaluate_terms(run.model, test, ev.batch_size, run.device, run.seed)
+    log.info("reconstruction MSE %.5f (N=%d, %s)", terms["mse"], len(test), test_label)
+    return {
+        "value": terms["mse"],
+        "n": len(test),
+        "split": test_label,
+        "averaging": "mean over images of the per-image pixel MSE, images in [-1, 1] (the original code "
+        "averaged batch means)",
+        "latent": f"{run.model.latent_description} (eval-mode batch norm, generator seed {run.seed})",
+    }
 
 
 def _spike_entry(model, test_full, dev, seed) -> Dict:
@@ -314,145 +364,140 @@ def _fad_entry(fad_model, record, generated, num_samples, dev) -> Dict:
     }
 
 
-def _inception_metrics(
-    result,
-    generated,
-    source,
-    wanted,
-    weights,
-    num_samples,
-    reference_subset,
-    test_full,
-    data_root,
-    download,
-    batch_size,
-    dev,
-    cache_dir,
-    progress,
-    save,
-) -> None:
-    from .metrics.fidelity import (
-        fidelity_metrics,
-        inception_score_splits,
-        reference_cache_name,
-        to_uint8,
-        torch_fidelity_version,
-    )
+def _inception_metrics(ev: _Evaluation, wanted: List[str]) -> None:
+    """IS of the generated images, then FID-clean and torch-fidelity's FID/KID against the reference split."""
+    from .metrics.fidelity import torch_fidelity_version
 
-    generated_float, generated = generated, to_uint8(generated)
     common = {
-        "weights": weights.label(),
-        "weights_file": str(weights.path),
+        "weights": ev.weights.label(),
+        "weights_file": str(ev.weights.path),
         "torch_fidelity_version": torch_fidelity_version(),
-        "n_generated": num_samples,
+        "n_generated": ev.num_samples,
         "preprocessing": "generated images in [-1, 1] -> uint8 [0, 255]; greyscale repeated to 3 channels; "
         "torch-fidelity resizes to 299x299",
     }
     if "is" in wanted:
-        try:
-            raw = fidelity_metrics(
-                generated,
-                None,
-                weights,
-                fid=False,
-                kid=False,
-                isc=True,
-                device=dev,
-                batch_size=batch_size,
-                cache_dir=cache_dir,
-                verbose=progress,
-            )
-            result["inception_score"] = {
-                "value": raw["inception_score_mean"],
-                "std": raw["inception_score_std"],
-                "name": f"IS@{num_samples}",
-                "splits": inception_score_splits(num_samples),
-                **common,
-            }
-            log.info("IS@%d %.4f", num_samples, raw["inception_score_mean"])
-        except MetricUnavailableError as exc:
-            result["inception_score"] = {"value": None, "refused": str(exc), "weights": weights.label()}
-            log.warning("Inception Score not computed: %s", exc)
-    fid, kid = "fid" in wanted, "kid" in wanted
-    if not (fid or kid or "fid_clean" in wanted):
+        ev.result["inception_score"] = _inception_score_entry(ev, common)
+    if not {"fid", "kid", "fid_clean"} & set(wanted):
         return
-    # CelebA: the paper computed FID against the validation split.
-    ref_split = "valid" if source.name == "celeba" else "test"
-    reference_full = test_full if ref_split == "test" else load_split(source.name, ref_split, data_root, download)
-    reference_part, split = first_n(reference_full, reference_subset)
-    reference = reference_part.images
-    name = reference_cache_name(source.name, split, reference, weights)
-    ref = {"n_reference": reference.shape[0], "reference_split": split, "reference_cache_name": name}
+    reference, ref = _reference(ev)
     if "fid_clean" in wanted:
-        from .metrics.clean_fid import PREPROCESSING, fid_clean, to_255
+        ev.result["fid_clean"] = _fid_clean_entry(ev, reference, common, ref)
+        ev.save()
+    if "fid" in wanted or "kid" in wanted:
+        _fid_kid_entries(ev, reference, "fid" in wanted, "kid" in wanted, common, ref)
 
-        start = time.perf_counter()
-        # clean-fid's generator path, as the authors called it: (x + 1) / 2 * 255 in float, not rounded
-        value = fid_clean(
-            to_255(generated_float),
-            reference,
-            weights,
-            reference_name=name,
-            cache_dir=cache_dir,
-            batch_size=batch_size,
-            device=dev,
-            progress=progress,
+
+def _inception_score_entry(ev: _Evaluation, common: Dict) -> Dict:
+    from .metrics.fidelity import fidelity_metrics, inception_score_splits, to_uint8
+
+    try:
+        raw = fidelity_metrics(
+            to_uint8(ev.images),
+            None,
+            ev.weights,
+            fid=False,
+            kid=False,
+            isc=True,
+            device=ev.run.device,
+            batch_size=ev.batch_size,
+            cache_dir=ev.cache_dir,
+            verbose=ev.progress,
         )
-        result["fid_clean"] = {
-            "value": value,
-            "name": f"FID-clean@{num_samples}",
-            **common,
-            "preprocessing": "generated images in [-1, 1] -> (x + 1) / 2 * 255 in float, not rounded "
-            "(the authors' call of clean-fid); reference images uint8; " + PREPROCESSING,
-            "protocol": "clean-fid 'clean' mode, the ESVAE paper's FID protocol",
-            **ref,
-        }
-        log.info(
-            "FID-clean@%d %.4f (vs %s, N=%d; %.1f s)",
-            num_samples,
-            value,
-            split,
-            reference.shape[0],
-            time.perf_counter() - start,
-        )
-        save()
-    if not (fid or kid):
-        return
+    except MetricUnavailableError as exc:
+        log.warning("Inception Score not computed: %s", exc)
+        return {"value": None, "refused": str(exc), "weights": ev.weights.label()}
+    log.info("IS@%d %.4f", ev.num_samples, raw["inception_score_mean"])
+    return {
+        "value": raw["inception_score_mean"],
+        "std": raw["inception_score_std"],
+        "name": f"IS@{ev.num_samples}",
+        "splits": inception_score_splits(ev.num_samples),
+        **common,
+    }
+
+
+def _reference(ev: _Evaluation) -> Tuple[torch.Tensor, Dict]:
+    """The reference images (uint8) and how entries describe them. CelebA: the paper computed FID
+    against the validation split; the others against the test split."""
+    from .metrics.fidelity import reference_cache_name
+
+    source = ev.run.source
+    ref_split = "valid" if source.name == "celeba" else "test"
+    full = ev.test_full if ref_split == "test" else load_split(source.name, ref_split, ev.data_root, ev.download)
+    assert full is not None  # the test split is loaded whenever FID, KID or FID-clean is wanted
+    part, split = first_n(full, ev.reference_subset)
+    name = reference_cache_name(source.name, split, part.images, ev.weights)
+    return part.images, {"n_reference": len(part), "reference_split": split, "reference_cache_name": name}
+
+
+def _fid_clean_entry(ev: _Evaluation, reference: torch.Tensor, common: Dict, ref: Dict) -> Dict:
+    from .metrics.clean_fid import PREPROCESSING, fid_clean, to_255
+
+    start = time.perf_counter()
+    # clean-fid's generator path, as the authors called it: (x + 1) / 2 * 255 in float, not rounded
+    value = fid_clean(
+        to_255(ev.images),
+        reference,
+        ev.weights,
+        reference_name=ref["reference_cache_name"],
+        cache_dir=ev.cache_dir,
+        batch_size=ev.batch_size,
+        device=ev.run.device,
+        progress=ev.progress,
+    )
+    log.info(
+        "FID-clean@%d %.4f (vs %s, N=%d; %.1f s)",
+        ev.num_samples,
+        value,
+        ref["reference_split"],
+        ref["n_reference"],
+        time.perf_counter() - start,
+    )
+    return {
+        "value": value,
+        "name": f"FID-clean@{ev.num_samples}",
+        **common,
+        "preprocessing": "generated images in [-1, 1] -> (x + 1) / 2 * 255 in float, not rounded "
+        "(the authors' call of clean-fid); reference images uint8; " + PREPROCESSING,
+        "protocol": "clean-fid 'clean' mode, the ESVAE paper's FID protocol",
+        **ref,
+    }
+
+
+def _fid_kid_entries(ev: _Evaluation, reference: torch.Tensor, fid: bool, kid: bool, common: Dict, ref: Dict) -> None:
+    from .metrics.fidelity import fidelity_metrics, to_uint8
+
     start = time.perf_counter()
     raw = fidelity_metrics(
-        generated,
+        to_uint8(ev.images),
         reference,
-        weights,
+        ev.weights,
         fid=fid,
         kid=kid,
-        reference_name=name,
-        device=dev,
-        batch_size=batch_size,
-        cache_dir=cache_dir,
-        verbose=progress,
+        reference_name=ref["reference_cache_name"],
+        device=ev.run.device,
+        batch_size=ev.batch_size,
+        cache_dir=ev.cache_dir,
+        verbose=ev.progress,
     )
     log.info("Inception features and metrics in %.1f s", time.perf_counter() - start)
+    n, split = ev.num_samples, ref["reference_split"]
     if fid:
-        result["fid"] = {"value": raw["frechet_inception_distance"], "name": f"FID@{num_samples}", **common, **ref}
-        log.info("FID@%d %.4f (vs %s, N=%d)", num_samples, raw["frechet_inception_distance"], split, reference.shape[0])
+        ev.result["fid"] = {"value": raw["frechet_inception_distance"], "name": f"FID@{n}", **common, **ref}
+        log.info("FID@%d %.4f (vs %s, N=%d)", n, raw["frechet_inception_distance"], split, ref["n_reference"])
     if kid:
-        subset = min(1000, num_samples, reference.shape[0])
-        result["kid"] = {
+        ev.result["kid"] = {
             "value": raw["kernel_inception_distance_mean"],
             "std": raw["kernel_inception_distance_std"],
-            "name": f"KID@{num_samples}",
+            "name": f"KID@{n}",
             "subsets": 100,
-            "subset_size": subset,
+            "subset_size": min(1000, n, ref["n_reference"]),
             "kernel": "polynomial, degree 3 (torch-fidelity default)",
             **common,
             **ref,
         }
-        log.info(
-            "KID@%d %.5f +- %.5f",
-            num_samples,
-            raw["kernel_inception_distance_mean"],
-            raw["kernel_inception_distance_std"],
-        )
+        log.info("KID@%d %.5f +- %.5f", n, raw["kernel_inception_distance_mean"], raw["kernel_inception_distance_std"])
 
 
 def _open_published_fad(source: DataSource, autoencoder, stats, directory) -> Dict:
