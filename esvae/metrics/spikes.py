@@ -23,7 +23,7 @@ Energy per image: :func:`esvae.metrics.energy.energy_pj` of the counts (45 nm es
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Dict, Optional, Tuple, cast
+from typing import Dict, List, Optional, Tuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -84,26 +84,38 @@ def _readout_macs(model, y_shape) -> float:
 
 def spike_costs(model: nn.Module, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> Dict:
     """Firing rates, synaptic operations and MACs per image for one forward pass over ``images``."""
-    records = []
+    spiking, dense, readout_shape = _record_layers(model, images, generator)
+    n = images.shape[0]
+    layers = [_spiking_layer_entry(name, module, x, y, n) for name, module, x, y in spiking]
+    layers += [_dense_layer_entry(name, module, in_shape, out_shape, n) for name, module, in_shape, out_shape in dense]
+    if readout_shape is not None:
+        layers.append(_entry("readout", "analog", 0, None, 0.0, _readout_macs(model, readout_shape)))
+    return _summary(model, layers, n)
+
+
+def _record_layers(model: nn.Module, images: torch.Tensor, generator: Optional[torch.Generator]):
+    """One eval-mode forward pass with hooks: each spiking layer's input and output, each plain
+    layer's shapes, and the readout's input shape (a backbone's), the model left as it was."""
     names = {m: n for n, m in model.named_modules()}
-
-    def hook(module, inputs, output):
-        records.append((names[module], module, inputs[0].detach(), output.detach()))
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, SPIKING_LAYERS)]
+    spiking: List[Tuple[str, nn.Module, torch.Tensor, torch.Tensor]] = []
+    dense: List[Tuple[str, nn.Module, torch.Size, torch.Size]] = []
+    readout: Dict[str, tuple] = {}
+    handles = [
+        m.register_forward_hook(lambda m, i, o: spiking.append((names[m], m, i[0].detach(), o.detach())))
+        for m in model.modules()
+        if isinstance(m, SPIKING_LAYERS)
+    ]
     # Plain (non-spiking) layers: ESVAE's prior bottleneck, every layer of the ANN VAE. MACs.
-    dense_records = []
     handles += [
-        m.register_forward_hook(lambda m, i, o: dense_records.append((names[m], m, i[0].shape, o.shape)))
+        m.register_forward_hook(lambda m, i, o: dense.append((names[m], m, i[0].shape, o.shape)))
         for m in model.modules()
         if type(m) in (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
     ]
-    readout_shape: Dict[str, tuple] = {}
     backbone = model if isinstance(model, SpikingConvBackbone) else None  # has a readout after final_layer
     if backbone is not None:
         handles.append(
             backbone.final_layer.register_forward_hook(
-                lambda m, i, o: readout_shape.__setitem__("shape", (o.shape[0], *o.shape[2:]))
+                lambda m, i, o: readout.__setitem__("shape", (o.shape[0], *o.shape[2:]))
             )
         )
     was_training = model.training
@@ -126,59 +138,53 @@ def spike_costs(model: nn.Module, images: torch.Tensor, generator: Optional[torc
         model.train(was_training)
         if backbone is not None and readout_first is not None:
             backbone.readout_first = readout_first
-    n = images.shape[0]
-    layers = []
-    for name, module, x, y in records:
-        T = x.shape[0]
-        fan = fan_out(module, tuple(x.shape[2:]))
-        spiking_input = _is_binary(x)
-        connections = float(fan.sum()) * T  # dense MACs for one image over T steps
-        outputs_per_step = y[0, 0].numel()
-        bias_adds = float(outputs_per_step * T) if module.bias is not None else 0.0
-        entry = {
-            "layer": name,
-            "group": name.split(".")[0],
-            "input": "spikes" if spiking_input else "analog",
-            "neurons": outputs_per_step,
-            "firing_rate": float(y.float().mean()) if module.lif is not None else None,
+    return spiking, dense, readout.get("shape")
+
+
+def _entry(name: str, kind: str, neurons: int, firing_rate: Optional[float], synops: float, macs: float) -> Dict:
+    group = "readout" if name == "readout" else name.split(".")[0]
+    return {
+        "layer": name,
+        "group": group,
+        "input": kind,
+        "neurons": neurons,
+        "firing_rate": firing_rate,
+        "synops": synops,
+        "macs": macs,
+    }
+
+
+def _spiking_layer_entry(name: str, module, x: torch.Tensor, y: torch.Tensor, n: int) -> Dict:
+    """A spiking layer: synaptic operations when its input is spikes, dense MACs when analog."""
+    T = x.shape[0]
+    fan = fan_out(module, tuple(x.shape[2:]))
+    outputs_per_step = y[0, 0].numel()
+    bias_adds = float(outputs_per_step * T) if module.bias is not None else 0.0
+    rate = float(y.float().mean()) if module.lif is not None else None
+    if _is_binary(x):
+        adds = float((x.double() * fan.to(x.device)).sum()) / n
+        return {
+            **_entry(name, "spikes", outputs_per_step, rate, adds + bias_adds, 0.0),
+            "input_rate": float(x.float().mean()),
         }
-        if spiking_input:
-            adds = float((x.double() * fan.to(x.device)).sum()) / n
-            entry.update(synops=adds + bias_adds, macs=0.0, input_rate=float(x.float().mean()))
-        else:
-            entry.update(synops=0.0, macs=connections + bias_adds)
-        layers.append(entry)
-    for name, module, in_shape, out_shape in dense_records:
-        if isinstance(module, nn.Linear):
-            rows = int(torch.tensor(in_shape[:-1]).prod()) / n  # input rows per image (e.g. 1, or T)
-            macs = rows * (module.in_features * module.out_features + module.out_features)
-            neurons = module.out_features
-        else:  # (N, C, H, W): connections + bias adds
-            neurons = int(torch.tensor(out_shape[1:]).prod())
-            macs = float(fan_out(module, tuple(in_shape[1:])).sum()) + (neurons if module.bias is not None else 0)
-        layers.append(
-            {
-                "layer": name,
-                "group": name.split(".")[0],
-                "input": "analog",
-                "neurons": neurons,
-                "firing_rate": None,
-                "synops": 0.0,
-                "macs": macs,
-            }
-        )
-    if "shape" in readout_shape:
-        layers.append(
-            {
-                "layer": "readout",
-                "group": "readout",
-                "input": "analog",
-                "neurons": 0,
-                "firing_rate": None,
-                "synops": 0.0,
-                "macs": _readout_macs(model, readout_shape["shape"]),
-            }
-        )
+    connections = float(fan.sum()) * T  # dense MACs for one image over T steps
+    return _entry(name, "analog", outputs_per_step, rate, 0.0, connections + bias_adds)
+
+
+def _dense_layer_entry(name: str, module, in_shape, out_shape, n: int) -> Dict:
+    if isinstance(module, nn.Linear):
+        rows = int(torch.tensor(in_shape[:-1]).prod()) / n  # input rows per image (e.g. 1, or T)
+        macs = rows * (module.in_features * module.out_features + module.out_features)
+        neurons = module.out_features
+    else:  # (N, C, H, W): connections + bias adds
+        neurons = int(torch.tensor(out_shape[1:]).prod())
+        macs = float(fan_out(module, tuple(in_shape[1:])).sum()) + (neurons if module.bias is not None else 0)
+    return _entry(name, "analog", neurons, None, 0.0, macs)
+
+
+def _summary(model: nn.Module, layers: List[Dict], n: int) -> Dict:
+    """Per-module totals with their energy, the reconstruction path's (the prior excluded) and the
+    mean firing rate over spiking neurons."""
     groups: Dict[str, Dict[str, float]] = defaultdict(lambda: {"synops": 0.0, "macs": 0.0})
     for entry in layers:
         groups[entry["group"]]["synops"] += entry["synops"]
@@ -204,7 +210,7 @@ def spike_costs(model: nn.Module, images: torch.Tensor, generator: Optional[torc
             else None
         ),
         "n_images": n,
-        "timesteps": getattr(model.config, "timesteps", None),
+        "timesteps": getattr(getattr(model, "config", None), "timesteps", None),
         "what": "per image; synops = input spikes x fan-out + bias adds (spiking inputs); MACs = dense count "
         "(analog inputs, the readout); one forward pass in eval mode",
     }
