@@ -153,15 +153,14 @@ def run_probes(
     device: str = "auto",
 ) -> Dict:
     """Both probes for one checkpoint; returns (and writes) ``probes.json``."""
-    from .evaluate import evaluate_terms, open_run
+    from .evaluate import open_run
 
     run = open_run(checkpoint, device, seed)
-    dev, model, ckpt, source, seed = run.device, run.model, run.ckpt, run.source, run.seed
+    ckpt, source = run.ckpt, run.source
     train_full = load_split(source.name, "train", data_root, download)
-    test_full = load_split(source.name, "test", data_root, download)
     train = seeded_subset(train_full, train_subset)
-    test, test_split = first_n(test_full, test_subset)
     train_split = "train" if len(train) == len(train_full) else f"train (seeded subset of {len(train)})"
+    test, test_split = first_n(load_split(source.name, "test", data_root, download), test_subset)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with log_to_file(out_dir, "probe.log"):
@@ -171,74 +170,80 @@ def run_probes(
             "data_label": source.label,
             "checkpoint": str(checkpoint),
             "checkpoint_epoch": ckpt.get("epoch"),
-            "timesteps": getattr(model.config, "timesteps", None),
-            "seed": seed,
+            "timesteps": getattr(run.model.config, "timesteps", None),
+            "seed": run.seed,
             "code_version": code_version(),
         }
-        # (a) information retention
-        retention: Dict = {"code": model.latent_code_label}
-        if source.name == "celeba":
-            retention["linear_probe"] = {"value": None, "refused": "CelebA has no class labels in this project"}
-        else:
-            train_codes = latent_codes(model, train, batch_size, dev, seed)
-            test_codes = latent_codes(model, test, batch_size, dev, seed)
-            accuracy = linear_probe_accuracy(train_codes, train.labels, test_codes, test.labels)
-            retention["linear_probe"] = {
-                "value": accuracy,
-                "metric": "test accuracy of the class label",
-                "fit": f"multinomial logistic regression, standardised {train_codes.shape[1]}-d codes, L2 1e-4, L-BFGS",
-                "n_train": len(train),
-                "train_split": train_split,
-                "n_test": len(test),
-                "test_split": test_split,
-            }
-            log.info(
-                "linear probe: test accuracy %.4f (%d train / %d test, %s)",
-                accuracy,
-                len(train),
-                len(test),
-                source.label,
-            )
-        with torch.no_grad():
-            sampled = evaluate_terms(model, test, batch_size, dev, seed)["mse"]
-            gen = torch.Generator(device=dev).manual_seed(seed)
-            total = 0.0
-            for x in iterate_batches(test.images, batch_size, shuffle=False, device=dev):
-                total += (model.decode_code(model.latent_code(x, gen)) - x).pow(2).flatten(1).mean(1).sum().item()
-        retention["mse_sampled"] = {
-            "value": sampled,
-            "n": len(test),
-            "split": test_split,
-            "latent": model.latent_description,
+        result["information_retention"] = {
+            "code": run.model.latent_code_label,
+            "linear_probe": _linear_probe_entry(run, train, train_split, test, test_split, batch_size),
+            **_reconstruction_entries(run, test, test_split, batch_size),
         }
-        retention["mse_deterministic"] = {
+        result["decoder_robustness"] = _robustness_entry(run, test, test_split, batch_size, out_dir)
+        write_result(out_dir / "probes.json", "probe", result)
+        return result
+
+
+def _linear_probe_entry(run, train: ImageSplit, train_split: str, test: ImageSplit, test_split: str, batch_size: int):
+    """(a) information retention: how well a linear classifier reads the class from the codes."""
+    if run.source.name == "celeba":
+        return {"value": None, "refused": "CelebA has no class labels in this project"}
+    train_codes = latent_codes(run.model, train, batch_size, run.device, run.seed)
+    test_codes = latent_codes(run.model, test, batch_size, run.device, run.seed)
+    accuracy = linear_probe_accuracy(train_codes, train.labels, test_codes, test.labels)
+    log.info(
+        "linear probe: test accuracy %.4f (%d train / %d test, %s)", accuracy, len(train), len(test), run.source.label
+    )
+    return {
+        "value": accuracy,
+        "metric": "test accuracy of the class label",
+        "fit": f"multinomial logistic regression, standardised {train_codes.shape[1]}-d codes, L2 1e-4, L-BFGS",
+        "n_train": len(train),
+        "train_split": train_split,
+        "n_test": len(test),
+        "test_split": test_split,
+    }
+
+
+def _reconstruction_entries(run, test: ImageSplit, test_split: str, batch_size: int) -> Dict:
+    """The test MSE with the sampled latent and with the posterior code decoded without noise."""
+    from .evaluate import evaluate_terms
+
+    model, dev = run.model, run.device
+    with torch.no_grad():
+        sampled = evaluate_terms(model, test, batch_size, dev, run.seed)["mse"]
+        gen = torch.Generator(device=dev).manual_seed(run.seed)
+        total = 0.0
+        for x in iterate_batches(test.images, batch_size, shuffle=False, device=dev):
+            total += (model.decode_code(model.latent_code(x, gen)) - x).pow(2).flatten(1).mean(1).sum().item()
+    log.info("reconstruction MSE: sampled %.5f, deterministic code %.5f (N=%d)", sampled, total / len(test), len(test))
+    return {
+        "mse_sampled": {"value": sampled, "n": len(test), "split": test_split, "latent": model.latent_description},
+        "mse_deterministic": {
             "value": total / len(test),
             "n": len(test),
             "split": test_split,
             "latent": "the posterior code decoded without sampling noise"
             + (" (rates as round(rT) evenly spaced spikes)" if model.spiking_latent else ""),
-        }
-        log.info(
-            "reconstruction MSE: sampled %.5f, deterministic code %.5f (N=%d)", sampled, total / len(test), len(test)
-        )
-        result["information_retention"] = retention
-        # (b) decoder robustness
-        if model.spiking_latent:
-            rows = robustness(model, test, batch_size, dev, seed)
-            result["decoder_robustness"] = {
-                "rows": rows,
-                "n": len(test),
-                "split": test_split,
-                "perturbation": "of the latent spike train fed to the decoder",
-            }
-            lines = ["condition\ta\tmse\tincrease"] + [
-                f"{r['condition']}\t{'' if r['a'] is None else r['a']}\t{r['mse']:.6g}\t{r['increase']:.6g}"
-                for r in rows
-            ]
-            write_text_atomic(out_dir / "robustness.tsv", "\n".join(lines) + "\n")
-            _robustness_figures(model, test, rows, out_dir, dev, seed, ckpt["model_name"])
-            log.info("robustness: %s", ", ".join(f"{r['condition']} {r['mse']:.4f}" for r in rows))
-        else:
-            result["decoder_robustness"] = {"rows": None, "refused": "the model's latent is not a spike train"}
-        write_result(out_dir / "probes.json", "probe", result)
-        return result
+        },
+    }
+
+
+def _robustness_entry(run, test: ImageSplit, test_split: str, batch_size: int, out_dir: Path) -> Dict:
+    """(b) decoder robustness: perturbed latent spike trains (with robustness.tsv and the figures)."""
+    model = run.model
+    if not model.spiking_latent:
+        return {"rows": None, "refused": "the model's latent is not a spike train"}
+    rows = robustness(model, test, batch_size, run.device, run.seed)
+    lines = ["condition\ta\tmse\tincrease"] + [
+        f"{r['condition']}\t{'' if r['a'] is None else r['a']}\t{r['mse']:.6g}\t{r['increase']:.6g}" for r in rows
+    ]
+    write_text_atomic(out_dir / "robustness.tsv", "\n".join(lines) + "\n")
+    _robustness_figures(model, test, rows, out_dir, run.device, run.seed, run.ckpt["model_name"])
+    log.info("robustness: %s", ", ".join(f"{r['condition']} {r['mse']:.4f}" for r in rows))
+    return {
+        "rows": rows,
+        "n": len(test),
+        "split": test_split,
+        "perturbation": "of the latent spike train fed to the decoder",
+    }

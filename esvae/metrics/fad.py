@@ -222,34 +222,39 @@ def train_fad_autoencoder(
         # test_subset is for quick checks; FAD's reference is then test[:N], and says so
         test, test_split = first_n(load_split(source.name, "test", data_root, download), test_subset)
         stats = GaussianStats.of(encode_all(model, test.images, device=dev))
-        record = {
-            "format": FORMAT,
-            "dataset": source.name,
-            "data_label": source.label,
-            "setting": source.setting,
-            "in_channels": model.in_channels,
-            "image_size": model.image_size,
-            "code_dim": model.code_dim,
-            "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-            "training": {
-                "epochs": epochs,
-                "batch_size": batch_size,
-                "lr": lr,
-                "optimizer": "AdamW",
-                "seed": seed,
-                "train_images": result.metrics["train_images"],
-                "history": result.history,
-                "run": str(result.out_dir),
-            },
-            "test_stats": {"mean": stats.mean, "cov": stats.cov, "n": stats.n, "split": test_split},
-            "code_version": code_version(),
-        }
+        record = _record(source, model, cfg, result, stats, test_split)
         atomic_torch_save(record, out_dir / FILE)
         summary = {k: v for k, v in record.items() if k not in ("state_dict", "test_stats")}
         summary["test_stats"] = {"n": stats.n, "split": test_split}
         write_result(out_dir / "metrics.json", "fad", summary)
         log.info("saved %s (test-split code statistics over %d images)", out_dir / FILE, stats.n)
         return summary
+
+
+def _record(source, model: FADAutoencoder, cfg: TrainConfig, result, stats: GaussianStats, test_split: str) -> Dict:
+    """What ``fad_autoencoder.pt`` holds: the weights, the training record and the test statistics."""
+    return {
+        "format": FORMAT,
+        "dataset": source.name,
+        "data_label": source.label,
+        "setting": source.setting,
+        "in_channels": model.in_channels,
+        "image_size": model.image_size,
+        "code_dim": model.code_dim,
+        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+        "training": {
+            "epochs": cfg.epochs,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "optimizer": "AdamW",
+            "seed": cfg.seed,
+            "train_images": result.metrics["train_images"],
+            "history": result.history,
+            "run": str(result.out_dir),
+        },
+        "test_stats": {"mean": stats.mean, "cov": stats.cov, "n": stats.n, "split": test_split},
+        "code_version": code_version(),
+    }
 
 
 def load_fad_autoencoder(path: os.PathLike, map_location="cpu"):

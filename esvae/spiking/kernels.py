@@ -48,6 +48,8 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
 
 
 def _compile(cache: bool = True):
+    """Every numba kernel of the fused neuron, defined here rather than at module level so that
+    importing the library never starts numba's compiler (one long function: a list of small kernels)."""
     jit = numba.njit(parallel=True, cache=cache, nogil=True)
 
     @jit

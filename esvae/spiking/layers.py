@@ -174,6 +174,8 @@ class _TDBNThenLIF(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_spikes):
+        # One function on purpose: the compiled and torch-op paths share the batch-norm gradient
+        # and differ in buffers reused in place; split, the reuse rules would be spread over helpers.
         x, weight, bias, mean, invstd = ctx.saved_tensors
         bn, lif, training = ctx.bn, ctx.lif, ctx.training
         factor = bn.gain

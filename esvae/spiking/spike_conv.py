@@ -52,6 +52,8 @@ PIXEL_MIN_TAPS = 0.5  # per-pixel formulation where at least this fraction of th
 
 
 def _compile(cache: bool = True):
+    """The spike-driven convolution's numba kernels, defined on first use for the same reason as
+    :func:`esvae.spiking.kernels._compile` (one long function: a list of small kernels)."""
     numba = kernels.numba
     jit = numba.njit(parallel=True, cache=cache, nogil=True)
 
