@@ -148,7 +148,7 @@ class Pair:
 
 def build_pair(
     model_name: str,
-    dataset: str,
+    setting: str,
     timesteps: int,
     batch: int,
     lr: float = 1e-3,
@@ -160,7 +160,7 @@ def build_pair(
     from .naive import naive_param_groups, naive_port
 
     torch.manual_seed(0)
-    ours = build_model(model_name, dataset, timesteps=timesteps, **(overrides or {})).to(device)
+    ours = build_model(model_name, setting, timesteps=timesteps, **(overrides or {})).to(device)
     naive = naive_port(ours)
     c, s = ours.config.in_channels, ours.config.image_size
     images = (torch.rand(batch, c, s, s, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(device)
@@ -370,7 +370,7 @@ def run_bench(
     models: Sequence[str] = ("esvae", "fsvae"),
     timesteps: Sequence[int] = (4, 8, 16),
     batch: int = 64,
-    dataset: str = "fashion",
+    setting: str = "fashion",
     repeats: int = 3,
     allocators: Sequence[str] = ALLOCATORS,
     memory: bool = True,
@@ -397,7 +397,7 @@ def run_bench(
         from esvae.errors import ConfigError
 
         raise ConfigError("ESVAE_NO_MALLOC_TUNING=1 forbids the heap-kept timing; use --allocator default")
-    pairs = [build_pair(m, dataset, t, batch, overrides=overrides, device=device) for m in models for t in timesteps]
+    pairs = [build_pair(m, setting, t, batch, overrides=overrides, device=device) for m in models for t in timesteps]
     rows: Dict[tuple, Dict[str, Any]] = {
         (p.model_name, p.timesteps): {
             "model": p.model_name,
@@ -457,7 +457,7 @@ def run_bench(
                         try:
                             measured = peak_rss(
                                 pair.model_name,
-                                dataset,
+                                setting,
                                 pair.timesteps,
                                 batch,
                                 impl,
@@ -519,7 +519,7 @@ def run_bench(
             "generation, ours vs a naive port of the original approach, same weights and draws"
         ),
         "conditions": {
-            "dataset_config": dataset,
+            "setting": setting,
             "batch": batch,
             "timesteps": list(timesteps),
             "models": list(models),
@@ -676,9 +676,10 @@ def format_table(report: Dict[str, Any]) -> str:
     where = (
         m["device"] if m["device"] != "cpu" else f"{m['cpu']} ({m['cores']} cores), {m['torch_threads']} torch threads"
     )
+    setting = c.get("setting", c.get("dataset_config"))  # a report saved before the key was renamed
     lines.append(
         f"{where}, torch {m['torch']}; "
-        f"batch {c['batch']}; {c['dataset_config']} {c['weights']}; {c['statistic']}, {c['repeats']} timed; "
+        f"batch {c['batch']}; {setting} setting, {c['weights']}; {c['statistic']}, {c['repeats']} timed; "
         f"numerics: {c['numerics_check']}."
     )
     return "\n".join(lines)

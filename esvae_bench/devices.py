@@ -107,13 +107,13 @@ def _differences(ref: Dict[str, Any], other: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def compare_with_cpu(
-    model_name: str, dataset: str, timesteps: int, batch: int, device: str, dtype: torch.dtype
+    model_name: str, setting: str, timesteps: int, batch: int, device: str, dtype: torch.dtype
 ) -> Dict[str, Any]:
     """Training-mode and evaluation-mode differences between the CPU reference and ``device``."""
     from esvae.models import build_model
 
     torch.manual_seed(0)
-    cpu = build_model(model_name, dataset, timesteps=timesteps).to(dtype)
+    cpu = build_model(model_name, setting, timesteps=timesteps).to(dtype)
     other = copy.deepcopy(cpu).to(device)
     c, s = cpu.config.in_channels, cpu.config.image_size
     images = torch.rand(batch, c, s, s, generator=torch.Generator().manual_seed(1), dtype=dtype) * 2 - 1
@@ -147,7 +147,7 @@ def compare_with_cpu(
     return report
 
 
-def run(models: List[str], dataset: str, timesteps: int, batch: int, device: str) -> Dict[str, Any]:
+def run(models: List[str], setting: str, timesteps: int, batch: int, device: str) -> Dict[str, Any]:
     dev = torch.device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (torch-op path, compiled kernels off)"
     rows = []
@@ -156,7 +156,7 @@ def run(models: List[str], dataset: str, timesteps: int, batch: int, device: str
             row = {
                 "model": model_name,
                 "dtype": str(dtype).replace("torch.", ""),
-                **compare_with_cpu(model_name, dataset, timesteps, batch, device, dtype),
+                **compare_with_cpu(model_name, setting, timesteps, batch, device, dtype),
             }
             rows.append(row)
     return {
@@ -165,7 +165,7 @@ def run(models: List[str], dataset: str, timesteps: int, batch: int, device: str
             "training-mode forward/backward then evaluation mode; float64 is the verdict"
         ),
         "conditions": {
-            "dataset_config": dataset,
+            "setting": setting,
             "timesteps": timesteps,
             "batch": batch,
             "weights": "paper configuration, random initialisation (seed 0)",
@@ -192,7 +192,7 @@ def format_rows(report: Dict[str, Any]) -> str:
     c = report["conditions"]
     lines.append("")
     lines.append(
-        f"{report['device']} vs CPU reference; {c['dataset_config']} paper configuration, T={c['timesteps']}, "
+        f"{report['device']} vs CPU reference; {c['setting']} setting, T={c['timesteps']}, "
         f"batch {c['batch']}, {c['weights']}; float64 verdict: {'same' if report['ok'] else 'MISMATCH'}."
     )
     return "\n".join(lines)
@@ -202,7 +202,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m esvae_bench.devices", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu (the torch-op path on CPU)")
     parser.add_argument("--models", nargs="+", choices=("esvae", "fsvae"), default=["esvae", "fsvae"])
-    parser.add_argument("--dataset", default="fashion", choices=("mnist", "fashion", "cifar10", "celeba"))
+    parser.add_argument(
+        "--setting", "--dataset", dest="setting", default="fashion", choices=("mnist", "fashion", "cifar10", "celeba")
+    )
     parser.add_argument("--timesteps", type=int, default=16)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--json", default=None, help="write the report here as JSON")
@@ -230,7 +232,7 @@ def main(argv=None) -> int:
     if args.timesteps < 1 or args.batch < 2:
         print("esvae_bench.devices: error: --timesteps must be >= 1 and --batch >= 2", file=sys.stderr)
         return 2
-    report = run(args.models, args.dataset, args.timesteps, args.batch, args.device)
+    report = run(args.models, args.setting, args.timesteps, args.batch, args.device)
     if args.json:
         from esvae.files import write_json
 

@@ -32,7 +32,7 @@ def _status_kib(field: str) -> int:
 
 
 def _main(argv) -> int:
-    model, dataset, timesteps, batch, impl, mode, allocator, calls, threads = argv[:9]
+    model, setting, timesteps, batch, impl, mode, allocator, calls, threads = argv[:9]
     overrides = json.loads(argv[9]) if len(argv) > 9 else None
     if allocator == "tuned":
         from esvae.runtime import tune_allocator
@@ -45,7 +45,7 @@ def _main(argv) -> int:
     torch.set_num_threads(int(threads))
     from . import build_pair
 
-    pair = build_pair(model, dataset, int(timesteps), int(batch), overrides=overrides)
+    pair = build_pair(model, setting, int(timesteps), int(batch), overrides=overrides)
     before = _status_kib("VmRSS")
     call = pair.call(impl, mode)
     for _ in range(int(calls)):
@@ -56,7 +56,7 @@ def _main(argv) -> int:
 
 def peak_rss(
     model: str,
-    dataset: str,
+    setting: str,
     timesteps: int,
     batch: int,
     impl: str,
@@ -75,7 +75,7 @@ def peak_rss(
         "-m",
         "esvae_bench.rss",
         model,
-        dataset,
+        setting,
         str(timesteps),
         str(batch),
         impl,
