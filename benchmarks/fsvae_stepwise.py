@@ -1,7 +1,7 @@
 """FSVAE/TAID in eval mode: stepping the voting MLPs once per time step against the original's
 prefix passes, in the same process (same model, same inputs, same generator).
 
-    python benchmarks/fsvae_stepwise.py [--dataset fashion] [--timesteps 16] [--n 64] [--repeats 3]
+    python benchmarks/fsvae_stepwise.py [--setting fashion] [--timesteps 16] [--n 64] [--repeats 3]
 
 Prints, for generation (``sample``) and for eval-mode reconstruction (``forward``): seconds per
 image for both paths, the speed-up, and whether the outputs are identical.
@@ -38,18 +38,18 @@ def _time_forward(model, x, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="fsvae", choices=["fsvae", "taid"])
-    parser.add_argument("--dataset", default="fashion")
+    parser.add_argument("--setting", "--dataset", dest="setting", default="fashion", help="the paper setting")
     parser.add_argument("--timesteps", type=int, default=16)
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     tune_allocator()
     torch.manual_seed(0)
-    model = esvae.build_model(args.model, args.dataset, timesteps=args.timesteps).eval()
+    model = esvae.build_model(args.model, args.setting, timesteps=args.timesteps).eval()
     size, channels = model.config.image_size, model.config.in_channels
     x = torch.rand(args.n, channels, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
     print(
-        f"{args.model} ({args.dataset}, T={args.timesteps}, paper config, random init, eval mode), n={args.n}, "
+        f"{args.model} ({args.setting} setting, T={args.timesteps}, random init, eval mode), n={args.n}, "
         f"CPU with {torch.get_num_threads()} threads, median of {args.repeats}"
     )
     outputs, costs, fwd = {}, {}, {}
