@@ -223,6 +223,12 @@ def experiment_points(config: Mapping) -> Dict[str, List[RunPoint]]:
     return {name: sorted(points) for name, points in out.items()}
 
 
+def tables_of(config: Mapping, point: RunPoint) -> List[str]:
+    """The experiments (tables) whose grid holds ``point``: a point can be in several (the main table
+    and the T ablation share T = 16)."""
+    return [name for name, points in experiment_points(config).items() if point in points]
+
+
 def all_points(config: Mapping) -> List[RunPoint]:
     return sorted({p for points in experiment_points(config).values() for p in points})
 

@@ -5,6 +5,13 @@ One MLflow run per run point (dataset, model, sampler, T, seed), identified by t
 params, ``history.tsv`` as per-epoch metrics (step = epoch), the final metrics and the image grids;
 the evaluation and probe jobs add their metrics and artifacts to the newest run with that key.
 
+What makes the runs browsable: the experiment is tagged as a model-training experiment (so the UI
+opens on its runs table) and described with the saved searches of the paper's tables
+(:data:`VIEWS`); each run carries its data as MLflow dataset inputs (training and evaluation splits,
+with a content digest), tags naming the tables its point belongs to (``table_main`` ...), the preset
+and the device, and its final weights as the artifact ``model/checkpoint.pt`` (optimiser state
+dropped) beside ``model/README.md`` saying how to load them.
+
 Concurrency: the store and the experiment are created once before any job starts
 (:func:`init_store`, called from the workflow's ``onstart``); every store operation is retried with
 exponential back-off when SQLite reports a lock. Tracking never fails a job: when the store cannot be
@@ -13,6 +20,7 @@ reached the job's files are already written, and :func:`mirror` logs "tracking s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -27,6 +35,26 @@ from esvae.results import SCALAR_METRICS, read_result
 log = logging.getLogger(__name__)
 KEY_TAG = "esvae.key"
 STAGES = ("train", "evaluate", "probe")
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the UI then lands on the runs table
+TABLE_TAG = "table_{}"  # value "true" on the points of each of the grid's experiments (esvae_pipeline.grid)
+# The searches that answer the paper's questions: (title, filter, columns shown).
+VIEWS = (
+    (
+        "Table I: the main comparison",
+        "tags.table_main = 'true'",
+        ("metrics.eval_mse", "metrics.fid", "metrics.fid_clean", "metrics.fad", "metrics.kid"),
+    ),
+    (
+        "The T ablation",
+        "tags.table_ablation_timesteps = 'true'",
+        ("params.model_config.timesteps", "metrics.eval_mse", "metrics.fid", "metrics.fad"),
+    ),
+    (
+        "Robustness of the decoder",
+        "tags.table_main = 'true'",
+        ("metrics.robustness_mse_clean", "metrics.linear_probe_accuracy", "metrics.probe_mse_deterministic"),
+    ),
+)
 T = TypeVar("T")
 
 
@@ -70,9 +98,10 @@ def init_store(uri: str, experiment: str) -> str:
     found = with_retry(lambda: client.get_experiment_by_name(experiment), "get experiment")
     if found is not None:
         return found.experiment_id
+    tags = {EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1], "mlflow.note.content": experiment_description()}
     try:
         return with_retry(
-            lambda: client.create_experiment(experiment, artifact_location=default_artifact_root(uri)),
+            lambda: client.create_experiment(experiment, artifact_location=default_artifact_root(uri), tags=tags),
             "create experiment",
         )
     except Exception:
@@ -80,6 +109,18 @@ def init_store(uri: str, experiment: str) -> str:
         if found is None:
             raise
         return found.experiment_id
+
+
+def experiment_description() -> str:
+    """The experiment's note (shown on its page): what a run is, and the searches for the tables."""
+    lines = [
+        "One run per run point of the grid (dataset, model, sampler, T, seed), named by its key; "
+        "the files under results/<preset>/ are the source of truth. Searches for the paper's tables:",
+        "",
+    ]
+    for title, search, columns in VIEWS:
+        lines.append(f"- **{title}**: `{search}` (columns: {', '.join(columns)})")
+    return "\n".join(lines)
 
 
 def flatten(prefix: str, value, out: Dict[str, str]) -> Dict[str, str]:
@@ -197,6 +238,78 @@ ARTIFACTS = {
 }
 
 
+def dataset_inputs(config: Mapping, data_info: Mapping) -> List:
+    """The run's training and evaluation images as MLflow dataset inputs: named by the data label,
+    with a digest of exactly the images used (the split's content hash, the selection rule and N)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    out = []
+    for split, context, n, rule in (
+        ("train", "training", config.get("train_images"), "seeded subset (esvae.data.seeded_subset, seed 0)"),
+        ("test", "evaluation", config.get("test_images"), "the first N images"),
+    ):
+        info = data_info["splits"].get(split)
+        if info is None or not isinstance(n, int):
+            continue
+        selection = "the whole split" if n >= info["images"] else rule
+        digest = hashlib.sha256(f"{info['sha256']}|{split}|{n}|{selection}".encode()).hexdigest()[:16]
+        profile = {"images": n, "split_images": info["images"], "selection": selection, "split_sha256": info["sha256"]}
+        dataset = Dataset(
+            name=data_info["label"],
+            digest=digest,
+            source_type="esvae",
+            source=json.dumps({"dataset": data_info["dataset"], "split": split}),
+            schema=json.dumps({"image_shape": info["shape"], "dtype": "uint8"}),
+            profile=json.dumps(profile),
+        )
+        out.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)]))
+    return out
+
+
+LOAD_NOTE = """# {key}: final weights
+
+`checkpoint.pt` is the run's final checkpoint in this project's format with the optimiser state
+dropped (weights, model and run configuration). Load it with the library:
+
+```python
+import esvae
+
+model, ckpt = esvae.load_checkpoint("checkpoint.pt")  # model in the paper setting ckpt["setting"]
+```
+
+Download (with `MLFLOW_TRACKING_URI` set to this store):
+`mlflow artifacts download --artifact-uri models:/{model_id}/checkpoint.pt`.
+"""
+
+
+def _log_model(client, experiment_id: str, run_id: str, checkpoint: Path, key: str) -> None:
+    """The final weights as an MLflow logged model of the run (the runs table's Models column and the
+    run page link it): ``checkpoint.pt`` without the optimiser, and how to load it."""
+    import tempfile
+
+    import torch
+
+    from esvae.checkpoints import read_checkpoint
+
+    ckpt = read_checkpoint(checkpoint)
+    ckpt["optimizer"], ckpt["training_state"] = None, None
+    model = with_retry(
+        lambda: client.create_logged_model(
+            experiment_id, name=ckpt["model_name"], source_run_id=run_id, tags={KEY_TAG: key}, model_type="esvae"
+        ),
+        "create logged model",
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(ckpt, Path(tmp) / "checkpoint.pt")
+        (Path(tmp) / "README.md").write_text(LOAD_NOTE.format(key=key, model_id=model.model_id))
+        with_retry(lambda: client.log_model_artifacts(model.model_id, tmp), "log model artifacts")
+    with_retry(lambda: client.finalize_logged_model(model.model_id, "READY"), "finalize logged model")
+    from mlflow.entities import LoggedModelOutput
+
+    with_retry(lambda: client.log_outputs(run_id, [LoggedModelOutput(model.model_id, 0)]), "link logged model")
+    with_retry(lambda: client.set_tag(run_id, "model_uri", f"models:/{model.model_id}"), "tag model uri")
+
+
 def _runs_of(client, experiment_id: str, key: str):
     """The active MLflow runs of run point ``key``, newest first."""
     return with_retry(
@@ -215,14 +328,16 @@ def mirror(
     experiment: str,
     tags: Optional[Mapping[str, str]] = None,
     log_artifacts: bool = True,
+    data_info: Optional[Mapping] = None,
 ) -> Optional[str]:
     """Copy one stage's results of run point ``key`` into MLflow; returns the MLflow run id.
 
     ``train`` starts a new MLflow run (a re-trained point gets a fresh run; the newest is the one
-    evaluate/probe extend). Never raises: failures are logged as "tracking skipped" and give None.
+    evaluate/probe extend). ``data_info`` (the workflow's ``data/<dataset>.json``) gives the train
+    stage its dataset inputs. Never raises: failures are logged as "tracking skipped" and give None.
     """
     try:
-        return _mirror(stage, Path(run_dir), key, uri, experiment, dict(tags or {}), log_artifacts)
+        return _mirror(stage, Path(run_dir), key, uri, experiment, dict(tags or {}), log_artifacts, data_info)
     except Exception as exc:
         log.warning(
             "tracking skipped for %s (%s stage): %s: %s; the result files in %s are complete",
@@ -235,7 +350,7 @@ def mirror(
         return None
 
 
-def _mirror(stage, run_dir, key, uri, experiment, tags, log_artifacts):
+def _mirror(stage, run_dir, key, uri, experiment, tags, log_artifacts, data_info):
     from mlflow.entities import Metric, Param, RunTag
 
     from .grid import RunPoint
@@ -271,6 +386,9 @@ def _mirror(stage, run_dir, key, uri, experiment, tags, log_artifacts):
         point = RunPoint.from_key(key)  # the wildcards, as params too (filterable in the UI)
         flat.update({"sampler": point.sampler, "timesteps": str(point.timesteps), "seed": str(point.seed)})
         params = [Param(k, v[:6000]) for k, v in flat.items()]
+        if data_info is not None:
+            inputs = dataset_inputs(resolved, data_info)
+            with_retry(lambda: client.log_inputs(run_id, datasets=inputs), "log dataset inputs")
     stage_tags = [RunTag(k, str(v)) for k, v in all_tags.items()] + [RunTag(f"esvae.stage.{stage}", "done")]
     stage_tags += [RunTag(k, v[:5000]) for k, v in stage_conditions(stage, result).items()]
     with_retry(lambda: client.log_batch(run_id, tags=stage_tags), "log tags")
@@ -285,6 +403,8 @@ def _mirror(stage, run_dir, key, uri, experiment, tags, log_artifacts):
                 with_retry(
                     lambda path=path: client.log_artifact(run_id, str(path), artifact_path=stage), "log artifact"
                 )
+    if stage == "train" and log_artifacts and (run_dir / "checkpoint.pt").is_file():
+        _log_model(client, experiment_id, run_id, run_dir / "checkpoint.pt", key)
     with_retry(lambda: client.set_terminated(run_id, "FINISHED"), "finish run")
     log.info(
         "tracking: %s stage of %s logged to MLflow run %s (%s, experiment %r)", stage, key, run_id, uri, experiment

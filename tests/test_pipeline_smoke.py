@@ -178,7 +178,10 @@ def test_mlflow_ui_serves_the_smoke_runs_over_its_rest_api(smoke_dir):
             time.sleep(1)
         name = urllib.parse.quote(CONFIG["experiment"])
         with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name={name}") as r:
-            experiment_id = json.load(r)["experiment"]["experiment_id"]
+            experiment = json.load(r)["experiment"]
+        experiment_id = experiment["experiment_id"]
+        experiment_tags = {t["key"]: t["value"] for t in experiment["tags"]}
+        assert experiment_tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs
         request = urllib.request.Request(
             f"{base}/api/2.0/mlflow/runs/search",
             method="POST",
@@ -189,9 +192,24 @@ def test_mlflow_ui_serves_the_smoke_runs_over_its_rest_api(smoke_dir):
             runs = json.load(r)["runs"]
         keys = sorted(next(t["value"] for t in run["data"]["tags"] if t["key"] == "esvae.key") for run in runs)
         assert keys == sorted(p.key for p in POINTS)
+        results = smoke_dir / "results" / "smoke"
         for run in runs:
             metrics = {m["key"] for m in run["data"]["metrics"]}
             assert {"final_test_mse", "eval_mse", "fid", "fad", "linear_probe_accuracy"} <= metrics
+            tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+            point = grid.RunPoint.from_key(tags["esvae.key"])
+            tables = {k[len("table_") :] for k, v in tags.items() if k.startswith("table_") and v == "true"}
+            assert tables == set(grid.tables_of(CONFIG, point)) and tables, tags  # each table is one filter
+            assert tags["preset"] == "smoke" and tags["device"]
+            label = json.loads((results / "data" / f"{point.dataset}.json").read_text())["label"]
+            inputs = run["inputs"]["dataset_inputs"]
+            contexts = {i["tags"][0]["value"]: i["dataset"]["name"] for i in inputs}
+            assert contexts == {"training": label, "evaluation": label}, inputs
+            (output,) = run["outputs"]["model_outputs"]
+            with urllib.request.urlopen(f"{base}/api/2.0/mlflow/logged-models/{output['model_id']}") as r:
+                logged = json.load(r)["model"]
+            assert logged["info"]["source_run_id"] == run["info"]["run_id"]
+            assert logged["info"]["status"] == "LOGGED_MODEL_READY"
         with urllib.request.urlopen(f"{base}/") as r:  # the UI page itself
             assert r.status == 200 and "<html" in r.read().decode(errors="replace").lower()
     finally:

@@ -286,3 +286,55 @@ def test_timings_table_sums_snakemakes_benchmark_files(two_seed_results, caplog)
     assert t.loc[("evaluate", "all"), "seconds"] == pytest.approx(60.0)
     assert ("fad_autoencoder", "all") not in t.index and "fashion.tsv is not a Snakemake benchmark file" in caplog.text
     assert "211 s of job time" in (two_seed_results / "tables" / "timings.md").read_text()
+
+
+def test_a_tracked_run_carries_its_data_tables_and_loadable_weights(tmp_path, two_seed_results):
+    """What makes the runs browsable: a model-training experiment described with the tables' searches,
+    the training and evaluation splits as dataset inputs (label, digest of exactly the images used),
+    one tag per table of the point, and the final weights as a logged model that esvae loads."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    import esvae
+    from esvae.checkpoints import save_checkpoint
+
+    key = POINT.format(seed=0)
+    train_dir = two_seed_results / "runs" / key / "train"
+    config = json.loads((train_dir / "config.json").read_text())
+    (train_dir / "config.json").write_text(json.dumps({**config, "train_images": 256, "test_images": 10000}))
+    torch.manual_seed(0)
+    model = esvae.build_model("esvae", "fashion", timesteps=4)
+    save_checkpoint(train_dir / "checkpoint.pt", model, optimizer=torch.optim.AdamW(model.parameters()))
+    split = {"shape": [1, 32, 32], "sha256": "ab" * 32}
+    info = {
+        "dataset": "fashion",
+        "label": "Fashion-MNIST",
+        "splits": {"train": {**split, "images": 60000}, "test": {**split, "images": 10000}},
+    }
+    (tmp_path / "fashion.json").write_text(json.dumps(info))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["track", "--uri", uri, "--experiment", "browse", "--stage", "train", "--dir", str(train_dir)]
+    args += ["--key", key, "--tag", "table_main=true", "--tag", "table_ablation_timesteps=true"]
+    assert main([*args, "--data-info", str(tmp_path / "fashion.json")]) == 0
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("browse")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "`tags.table_main = 'true'`" in experiment.tags["mlflow.note.content"]
+    (run,) = client.search_runs([experiment.experiment_id], filter_string="tags.table_ablation_timesteps = 'true'")
+    assert run.data.tags["table_main"] == "true" and "table_ablation_sampler" not in run.data.tags
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "evaluation"} and {d.name for d in inputs.values()} == {"Fashion-MNIST"}
+    assert json.loads(inputs["training"].profile)["selection"].startswith("seeded subset")  # 256 of 60000
+    assert json.loads(inputs["evaluation"].profile)["selection"] == "the whole split"  # all 10000
+    assert inputs["training"].digest != inputs["evaluation"].digest  # other images, other digest
+    (output,) = run.outputs.model_outputs
+    logged = client.get_logged_model(output.model_id)
+    assert logged.source_run_id == run.info.run_id and run.data.tags["model_uri"] == f"models:/{logged.model_id}"
+    import mlflow
+
+    folder = Path(mlflow.artifacts.download_artifacts(logged.artifact_location, dst_path=str(tmp_path / "m")))
+    loaded, ckpt = esvae.load_checkpoint(folder / "checkpoint.pt")
+    assert ckpt["optimizer"] is None and "esvae.load_checkpoint" in (folder / "README.md").read_text()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[name]), name

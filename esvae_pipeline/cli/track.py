@@ -7,6 +7,7 @@ from pathlib import Path
 
 from esvae.cli._common import setup_logging
 from esvae.errors import ConfigError
+from esvae.results import read_result
 
 
 def register(sub) -> None:
@@ -25,6 +26,11 @@ def register(sub) -> None:
         help="MLflow experiment name (default: $ESVAE_MLFLOW_EXPERIMENT)",
     )
     tr.add_argument("--tag", action="append", default=[], metavar="NAME=VALUE", help="extra run tag (repeatable)")
+    tr.add_argument(
+        "--data-info",
+        help="the dataset's description from prepare-data (data/<dataset>.json): the train stage logs its "
+        "training and evaluation splits as MLflow dataset inputs",
+    )
     tr.set_defaults(run=run)
 
 
@@ -42,8 +48,9 @@ def run(args) -> int:
         if not sep or not name:
             raise ConfigError(f"--tag expects NAME=VALUE, got {item!r}")
         tags[name] = value
+    data_info = read_result(Path(args.data_info), "data") if args.data_info else None
     setup_logging()
-    run_id = mirror(args.stage, Path(args.dir), args.key, args.uri, args.experiment, tags)
+    run_id = mirror(args.stage, Path(args.dir), args.key, args.uri, args.experiment, tags, data_info=data_info)
     print(
         f"MLflow run {run_id} ({args.stage} of {args.key})"
         if run_id
