@@ -214,7 +214,7 @@ def test_every_command_takes_threads_and_the_workflow_passes_each_rules(capsys):
     pipeline_parser = build_parser("python -m esvae_pipeline", "", PIPELINE_COMMANDS)
     pipeline = next(a for a in pipeline_parser._actions if a.dest == "command").choices
     assert set(library) == {"train", "describe", "evaluate", "probe", "train-fad-autoencoder", "prepare-data"}
-    assert set(pipeline) == {"track", "report"} and len(COMMANDS) == len(library)
+    assert set(pipeline) == {"track", "report", "browse"} and len(COMMANDS) == len(library)
     from esvae_bench.cli import build_parser as bench_parser
 
     commands = {**library, **pipeline, "bench": bench_parser()}
