@@ -28,6 +28,7 @@ reason and the other metrics are still computed; ``metrics.json`` is rewritten a
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -132,6 +133,28 @@ class _Evaluation:
         """The generated images (generated before any metric that reads them)."""
         assert self.generated is not None
         return self.generated
+
+    @functools.cached_property
+    def images_u8(self) -> torch.Tensor:
+        """The generated images as uint8 [0, 255], converted once for IS, FID and KID."""
+        from .metrics.fidelity import to_uint8
+
+        return to_uint8(self.images)
+
+    def fidelity(self, reference: Optional[torch.Tensor], **which) -> Dict:
+        """torch-fidelity on the generated images (``which``: fid/kid/isc flags, reference_name)."""
+        from .metrics.fidelity import fidelity_metrics
+
+        return fidelity_metrics(
+            self.images_u8,
+            reference,
+            self.weights,
+            device=self.run.device,
+            batch_size=self.batch_size,
+            cache_dir=self.cache_dir,
+            verbose=self.progress,
+            **which,
+        )
 
 
 def evaluate_checkpoint(
@@ -389,21 +412,10 @@ def _inception_metrics(ev: _Evaluation, wanted: List[str]) -> None:
 
 
 def _inception_score_entry(ev: _Evaluation, common: Dict) -> Dict:
-    from .metrics.fidelity import fidelity_metrics, inception_score_splits, to_uint8
+    from .metrics.fidelity import inception_score_splits
 
     try:
-        raw = fidelity_metrics(
-            to_uint8(ev.images),
-            None,
-            ev.weights,
-            fid=False,
-            kid=False,
-            isc=True,
-            device=ev.run.device,
-            batch_size=ev.batch_size,
-            cache_dir=ev.cache_dir,
-            verbose=ev.progress,
-        )
+        raw = ev.fidelity(None, fid=False, kid=False, isc=True)
     except MetricUnavailableError as exc:
         log.warning("Inception Score not computed: %s", exc)
         return {"value": None, "refused": str(exc), "weights": ev.weights.label()}
@@ -466,21 +478,8 @@ def _fid_clean_entry(ev: _Evaluation, reference: torch.Tensor, common: Dict, ref
 
 
 def _fid_kid_entries(ev: _Evaluation, reference: torch.Tensor, fid: bool, kid: bool, common: Dict, ref: Dict) -> None:
-    from .metrics.fidelity import fidelity_metrics, to_uint8
-
     start = time.perf_counter()
-    raw = fidelity_metrics(
-        to_uint8(ev.images),
-        reference,
-        ev.weights,
-        fid=fid,
-        kid=kid,
-        reference_name=ref["reference_cache_name"],
-        device=ev.run.device,
-        batch_size=ev.batch_size,
-        cache_dir=ev.cache_dir,
-        verbose=ev.progress,
-    )
+    raw = ev.fidelity(reference, fid=fid, kid=kid, reference_name=ref["reference_cache_name"])
     log.info("Inception features and metrics in %.1f s", time.perf_counter() - start)
     n, split = ev.num_samples, ref["reference_split"]
     if fid:
