@@ -223,10 +223,14 @@ def experiment_points(config: Mapping) -> Dict[str, List[RunPoint]]:
     return {name: sorted(points) for name, points in out.items()}
 
 
-def tables_of(config: Mapping, point: RunPoint) -> List[str]:
-    """The experiments (tables) whose grid holds ``point``: a point can be in several (the main table
-    and the T ablation share T = 16)."""
-    return [name for name, points in experiment_points(config).items() if point in points]
+def point_tables(experiments: Mapping[str, List[RunPoint]]) -> Dict[RunPoint, List[str]]:
+    """Each run point's experiments (tables) from :func:`experiment_points`: a point can be in several
+    (the main table and the T ablation share T = 16)."""
+    out: Dict[RunPoint, List[str]] = {}
+    for name, points in experiments.items():
+        for point in points:
+            out.setdefault(point, []).append(name)
+    return out
 
 
 def all_points(config: Mapping) -> List[RunPoint]:
@@ -376,10 +380,13 @@ def settings_mismatch(config: Mapping, point: RunPoint, run_config: Mapping) -> 
 def export_job_environment(repo: Path, uri: str, config: Mapping) -> None:
     """Environment variables every job inherits (locally and through SLURM), set by the workflow:
     the interpreter running snakemake first on PATH (it has esvae installed), the repository on
-    PYTHONPATH (for --use-conda envs, which do not install esvae), the MLflow store, experiment and
-    preset for ``esvae_pipeline track``, the checkpoint interval of ``esvae train``, and the data root.
+    PYTHONPATH (for --use-conda envs, which do not install esvae), the MLflow store, experiment,
+    preset, resolved configuration and results folder for ``esvae_pipeline track`` (which derives a
+    run's table tags and dataset inputs from them), the checkpoint interval of ``esvae train``, and
+    the data root.
     Environment, not rule params: Snakemake re-runs a job whose params change, and none of these
     changes a result."""
+    import json
     import os
     import sys
 
@@ -388,6 +395,8 @@ def export_job_environment(repo: Path, uri: str, config: Mapping) -> None:
     os.environ["ESVAE_MLFLOW_URI"] = uri
     os.environ["ESVAE_MLFLOW_EXPERIMENT"] = config["experiment"]
     os.environ["ESVAE_PRESET"] = config["preset"]
+    os.environ["ESVAE_CONFIG"] = json.dumps(config, sort_keys=True)
+    os.environ["ESVAE_RESULTS"] = results_dir(config)
     checkpoint = config.get("checkpoint") or {}
     os.environ["ESVAE_CHECKPOINT_EVERY"] = str(checkpoint.get("every_steps", 0))
     os.environ["ESVAE_CHECKPOINT_MINUTES"] = str(checkpoint.get("minutes", 10))

@@ -251,8 +251,10 @@ def display(df, columns: Mapping[str, str]):
     return out
 
 
-def html_page(title: str, caption: str, table_html: str) -> str:
-    """A small standalone page: the table with its caption (the Snakemake report shows it as is)."""
+def html_page(title: str, caption: str, table, empty: str) -> str:
+    """A small standalone page: the table (a DataFrame; ``empty`` when it has no rows) with its caption
+    (the Snakemake report shows it as is)."""
+    table_html = table.to_html(index=False, escape=True, border=0) if len(table) else f"<p>{html.escape(empty)}</p>"
     style = (
         "body{font-family:sans-serif;margin:1em}caption,p{text-align:left;margin:.5em 0}"
         "table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}"
@@ -286,8 +288,7 @@ def write_table(df, text_df, out_dir: Path, name: str, caption: str) -> List[Pat
         + "\\end{table}\n"
     )
     write_text_atomic(paths[2], tex.replace("±", "$\\pm$"))
-    table = text_df.to_html(index=False, escape=True, border=0) if len(text_df) else "<p>(no results yet)</p>"
-    write_text_atomic(paths[3], html_page(name, caption, table))
+    write_text_atomic(paths[3], html_page(name, caption, text_df, "(no results yet)"))
     return paths
 
 
@@ -539,8 +540,7 @@ def write_claims(frame, main_points, results_dir: Path, config: Mapping, where: 
     csv_path, md_path, html_path = (results_dir / f"claims.{ext}" for ext in ("csv", "md", "html"))
     write_text_atomic(csv_path, pd.DataFrame(rows).to_csv(index=False))
     write_text_atomic(md_path, render_markdown(rows, "\n".join(conds)))
-    table = pd.DataFrame(rows).to_html(index=False, escape=True, border=0) if rows else "<p>(no claims checked)</p>"
-    write_text_atomic(html_path, html_page("claims", " ".join(conds), table))
+    write_text_atomic(html_path, html_page("claims", " ".join(conds), pd.DataFrame(rows), "(no claims checked)"))
     return [csv_path, md_path, html_path]
 
 

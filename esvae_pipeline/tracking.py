@@ -5,12 +5,12 @@ One MLflow run per run point (dataset, model, sampler, T, seed), identified by t
 params, ``history.tsv`` as per-epoch metrics (step = epoch), the final metrics and the image grids;
 the evaluation and probe jobs add their metrics and artifacts to the newest run with that key.
 
-What makes the runs browsable: the experiment is tagged as a model-training experiment (so the UI
-opens on its runs table) and described with the saved searches of the paper's tables
-(:data:`VIEWS`); each run carries its data as MLflow dataset inputs (training and evaluation splits,
-with a content digest), tags naming the tables its point belongs to (``table_main`` ...), the preset
-and the device, and its final weights as the artifact ``model/checkpoint.pt`` (optimiser state
-dropped) beside ``model/README.md`` saying how to load them.
+What makes the runs browsable: the experiment is tagged as a model-training experiment and
+described with the searches of the paper's tables (:data:`VIEWS`); each run carries its data as
+MLflow dataset inputs (training and evaluation splits, with a content digest), tags naming the
+tables its point belongs to (``table_main`` ...), the preset and the device, and its final weights
+as a logged model of the run (``checkpoint.pt`` without the optimiser state, beside a
+``README.md`` saying how to load it).
 
 Concurrency: the store and the experiment are created once before any job starts
 (:func:`init_store`, called from the workflow's ``onstart``); every store operation is retried with
@@ -35,8 +35,10 @@ from esvae.results import SCALAR_METRICS, read_result
 log = logging.getLogger(__name__)
 KEY_TAG = "esvae.key"
 STAGES = ("train", "evaluate", "probe")
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the UI then lands on the runs table
-TABLE_TAG = "table_{}"  # value "true" on the points of each of the grid's experiments (esvae_pipeline.grid)
+# MLflow 3's record of what an experiment is (model training); MLflow 3.17's UI opens on the runs table
+# only in its "Model training" mode, which esvae_pipeline.browse's addresses select.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+TABLE_TAG = "table_{}"  # value "true" on the points of each of the grid's experiments (the workflow sets it)
 # The searches that answer the paper's questions: (title, search, order by, columns to show).
 VIEWS = (
     (

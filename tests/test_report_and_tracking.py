@@ -288,7 +288,7 @@ def test_timings_table_sums_snakemakes_benchmark_files(two_seed_results, caplog)
     assert "211 s of job time" in (two_seed_results / "tables" / "timings.md").read_text()
 
 
-def test_a_tracked_run_carries_its_data_tables_and_loadable_weights(tmp_path, two_seed_results):
+def test_a_tracked_run_carries_its_data_tables_and_loadable_weights(tmp_path, two_seed_results, monkeypatch):
     """What makes the runs browsable: a model-training experiment described with the tables' searches,
     the training and evaluation splits as dataset inputs (label, digest of exactly the images used),
     one tag per table of the point, and the final weights as a logged model that esvae loads."""
@@ -311,11 +311,17 @@ def test_a_tracked_run_carries_its_data_tables_and_loadable_weights(tmp_path, tw
         "label": "Fashion-MNIST",
         "splits": {"train": {**split, "images": 60000}, "test": {**split, "images": 10000}},
     }
-    (tmp_path / "fashion.json").write_text(json.dumps(info))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "fashion.json").write_text(json.dumps(info))
+    # What the workflow exports: the resolved configuration (here with the sampler ablation at T = 2, so
+    # that the point is in the main table and the T ablation only) and the results folder.
+    smoke = grid.resolve_config({"preset": "smoke"})
+    config = {**smoke, "ablation_sampler": {**smoke["ablation_sampler"], "timesteps": 2}}
+    monkeypatch.setenv("ESVAE_CONFIG", json.dumps(config))
+    monkeypatch.setenv("ESVAE_RESULTS", str(tmp_path))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ["track", "--uri", uri, "--experiment", "browse", "--stage", "train", "--dir", str(train_dir)]
-    args += ["--key", key, "--tag", "table_main=true", "--tag", "table_ablation_timesteps=true"]
-    assert main([*args, "--data-info", str(tmp_path / "fashion.json")]) == 0
+    assert main([*args, "--key", key]) == 0
 
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("browse")

@@ -48,6 +48,18 @@ def test_every_preset_validates_and_expands_to_the_counted_grid():
     assert counts["paper"] == ({"main": 48, "ablation_timesteps": 144, "ablation_sampler": 36}, 192)
 
 
+def test_each_point_knows_every_table_it_is_in():
+    """The MLflow table tags come from point_tables: a point of the main table at the T ablation's T is
+    in both, and every point is in exactly the experiments whose grid holds it."""
+    config = grid.resolve_config({"preset": "cpu"})
+    experiments = grid.experiment_points(config)
+    tables = grid.point_tables(experiments)
+    assert set(tables) == set(grid.all_points(config))
+    for point, names in tables.items():
+        assert names == [name for name in grid.EXPERIMENTS if point in experiments[name]], point
+    assert any(names[:2] == ["main", "ablation_timesteps"] for names in tables.values())
+
+
 def test_default_preset_is_cpu_and_user_keys_override_it():
     config = grid.resolve_config({"preset": "cpu"})
     assert yaml.safe_load((REPO / "config" / "config.yaml").read_text())["preset"] == "cpu"

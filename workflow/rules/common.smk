@@ -67,10 +67,7 @@ def resources_of(kind):
 def track_command(stage, out_dir, wildcards):
     """Mirror a finished stage into MLflow (store, experiment and preset from the environment above);
     `esvae_pipeline track` exits 0 even when tracking is unavailable."""
-    point = point_of(wildcards)
-    tables = " ".join(f"--tag table_{name}=true" for name in grid.tables_of(CONFIG, point))
-    data = f" --data-info {OUT}/data/{point.dataset}.json" if stage == "train" else ""
-    return f"python -m esvae_pipeline track --stage {stage} --dir {out_dir} --key {run_key(wildcards)} {tables}{data}"
+    return f"python -m esvae_pipeline track --stage {stage} --dir {out_dir} --key {run_key(wildcards)}"
 
 
 def tracked(stage, output_name):
