@@ -305,6 +305,36 @@ def test_kernels_keep_torch_thread_count():
     assert out.stdout.strip().splitlines()[-1] == "1"
 
 
+def test_a_second_process_compiles_no_kernel():
+    """Numba's on-disk cache serves every kernel to a fresh process: of two processes that run both
+    models' training, evaluation and generation (float32 and float64), the second saves nothing to
+    the cache (a kernel whose cache key changed from process to process was compiled by each, about
+    9 s a process, and its cache grew by a file each time)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from esvae_bench import build_pair\n"
+        "for model in ('esvae', 'fsvae'):\n"
+        "    for dtype in (torch.float32, torch.float64):\n"
+        "        p = build_pair(model, 'fashion', 2, 4)\n"
+        "        p.ours.to(dtype); p.images = p.images.to(dtype)\n"
+        "        p.optimizers['ours'] = torch.optim.AdamW(p.ours.parameters())\n"
+        "        for mode in ('train', 'eval', 'sample'):\n"
+        "            p.call('ours', mode)()\n"
+    )
+    env = dict(os.environ, NUMBA_DEBUG_CACHE="1")
+    env.pop("ESVAE_NO_NUMBA", None)
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-2000:]
+    assert "data loaded from" in runs[1].stdout
+    saved = [line for line in runs[1].stdout.splitlines() if "saved to" in line]
+    assert saved == [], saved[:3]
+
+
 def test_peak_memory_counts_live_allocations():
     def work():
         a = torch.empty(1_000_000)  # 4 MB

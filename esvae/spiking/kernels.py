@@ -49,7 +49,13 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
 
 def _compile(cache: bool = True):
     """Every numba kernel of the fused neuron, defined here rather than at module level so that
-    importing the library never starts numba's compiler (one long function: a list of small kernels)."""
+    importing the library never starts numba's compiler (one long function: a list of small kernels).
+
+    The helpers the kernels call (``_replay``, ``_sweep_back``) are module globals, not closure
+    variables: numba keys its on-disk cache on the pickled closure, and a compiled function pickles
+    with an id that is new in every process, so a kernel calling a helper from its closure missed
+    the cache and was compiled again by every process (about 9 s each, and a cache file more)."""
+    global _replay, _sweep_back
     jit = numba.njit(parallel=True, cache=cache, nogil=True)
 
     @jit
@@ -111,7 +117,7 @@ def _compile(cache: bool = True):
                     mixed[p, k] += zero if u <= threshold else w
 
     @numba.njit(cache=cache, nogil=True, inline="always")
-    def replay(x, p, k0, n, tx, scale, shift, tau, threshold, one, zero, u):
+    def _replay(x, p, k0, n, tx, scale, shift, tau, threshold, one, zero, u):
         # u[t, :n] = u_t of elements k0 .. k0 + n of image p, as forward computes them (the same bits)
         sc, sh = scale[k0 : k0 + n], shift[k0 : k0 + n]
         xr, u0 = x[0, p, k0 : k0 + n], u[0]
@@ -125,7 +131,7 @@ def _compile(cache: bool = True):
                 ut[k] = (xr[k] * sc[k] + sh[k]) + tau * (previous * keep)
 
     @numba.njit(cache=cache, nogil=True, inline="always")
-    def sweep_back(v, grad_out, grad_next, tau, threshold, one, zero, half):
+    def _sweep_back(v, grad_out, grad_next, tau, threshold, one, zero, half):
         # dL/dI_t from u_t = v, dL/do_t = grad_out and dL/dI_{t+1} = grad_next: the reverse-time
         # step of the reference's sweep, with the rectangle surrogate 1[|u| < 0.5]
         keep = one if v <= threshold else zero
@@ -154,14 +160,14 @@ def _compile(cache: bool = True):
             for p in range(j * per, min(images, (j + 1) * per)):
                 for k0 in range(0, width, block):
                     n = min(block, width - k0)
-                    replay(x, p, k0, n, tx, scale, shift, tau, threshold, one, zero, u)
+                    _replay(x, p, k0, n, tx, scale, shift, tau, threshold, one, zero, u)
                     for k in range(n):
                         grad_next[k] = zero
                     for t in range(steps - 1, -1, -1):
                         w = weights[t]
                         gs, ut, o = grad_spikes[t * step_of_grad, p, k0 : k0 + n], u[t], out[t, p, k0 : k0 + n]
                         for k in range(n):
-                            grad = sweep_back(ut[k], w * gs[k], grad_next[k], tau, threshold, one, zero, half)
+                            grad = _sweep_back(ut[k], w * gs[k], grad_next[k], tau, threshold, one, zero, half)
                             o[k] = grad
                             grad_next[k] = grad
                     # summed apart from the sweep (it vectorises better so), steps from last to first
@@ -194,7 +200,7 @@ def _compile(cache: bool = True):
             for p in range(j * per, min(images, (j + 1) * per)):
                 for k0 in range(0, width, block):
                     n = min(block, width - k0)
-                    replay(x, p, k0, n, tx, scale, shift, tau, threshold, one, zero, u)
+                    _replay(x, p, k0, n, tx, scale, shift, tau, threshold, one, zero, u)
                     c0, c1, c2, c3 = (
                         coef[0, k0 : k0 + n],
                         coef[1, k0 : k0 + n],
@@ -212,18 +218,18 @@ def _compile(cache: bool = True):
                         gs, xr, ut = grad_spikes[t * step_of_grad, p, k0 : k0 + n], x[t * tx, p, k0 : k0 + n], u[t]
                         if apply and tx:  # each case its own loop: a branch inside would stop vectorisation
                             for k in range(n):
-                                grad = sweep_back(ut[k], w * gs[k], grad_next[k], tau, threshold, one, zero, half)
+                                grad = _sweep_back(ut[k], w * gs[k], grad_next[k], tau, threshold, one, zero, half)
                                 grad_next[k] = grad
                                 xr[k] = (grad - c0[k] - (xr[k] - c1[k]) * c2[k]) * c3[k]
                         elif apply:
                             acc = out[p, k0 : k0 + n]
                             for k in range(n):
-                                grad = sweep_back(ut[k], w * gs[k], grad_next[k], tau, threshold, one, zero, half)
+                                grad = _sweep_back(ut[k], w * gs[k], grad_next[k], tau, threshold, one, zero, half)
                                 grad_next[k] = grad
                                 acc[k] += (grad - c0[k] - (xr[k] - c1[k]) * c2[k]) * c3[k]
                         else:  # dL/dI_t over u_t (read first): summed below, apart from the sweep
                             for k in range(n):
-                                grad = sweep_back(ut[k], w * gs[k], grad_next[k], tau, threshold, one, zero, half)
+                                grad = _sweep_back(ut[k], w * gs[k], grad_next[k], tau, threshold, one, zero, half)
                                 grad_next[k] = grad
                                 ut[k] = grad
                     if not apply:  # the same order as in backward: steps from last to first

@@ -53,7 +53,9 @@ PIXEL_MIN_TAPS = 0.5  # per-pixel formulation where at least this fraction of th
 
 def _compile(cache: bool = True):
     """The spike-driven convolution's numba kernels, defined on first use for the same reason as
-    :func:`esvae.spiking.kernels._compile` (one long function: a list of small kernels)."""
+    :func:`esvae.spiking.kernels._compile` (one long function: a list of small kernels; the helper
+    ``_fill_bias`` is a module global for the reason given there: numba's cache)."""
+    global _fill_bias
     numba = kernels.numba
     jit = numba.njit(parallel=True, cache=cache, nogil=True)
 
@@ -81,7 +83,7 @@ def _compile(cache: bool = True):
         return -1 if bad.sum() > 0 else fired.sum()
 
     @numba.njit(cache=cache, nogil=True)
-    def fill_bias(image, bias):  # image (OH, OW, Co): every output starts at its channel's bias
+    def _fill_bias(image, bias):  # image (OH, OW, Co): every output starts at its channel's bias
         out_h, out_w, channels = image.shape
         for oh in range(out_h):
             for ow in range(out_w):
@@ -99,7 +101,7 @@ def _compile(cache: bool = True):
         taps_h, taps_w, _, channels = wt.shape
         for b in numba.prange(images):
             image = out[b]
-            fill_bias(image, bias)
+            _fill_bias(image, bias)
             for ih in range(height):
                 for iw in range(width):
                     n = count[b, ih, iw]
@@ -131,7 +133,7 @@ def _compile(cache: bool = True):
         for b in numba.prange(images):
             s = np.empty(span, dtype=out.dtype)
             image = out[b]
-            fill_bias(image, bias)
+            _fill_bias(image, bias)
             for ih in range(height):
                 for iw in range(width):
                     n = count[b, ih, iw]
