@@ -20,6 +20,7 @@ runs; speed-ups are reported against the naive port under both settings.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import statistics
@@ -94,18 +95,66 @@ def _seconds(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def time_in_turn(timed: Dict[str, Callable[[], float]], repeats: int) -> Dict[str, list]:
+    """The seconds each ``timed[name]()`` returns (one call, timed): one warm-up call each, then
+    ``repeats`` rounds that call every one once in turn, so that a slow spell of a shared machine
+    hits all of them alike."""
+    for fn in timed.values():
+        fn()
+    times: Dict[str, list] = {name: [] for name in timed}
+    for _ in range(repeats):
+        for name, fn in timed.items():
+            times[name].append(fn())
+    return times
+
+
 def time_interleaved(
     fns: Dict[str, Callable[[], object]], repeats: int, device: torch.device = torch.device("cpu")
 ) -> Dict[str, list]:
-    """Seconds per call of each function, one warm-up call each, then ``repeats`` rounds that call
-    every function once in turn, so that a slow spell of a shared machine hits all of them alike."""
-    for fn in fns.values():
-        fn()
-    times: Dict[str, list] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(_seconds(fn, device))
-    return times
+    """:func:`time_in_turn` of functions run in this process (seconds per call of each)."""
+    return time_in_turn({name: functools.partial(_seconds, fn, device) for name, fn in fns.items()}, repeats)
+
+
+def time_pair_in_processes(
+    pair: "Pair", setting: str, allocator: str, repeats: int, overrides: Optional[dict] = None
+) -> Dict[str, Dict[str, list]]:
+    """``{mode: {impl: seconds per call}}`` with each implementation in a process of its own under
+    ``allocator`` (:mod:`esvae_bench.worker`), called in turn. Checks that both processes built
+    this process's pair: the loss of their first training step (the warm-up) must equal, to float32
+    rounding, the loss of our training step on a copy of ``pair`` here."""
+    import copy
+
+    from .worker import MeasurementError, Worker, _digest
+
+    expected = _digest("train", copy.deepcopy(pair).call("ours", "train")())
+    size, threads = pair.images.shape[0], torch.get_num_threads()
+    workers = {
+        impl: Worker(pair.model_name, setting, pair.timesteps, size, impl, allocator, threads, overrides)
+        for impl in IMPLS
+    }
+
+    def timed(impl: str, mode: str, digests: list) -> float:
+        reply = workers[impl].call(mode)
+        digests.append(reply["digest"])
+        return reply["seconds"]
+
+    try:
+        out: Dict[str, Dict[str, list]] = {}
+        for mode in MODES:
+            replies: Dict[str, list] = {impl: [] for impl in IMPLS}
+            out[mode] = time_in_turn(
+                {impl: functools.partial(timed, impl, mode, replies[impl]) for impl in IMPLS}, repeats
+            )
+            for impl in IMPLS if mode == "train" else ():
+                if abs(replies[impl][0] - expected) > 1e-4 * max(1.0, abs(expected)):
+                    raise MeasurementError(
+                        f"the {impl} timing process of {pair.model_name} T={pair.timesteps} ({allocator}) "
+                        f"computed a first training loss of {replies[impl][0]!r}, this process {expected!r}"
+                    )
+        return out
+    finally:
+        for worker in workers.values():
+            worker.__exit__()
 
 
 @dataclass
@@ -411,7 +460,7 @@ def run_bench(
         progress(f"numerics check {pair.model_name} T={pair.timesteps}")
         rows[(pair.model_name, pair.timesteps)]["numerics"] = check_numerics(pair, check_batch)
     for allocator in allocators:
-        if allocator == "tuned":
+        if allocator == "tuned":  # here: the profile below runs with the heap kept, like the timing processes
             if not tune_allocator():
                 from esvae.errors import ConfigError
 
@@ -421,12 +470,18 @@ def run_bench(
                 )
         for pair in pairs:
             row = rows[(pair.model_name, pair.timesteps)]
-            for mode in MODES:
+            if dev.type == "cpu":
                 progress(
-                    f"timing {pair.model_name} T={pair.timesteps} {mode}, naive and ours in turn "
-                    f"(allocator {allocator})"
+                    f"timing {pair.model_name} T={pair.timesteps} train, eval, sample: naive and ours in turn, "
+                    f"each in a process of its own (allocator {allocator})"
                 )
-                times = time_interleaved({impl: pair.call(impl, mode) for impl in IMPLS}, repeats, pair.device)
+                by_mode = time_pair_in_processes(pair, setting, allocator, repeats, overrides)
+            for mode in MODES:
+                if dev.type == "cpu":
+                    times = by_mode[mode]
+                else:
+                    progress(f"timing {pair.model_name} T={pair.timesteps} {mode}, naive and ours in turn")
+                    times = time_interleaved({impl: pair.call(impl, mode) for impl in IMPLS}, repeats, pair.device)
                 for impl in IMPLS:
                     row["seconds"][allocator].setdefault(impl, {})[mode] = statistics.median(times[impl])
                     row.setdefault("samples_seconds", {}).setdefault(allocator, {}).setdefault(impl, {})[mode] = times[

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from typing import Dict, Optional
 
-from esvae.errors import EsvaeError
+from .worker import MeasurementError, prepare_process
 
 
 def _status_kib(field: str) -> int:
@@ -34,15 +34,10 @@ def _status_kib(field: str) -> int:
 def _main(argv) -> int:
     model, setting, timesteps, batch, impl, mode, allocator, calls, threads = argv[:9]
     overrides = json.loads(argv[9]) if len(argv) > 9 else None
-    if allocator == "tuned":
-        from esvae.runtime import tune_allocator
-
-        if not tune_allocator():
-            print(json.dumps({"error": "the heap-kept setting needs glibc's mallopt"}))
-            return 2
-    import torch  # after the allocator setting
-
-    torch.set_num_threads(int(threads))
+    error = prepare_process(allocator, threads)
+    if error:
+        print(json.dumps({"error": error}))
+        return 2
     from . import build_pair
 
     pair = build_pair(model, setting, int(timesteps), int(batch), overrides=overrides)
@@ -93,10 +88,6 @@ def peak_rss(
         )
         raise MeasurementError(f"peak-memory process for {model} {impl} {mode} ({allocator}) failed: {tail}")
     return out
-
-
-class MeasurementError(EsvaeError):
-    """A measurement could not be taken (one line for the user; the bench's other results are kept)."""
 
 
 if __name__ == "__main__":
