@@ -74,6 +74,32 @@ def test_peak_rss_failure_is_one_line():
     assert isinstance(info.value, EsvaeError) and "\n" not in str(info.value)
 
 
+def test_timing_process_runs_the_benchs_pair_and_fails_in_one_line():
+    """A timing process (esvae_bench.worker) builds the same pair as the bench's own process: its
+    first training step has the loss of the same step here, and its training changes its weights
+    (the second loss differs); a wrong mode or model ends it with one line."""
+    import copy
+
+    from esvae.errors import EsvaeError
+    from esvae_bench import build_pair
+    from esvae_bench.worker import MeasurementError, Worker
+
+    pair = build_pair("esvae", "fashion", 2, 4)
+    here = copy.deepcopy(pair).call("naive", "train")
+    expected = [float(here()[1]["loss"].detach()) for _ in range(2)]
+    with Worker("esvae", "fashion", 2, 4, "naive", "tuned", 1) as worker:
+        got = [worker.call("train")["digest"] for _ in range(2)]
+        assert got == pytest.approx(expected, rel=1e-6) and got[0] != got[1]
+        assert worker.call("eval")["seconds"] > 0
+        with pytest.raises(MeasurementError, match="unknown mode 'backward'") as info:
+            worker.call("backward")
+    assert isinstance(info.value, EsvaeError) and "\n" not in str(info.value)
+    with pytest.raises(MeasurementError, match="timing process for nosuchmodel T=2 ours") as info:
+        with Worker("nosuchmodel", "fashion", 2, 4, "ours", "default", 1) as worker:
+            worker.call("train")
+    assert "\n" not in str(info.value)
+
+
 @pytest.mark.workflow  # end to end (a whole command, real data or subprocesses): the long lane
 @pytest.mark.parametrize("model_name", ["esvae", "fsvae"])
 def test_device_check_passes_for_the_torch_op_path_and_catches_a_wrong_one(model_name, monkeypatch):
