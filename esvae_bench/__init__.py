@@ -20,13 +20,14 @@ runs; speed-ups are reported against the naive port under both settings.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -46,6 +47,7 @@ ALLOCATOR_LABELS = {
 # to the tensor's largest entry (plus 1e-3 of the model's largest, for tensors whose exact gradient
 # is 0, such as a convolution bias followed by batch norm).
 OUTPUT_ATOL_FLOAT64 = 1e-9
+CALL_SEED = 7  # the random draws of a timed call: a generator seeded so, fresh for each call
 GRAD_RTOL_FLOAT64 = 1e-6
 
 
@@ -115,46 +117,53 @@ def time_interleaved(
     return time_in_turn({name: functools.partial(_seconds, fn, device) for name, fn in fns.items()}, repeats)
 
 
+def first_training_loss(pair: "Pair", impl: str) -> float:
+    """The loss of ``impl``'s first training step on ``pair`` (the forward that step runs, on a
+    copy: ``pair`` is left as it was)."""
+    import copy
+
+    module: Any = copy.deepcopy(pair.module(impl)).train()
+    with torch.no_grad():
+        out = module(pair.images, generator=_gen(CALL_SEED, pair.device))
+        return float(module.loss(pair.images, out)["loss"])
+
+
 def time_pair_in_processes(
     pair: "Pair", setting: str, allocator: str, repeats: int, overrides: Optional[dict] = None
 ) -> Dict[str, Dict[str, list]]:
     """``{mode: {impl: seconds per call}}`` with each implementation in a process of its own under
-    ``allocator`` (:mod:`esvae_bench.worker`), called in turn. Checks that both processes built
-    this process's pair: the loss of their first training step (the warm-up) must equal, to float32
-    rounding, the loss of our training step on a copy of ``pair`` here."""
-    import copy
+    ``allocator`` (:mod:`esvae_bench.worker`), called in turn. Checks that each process built this
+    process's pair: the loss of its first training step (the warm-up) must equal, to float32
+    rounding, :func:`first_training_loss` of the same implementation here."""
+    from .worker import MeasurementError, Worker
 
-    from .worker import MeasurementError, Worker, _digest
-
-    expected = _digest("train", copy.deepcopy(pair).call("ours", "train")())
+    expected = {impl: first_training_loss(pair, impl) for impl in IMPLS}
     size, threads = pair.images.shape[0], torch.get_num_threads()
-    workers = {
-        impl: Worker(pair.model_name, setting, pair.timesteps, size, impl, allocator, threads, overrides)
-        for impl in IMPLS
-    }
 
-    def timed(impl: str, mode: str, digests: list) -> float:
-        reply = workers[impl].call(mode)
-        digests.append(reply["digest"])
+    def timed(worker: Worker, mode: str, impl: str, calls: List[int]) -> float:
+        reply = worker.call(mode)
+        calls[0] += 1
+        want = expected[impl]
+        if mode == "train" and calls[0] == 1 and abs(reply["digest"] - want) > 1e-4 * max(1.0, abs(want)):
+            raise MeasurementError(
+                f"the {impl} timing process of {pair.model_name} T={pair.timesteps} ({allocator}) computed a "
+                f"first training loss of {reply['digest']!r}, this process {want!r}: not the same pair"
+            )
         return reply["seconds"]
 
-    try:
-        out: Dict[str, Dict[str, list]] = {}
-        for mode in MODES:
-            replies: Dict[str, list] = {impl: [] for impl in IMPLS}
-            out[mode] = time_in_turn(
-                {impl: functools.partial(timed, impl, mode, replies[impl]) for impl in IMPLS}, repeats
+    with contextlib.ExitStack() as stack:
+        workers = {
+            impl: stack.enter_context(
+                Worker(pair.model_name, setting, pair.timesteps, size, impl, allocator, threads, overrides)
             )
-            for impl in IMPLS if mode == "train" else ():
-                if abs(replies[impl][0] - expected) > 1e-4 * max(1.0, abs(expected)):
-                    raise MeasurementError(
-                        f"the {impl} timing process of {pair.model_name} T={pair.timesteps} ({allocator}) "
-                        f"computed a first training loss of {replies[impl][0]!r}, this process {expected!r}"
-                    )
-        return out
-    finally:
-        for worker in workers.values():
-            worker.__exit__()
+            for impl in IMPLS
+        }
+        return {
+            mode: time_in_turn(
+                {impl: functools.partial(timed, workers[impl], mode, impl, [0]) for impl in IMPLS}, repeats
+            )
+            for mode in MODES
+        }
 
 
 @dataclass
@@ -175,7 +184,7 @@ class Pair:
     def module(self, impl: str) -> torch.nn.Module:
         return self.ours if impl == "ours" else self.naive
 
-    def call(self, impl: str, mode: str, seed: int = 7) -> Callable[[], object]:
+    def call(self, impl: str, mode: str, seed: int = CALL_SEED) -> Callable[[], object]:
         """A zero-argument callable running ``mode`` once with ``impl`` (fresh generator each call)."""
         from esvae.train import train_step
 
@@ -460,7 +469,7 @@ def run_bench(
         progress(f"numerics check {pair.model_name} T={pair.timesteps}")
         rows[(pair.model_name, pair.timesteps)]["numerics"] = check_numerics(pair, check_batch)
     for allocator in allocators:
-        if allocator == "tuned":  # here: the profile below runs with the heap kept, like the timing processes
+        if allocator == "tuned":  # in this process too: its peak-tensor calls and the profile run with the heap kept
             if not tune_allocator():
                 from esvae.errors import ConfigError
 
@@ -589,7 +598,8 @@ def run_bench(
             "repeats": repeats,
             "statistic": (
                 "median seconds per call after one warm-up call; naive and ours "
-                "called in turn, every sample in samples_seconds"
+                + ("each in a process of its own (esvae_bench.worker), " if dev.type == "cpu" else "")
+                + "called in turn, every sample in samples_seconds"
             ),
             "peak_memory": (
                 "CUDA caching allocator's peak during one call, above what was allocated before"
@@ -607,7 +617,7 @@ def run_bench(
                 "per mode, the convolutions whose input is spikes during one call of ours, how many ran "
                 "spike-driven (esvae.spiking.spike_conv: forward and weight gradient from the spikes that "
                 "fired; its speed depends on the firing rate) and the firing rate of their inputs; at "
-                "random initialisation, after the timed calls"
+                "random initialisation, in the bench's process after its own few training steps (peak memory, FLOPs)"
             ),
             "flop_bound": (
                 "flops_per_image: the dense FLOPs of our call's matrix products and convolutions, forward and "

@@ -1,16 +1,19 @@
 """One implementation in a process of its own, timed call by call from the bench's process.
 
 ``python -m esvae_bench.worker MODEL SETTING T BATCH IMPL ALLOCATOR THREADS [OVERRIDES_JSON]`` sets
-glibc's allocator (before torch is imported), builds the benchmark's pair
-(:func:`esvae_bench.build_pair`: the same weights, images and random draws as the bench's own copy)
-and answers one line per request read from stdin: a mode (``train``, ``eval`` or ``sample``) runs
-one call of ``IMPL`` and prints ``{"seconds": s, "digest": d}`` (``d``: the loss of a training step,
-the sum of the reconstructions or of the generated images, to check what ran); end of input ends it.
+glibc's allocator (``mallopt``, before the models are built and any call runs, as ``esvae train``
+does), builds the benchmark's pair (:func:`esvae_bench.build_pair`: the same weights, images and
+random draws as the bench's own copy) and answers one line per request read from stdin: a mode
+(``train``, ``eval`` or ``sample``) runs one call of ``IMPL`` and writes ``{"seconds": s, "digest":
+d}`` (``d``: the loss of a training step, the sum of the reconstructions or of the generated images,
+to check what ran); end of input ends it. The replies go to the file descriptor stdout had at the
+start; anything a library prints goes to stderr.
 
 Why a process per implementation: in one process the two share glibc's heap. With the heap kept,
 the naive port's 3-4 GB of freed blocks stay in it and our calls are served from them, which is not
 how ``esvae train`` runs (our model alone, on a heap of its own); on 2026-12-06 (AMD EPYC, 2 cores)
-that measured our ESVAE training step at 0.59-0.87 s against 0.46-0.52 s alone. The bench still
+our ESVAE evaluation call, heap kept, took 0.15-0.25 s there against about 0.08 s in a process of
+its own (the committed reports are of processes of their own). The bench still
 calls the two in turn (one request at a time; the other process waits on its pipe, using no CPU), so
 a slow spell of the machine hits both. :class:`Worker` is the bench's side.
 """
@@ -60,11 +63,14 @@ def _digest(mode: str, result) -> float:
 
 
 def _main(argv) -> int:
+    replies = os.fdopen(os.dup(1), "w", buffering=1)  # the replies' channel; stdout itself ...
+    os.dup2(2, 1)  # ... goes to stderr, so that nothing a library prints is read as a reply
+    sys.stdout = sys.stderr
     model, setting, timesteps, batch, impl, allocator, threads = argv[:7]
     overrides = json.loads(argv[7]) if len(argv) > 7 else None
     error = prepare_process(allocator, threads)
     if error:
-        print(json.dumps({"error": error}), flush=True)
+        replies.write(json.dumps({"error": error}) + "\n")
         return 2
     from . import build_pair
 
@@ -73,12 +79,14 @@ def _main(argv) -> int:
     for line in sys.stdin:
         mode = line.strip()
         if mode not in calls:
-            print(json.dumps({"error": f"unknown mode {mode!r} (train, eval or sample)"}), flush=True)
+            replies.write(json.dumps({"error": f"unknown mode {mode!r} (train, eval or sample)"}) + "\n")
             return 2
         start = time.perf_counter()
         result = calls[mode]()
         seconds = time.perf_counter() - start
-        print(json.dumps({"seconds": seconds, "digest": _digest(mode, result)}), flush=True)
+        digest = _digest(mode, result)
+        del result  # freed here, not inside the next timed call
+        replies.write(json.dumps({"seconds": seconds, "digest": digest}) + "\n")
     return 0
 
 
@@ -101,7 +109,7 @@ class Worker:
         self.what = f"{model} T={timesteps} {impl} ({allocator})"
         cmd = [sys.executable, "-m", "esvae_bench.worker", model, setting, str(timesteps), str(batch), impl]
         cmd += [allocator, str(threads)] + ([json.dumps(overrides)] if overrides else [])
-        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self._stderr = tempfile.TemporaryFile(mode="w+", errors="replace")
         self._proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=dict(os.environ)
         )
@@ -114,21 +122,34 @@ class Worker:
         except BrokenPipeError:
             pass  # the process ended: its reason is read below
         line = self._proc.stdout.readline()
-        reply = json.loads(line) if line.startswith("{") else {}
-        if "seconds" not in reply:
-            self.close()
-            self._stderr.seek(0)
-            lines = self._stderr.read().strip().splitlines()
-            why = reply.get("error") or (lines[-1] if lines else f"exit status {self._proc.returncode}, no output")
-            raise MeasurementError(f"timing process for {self.what} failed: {why}")
+        try:
+            reply = json.loads(line) if line.strip() else {}
+        except ValueError:
+            reply = {"error": f"not a reply: {line.strip()[:200]!r}"}
+        if not isinstance(reply, dict) or "seconds" not in reply:
+            self.close()  # its input ends: a live process leaves its loop, so the exit status is its own
+            why = reply.get("error") if isinstance(reply, dict) else None
+            raise MeasurementError(f"timing process for {self.what} failed: {why or self._last_error()}")
         return reply
 
-    def close(self) -> None:
-        if self._proc.stdin is not None and not self._proc.stdin.closed:
-            try:
-                self._proc.stdin.close()
-            except BrokenPipeError:
-                pass
+    def _last_error(self) -> str:
+        """The process's exit status and its last traceback line (else its last line of stderr)."""
+        self._stderr.seek(0)
+        lines = [line for line in self._stderr.read().splitlines() if line.strip()]
+        errors = [line for line in lines if not line.startswith(" ") and ("Error" in line or "error" in line)]
+        last = (errors or lines or ["no output"])[-1].strip()
+        return f"exit status {self._proc.returncode}; {last}"
+
+    def close(self, terminate: bool = False) -> None:
+        """End the process: end of input (it finishes its call), or at once with ``terminate``."""
+        if terminate and self._proc.poll() is None:
+            self._proc.terminate()
+        for pipe in (self._proc.stdin, self._proc.stdout):
+            if pipe is not None and not pipe.closed:
+                try:
+                    pipe.close()
+                except BrokenPipeError:
+                    pass
         try:
             self._proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -138,8 +159,8 @@ class Worker:
     def __enter__(self) -> "Worker":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(terminate=exc_type is not None)
         self._stderr.close()
 
 

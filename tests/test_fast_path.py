@@ -327,12 +327,31 @@ def test_a_second_process_compiles_no_kernel():
     )
     env = dict(os.environ, NUMBA_DEBUG_CACHE="1")
     env.pop("ESVAE_NO_NUMBA", None)
-    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env) for _ in range(2)]
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+        for _ in range(2)
+    ]
     for run in runs:
         assert run.returncode == 0, run.stderr[-2000:]
     assert "data loaded from" in runs[1].stdout
     saved = [line for line in runs[1].stdout.splitlines() if "saved to" in line]
     assert saved == [], saved[:3]
+
+
+def test_no_kernel_keeps_a_compiled_function_in_its_closure():
+    """The structural reason for the test above, for every kernel whether or not a small run reaches
+    it: a compiled function in a kernel's closure pickles with a per-process id, which changes the
+    kernel's cache key (numba hashes the pickled closure)."""
+    import numba.core.dispatcher
+
+    from esvae.spiking import spike_conv
+
+    compiled = [k for k in (*kernels._kernels(), *spike_conv._kernels())]
+    assert len(compiled) >= 15
+    for kernel in compiled:
+        cells = kernel.py_func.__closure__ or ()
+        inside = [c.cell_contents for c in cells if isinstance(c.cell_contents, numba.core.dispatcher.Dispatcher)]
+        assert inside == [], (kernel.py_func.__name__, inside)
 
 
 def test_peak_memory_counts_live_allocations():
