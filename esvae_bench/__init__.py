@@ -144,10 +144,10 @@ def time_pair_in_processes(
         reply = worker.call(mode)
         calls[0] += 1
         want = expected[impl]
-        if mode == "train" and calls[0] == 1 and abs(reply["digest"] - want) > 1e-4 * max(1.0, abs(want)):
+        if mode == "train" and calls[0] == 1 and abs(reply["loss"] - want) > 1e-4 * max(1.0, abs(want)):
             raise MeasurementError(
                 f"the {impl} timing process of {pair.model_name} T={pair.timesteps} ({allocator}) computed a "
-                f"first training loss of {reply['digest']!r}, this process {want!r}: not the same pair"
+                f"first training loss of {reply['loss']!r}, this process {want!r}: not the same pair"
             )
         return reply["seconds"]
 
@@ -485,12 +485,13 @@ def run_bench(
                     f"each in a process of its own (allocator {allocator})"
                 )
                 by_mode = time_pair_in_processes(pair, setting, allocator, repeats, overrides)
-            for mode in MODES:
-                if dev.type == "cpu":
-                    times = by_mode[mode]
-                else:
-                    progress(f"timing {pair.model_name} T={pair.timesteps} {mode}, naive and ours in turn")
-                    times = time_interleaved({impl: pair.call(impl, mode) for impl in IMPLS}, repeats, pair.device)
+            else:
+                progress(f"timing {pair.model_name} T={pair.timesteps} train, eval, sample: naive and ours in turn")
+                by_mode = {
+                    mode: time_interleaved({impl: pair.call(impl, mode) for impl in IMPLS}, repeats, pair.device)
+                    for mode in MODES
+                }
+            for mode, times in by_mode.items():
                 for impl in IMPLS:
                     row["seconds"][allocator].setdefault(impl, {})[mode] = statistics.median(times[impl])
                     row.setdefault("samples_seconds", {}).setdefault(allocator, {}).setdefault(impl, {})[mode] = times[

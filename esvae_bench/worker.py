@@ -4,9 +4,9 @@
 glibc's allocator (``mallopt``, before the models are built and any call runs, as ``esvae train``
 does), builds the benchmark's pair (:func:`esvae_bench.build_pair`: the same weights, images and
 random draws as the bench's own copy) and answers one line per request read from stdin: a mode
-(``train``, ``eval`` or ``sample``) runs one call of ``IMPL`` and writes ``{"seconds": s, "digest":
-d}`` (``d``: the loss of a training step, the sum of the reconstructions or of the generated images,
-to check what ran); end of input ends it. The replies go to the file descriptor stdout had at the
+(``train``, ``eval`` or ``sample``) runs one call of ``IMPL`` and writes ``{"seconds": s}``, with
+``"loss"`` added for a training step (the bench checks the first against its own copy); end of input
+ends it. The replies go to the file descriptor stdout had at the
 start; anything a library prints goes to stderr.
 
 Why a process per implementation: in one process the two share glibc's heap. With the heap kept,
@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Optional
+from typing import Any, Optional
 
 from esvae.errors import EsvaeError
 
@@ -52,16 +52,6 @@ def prepare_process(allocator: str, threads: str) -> Optional[str]:
     return None
 
 
-def _digest(mode: str, result) -> float:
-    from . import _get
-
-    if mode == "train":
-        return float(result[1]["loss"].detach())
-    if mode == "eval":
-        return float(_get(result, "reconstruction").double().sum())
-    return float(result.double().sum())
-
-
 def _main(argv) -> int:
     replies = os.fdopen(os.dup(1), "w", buffering=1)  # the replies' channel; stdout itself ...
     os.dup2(2, 1)  # ... goes to stderr, so that nothing a library prints is read as a reply
@@ -82,11 +72,13 @@ def _main(argv) -> int:
             replies.write(json.dumps({"error": f"unknown mode {mode!r} (train, eval or sample)"}) + "\n")
             return 2
         start = time.perf_counter()
-        result = calls[mode]()
+        result: Any = calls[mode]()
         seconds = time.perf_counter() - start
-        digest = _digest(mode, result)
+        reply = {"seconds": seconds}
+        if mode == "train":
+            reply["loss"] = float(result[1]["loss"].detach())
         del result  # freed here, not inside the next timed call
-        replies.write(json.dumps({"seconds": seconds, "digest": digest}) + "\n")
+        replies.write(json.dumps(reply) + "\n")
     return 0
 
 
@@ -111,7 +103,7 @@ class Worker:
         cmd += [allocator, str(threads)] + ([json.dumps(overrides)] if overrides else [])
         self._stderr = tempfile.TemporaryFile(mode="w+", errors="replace")
         self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=dict(os.environ)
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True
         )
 
     def call(self, mode: str) -> dict:

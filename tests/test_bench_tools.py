@@ -91,9 +91,9 @@ def test_timing_process_runs_the_benchs_pair_and_fails_in_one_line(monkeypatch):
     assert first_training_loss(pair, "naive") == pytest.approx(expected[0], rel=1e-6)
     monkeypatch.setenv("NUMBA_DEBUG_CACHE", "1")  # numba then prints every cache lookup to stdout
     with Worker("esvae", "fashion", 2, 4, "ours", "tuned", 1) as worker:
-        assert worker.call("train")["digest"] == pytest.approx(first_training_loss(pair, "ours"), rel=1e-6)
+        assert worker.call("train")["loss"] == pytest.approx(first_training_loss(pair, "ours"), rel=1e-6)
     with Worker("esvae", "fashion", 2, 4, "naive", "tuned", 1) as worker:
-        got = [worker.call("train")["digest"] for _ in range(2)]
+        got = [worker.call("train")["loss"] for _ in range(2)]
         assert got == pytest.approx(expected, rel=1e-6) and got[0] != got[1]
         assert worker.call("eval")["seconds"] > 0
         with pytest.raises(MeasurementError, match="unknown mode 'backward'") as info:
